@@ -1,0 +1,109 @@
+"""`make bench`: cloudrec's speed, printed as figures and as ratios against a reference
+measured in the same run.
+
+Source recording: K publishers send a pre-encoded 640x480@15 ~1 Mbps H.264 + Opus clip (in a
+separate process, so their CPU is not counted). We measure the server process's CPU while it
+merely receives the K streams (the floor), then while it records all K (WebRTC receive + remux
++ Opus→AAC + HLS + local storage). Goal: ≤ 0.03 cores per recording, and ≤ 10 % above the floor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import bench_api  # noqa: E402
+from common import APPID, HEADERS, ServerProcess, measure_cores, start_publishers, start_server, wait_ready  # noqa: E402
+
+from cloudrec.publisher import make_clip  # noqa: E402
+
+MEASURE_S = float(os.environ.get("BENCH_SECONDS", "10"))
+STORAGE = {"vender": 101, "endpoint": "local", "bucket": "bench", "accesskey": "-", "secretkey": "-"}
+
+
+def start_recording(server: ServerProcess, client: httpx.Client, room: str, uid: str) -> tuple[str, str]:
+    resid = client.post(server.api("applyrecord"), json={}).json()["resid"]
+    body = {"resid": resid, "appid": APPID, "roomid": room, "recordtype": 0, "streamtype": 2,
+            "uid": uid, "storagecfg": STORAGE}
+    for _ in range(50):
+        r = client.post(server.api("startrecord"), json=body).json()
+        if r["code"] != 4005:
+            break
+        time.sleep(0.1)
+    if r["code"] != 0:
+        raise RuntimeError(f"startrecord: {r}")
+    return resid, r["recordid"]
+
+
+def source_case(server: ServerProcess, clip: Path, k: int) -> tuple[str, tuple[str, str] | None]:
+    room = f"bench{k}"
+    uids = [f"u{i}" for i in range(k)]
+    pubs = start_publishers(server, room, uids, clip)
+    try:
+        wait_ready(pubs)
+        time.sleep(2)
+        floor = measure_cores(server.proc.pid, MEASURE_S)
+        with httpx.Client(headers=HEADERS, timeout=30) as client:
+            tasks = [(uid, *start_recording(server, client, room, uid)) for uid in uids]
+            time.sleep(2)
+            recording = measure_cores(server.proc.pid, MEASURE_S)
+            first = (room, tasks[0][2])
+            info = client.get(server.api(f"queryrecord/{room}/{tasks[0][2]}")).json()["data"]
+            for uid, resid, recordid in tasks:
+                r = client.post(server.api("stoprecord"), json={
+                    "resid": resid, "appid": APPID, "roomid": room, "recordid": recordid}).json()
+                assert r["code"] == 0, r
+    finally:
+        pubs.terminate()
+        pubs.wait(10)
+    per = recording / k
+    overhead = (recording - floor) / floor if floor > 0 else float("nan")
+    line = (f"source x{k}: {per:.4f} cores/recording (goal <= 0.03; peer ~0.056)   "
+            f"receive-only floor {floor / k:.4f} cores/stream   overhead above floor "
+            f"{overhead:+.1%} (goal <= 10%)   [{info.get('segments')} segments in "
+            f"{info.get('duration')} s, video transcoded: {info.get('videotranscoded')}]")
+    return line, first if k == 1 else None
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="cloudrec-bench-") as tmp:
+        tmp_path = Path(tmp)
+        clip = Path(make_clip(str(tmp_path / "clip.mkv"), seconds=6, width=640, height=480,
+                              fps=15, bitrate=1_000_000))
+        server = start_server(tmp_path / "data", write_rate_per_s=1_000_000,
+                              query_rate_per_s=1_000_000, idle_timeout_s=60)
+        lines = []
+        try:
+            line, _ = source_case(server, clip, 1)
+            lines.append(line)
+            print(line, flush=True)
+            line, _ = source_case(server, clip, 8)
+            lines.append(line)
+            print(line, flush=True)
+            # API figures against a live task in a publishing room
+            room, uid = "apiroom", "u0"
+            pubs = start_publishers(server, room, [uid], clip)
+            try:
+                wait_ready(pubs)
+                with httpx.Client(headers=HEADERS, timeout=30) as client:
+                    resid, recordid = start_recording(server, client, room, uid)
+                    for api_line in bench_api.run(server, room, recordid):
+                        print(api_line, flush=True)
+                    client.post(server.api("stoprecord"), json={
+                        "resid": resid, "appid": APPID, "roomid": room, "recordid": recordid})
+            finally:
+                pubs.terminate()
+                pubs.wait(10)
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

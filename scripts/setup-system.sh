@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the Debian packages cloudrec's tests and benchmarks use, when they are missing:
+# ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the benchmark
+# reference). PyAV wheels bundle their own FFmpeg, so the service itself needs none of this.
+set -euo pipefail
+need=()
+command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+  echo "setup-system: missing ${need[*]} and no root/sudo to install them" >&2; exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

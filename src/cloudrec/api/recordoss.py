@@ -1,0 +1,125 @@
+"""The seed's five endpoints. Thin: authenticate, rate-limit, validate, call the service, and
+shape the seed's envelope ``{"code", "message", "traceId", ...}``.
+
+Checks run in the order SPEC §1 fixes: auth → rate limit → validation → the service's own
+checks (resid, room, recordid, task type).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Awaitable, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from cloudrec.api.auth import authenticate
+from cloudrec.api.ratelimit import RateLimiter
+from cloudrec.api.trace import new_trace_id
+from cloudrec.config import Settings
+from cloudrec.errors import CloudrecError, InternalError, InvalidParameter
+from cloudrec.models import (
+    ApplyRecordRequest,
+    StartRecordRequest,
+    StopRecordRequest,
+    UpdateMixRecordRequest,
+    QueryRecordRequest,
+    parse_request,
+)
+from cloudrec.recorder import RecordingService
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+BASE = "/app/{appid}/v1/recordoss"
+
+
+def envelope(code: int, message: str, trace_id: str, **extra: Any) -> dict[str, Any]:
+    return {"code": code, "message": message, "traceId": trace_id, **extra}
+
+
+def error_response(exc: CloudrecError, trace_id: str) -> JSONResponse:
+    extra = {"data": exc.data} if getattr(exc, "data", None) is not None else {}
+    return JSONResponse(envelope(exc.code, exc.message, trace_id, **extra), status_code=exc.http_status)
+
+
+def recordoss_router(settings: Settings, service: RecordingService) -> APIRouter:
+    router = APIRouter()
+    writes = RateLimiter(settings.write_rate_per_s)
+    queries = RateLimiter(settings.query_rate_per_s)
+
+    async def handle(
+        request: Request,
+        appid: str,
+        endpoint: str,
+        work: Callable[[int], Awaitable[dict[str, Any]]],
+        rate_key: Callable[[int], tuple[Any, ...]] | None = None,
+    ) -> JSONResponse:
+        trace_id = request.query_params.get("traceId") or new_trace_id()
+        try:
+            path_appid = int(appid) if appid.isdigit() and len(appid) < 12 else -1
+            authenticate(request, path_appid, settings)
+            if rate_key is None:
+                writes.hit((path_appid, endpoint), f"{endpoint} per AppID")
+            else:
+                queries.hit(rate_key(path_appid), f"{endpoint} per recordid")
+            extra = await work(path_appid)
+        except CloudrecError as exc:
+            return error_response(exc, trace_id)
+        except Exception:
+            log.exception("%s failed (traceId %s)", endpoint, trace_id)
+            return error_response(InternalError("internal server error"), trace_id)
+        return JSONResponse(envelope(0, "success", trace_id, **extra))
+
+    async def body_of(request: Request) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise InvalidParameter("body", f"larger than {MAX_BODY} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @router.post(BASE + "/applyrecord")
+    async def applyrecord(appid: str, request: Request) -> JSONResponse:
+        async def work(app: int) -> dict[str, Any]:
+            parse_request(ApplyRecordRequest, await body_of(request), app)
+            return {"resid": service.apply(app)}
+
+        return await handle(request, appid, "applyrecord", work)
+
+    @router.post(BASE + "/startrecord")
+    async def startrecord(appid: str, request: Request) -> JSONResponse:
+        async def work(app: int) -> dict[str, Any]:
+            req = parse_request(StartRecordRequest, await body_of(request), app)
+            task = await service.start(app, req)
+            return {"recordid": task.recordid}
+
+        return await handle(request, appid, "startrecord", work)
+
+    @router.post(BASE + "/stoprecord")
+    async def stoprecord(appid: str, request: Request) -> JSONResponse:
+        async def work(app: int) -> dict[str, Any]:
+            req = parse_request(StopRecordRequest, await body_of(request), app)
+            return {"recordid": await service.stop(app, req)}
+
+        return await handle(request, appid, "stoprecord", work)
+
+    @router.post(BASE + "/updatemixrecord")
+    async def updatemixrecord(appid: str, request: Request) -> JSONResponse:
+        async def work(app: int) -> dict[str, Any]:
+            req = parse_request(UpdateMixRecordRequest, await body_of(request), app)
+            return {"recordid": await service.update(app, req)}
+
+        return await handle(request, appid, "updatemixrecord", work)
+
+    @router.get(BASE + "/queryrecord/{roomid}/{recordid}")
+    async def queryrecord(appid: str, roomid: str, recordid: str, request: Request) -> JSONResponse:
+        async def work(app: int) -> dict[str, Any]:
+            parse_request(QueryRecordRequest, {"roomid": roomid, "recordid": recordid})
+            return {"recordid": recordid, "data": service.query(app, roomid, recordid)}
+
+        return await handle(request, appid, "queryrecord", work, lambda app: (app, recordid))
+
+    return router

@@ -1,0 +1,130 @@
+"""The ``cloudrec`` command: serve, demo, publish, token."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cloudrec.config import Settings, load_settings, with_dev_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML settings file", exists=True, dir_okay=False)
+
+
+def _settings(config: Optional[Path], **overrides: object) -> Settings:
+    return with_dev_app(load_settings(config, **overrides))
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from cloudrec.api import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level, timeout_graceful_shutdown=int(settings.stop_timeout_s))
+
+
+def _print_app(settings: Settings) -> None:
+    from cloudrec.api.auth import basic_token
+
+    for app_cfg in settings.apps:
+        typer.echo(f"app {app_cfg.appid}: key={app_cfg.key} secret={app_cfg.secret}")
+        typer.echo(f"  headers: AppID: {app_cfg.appid}  Token: {basic_token(app_cfg.key, app_cfg.secret)}")
+    typer.echo(f"API base: {settings.base_url}/app/{{appid}}/v1/recordoss/")
+    typer.echo(f"publish page: {settings.base_url}/publish   data: {settings.data_dir.resolve()}")
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = ConfigOpt,
+    host: Optional[str] = typer.Option(None, help="listen address (CLOUDREC_HOST)"),
+    port: Optional[int] = typer.Option(None, help="listen port (CLOUDREC_PORT)"),
+    data_dir: Optional[Path] = typer.Option(None, help="task store, spool, local storage"),
+) -> None:
+    """Run the service: REST API, WHIP ingest, recorders."""
+    settings = _settings(config, host=host, port=port, data_dir=data_dir)
+    _print_app(settings)
+    _serve(settings)
+
+
+@app.command()
+def token(
+    appid: int = typer.Argument(...),
+    roomid: str = typer.Argument(...),
+    uid: str = typer.Argument(...),
+    ttl: int = typer.Option(3600, help="seconds the token is valid"),
+    config: Optional[Path] = ConfigOpt,
+    secret: Optional[str] = typer.Option(None, help="the app's secret (default: from settings)"),
+) -> None:
+    """Print a publish token (JWT) for one uid in one room."""
+    from cloudrec.rooms import make_token
+
+    if secret is None:
+        app_cfg = _settings(config).app(appid)
+        if app_cfg is None:
+            raise typer.BadParameter(f"app {appid} is not configured", param_hint="appid")
+        secret = app_cfg.secret
+    typer.echo(make_token(appid, roomid, uid, secret, ttl_s=ttl))
+
+
+@app.command()
+def publish(
+    url: str = typer.Argument(..., help="WHIP URL, e.g. http://127.0.0.1:8080/whip/10034/room1/u1"),
+    token_: str = typer.Option(..., "--token", help="publish token (cloudrec token ...)"),
+    seconds: Optional[float] = typer.Option(None, help="stop after this long (default: run until Ctrl-C)"),
+    width: int = 640,
+    height: int = 480,
+    fps: int = 15,
+    codec: str = typer.Option("h264", help="h264 or vp8"),
+    audio: bool = True,
+    video: bool = True,
+    tone: float = 440.0,
+    clip: Optional[Path] = typer.Option(None, help="send a pre-encoded file (H.264/Opus) without re-encoding"),
+) -> None:
+    """Publish a synthetic stream (moving pattern, clock, tone) over WHIP."""
+    from cloudrec.publisher import publish as run_publish
+
+    stats = asyncio.run(run_publish(url, token_, width=width, height=height, fps=fps, audio=audio,
+                                    video=video, video_codec=codec, duration=seconds, tone_hz=tone,
+                                    clip=str(clip) if clip else None))
+    typer.echo(f"published: {stats}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@app.command()
+def demo(
+    seconds: float = typer.Option(20.0, help="how long to record"),
+    data_dir: Path = typer.Option(Path("./data"), help="where the files land"),
+) -> None:
+    """Start a server, publish a synthetic user, record it and print where the files are."""
+    from cloudrec.demo import run_demo
+
+    port = free_port()
+    settings = with_dev_app(load_settings(None, port=port, data_dir=data_dir, log_level="warning"))
+    playlist = asyncio.run(run_demo(settings, seconds))
+    typer.echo(f"recorded {seconds:.0f} s: {playlist}")
+    typer.echo(f"play it:   ffplay {playlist}")
+    typer.echo(f"probe it:  ffprobe -hide_banner {playlist}")
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,114 @@
+"""Service settings: embedded defaults, a TOML file (``--config``) and ``CLOUDREC_*`` overrides.
+
+Precedence, lowest first: defaults, the TOML file, environment variables. When no app is
+configured, a development app is created once under ``data_dir`` (``dev-app.json``) so that
+``cloudrec serve`` works with no set-up and keeps its credentials across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+DEV_APPID = 10034
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    appid: int
+    key: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./data")
+    idle_timeout_s: float = 30.0
+    segment_seconds: float = 6.0
+    resid_ttl_s: float = 300.0
+    write_rate_per_s: int = 10  # per AppID and write endpoint
+    query_rate_per_s: int = 10  # per recordid
+    stop_timeout_s: float = 15.0  # how long stoprecord waits for the last segment to be stored
+    public_url: str = ""  # how publishers reach this server; default http://{host}:{port}
+    log_level: str = "info"
+    apps: tuple[AppConfig, ...] = field(default_factory=tuple)
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    def app(self, appid: int) -> AppConfig | None:
+        for app in self.apps:
+            if app.appid == appid:
+                return app
+        return None
+
+
+_ENV_PREFIX = "CLOUDREC_"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if kind in ("int",):
+        return int(value)
+    if kind in ("float",):
+        return float(value)
+    if kind in ("Path",):
+        return Path(value)
+    return str(value)
+
+
+def load_settings(
+    config_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Read settings; ``overrides`` (from the command line) win over everything."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if config_path is not None:
+        with open(config_path, "rb") as fh:
+            raw = tomllib.load(fh)
+    scalar_names = [f.name for f in fields(Settings) if f.name != "apps"]
+    values: dict[str, Any] = {}
+    for name in scalar_names:
+        if name in raw:
+            values[name] = _coerce(name, raw[name])
+        env_value = env.get(_ENV_PREFIX + name.upper())
+        if env_value is not None:
+            values[name] = _coerce(name, env_value)
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    unknown = set(raw) - set(scalar_names) - {"apps"}
+    if unknown:
+        raise ValueError(f"unknown settings in {config_path}: {', '.join(sorted(unknown))}")
+    apps = tuple(
+        AppConfig(appid=int(a["appid"]), key=str(a["key"]), secret=str(a["secret"]))
+        for a in raw.get("apps", [])
+    )
+    return Settings(**values, apps=apps)
+
+
+def with_dev_app(settings: Settings) -> Settings:
+    """Return settings with a development app when none is configured (persisted in data_dir)."""
+    if settings.apps:
+        return settings
+    path = settings.data_dir / "dev-app.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+    else:
+        data = {"appid": DEV_APPID, "key": "dev-" + secrets.token_hex(6), "secret": secrets.token_hex(16)}
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    return replace(settings, apps=(AppConfig(**data),))

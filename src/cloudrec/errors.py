@@ -1,0 +1,77 @@
+"""The one exception tree of cloudrec.
+
+    CloudrecError                (code, http_status, message)
+    ├── AuthError                1000 no token, 1001 bad token / appid mismatch, 1002 no appid
+    ├── RateLimited              2105
+    ├── InvalidParameter         2101, message names the field
+    ├── InternalError            2104
+    └── RecordingError           4xxx: 4004, 4005, 4011, 4012, 4013, 4019, ...
+        └── StorageError         a destination (storage) fault, told apart from service faults
+
+Every error carries its recordoss code and the HTTP status the API answers with; the API layer
+turns any of them into the seed's JSON envelope. Third-party errors are translated at the
+boundary: ``raise StorageError(...) from exc``.
+"""
+
+from __future__ import annotations
+
+# recordoss code -> HTTP status (SPEC §1). Codes not listed answer 400.
+HTTP_STATUS: dict[int, int] = {
+    1000: 401,
+    1001: 401,
+    1002: 401,
+    2101: 400,
+    2103: 504,
+    2104: 500,
+    2105: 429,
+    4004: 400,
+    4005: 409,
+    4011: 409,
+    4012: 404,
+    4013: 404,
+    4019: 400,
+}
+
+
+class CloudrecError(Exception):
+    code: int = 2104
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 400)
+
+
+class AuthError(CloudrecError):
+    code = 1001
+
+
+class RateLimited(CloudrecError):
+    code = 2105
+
+
+class InvalidParameter(CloudrecError):
+    code = 2101
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"invalid parameter {field}: {problem}")
+        self.field = field
+
+
+class InternalError(CloudrecError):
+    code = 2104
+
+
+class RecordingError(CloudrecError):
+    code = 4004
+
+
+class StorageError(RecordingError):
+    """The destination store refused or could not be reached."""
+
+    code = 4004

@@ -1,0 +1,238 @@
+"""Opus packets → AAC-LC 48 kHz stereo 128 kbps, timed by sample counts.
+
+:class:`OpusToAac` is the codec chain (PyAV's ``opus`` decoder → ``AudioResampler`` to fltp
+stereo 48 kHz in 1024-sample frames → FFmpeg's ``aac`` encoder); it counts samples and never
+looks at a clock. :class:`AudioTrack` puts one publisher's Opus stream on the recording's 90 kHz
+timeline: its first packet is anchored to its arrival time, later packets follow the RTP clock,
+short losses are filled with silence and a pause or a new epoch re-anchors on arrival.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from cloudrec.mediatypes import EncodedFrame
+
+SAMPLE_RATE = 48_000
+AAC_FRAME = 1024  # samples per AAC-LC frame
+AAC_TICKS = AAC_FRAME * 90_000 // SAMPLE_RATE  # 1920: one AAC frame in 90 kHz ticks
+AAC_BIT_RATE = 128_000
+_SAMPLE_TB = Fraction(1, SAMPLE_RATE)
+
+
+def adts_header(payload_size: int) -> bytes:
+    """ADTS header for one raw AAC-LC frame, 48 kHz, 2 channels, no CRC."""
+    n = payload_size + 7
+    profile, rate_index, channels = 1, 3, 2  # AAC LC, 48000 Hz, stereo
+    return bytes(
+        (
+            0xFF,
+            0xF1,
+            (profile << 6) | (rate_index << 2) | (channels >> 2),
+            ((channels & 3) << 6) | (n >> 11),
+            (n >> 3) & 0xFF,
+            ((n & 7) << 5) | 0x1F,
+            0xFC,
+        )
+    )
+
+
+def _silence(samples: int) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(
+        np.zeros((2, samples), dtype=np.float32), format="fltp", layout="stereo"
+    )
+    frame.sample_rate = SAMPLE_RATE
+    return frame
+
+
+class OpusToAac:
+    """Decode Opus, re-frame to 1024 samples, encode AAC. Packets carry sample-count PTS.
+
+    ``fed`` counts the samples that went in (decoded audio plus silence); an output packet's
+    PTS is the index of its first sample on that count (the encoder's priming packet is -1024).
+    """
+
+    encoder_name = "aac"
+
+    def __init__(self, bit_rate: int = AAC_BIT_RATE) -> None:
+        self._decoder = self._new_decoder()
+        self._resampler = av.AudioResampler(
+            format="fltp", layout="stereo", rate=SAMPLE_RATE, frame_size=AAC_FRAME
+        )
+        enc = av.CodecContext.create("aac", "w")
+        enc.sample_rate = SAMPLE_RATE
+        enc.layout = "stereo"
+        enc.format = "fltp"
+        enc.bit_rate = bit_rate
+        enc.time_base = _SAMPLE_TB
+        enc.open()
+        self._encoder = enc
+        self.fed = 0
+        self._framed = 0  # samples handed to the encoder
+        self._out: list[tuple[bytes, int]] = []
+
+    @staticmethod
+    def _new_decoder() -> av.AudioCodecContext:
+        dec = av.CodecContext.create("opus", "r")
+        dec.sample_rate = SAMPLE_RATE
+        dec.layout = "stereo"
+        return dec
+
+    def reset_decoder(self) -> None:
+        """Forget the Opus decoder's state (a new publication starts a new Opus stream)."""
+        self._decoder = self._new_decoder()
+
+    def decode(self, data: bytes) -> int:
+        """Decode one Opus packet into the chain; returns the samples it held (0 if corrupt)."""
+        try:
+            frames = self._decoder.decode(av.Packet(data))
+        except av.FFmpegError:
+            return 0
+        samples = 0
+        for frame in frames:
+            samples += frame.samples
+            self._feed(frame)
+        return samples
+
+    def silence(self, samples: int) -> None:
+        while samples > 0:
+            chunk = min(samples, SAMPLE_RATE)
+            self._feed(_silence(chunk))
+            samples -= chunk
+
+    def align(self) -> int:
+        """Pad with silence to a whole AAC frame; returns ``fed``, now a multiple of 1024."""
+        rest = self.fed % AAC_FRAME
+        if rest:
+            self.silence(AAC_FRAME - rest)
+        return self.fed
+
+    def _feed(self, frame: av.AudioFrame) -> None:
+        self.fed += frame.samples
+        frame.pts = None
+        for framed in self._resampler.resample(frame):
+            framed.pts = self._framed
+            framed.time_base = _SAMPLE_TB
+            self._framed += framed.samples
+            self._encode(framed)
+
+    def _encode(self, frame: av.AudioFrame | None) -> None:
+        for packet in self._encoder.encode(frame):
+            payload = bytes(packet)
+            pts = packet.pts if packet.pts is not None else self._framed - AAC_FRAME
+            self._out.append((adts_header(len(payload)) + payload, pts))
+
+    def packets(self) -> list[tuple[bytes, int]]:
+        """ADTS-framed AAC packets ready so far, with their sample PTS."""
+        out, self._out = self._out, []
+        return out
+
+    def flush(self) -> list[tuple[bytes, int]]:
+        """Pad the last frame, drain the encoder; returns the remaining packets."""
+        self.align()
+        self._encode(None)
+        return self.packets()
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPacket:
+    data: bytes  # ADTS + raw AAC frame
+    pts: int  # 90 kHz ticks on the recording's timeline
+    gap: bool  # first packet after a pause or a new epoch (a timeline break)
+
+    @property
+    def end(self) -> int:
+        return self.pts + AAC_TICKS
+
+
+@dataclass(slots=True)
+class _Anchor:
+    sample: int  # first sample (on OpusToAac.fed) that follows this anchor
+    ticks: int  # its 90 kHz timestamp
+    gap: bool  # the anchor starts after a timeline break
+
+    def to_ticks(self, sample: int) -> int:
+        return self.ticks + (sample - self.sample) * 90_000 // SAMPLE_RATE
+
+
+class AudioTrack:
+    """One publisher's Opus stream on the recording timeline, as AAC packets.
+
+    ``to_ticks(arrival)`` converts a wall-clock arrival to 90 kHz ticks; it is called once per
+    anchor (the first packet, after a pause, on a new epoch), never per packet.
+    """
+
+    def __init__(self, pause_s: float = 1.0) -> None:
+        self._pause_s = pause_s
+        self._codec: OpusToAac | None = None
+        self._anchors: deque[_Anchor] = deque()
+        self._epoch: int | None = None
+        self._next_rtp = 0  # RTP timestamp the next packet should carry
+        self._last_arrival = 0.0
+        self._flag_gap = False  # the next packet out starts after a break
+        self.dropped = 0
+
+    @property
+    def encoder_name(self) -> str | None:
+        return None if self._codec is None else self._codec.encoder_name
+
+    def push(self, frame: EncodedFrame, to_ticks: Callable[[float], int]) -> list[AudioPacket]:
+        if self._codec is None:
+            self._codec = OpusToAac()
+        codec = self._codec
+        rate = frame.clock_rate or SAMPLE_RATE
+        if self._epoch is None:
+            self._anchor(frame.arrival, to_ticks, gap=False)
+        elif frame.epoch != self._epoch:
+            codec.reset_decoder()
+            self._anchor(frame.arrival, to_ticks, gap=True)
+        else:
+            missing = (frame.timestamp - self._next_rtp) * SAMPLE_RATE // rate
+            if missing <= -AAC_FRAME // 2:  # duplicate or reordered after its slot: too late
+                self.dropped += 1
+                return []
+            late = frame.arrival - self._last_arrival
+            if missing > self._pause_s * SAMPLE_RATE or late > self._pause_s:
+                self._anchor(frame.arrival, to_ticks, gap=True)
+            elif missing > SAMPLE_RATE // 400:  # a lost packet (> 2.5 ms): keep time with silence
+                codec.silence(missing)
+        samples = codec.decode(frame.data)
+        if samples == 0:
+            self.dropped += 1  # its time is filled with silence when the next packet comes
+        else:
+            self._next_rtp = frame.timestamp + samples * rate // SAMPLE_RATE
+        if self._epoch != frame.epoch and samples == 0:
+            self._next_rtp = frame.timestamp
+        self._epoch = frame.epoch
+        self._last_arrival = frame.arrival
+        return self._collect(codec.packets())
+
+    def flush(self) -> list[AudioPacket]:
+        if self._codec is None:
+            return []
+        return self._collect(self._codec.flush())
+
+    def _anchor(self, arrival: float, to_ticks: Callable[[float], int], *, gap: bool) -> None:
+        assert self._codec is not None
+        sample = self._codec.align()
+        ticks = to_ticks(arrival)
+        if self._anchors:  # never before the end of what the previous anchor timed
+            ticks = max(ticks, self._anchors[-1].to_ticks(sample))
+        self._anchors.append(_Anchor(sample, ticks, gap))
+
+    def _collect(self, packets: list[tuple[bytes, int]]) -> list[AudioPacket]:
+        out: list[AudioPacket] = []
+        for data, sample in packets:
+            while len(self._anchors) > 1 and self._anchors[1].sample <= sample:
+                self._anchors.popleft()
+                self._flag_gap = self._anchors[0].gap
+            pts = self._anchors[0].to_ticks(sample)
+            out.append(AudioPacket(data, pts, self._flag_gap))
+            self._flag_gap = False
+        return out

@@ -1,0 +1,425 @@
+"""Source recording: one publisher's encoded frames → an HLS playlist of MPEG-TS segments.
+
+H.264 is remuxed (never decoded or encoded); other video codecs go through
+:class:`~cloudrec.media.transcode.VideoTranscoder`; Opus becomes AAC.
+
+Timeline: every timestamp is an integer in 90 kHz ticks. A track's first frame is anchored to
+its arrival (the offset from the recording's first frame, converted to ticks once), after which
+the track follows its RTP clock (video) or its sample count (audio). A pause (> ``PAUSE_S`` of
+RTP time or of arrival time) or a new epoch re-anchors the track on arrival, never earlier than
+the end of what it already wrote, so PTS only rise.
+
+Segments: a segment starts on an IDR and is "led" by video. The recorder asks for a key frame
+when the segment nears ``segment_seconds`` and cuts at the first IDR from then on. A pause or a
+new epoch ends the segment at the last frame before it; the next one is marked
+``#EXT-X-DISCONTINUITY``. Audio of an audio+video recording waits in a small queue until video
+has passed its PTS, so each audio packet lands in the segment its time belongs to. When no
+video comes (camera off, no IDR yet) for a while, audio leads: segments are cut by audio time.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudrec.media import h264
+from cloudrec.media.audio import AudioPacket, AudioTrack
+from cloudrec.media.hls import (
+    TS_CLOCK,
+    HlsPlaylist,
+    SegmentInfo,
+    TsSegmentWriter,
+    last_pts,
+    segment_name,
+)
+from cloudrec.media.transcode import VideoTranscoder
+from cloudrec.mediatypes import EncodedFrame
+
+PTS_ORIGIN = TS_CLOCK  # timestamps start at 1 s: the AAC priming frame never goes negative
+PAUSE_S = 1.0  # a gap longer than this (RTP or arrival time) is a pause
+KEYFRAME_LEAD_S = 0.3  # ask for a key frame this long before the segment is due
+KEYFRAME_RETRY_S = 1.0  # ask again when none came within this
+AUDIO_WAIT_S = 3.0  # with no IDR for this long, audio leads the segments
+MAX_AUDIO_QUEUE_S = 3.0  # audio waiting for video never holds more than this
+
+
+@dataclass
+class RecorderStats:
+    """Counters; units are video access units and audio packets."""
+
+    frames_in: int = 0
+    frames_written: int = 0
+    frames_dropped: int = 0
+    keyframe_requests: int = 0
+    video_transcoded: bool = False
+    encoders: list[str] = field(default_factory=list)  # encoders opened, e.g. ["aac"]
+
+
+class _VideoClock:
+    """RTP 90 kHz → recording ticks for one video track, with pause and epoch detection."""
+
+    def __init__(self, pause_s: float) -> None:
+        self.pause_s = pause_s
+        self.epoch: int | None = None
+        self.anchor_rtp = self.anchor_pts = self.last_rtp = 0
+        self.last_arrival = 0.0
+        self.last_pts: int | None = None
+        self.interval = TS_CLOCK // 30  # last frame spacing, to time a segment's end
+
+    def place(
+        self, frame: EncodedFrame, to_ticks: Callable[[float], int]
+    ) -> tuple[int, str | None] | None:
+        """(pts, break reason: None, "pause" or "epoch"), or None for a stale duplicate."""
+        rate = frame.clock_rate or TS_CLOCK
+        brk = None
+        if self.epoch is not None:
+            if frame.epoch != self.epoch:
+                brk = "epoch"
+            else:
+                step = frame.timestamp - self.last_rtp
+                if step <= 0:
+                    return None
+                if step > self.pause_s * rate or frame.arrival - self.last_arrival > self.pause_s:
+                    brk = "pause"
+        if self.last_pts is None or brk is not None:
+            pts = to_ticks(frame.arrival)
+            if self.last_pts is not None:
+                pts = max(pts, self.last_pts + self.interval)
+            self.anchor_rtp, self.anchor_pts = frame.timestamp, pts
+        else:
+            pts = self.anchor_pts + (frame.timestamp - self.anchor_rtp) * TS_CLOCK // rate
+            self.interval = min(max(pts - self.last_pts, TS_CLOCK // 100), TS_CLOCK // 5)
+        self.epoch, self.last_rtp, self.last_arrival = frame.epoch, frame.timestamp, frame.arrival
+        self.last_pts = pts
+        return pts, brk
+
+
+@dataclass(slots=True)
+class _Open:
+    """The segment being written."""
+
+    seq: int
+    writer: TsSegmentWriter
+    start: int  # ticks
+    led: str  # "video" or "audio": the track whose time cuts it
+    discontinuity: bool
+    end: int  # end of the latest packet written, any track
+    lead_end: int  # end of the latest packet of the leading track
+    asked: bool = False  # a key frame was requested for its cut
+    fresh: bool = False  # started from nothing (recording start, after a break): no audio before it
+
+
+class SourceHlsRecorder:
+    """Record one publisher's frames as HLS in ``spool_dir``. Not thread-safe: one caller."""
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        basename: str,
+        *,
+        audio: bool,
+        video: bool,
+        segment_seconds: float = 6.0,
+        on_segment: Callable[[SegmentInfo], None] | None = None,
+        request_keyframe: Callable[[], None] | None = None,
+        resume: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not (audio or video):
+            raise ValueError("a recording needs audio, video or both")
+        if segment_seconds <= KEYFRAME_LEAD_S:
+            raise ValueError("segment_seconds too short")
+        self._dir = Path(spool_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._basename = basename
+        self._audio, self._video = audio, video
+        self._on_segment = on_segment
+        self._request_keyframe = request_keyframe
+        self._clock = clock
+        self._seg_ticks = round(segment_seconds * TS_CLOCK)
+        self._cut_ticks = self._seg_ticks - round(KEYFRAME_LEAD_S * TS_CLOCK)
+        self.playlist_path = self._dir / f"{basename}.m3u8"
+        self._playlist = HlsPlaylist(self.playlist_path, segment_seconds)
+        self.segments: list[SegmentInfo] = self._playlist.load() if resume else []
+        self.stats = RecorderStats()
+        self._base = 0  # ticks added to every timestamp (after a resume: past the old ones)
+        self._next_disc = bool(self.segments)
+        if self.segments:
+            old_end = last_pts(self.segments[-1].path)
+            if old_end is not None:
+                self._base = max(0, old_end + TS_CLOCK - PTS_ORIGIN)
+        self._seq = self.segments[-1].index + 1 if self.segments else 0
+        for stale in self._dir.glob(f"{glob.escape(basename)}_*.ts.part"):
+            stale.unlink(missing_ok=True)
+        self._playlist.write(self.segments)  # valid from the start, even with no segment yet
+
+        self._t0: float | None = None
+        self._seg: _Open | None = None
+        self._closed = False
+        self._vclock = _VideoClock(PAUSE_S)
+        self._atrack = AudioTrack(PAUSE_S)
+        self._params = h264.ParameterSetCache()
+        self._transcoder: VideoTranscoder | None = None
+        self._video_codec = "h264"
+        self._force_idr = False
+        self._kf_asked_at: float | None = None
+        self._last_vpts = 0
+        self._last_video_arrival = 0.0
+        self._pending: deque[AudioPacket] = deque()  # audio waiting for video to pass it
+        self._run_start = 0  # PTS where the queued audio last resumed after a break
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def duration(self) -> float:
+        """Seconds recorded so far (closed segments plus the open one)."""
+        seg = self._seg  # read once: a monitoring thread may ask while push() runs
+        open_ticks = seg.end - seg.start if seg is not None else 0
+        return sum(s.duration for s in list(self.segments)) + open_ticks / TS_CLOCK
+
+    def push(self, frame: EncodedFrame) -> None:
+        """Take one encoded frame; may close a segment (and call ``on_segment``) on the way."""
+        if self._closed:
+            raise RuntimeError("recorder is closed")
+        self.stats.frames_in += 1
+        if self._t0 is None:
+            self._t0 = frame.arrival
+        if frame.kind == "video" and self._video:
+            self._push_video(frame)
+        elif frame.kind == "audio" and self._audio and frame.codec == "opus":
+            dropped = self._atrack.dropped
+            packets = self._atrack.push(frame, self._to_ticks)
+            self.stats.frames_dropped += self._atrack.dropped - dropped
+            self._note_encoder(self._atrack.encoder_name)
+            for packet in packets:
+                self._audio_packet(packet, frame.arrival)
+        else:
+            self.stats.frames_dropped += 1
+
+    def close(self) -> SegmentInfo | None:
+        """Flush everything, close the last segment, end the playlist with #EXT-X-ENDLIST."""
+        if self._closed:
+            return None
+        self._closed = True
+        if self._transcoder is not None:
+            for data, pts, key in self._transcoder.flush():
+                self._video_au(data, pts, key)
+        if self._audio:
+            for packet in self._atrack.flush():
+                self._audio_packet(packet, self._last_video_arrival)
+            if self._pending and self._seg is None:
+                self._lead_with_audio()
+            self._flush_pending(None)
+        if self._seg is None:
+            self._playlist.write(self.segments, ended=True)
+            return None
+        return self._finish(self._seg.end, final=True)
+
+    # -- video -------------------------------------------------------------------------------
+
+    def _to_ticks(self, arrival: float) -> int:
+        assert self._t0 is not None
+        return PTS_ORIGIN + self._base + round((arrival - self._t0) * TS_CLOCK)
+
+    def _push_video(self, frame: EncodedFrame) -> None:
+        placed = self._vclock.place(frame, self._to_ticks)
+        if placed is None:
+            self.stats.frames_dropped += 1
+            return
+        pts, brk = placed
+        self._last_video_arrival = frame.arrival
+        self._video_codec = frame.codec
+        if brk is not None:
+            self._video_break(brk)
+        if frame.codec == "h264":
+            data = frame.data
+            types = h264.nal_types(data)
+            key = h264.NAL_IDR in types
+            if h264.NAL_SPS in types or h264.NAL_PPS in types:
+                self._params.update(data)
+            if key and (h264.NAL_SPS not in types or h264.NAL_PPS not in types):
+                data = self._params.repair(data)
+            self._video_au(data, pts, key)
+            return
+        if self._transcoder is None:
+            self._transcoder = VideoTranscoder(frame.codec)
+            self.stats.video_transcoded = True
+        seg = self._seg
+        due = seg is not None and seg.led == "video" and pts - seg.start >= self._seg_ticks
+        force, self._force_idr = self._force_idr or due, False  # our encoder cuts on time
+        units = self._transcoder.transcode(frame.data, pts, force_idr=force)
+        if self._transcoder.opened:
+            self._note_encoder(self._transcoder.encoder_name)
+        if not units:  # undecodable (no key frame yet, or corrupt): the publisher must send one
+            self.stats.frames_dropped += 1
+            self._ask_publisher(urgent=False)
+        for data, out_pts, key in units:
+            self._video_au(data, out_pts, key)
+
+    def _video_break(self, reason: str) -> None:
+        """A pause or a new epoch on the video track: end the segment at its last frame."""
+        if self._transcoder is not None:
+            if reason == "epoch":
+                self._transcoder.reset()
+            self._force_idr = True
+        seg = self._seg
+        if seg is not None and seg.led == "video":
+            self._flush_pending(seg.lead_end)
+            self._finish(seg.lead_end)
+        self._next_disc = True
+
+    def _video_au(self, data: bytes, pts: int, key: bool) -> None:
+        seg = self._seg
+        if seg is None or seg.led == "audio":
+            if not key:  # a segment (and the recording) starts on an IDR
+                self.stats.frames_dropped += 1
+                self._want_idr(urgent=False)
+                return
+            self._flush_pending(pts)
+            disc, fresh = self._next_disc, seg is None
+            if seg is not None:
+                self._finish(pts)
+                disc = True  # video joins an audio-led stretch: players should reset
+            seg = self._start(pts, "video", disc)
+            seg.fresh = fresh
+        elif key and pts - seg.start >= self._cut_ticks:
+            self._flush_pending(pts)
+            self._finish(pts)
+            seg = self._start(pts, "video", False)
+        elif pts - seg.start >= self._cut_ticks and self._video_codec == "h264":
+            self._want_idr(urgent=not seg.asked)
+            seg.asked = True
+        self._write(seg, "video", data, pts, key, pts + self._vclock.interval, lead=True)
+        self._last_vpts = pts
+        self._flush_pending(pts + 1)
+
+    def _want_idr(self, *, urgent: bool) -> None:
+        if self._video_codec != "h264" and self._transcoder is not None:
+            self._force_idr = True  # our own encoder: the next frame becomes an IDR
+        else:
+            self._ask_publisher(urgent=urgent)
+
+    def _ask_publisher(self, *, urgent: bool) -> None:
+        now = self._clock()
+        if (
+            not urgent
+            and self._kf_asked_at is not None
+            and now - self._kf_asked_at < KEYFRAME_RETRY_S
+        ):
+            return
+        self._kf_asked_at = now
+        self.stats.keyframe_requests += 1
+        if self._request_keyframe is not None:
+            self._request_keyframe()
+
+    # -- audio -------------------------------------------------------------------------------
+
+    def _audio_packet(self, packet: AudioPacket, arrival: float) -> None:
+        seg = self._seg
+        if not self._video or (seg is not None and seg.led == "audio"):
+            self._audio_led(packet)
+            return
+        if packet.gap or not self._pending:
+            self._run_start = packet.pts
+        self._pending.append(packet)
+        if seg is None:  # waiting for an IDR
+            if self._pending_run() >= AUDIO_WAIT_S * TS_CLOCK:
+                self._lead_with_audio()
+            while self._pending_span() > AUDIO_WAIT_S * TS_CLOCK:  # keep the queue bounded
+                self._pending.popleft()
+                self.stats.frames_dropped += 1
+            return
+        self._flush_pending(self._last_vpts + 1)
+        if self._pending_run() >= PAUSE_S * TS_CLOCK and (
+            arrival - self._last_video_arrival > PAUSE_S
+        ):
+            # video stopped while audio goes on: end the video stretch, let audio lead
+            self._flush_pending(seg.lead_end)
+            self._finish(seg.lead_end)
+            self._next_disc = True
+            self._lead_with_audio()
+        else:
+            while self._pending and self._pending_span() > MAX_AUDIO_QUEUE_S * TS_CLOCK:
+                self._flush_pending(self._pending[0].pts + 1)
+
+    def _pending_span(self) -> int:
+        return self._pending[-1].end - self._pending[0].pts if self._pending else 0
+
+    def _pending_run(self) -> int:
+        """How long queued audio has flowed without a break (a pause inside does not count)."""
+        if not self._pending:
+            return 0
+        return self._pending[-1].end - max(self._run_start, self._pending[0].pts)
+
+    def _flush_pending(self, limit: int | None) -> None:
+        """Write queued audio with PTS below ``limit`` (all when None) to the open segment."""
+        pending = self._pending
+        while pending and (limit is None or pending[0].pts < limit):
+            packet = pending.popleft()
+            if self._seg is None or (self._seg.fresh and packet.pts < self._seg.start):
+                self.stats.frames_dropped += 1  # audio from before the IDR that starts video
+            else:
+                self._write(self._seg, "audio", packet.data, packet.pts, False, packet.end)
+
+    def _lead_with_audio(self) -> None:
+        pending, self._pending = self._pending, deque()
+        for packet in pending:
+            self._audio_led(packet)
+
+    def _audio_led(self, packet: AudioPacket) -> None:
+        seg = self._seg
+        if seg is not None and packet.gap:
+            self._finish(seg.end)
+            seg = None
+        elif seg is not None and packet.end - seg.start > self._seg_ticks:
+            self._finish(packet.pts)
+            seg = None
+        if seg is None:
+            seg = self._start(packet.pts, "audio", self._next_disc or packet.gap)
+        self._write(seg, "audio", packet.data, packet.pts, False, packet.end, lead=True)
+
+    # -- segments ----------------------------------------------------------------------------
+
+    def _note_encoder(self, name: str | None) -> None:
+        if name is not None and name not in self.stats.encoders:
+            self.stats.encoders.append(name)
+
+    def _start(self, pts: int, led: str, discontinuity: bool) -> _Open:
+        path = self._dir / segment_name(self._basename, self._seq)
+        writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
+        self._seg = _Open(self._seq, writer, pts, led, discontinuity, pts, pts)
+        self._seq += 1
+        self._next_disc = False
+        return self._seg
+
+    def _write(
+        self, seg: _Open, kind: str, data: bytes, pts: int, key: bool, end: int, lead: bool = False
+    ) -> None:
+        seg.writer.write(kind, data, pts, keyframe=key)
+        seg.end = max(seg.end, end)
+        if lead:
+            seg.lead_end = end
+        self.stats.frames_written += 1
+
+    def _finish(self, end: int, *, final: bool = False) -> SegmentInfo:
+        seg = self._seg
+        assert seg is not None
+        self._seg = None
+        size = seg.writer.close()
+        info = SegmentInfo(
+            index=seg.seq,
+            name=seg.writer.path.name,
+            path=seg.writer.path,
+            duration=max(end - seg.start, 0) / TS_CLOCK,
+            discontinuity=seg.discontinuity,
+            size=size,
+        )
+        self.segments.append(info)
+        self._playlist.write(self.segments, ended=final)
+        if self._on_segment is not None:
+            self._on_segment(info)
+        return info

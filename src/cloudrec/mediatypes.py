@@ -1,0 +1,33 @@
+"""What travels from the room plane to recorders: encoded media, never decoded frames.
+
+This module is a leaf: ``rooms`` produces these objects, ``media`` and ``recorder`` consume them,
+and neither side imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["audio", "video"]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """One encoded access unit (video) or packet (audio) as received from a publisher.
+
+    ``timestamp`` is the RTP timestamp, unwrapped (monotonic across 32-bit wrap) and counted from
+    the first frame of this publication, in ``clock_rate`` units (90000 for video, 48000 for
+    Opus). ``epoch`` identifies the publication: it changes when the uid publishes again (a new
+    WebRTC session), and timestamps restart with it. ``arrival`` is ``time.monotonic()`` when
+    the frame was complete.
+    """
+
+    kind: Kind
+    codec: str  # "h264", "vp8" or "opus" (lower case, as in the SDP)
+    data: bytes  # H.264: one Annex B access unit; VP8: one frame; Opus: one packet
+    timestamp: int
+    clock_rate: int
+    arrival: float
+    keyframe: bool
+    epoch: int

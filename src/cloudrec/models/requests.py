@@ -1,0 +1,186 @@
+"""Request bodies of the five endpoints and :func:`parse_request`.
+
+``parse_request`` turns a raw body into a validated, normalised model, or raises
+``InvalidParameter`` (2101) naming the first offending field as a dotted path
+(``mixconfig.input[1].layoutW``). queryrecord has no body: its path parameters are checked by
+the API layer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
+
+from cloudrec.errors import InvalidParameter
+
+from ._fields import AppId, HttpUrl, Ident, Model, RoomId, Uid, int_rule, problem
+from .mixconfig import MixConfig
+from .storage import StorageConfig
+
+RecordType = Annotated[int, int_rule(choices=(0, 1, 2))]  # 0 audio+video, 1 video, 2 audio
+RecordStreamType = Annotated[int, int_rule(choices=(1, 2))]  # 1 mixed, 2 source
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _same_appid(value: int | None, info: ValidationInfo) -> int | None:
+    path_appid = (info.context or {}).get("path_appid")
+    if value is not None and path_appid is not None and value != path_appid:
+        raise problem(f"must equal the appid in the path ({path_appid})")
+    return value
+
+
+class ApplyRecordRequest(Model):
+    """applyrecord: the seed sends no body; an optional appid/roomid is checked if given."""
+
+    appid: AppId | None = None
+    roomid: RoomId | None = None
+
+    _appid_matches = field_validator("appid")(_same_appid)
+
+
+class StartRecordRequest(Model):
+    resid: Ident
+    appid: AppId
+    roomid: RoomId
+    recordtype: RecordType
+    streamtype: RecordStreamType
+    mixconfig: MixConfig | None = Field(None, validate_default=True)
+    uid: Uid | None = Field(None, validate_default=True)
+    storagecfg: StorageConfig
+    callbackurl: HttpUrl | None = None
+
+    _appid_matches = field_validator("appid")(_same_appid)
+
+    @field_validator("mixconfig", mode="wrap")
+    @classmethod
+    def _mixconfig_for_mixed(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        streamtype = info.data.get("streamtype")
+        if streamtype == 2 and value is not None:
+            raise problem("is not allowed for source recording (streamtype 2)")
+        result = handler(value)
+        if result is None and streamtype == 1:
+            raise problem("is required for mixed recording (streamtype 1)")
+        return result
+
+    @field_validator("uid")
+    @classmethod
+    def _uid_for_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("streamtype") == 2:
+            raise problem("is required for source recording (streamtype 2)")
+        return value
+
+    @field_validator("callbackurl", mode="before")
+    @classmethod
+    def _empty_callback_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @property
+    def is_mixed(self) -> bool:
+        return self.streamtype == 1
+
+
+class StopRecordRequest(Model):
+    appid: AppId
+    resid: Ident
+    roomid: RoomId
+    recordid: Ident
+
+    _appid_matches = field_validator("appid")(_same_appid)
+
+
+class QueryRecordRequest(Model):
+    """queryrecord's path parameters ``/queryrecord/{roomid}/{recordid}``."""
+
+    roomid: RoomId
+    recordid: Ident
+
+
+class UpdateMixRecordRequest(Model):
+    resid: Ident
+    appid: AppId
+    roomid: RoomId
+    recordid: Ident
+    mixconfig: MixConfig
+
+    _appid_matches = field_validator("appid")(_same_appid)
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load_body(data: bytes | bytearray | str | dict[str, Any] | None) -> dict[str, Any]:
+    if isinstance(data, dict):
+        return data
+    if data is None or (isinstance(data, (bytes, bytearray, str)) and not data.strip()):
+        return {}  # an empty body is an empty object (applyrecord sends none)
+    if not isinstance(data, (bytes, bytearray, str)):
+        raise InvalidParameter("body", "must be a JSON object")
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidParameter("body", "is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise InvalidParameter("body", "must be a JSON object")
+    return obj
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+_TYPE_MESSAGES = {
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "list_type": "must be a JSON array",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+}
+
+
+def _error_to_invalid(err: ErrorDetails) -> InvalidParameter:
+    field = _dotted(tuple(err["loc"]))
+    if err["type"] == "cloudrec":
+        sub = (err.get("ctx") or {}).get("sub")
+        if sub:
+            field = f"{field}.{sub}" if field else sub
+        return InvalidParameter(field or "body", err["msg"])
+    if err["type"] == "missing":
+        message = "is required"
+        name, parent = str(err["loc"][-1]), err.get("input")
+        if isinstance(parent, dict):
+            near = [k for k in parent if isinstance(k, str) and k.lower() == name.lower()]
+            if near:
+                message += f' (got "{near[0]}"; field names are case-sensitive)'
+        return InvalidParameter(field, message)
+    return InvalidParameter(field or "body", _TYPE_MESSAGES.get(err["type"], err["msg"]))
+
+
+def parse_request(
+    model_cls: type[M],
+    data: bytes | bytearray | str | dict[str, Any] | None,
+    path_appid: int | None = None,
+) -> M:
+    """Validate a request body into ``model_cls``.
+
+    ``data`` is the raw body (bytes or str; empty means ``{}``) or an already decoded object.
+    When ``path_appid`` is given, a body ``appid`` must equal it. Raises ``InvalidParameter``
+    naming the first offending field; the field is ``"body"`` for invalid JSON or a non-object.
+    """
+    body = _load_body(data)
+    try:
+        return model_cls.model_validate(body, context={"path_appid": path_appid})
+    except ValidationError as exc:
+        raise _error_to_invalid(exc.errors(include_url=False)[0]) from None

@@ -1,0 +1,178 @@
+"""The one place that reaches into aiortc internals: encoded frames out of an RTCRtpReceiver.
+
+Written for, and pinned to, **aiortc 1.16.0** (checked at import: another version refuses to
+load, so an upgrade is a deliberate act that re-reads this file and reruns its tests).
+
+How aiortc 1.16.0 receives media: ``RTCRtpReceiver._handle_rtp_packet`` runs on the event loop,
+depayloads each RTP packet, reassembles frames in a jitter buffer and puts
+``(codec, JitterFrame)`` into the private ``queue.Queue`` ``receiver.__decoder_queue``
+(mangled ``_RTCRtpReceiver__decoder_queue``). ``receive()`` starts a decoder thread that
+``get()``s from that queue and decodes; ``None`` on the queue ends the thread and the track.
+``RTCPeerConnection`` calls ``receive()`` only from ``__connect()``, after ICE and DTLS are up,
+so a queue swapped in right after ``setRemoteDescription`` (or in its ``track`` event) is the
+one the decoder thread gets.
+
+:func:`install_tap` swaps that queue for a :class:`_TapQueue`: every ``(codec, frame)`` goes to
+a callback, synchronously on the event loop, and nothing is ever decoded; ``None`` is forwarded
+to a real queue, so the (idle) decoder thread still ends cleanly when the receiver stops.
+
+``JitterFrame`` has ``.data`` (H.264: an Annex B access unit with 4-byte start codes; VP8: one
+frame; Opus: one packet) and ``.timestamp`` (RTP timestamp already unwrapped by aiortc's
+``TimestampMapper``, starting at 0). ``codec`` is an ``RTCRtpCodecParameters`` (RTX already
+unwrapped to the media codec).
+
+Keyframe requests use ``receiver._send_rtcp_pli(ssrc)`` with the ssrc from the public
+``getSynchronizationSources()``. Codec negotiation results are read from
+``transceiver._codecs``.
+
+tests/test_rooms.py checks every internal named here, so a move in aiortc fails loudly there.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+from typing import Any
+
+import aiortc
+from aiortc import RTCRtpReceiver, RTCRtpTransceiver
+
+__all__ = [
+    "AIORTC_VERSION",
+    "TapError",
+    "FrameCallback",
+    "check_internals",
+    "install_tap",
+    "is_tapped",
+    "keyframe_detector",
+    "negotiated_codec",
+    "request_keyframe",
+]
+
+AIORTC_VERSION = "1.16.0"
+
+if aiortc.__version__ != AIORTC_VERSION:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"cloudrec.rooms._aiortc_tap was written for aiortc {AIORTC_VERSION}, "
+        f"found {aiortc.__version__}; re-check the internals it uses before upgrading"
+    )
+
+logger = logging.getLogger(__name__)
+
+_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+_STARTED_ATTR = "_RTCRtpReceiver__started"
+
+# (codec: RTCRtpCodecParameters, frame: JitterFrame) -> None, called on the event loop.
+FrameCallback = Callable[[Any, Any], None]
+
+
+class TapError(RuntimeError):
+    """aiortc's internals are not where this module expects them."""
+
+
+class _TapQueue:
+    """Stands in for the receiver's decoder queue: frames go to a callback, ``None`` to a queue."""
+
+    __slots__ = ("_callback", "_real", "_failed")
+
+    def __init__(self, callback: FrameCallback) -> None:
+        self._callback = callback
+        self._real: queue.Queue[None] = queue.Queue()
+        self._failed = False
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is None:
+            self._real.put(None)
+            return
+        try:
+            self._callback(item[0], item[1])
+        except Exception:
+            # An exception here would end aiortc's DTLS receive loop: log once, keep going.
+            if not self._failed:
+                self._failed = True
+                logger.exception("encoded-frame callback failed")
+
+    def get(self, block: bool = True, timeout: float | None = None) -> None:
+        # The decoder thread blocks here until the receiver stops.
+        return self._real.get(block, timeout)
+
+
+def check_internals() -> None:
+    """Raise :class:`TapError` when an aiortc internal this module uses is missing."""
+    for cls, name in (
+        (RTCRtpReceiver, "_handle_rtp_packet"),
+        (RTCRtpReceiver, "_send_rtcp_pli"),
+        (RTCRtpReceiver, "getSynchronizationSources"),
+        (RTCRtpReceiver, "receive"),
+    ):
+        if not callable(getattr(cls, name, None)):
+            raise TapError(f"aiortc {cls.__name__}.{name} is gone")
+
+
+def install_tap(receiver: RTCRtpReceiver, callback: FrameCallback) -> None:
+    """Route every encoded frame of ``receiver`` to ``callback`` instead of its decoder.
+
+    Must run before ``receiver.receive()`` (i.e. before the connection is up).
+    """
+    current = getattr(receiver, _QUEUE_ATTR, None)
+    if not isinstance(current, (queue.Queue, _TapQueue)):
+        raise TapError("aiortc RTCRtpReceiver has no __decoder_queue (aiortc internals moved)")
+    if getattr(receiver, _STARTED_ATTR, None) is not False:
+        raise TapError("receiver already started: the tap must be installed before receive()")
+    setattr(receiver, _QUEUE_ATTR, _TapQueue(callback))
+
+
+def is_tapped(receiver: RTCRtpReceiver) -> bool:
+    return isinstance(getattr(receiver, _QUEUE_ATTR, None), _TapQueue)
+
+
+async def request_keyframe(receiver: RTCRtpReceiver) -> int:
+    """Send an RTCP PLI for every ssrc the receiver heard lately; returns how many were sent."""
+    sources = receiver.getSynchronizationSources()
+    for source in sources:
+        await receiver._send_rtcp_pli(source.source)
+    return len(sources)
+
+
+def negotiated_codec(transceiver: RTCRtpTransceiver) -> str | None:
+    """Lower-case name of the first negotiated media codec (``"h264"``, ``"vp8"``, ``"opus"``)."""
+    for codec in getattr(transceiver, "_codecs", None) or ():
+        name = codec.name.lower()
+        if name not in ("rtx", "red", "ulpfec", "flexfec-03"):
+            return name
+    return None
+
+
+def _h264_keyframe(data: bytes) -> bool:
+    # Annex B: find each start code and look at the NAL type; the first slice decides.
+    find = data.find
+    i = find(b"\x00\x00\x01")
+    while i >= 0:
+        i += 3
+        if i >= len(data):
+            return False
+        nal_type = data[i] & 0x1F
+        if nal_type == 5:
+            return True
+        if nal_type == 1:
+            return False
+        i = find(b"\x00\x00\x01", i)
+    return False
+
+
+def _vp8_keyframe(data: bytes) -> bool:
+    return bool(data) and not data[0] & 1
+
+
+def _always(data: bytes) -> bool:
+    return True
+
+
+def keyframe_detector(codec_name: str) -> Callable[[bytes], bool]:
+    """The keyframe test for a codec name (``"h264"``, ``"vp8"``, anything else: always)."""
+    if codec_name == "h264":
+        return _h264_keyframe
+    if codec_name == "vp8":
+        return _vp8_keyframe
+    return _always

@@ -1,0 +1,507 @@
+"""Rooms, publishers and the encoded media they send, handed to subscribers per (room, uid).
+
+A :class:`RoomHub` answers WHIP offers with recvonly aiortc peer connections whose receivers are
+tapped (:mod:`cloudrec.rooms._aiortc_tap`): received H.264 access units, VP8 frames and Opus
+packets go, still encoded, synchronously from the event loop to every matching
+:class:`Subscription`. Nothing is decoded and no thread is involved.
+
+Presence: a uid publishes at most one audio and one video track; a second publish for the same
+uid replaces the first (the old peer connection is closed, subscribers see ``unpublished`` then
+``published`` with a new ``epoch``) and keeps the uid's place in join order and its
+``joined_at``. A publication counts from the moment its answer is made; it ends on
+:meth:`RoomHub.unpublish`, when its ICE/DTLS connection fails or closes, or when it is not
+connected within ``connect_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc import sdp as aiortc_sdp
+
+from cloudrec.errors import InvalidParameter
+from cloudrec.mediatypes import EncodedFrame
+from cloudrec.rooms import _aiortc_tap as tap
+
+__all__ = ["PublisherEvent", "PublisherInfo", "RoomHub", "Subscription", "SubscriptionClosed"]
+
+logger = logging.getLogger(__name__)
+
+RoomKey = tuple[int, str]
+
+
+@dataclass(frozen=True)
+class PublisherInfo:
+    uid: str
+    kinds: frozenset[str]
+    video_codec: str | None
+    audio_codec: str | None
+    joined_at: float  # time.time() when the uid first joined (kept across replacements)
+    epoch: int  # unique per publication; timestamps restart with it
+
+
+@dataclass(frozen=True)
+class PublisherEvent:
+    kind: Literal["published", "unpublished"]
+    uid: str
+    info: PublisherInfo | None
+
+
+Item = tuple[str, EncodedFrame] | PublisherEvent
+
+
+class SubscriptionClosed(Exception):
+    """Raised by :meth:`Subscription.get` once the subscription (or the hub) is closed."""
+
+
+class Subscription:
+    """Encoded frames and presence events of one room (or one uid of it), in arrival order.
+
+    On subscribing, a ``published`` event is queued for each matching publisher already present
+    and a keyframe is requested from it. The queue is bounded (``maxsize`` frames): when full,
+    the oldest video frame is dropped together with the queued frames of that uid that depend on
+    it, and that uid's video resumes at its next keyframe (requested at once); audio is dropped
+    only when no video is queued. Events are never dropped. ``dropped_video``/``dropped_audio``
+    count the drops. One consumer task per subscription; a cancelled :meth:`get` loses nothing.
+    """
+
+    def __init__(self, hub: RoomHub, key: RoomKey, uid: str | None, maxsize: int) -> None:
+        self._hub = hub
+        self._key = key
+        self.uid = uid
+        self.maxsize = maxsize
+        self._items: deque[Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._resync: set[str] = set()
+        self._closed = False
+        self.dropped_video = 0
+        self.dropped_audio = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> Item:
+        """The next ``(uid, frame)`` or :class:`PublisherEvent`; raises SubscriptionClosed."""
+        while not self._items:
+            if self._closed:
+                raise SubscriptionClosed
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def get_nowait(self) -> Item:
+        """Like :meth:`get`; raises ``asyncio.QueueEmpty`` when nothing is queued."""
+        if self._items:
+            return self._items.popleft()
+        if self._closed:
+            raise SubscriptionClosed
+        raise asyncio.QueueEmpty
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Item:
+        try:
+            return await self.get()
+        except SubscriptionClosed:
+            raise StopAsyncIteration from None
+
+    def request_keyframe(self, uid: str) -> None:
+        """Ask ``uid``'s video sender for a keyframe (RTCP PLI), fire and forget."""
+        self._hub._request_keyframe(self._key, uid)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._items.clear()
+        self._end()
+        self._hub._drop_subscription(self)
+
+    # -- fed by the hub ------------------------------------------------------------------------
+
+    def _end(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _push_event(self, event: PublisherEvent) -> None:
+        if event.kind == "unpublished":
+            self._resync.discard(event.uid)
+        self._items.append(event)
+        self._wake()
+
+    def _push_frame(self, uid: str, frame: EncodedFrame) -> None:
+        # Hot path: called for every received frame, on the event loop.
+        if len(self._items) >= self.maxsize:
+            self._make_room()
+        if self._resync and frame.kind == "video" and uid in self._resync:
+            if not frame.keyframe:
+                self.dropped_video += 1
+                return
+            self._resync.discard(uid)
+        self._items.append((uid, frame))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _make_room(self) -> None:
+        items = self._items
+        victim = -1
+        first_audio = -1
+        for i, item in enumerate(items):
+            if type(item) is tuple:
+                if item[1].kind == "video":
+                    victim = i
+                    break
+                if first_audio < 0:
+                    first_audio = i
+        if victim < 0:
+            if first_audio >= 0:
+                del items[first_audio]
+                self.dropped_audio += 1
+            return  # only events queued: let them through
+        uid = items[victim][0]
+        del items[victim]
+        self.dropped_video += 1
+        i = victim
+        while i < len(items):  # the frames that depended on it, up to the next keyframe
+            item = items[i]
+            if type(item) is tuple and item[0] == uid and item[1].kind == "video":
+                if item[1].keyframe:
+                    return
+                del items[i]
+                self.dropped_video += 1
+                continue
+            i += 1
+        self._resync.add(uid)
+        self.request_keyframe(uid)
+
+
+@dataclass(eq=False)
+class _Publication:
+    key: RoomKey
+    uid: str
+    session_id: str
+    epoch: int
+    pc: RTCPeerConnection
+    receivers: dict[str, RTCRtpReceiver] = field(default_factory=dict)
+    info: PublisherInfo | None = None
+    active: bool = False
+    frames: int = 0
+    last_arrival: float = 0.0
+    watchdog: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Room:
+    publications: dict[str, _Publication] = field(default_factory=dict)  # join order
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+
+def _codec_preferences(kind: str) -> list[Any]:
+    """H.264 (constrained baseline first), then VP8, for video; Opus for audio; RTX kept."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    if kind == "audio":
+        return [c for c in caps if c.mimeType.lower() == "audio/opus"]
+
+    def rank(c: Any) -> int:
+        mime = c.mimeType.lower()
+        if mime == "video/h264":
+            return 0 if str(c.parameters.get("profile-level-id", "")).lower() == "42e01f" else 1
+        return {"video/vp8": 2, "video/rtx": 3}.get(mime, 9)
+
+    return sorted((c for c in caps if rank(c) < 9), key=rank)
+
+
+def _offer_kinds(offer_sdp: str) -> list[str]:
+    """Kinds the offer sends, in m-line order; InvalidParameter when it is not a usable offer."""
+    try:
+        description = aiortc_sdp.SessionDescription.parse(offer_sdp)
+    except Exception as exc:
+        raise InvalidParameter("sdp", f"malformed SDP offer ({exc or type(exc).__name__})") from exc
+    if not offer_sdp.lstrip().startswith("v=0"):
+        raise InvalidParameter("sdp", "malformed SDP offer (no v=0 line)")
+    kinds: list[str] = []
+    for media in description.media:
+        if media.kind not in ("audio", "video") or media.direction in ("recvonly", "inactive"):
+            continue
+        if media.kind in kinds:
+            raise InvalidParameter("sdp", f"more than one {media.kind} track offered")
+        kinds.append(media.kind)
+    if not kinds:
+        raise InvalidParameter("sdp", "the offer sends neither audio nor video")
+    return kinds
+
+
+class RoomHub:
+    """Rooms keyed by ``(appid, roomid)``: WHIP publications in, encoded media out."""
+
+    def __init__(
+        self,
+        *,
+        ice_servers: list[Any] | None = None,
+        queue_size: int = 512,
+        connect_timeout_s: float = 20.0,
+    ) -> None:
+        # No STUN by default: a server reachable by its host address needs none, and aiortc's
+        # default (a public STUN server) stalls gathering where there is no internet.
+        self._configuration = RTCConfiguration(iceServers=list(ice_servers or []))
+        self._queue_size = queue_size
+        self._connect_timeout_s = connect_timeout_s
+        self._rooms: dict[RoomKey, _Room] = {}
+        self._sessions: dict[str, _Publication] = {}
+        self._epochs = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        tap.check_internals()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def is_publishing(self, appid: int, roomid: str) -> bool:
+        room = self._rooms.get((appid, roomid))
+        return bool(room and room.publications)
+
+    def publishers(self, appid: int, roomid: str) -> list[PublisherInfo]:
+        room = self._rooms.get((appid, roomid))
+        if room is None:
+            return []
+        return [p.info for p in room.publications.values() if p.info is not None]
+
+    def subscribe(self, appid: int, roomid: str, uid: str | None = None) -> Subscription:
+        key = (appid, roomid)
+        sub = Subscription(self, key, uid, self._queue_size)
+        if self._closed:
+            sub._end()
+            return sub
+        room = self._rooms.setdefault(key, _Room())
+        for pub in room.publications.values():
+            if uid is None or pub.uid == uid:
+                sub._push_event(PublisherEvent("published", pub.uid, pub.info))
+                self._request_keyframe(key, pub.uid)
+        room.subscriptions.append(sub)
+        return sub
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]:
+        """Answer a WHIP offer; returns ``(answer_sdp, session_id)``.
+
+        Raises InvalidParameter("sdp", ...) for a malformed offer, one that sends neither audio
+        nor video, or one with no codec we take (H.264, VP8, Opus).
+        """
+        if self._closed:
+            raise RuntimeError("RoomHub is closed")
+        kinds = _offer_kinds(offer_sdp)
+        key = (appid, str(roomid))
+        pc = RTCPeerConnection(self._configuration)
+        pub = _Publication(key, uid, secrets.token_urlsafe(18), next(self._epochs), pc)
+        try:
+            transceivers = {}
+            for kind in kinds:
+                transceiver = pc.addTransceiver(kind, direction="recvonly")
+                transceiver.setCodecPreferences(_codec_preferences(kind))
+                tap.install_tap(transceiver.receiver, self._sink(pub, kind))
+                pub.receivers[kind] = transceiver.receiver
+                transceivers[kind] = transceiver
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+                answer = await pc.createAnswer()
+            except Exception as exc:
+                raise InvalidParameter(
+                    "sdp", f"cannot use the offer ({exc or type(exc).__name__}); "
+                    "codecs taken: H.264 (packetization-mode 1), VP8, Opus"
+                ) from exc
+            await pc.setLocalDescription(answer)  # gathers ICE candidates first
+            if self._closed:
+                raise RuntimeError("RoomHub is closed")
+        except BaseException:
+            await pc.close()
+            raise
+        codecs = {k: tap.negotiated_codec(t) for k, t in transceivers.items()}
+        self._commit(pub, frozenset(kinds), codecs)
+        return pc.localDescription.sdp, pub.session_id
+
+    async def unpublish(self, session_id: str) -> bool:
+        pub = self._sessions.get(session_id)
+        if pub is None:
+            return False
+        self._remove(pub, "unpublished")
+        await pub.pc.close()
+        return True
+
+    async def close(self) -> None:
+        """Close every peer connection and end every subscription."""
+        self._closed = True
+        pubs = list(self._sessions.values())
+        for pub in pubs:
+            self._remove(pub, "hub closed")
+        for room in self._rooms.values():
+            for sub in room.subscriptions:
+                sub._end()
+        self._rooms.clear()
+        await asyncio.gather(*(p.pc.close() for p in pubs), return_exceptions=True)
+        tasks = list(self._tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _commit(self, pub: _Publication, kinds: frozenset[str], codecs: dict[str, Any]) -> None:
+        room = self._rooms.setdefault(pub.key, _Room())
+        old = room.publications.get(pub.uid)
+        joined_at = old.info.joined_at if old is not None and old.info else time.time()
+        if old is not None:
+            self._remove(old, "replaced", keep_place=True)
+        pub.info = PublisherInfo(
+            uid=pub.uid,
+            kinds=kinds,
+            video_codec=codecs.get("video"),
+            audio_codec=codecs.get("audio"),
+            joined_at=joined_at,
+            epoch=pub.epoch,
+        )
+        pub.active = True
+        room.publications[pub.uid] = pub
+        self._sessions[pub.session_id] = pub
+        pc = pub.pc
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            state = pc.connectionState
+            if state == "connected" and pub.watchdog is not None:
+                pub.watchdog.cancel()
+                pub.watchdog = None
+            elif state in ("failed", "closed"):
+                self._remove(pub, f"connection {state}")
+
+        pub.watchdog = asyncio.get_running_loop().call_later(
+            self._connect_timeout_s, self._on_connect_timeout, pub
+        )
+        event = PublisherEvent("published", pub.uid, pub.info)
+        for sub in room.subscriptions:
+            if sub.uid is None or sub.uid == pub.uid:
+                sub._push_event(event)
+        logger.info("publish %s/%s uid=%s epoch=%d kinds=%s", *pub.key, pub.uid, pub.epoch,
+                    sorted(kinds))
+
+    def _on_connect_timeout(self, pub: _Publication) -> None:
+        pub.watchdog = None
+        if pub.active and pub.pc.connectionState != "connected":
+            self._remove(pub, "not connected in time")
+
+    def _remove(self, pub: _Publication, reason: str, keep_place: bool = False) -> None:
+        """End a publication (idempotent); its peer connection is closed in the background."""
+        if not pub.active:
+            return
+        pub.active = False
+        if pub.watchdog is not None:
+            pub.watchdog.cancel()
+            pub.watchdog = None
+        self._sessions.pop(pub.session_id, None)
+        room = self._rooms.get(pub.key)
+        if room is not None and room.publications.get(pub.uid) is pub:
+            if not keep_place:
+                del room.publications[pub.uid]
+            event = PublisherEvent("unpublished", pub.uid, pub.info)
+            for sub in room.subscriptions:
+                if sub.uid is None or sub.uid == pub.uid:
+                    sub._push_event(event)
+            if not room.publications and not room.subscriptions:
+                del self._rooms[pub.key]
+        logger.info("unpublish %s/%s uid=%s epoch=%d: %s", *pub.key, pub.uid, pub.epoch, reason)
+        self._spawn(pub.pc.close())
+
+    def _sink(self, pub: _Publication, kind: str) -> tap.FrameCallback:
+        """The per-receiver callback: wrap each encoded frame once, hand it to subscribers."""
+        uid, epoch, monotonic = pub.uid, pub.epoch, time.monotonic
+        cached_codec: Any = None
+        name, clock_rate, keyframe = "", 0, tap.keyframe_detector("")
+        room: _Room | None = None
+        # Until the first video keyframe, ask for one (at most every 0.5 s): frames lost before
+        # the receiver was registered would otherwise leave subscribers waiting a whole GOP.
+        need_key, asked_at = kind == "video", -1.0
+
+        def on_frame(codec: Any, jitter_frame: Any) -> None:
+            nonlocal cached_codec, name, clock_rate, keyframe, room, need_key, asked_at
+            if not pub.active:
+                return
+            if codec is not cached_codec:
+                cached_codec = codec
+                name, clock_rate = codec.name.lower(), codec.clockRate
+                keyframe = tap.keyframe_detector(name)
+            if room is None:
+                room = self._rooms.get(pub.key)
+                if room is None:
+                    return
+            now = monotonic()
+            pub.frames += 1
+            pub.last_arrival = now
+            data = jitter_frame.data
+            if need_key:
+                if keyframe(data):
+                    need_key = False
+                elif now - asked_at > 0.5:
+                    asked_at = now
+                    self._request_keyframe(pub.key, uid)
+            subs = room.subscriptions
+            if not subs:
+                return
+            frame = EncodedFrame(kind, name, data, jitter_frame.timestamp, clock_rate, now,
+                                 keyframe(data), epoch)
+            for sub in subs:
+                if sub.uid is None or sub.uid == uid:
+                    sub._push_frame(uid, frame)
+
+        return on_frame
+
+    def _request_keyframe(self, key: RoomKey, uid: str) -> None:
+        room = self._rooms.get(key)
+        pub = room.publications.get(uid) if room is not None else None
+        if pub is None or not pub.active or "video" not in pub.receivers:
+            return
+        self._spawn(tap.request_keyframe(pub.receivers["video"]))
+
+    def _drop_subscription(self, sub: Subscription) -> None:
+        room = self._rooms.get(sub._key)
+        if room is None:
+            return
+        try:
+            room.subscriptions.remove(sub)
+        except ValueError:
+            return
+        if not room.publications and not room.subscriptions:
+            del self._rooms[sub._key]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("room task failed: %r", task.exception())

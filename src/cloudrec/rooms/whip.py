@@ -1,0 +1,134 @@
+"""WHIP ingest (RFC 9725) over a :class:`~cloudrec.rooms.hub.RoomHub`, and the ``/publish`` page.
+
+    POST    /whip/{appid}/{roomid}/{uid}   application/sdp offer, Authorization: Bearer <token>
+                                           -> 201 answer, Location: /whip/session/{id}, ETag
+    DELETE  /whip/session/{id}             -> 200, or 404 for an unknown session
+    PATCH   /whip/session/{id}             -> 405: no trickle ICE and no ICE restart; the offer
+                                              must carry its candidates (gathering complete)
+    OPTIONS on both                        -> 204 CORS preflight
+    GET     /publish                       -> a browser publishing page (getUserMedia + WHIP)
+
+Errors answer ``text/plain``: 401 missing/bad token, 404 unknown app or session, 400 wrong
+content type or unusable SDP, 503 while shutting down. The session URL is an unguessable
+capability: DELETE needs no token. Every WHIP response carries
+``Access-Control-Allow-Origin: *`` so a page on another origin can publish.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import resources
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from cloudrec.errors import AuthError, InvalidParameter
+from cloudrec.rooms.hub import RoomHub
+from cloudrec.rooms.tokens import verify_token
+
+__all__ = ["whip_router"]
+
+logger = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024
+
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Post",
+}
+
+
+def _preflight(methods: str) -> Response:
+    return Response(
+        status_code=204,
+        headers={
+            **_CORS,
+            "Access-Control-Allow-Methods": methods,
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+            "Access-Control-Max-Age": "86400",
+            "Accept-Post": "application/sdp",
+            "Allow": methods,
+        },
+    )
+
+
+def _error(status: int, message: str, **headers: str) -> Response:
+    return Response(message + "\n", status_code=status, media_type="text/plain",
+                    headers={**_CORS, **headers})
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def whip_router(hub: RoomHub, secret_for: Callable[[int], str | None]) -> APIRouter:
+    """Routes for WHIP publishing into ``hub``; ``secret_for(appid)`` is the app's secret, or
+    None for an unknown app."""
+    router = APIRouter(tags=["whip"])
+
+    @router.post("/whip/{appid}/{roomid}/{uid}")
+    async def whip_publish(appid: str, roomid: str, uid: str, request: Request) -> Response:
+        secret = secret_for(int(appid)) if appid.isdigit() and len(appid) < 19 else None
+        if secret is None:
+            return _error(404, f"unknown app {appid}")
+        try:
+            verify_token(_bearer(request), int(appid), roomid, uid, secret)
+        except AuthError as exc:
+            return _error(401, exc.message, **{"WWW-Authenticate": 'Bearer realm="whip"'})
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/sdp":
+            return _error(400, "Content-Type must be application/sdp")
+        body = await request.body()
+        if len(body) > MAX_SDP_BYTES:
+            return _error(400, "SDP offer too large")
+        try:
+            offer = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return _error(400, "SDP offer is not UTF-8")
+        try:
+            answer, session_id = await hub.publish(int(appid), roomid, uid, offer)
+        except InvalidParameter as exc:
+            return _error(400, exc.message)
+        except RuntimeError as exc:
+            if "closed" in str(exc):
+                return _error(503, "shutting down")
+            logger.exception("WHIP publish failed")
+            return _error(400, f"cannot answer the offer: {exc}")
+        except Exception as exc:  # aiortc on an odd offer; never a 500 for client input
+            logger.exception("WHIP publish failed")
+            return _error(400, f"cannot answer the offer: {exc}")
+        return Response(
+            answer,
+            status_code=201,
+            media_type="application/sdp",
+            headers={**_CORS, "Location": f"/whip/session/{session_id}",
+                     "ETag": f'"{session_id}"'},
+        )
+
+    @router.options("/whip/{appid}/{roomid}/{uid}")
+    async def whip_publish_preflight(appid: str, roomid: str, uid: str) -> Response:
+        return _preflight("POST, OPTIONS")
+
+    @router.delete("/whip/session/{session_id}")
+    async def whip_delete(session_id: str) -> Response:
+        if await hub.unpublish(session_id):
+            return Response(status_code=200, headers=_CORS)
+        return _error(404, "unknown WHIP session")
+
+    @router.patch("/whip/session/{session_id}")
+    async def whip_patch(session_id: str) -> Response:
+        return _error(405, "trickle ICE and ICE restarts are not supported; "
+                      "send an offer with all candidates", Allow="DELETE, OPTIONS")
+
+    @router.options("/whip/session/{session_id}")
+    async def whip_session_preflight(session_id: str) -> Response:
+        return _preflight("DELETE, OPTIONS")
+
+    @router.get("/publish", response_class=HTMLResponse)
+    async def publish_page() -> HTMLResponse:
+        page = resources.files("cloudrec").joinpath("static/publish.html").read_text("utf-8")
+        return HTMLResponse(page)
+
+    return router

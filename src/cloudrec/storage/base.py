@@ -1,0 +1,53 @@
+"""The object-store interface and the factory that picks one from a request's ``storagecfg``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from cloudrec.errors import RecordingError
+
+VENDER_LOCAL = 101
+S3_VENDERS = {0: "Alibaba OSS", 1: "Tencent COS", 2: "Qiniu Kodo", 100: "S3-compatible"}
+
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".ts": "video/mp2t",
+    ".mp4": "video/mp4",
+}
+
+
+class ObjectStore(Protocol):
+    """Stores whole files under keys. ``put_file`` returns only once the store has the bytes."""
+
+    description: str
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None: ...
+
+    async def probe(self) -> None:
+        """Raise StorageError when the store cannot take files (bad credentials, no bucket)."""
+        ...
+
+
+def content_type_for(name: str) -> str:
+    return CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
+
+
+def object_key(prefix: str, name: str) -> str:
+    """``prefix`` is ``"a/b/"`` or ``""`` (from ``fileprefix``)."""
+    return f"{prefix}{name}"
+
+
+def open_store(storagecfg: dict[str, Any], data_dir: Path) -> ObjectStore:
+    """Build the store a task writes to. Raises RecordingError 4004 for a vender not served."""
+    vender = storagecfg["vender"]
+    if vender == VENDER_LOCAL:
+        from cloudrec.storage.local import LocalStore
+
+        return LocalStore(data_dir / "storage" / storagecfg["bucket"])
+    name = S3_VENDERS.get(vender, str(vender))
+    raise RecordingError(
+        f"storagecfg.vender {vender} ({name}) is not supported by this server yet; "
+        f"use vender {VENDER_LOCAL} (local directory)",
+        4004,
+    )

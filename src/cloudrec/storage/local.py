@@ -1,0 +1,52 @@
+"""vender 101: a local directory, ``{data_dir}/storage/{bucket}/{key}``.
+
+Files are copied to a temporary name, fsynced and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+from cloudrec.errors import StorageError
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = f"local directory {root}"
+
+    def path_for(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageError(f"object key {key!r} escapes the bucket directory")
+        return path
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        await asyncio.to_thread(self._copy, key, path)
+
+    def _copy(self, key: str, src: Path) -> None:
+        dest = self.path_for(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.part")
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+
+    async def probe(self) -> None:
+        def check() -> None:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create {self.root}: {exc.strerror or exc}") from exc
+            if not os.access(self.root, os.W_OK):
+                raise StorageError(f"{self.root} is not writable")
+
+        await asyncio.to_thread(check)

@@ -1,0 +1,114 @@
+"""Shared test helpers: a real cloudrec server on a loopback port, API calls, publishers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+import uvicorn
+
+from cloudrec.api import create_app
+from cloudrec.config import AppConfig, Settings
+
+APPID = 10034
+KEY, SECRET = "demo-key", "demo-secret"
+TOKEN = base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
+HEADERS = {"AppID": str(APPID), "Token": TOKEN}
+LOCAL_STORAGE = {
+    "vender": 101,
+    "endpoint": "local",
+    "bucket": "rec-bucket",
+    "accesskey": "ak",
+    "secretkey": "sk",
+    "fileprefix": ["test1", "test2"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    base = Settings(
+        host="127.0.0.1",
+        port=free_port(),
+        data_dir=data_dir,
+        idle_timeout_s=5.0,
+        apps=(AppConfig(APPID, KEY, SECRET), AppConfig(10035, "other-key", "other-secret")),
+    )
+    return replace(base, **overrides)
+
+
+@dataclass
+class Server:
+    settings: Settings
+    client: httpx.AsyncClient
+    app: Any
+
+    @property
+    def base(self) -> str:
+        return self.settings.base_url
+
+    def api(self, what: str) -> str:
+        return f"{self.base}/app/{APPID}/v1/recordoss/{what}"
+
+    async def call(self, what: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+        headers = kw.pop("headers", HEADERS)
+        if body is None:
+            r = await self.client.get(self.api(what), headers=headers, **kw)
+        else:
+            r = await self.client.post(self.api(what), json=body, headers=headers, **kw)
+        data = r.json()
+        data["_status"] = r.status_code
+        return data
+
+    async def apply(self) -> str:
+        data = await self.call("applyrecord", {})
+        assert data["code"] == 0, data
+        return str(data["resid"])
+
+    def whip_url(self, roomid: str, uid: str, appid: int = APPID) -> str:
+        return f"{self.base}/whip/{appid}/{roomid}/{uid}"
+
+    def storage_root(self, bucket: str = "rec-bucket") -> Path:
+        return self.settings.data_dir / "storage" / bucket
+
+
+@asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[Server]:
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.02)
+    async with httpx.AsyncClient(timeout=30) as client:
+        try:
+            yield Server(settings, client, app)
+        finally:
+            server.should_exit = True
+            await serving
+
+
+def source_body(resid: str, roomid: str, uid: str, recordtype: int = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "resid": resid,
+        "appid": APPID,
+        "roomid": roomid,
+        "recordtype": recordtype,
+        "streamtype": 2,
+        "uid": uid,
+        "storagecfg": dict(LOCAL_STORAGE),
+        **extra,
+    }

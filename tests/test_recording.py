@@ -1,0 +1,182 @@
+"""Source-stream recording end to end: real WHIP publishers over loopback → cloudrec → HLS in
+local storage, read back with PyAV and ffprobe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from cloudrec.media.h264 import parameter_sets
+from cloudrec.publisher import Publisher
+from cloudrec.rooms import make_token
+from tests.helpers import APPID, SECRET, Server, make_settings, running_server, source_body
+from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(make_settings(tmp_path, idle_timeout_s=3.0, segment_seconds=2.0,
+                                            write_rate_per_s=1000, query_rate_per_s=1000)) as s:
+        yield s
+
+
+async def publish(server: Server, room: str, uid: str, **kw: Any) -> Publisher:
+    pub = Publisher(server.whip_url(room, uid), make_token(APPID, room, uid, SECRET), **kw)
+    await pub.start()
+    await pub.wait_connected()
+    return pub
+
+
+async def start(server: Server, room: str, uid: str, recordtype: int = 0) -> tuple[str, str, float]:
+    resid = await server.apply()
+    for _ in range(50):  # the publication is announced once its first frames arrive
+        data = await server.call("startrecord", source_body(resid, room, uid, recordtype))
+        if data["code"] != 4005:
+            break
+        await asyncio.sleep(0.1)
+    assert data["code"] == 0, data
+    return resid, data["recordid"], time.monotonic()
+
+
+async def stop(server: Server, room: str, resid: str, recordid: str) -> float:
+    data = await server.call("stoprecord", {"resid": resid, "appid": APPID, "roomid": room,
+                                            "recordid": recordid})
+    assert data["code"] == 0, data
+    return time.monotonic()
+
+
+def playlist_of(server: Server, room: str, recordid: str, uid: str) -> Path:
+    return server.storage_root() / "test1" / "test2" / f"{APPID}_{room}_{recordid}_{uid}.m3u8"
+
+
+@pytest.mark.parametrize("recordtype", [0, 1, 2])
+async def test_records_published_stream(server: Server, recordtype: int) -> None:
+    pub = await publish(server, "room1", "alice")
+    try:
+        resid, recordid, t0 = await start(server, "room1", "alice", recordtype)
+        await asyncio.sleep(1.0)
+        live = await server.call(f"queryrecord/room1/{recordid}")
+        assert live["code"] == 0 and live["data"]["status"] in (1, 2)
+        await asyncio.sleep(3.5)
+        t1 = await stop(server, "room1", resid, recordid)
+    finally:
+        await pub.stop()
+    playlist = playlist_of(server, "room1", recordid, "alice")
+    lines = playlist_lines(playlist)
+    assert lines[0] == "#EXTM3U" and lines[-1] == "#EXT-X-ENDLIST"
+    segments = [line for line in lines if line.endswith(".ts")]
+    assert len(segments) >= 2
+    assert all((playlist.parent / name).stat().st_size > 0 for name in segments)
+    probe = probe_playlist(playlist)
+    assert abs(probe.duration - (t1 - t0)) <= 1.0, (probe.duration, t1 - t0)
+    if recordtype in (0, 1):
+        assert (probe.width, probe.height, probe.video_codec) == (320, 240, "h264")
+        assert probe.video_frames >= 15 * 3
+    else:
+        assert probe.video_frames == 0 and probe.video_codec is None
+    if recordtype in (0, 2):
+        assert probe.audio_codec == "aac" and probe.audio_rate == 48000 and probe.audio_frames > 100
+    else:
+        assert probe.audio_frames == 0 and probe.audio_codec is None
+    streams = ffprobe_streams(playlist)
+    if streams is not None:
+        kinds = sorted(str(s["codec_type"]) for s in streams)
+        assert kinds == {0: ["audio", "video"], 1: ["video"], 2: ["audio"]}[recordtype]
+    after = await server.call(f"queryrecord/room1/{recordid}")
+    assert after["code"] == 4013 and after["data"]["stopreason"] == "api"
+    assert after["data"]["segments"] == len(segments)
+
+
+async def test_h264_is_remuxed_not_reencoded(server: Server) -> None:
+    """The recording carries the publisher's own SPS/PPS: no decoder or encoder in between."""
+    sub = server.app.state.hub.subscribe(APPID, "room2", "bob")
+    pub = await publish(server, "room2", "bob")
+    try:
+        published_sps = None
+        while published_sps is None:
+            item = await asyncio.wait_for(sub.get(), 10)
+            if isinstance(item, tuple) and item[1].kind == "video" and item[1].keyframe:
+                published_sps, published_pps = parameter_sets(item[1].data)
+        sub.close()
+        resid, recordid, _ = await start(server, "room2", "bob", 1)
+        await asyncio.sleep(2.5)
+        live = await server.call(f"queryrecord/room2/{recordid}")
+        assert live["data"]["videotranscoded"] is False
+        await stop(server, "room2", resid, recordid)
+    finally:
+        await pub.stop()
+    playlist = playlist_of(server, "room2", recordid, "bob")
+    first_segment = playlist.parent / next(l for l in playlist_lines(playlist) if l.endswith(".ts"))
+    import av
+
+    with av.open(str(first_segment)) as container:
+        packet = next(p for p in container.demux(video=0) if p.size)
+        recorded_sps, recorded_pps = parameter_sets(bytes(packet))
+    assert published_sps is not None and recorded_sps == published_sps
+    assert recorded_pps == published_pps
+
+
+async def test_vp8_is_transcoded_to_h264(server: Server) -> None:
+    pub = await publish(server, "room3", "carol", video_codec="vp8")
+    try:
+        resid, recordid, t0 = await start(server, "room3", "carol", 0)
+        await asyncio.sleep(3.0)
+        live = await server.call(f"queryrecord/room3/{recordid}")
+        t1 = await stop(server, "room3", resid, recordid)
+    finally:
+        await pub.stop()
+    assert live["data"]["videotranscoded"] is True
+    probe = probe_playlist(playlist_of(server, "room3", recordid, "carol"))
+    assert (probe.video_codec, probe.width, probe.height) == ("h264", 320, 240)
+    assert probe.audio_codec == "aac"
+    assert abs(probe.duration - (t1 - t0)) <= 1.0
+
+
+async def test_task_errors_while_recording(server: Server) -> None:
+    pub = await publish(server, "room4", "dave")
+    try:
+        resid, recordid, _ = await start(server, "room4", "dave")
+        again = await server.call("startrecord", source_body(resid, "room4", "dave"))
+        assert (again["code"], again["_status"]) == (4011, 409)
+        other = await server.call("startrecord", source_body(await server.apply(), "room4", "nobody"))
+        assert other["code"] == 4005 and "nobody" in other["message"]
+        body = {"resid": resid, "appid": APPID, "roomid": "room4", "recordid": recordid}
+        from tests.test_api import SEED_START_MIXED
+
+        update = await server.call("updatemixrecord", dict(body, mixconfig=SEED_START_MIXED["mixconfig"]))
+        assert update["code"] == 4019
+        wrong_resid = await server.call("stoprecord", dict(body, resid=await server.apply()))
+        assert wrong_resid["code"] == 4012
+        mixed = dict(SEED_START_MIXED, resid=await server.apply(), roomid="room4")
+        mixed["mixconfig"] = {"templateid": 1, "output": SEED_START_MIXED["mixconfig"]["output"]}
+        mixed["storagecfg"] = source_body("", "", "")["storagecfg"]
+        unsupported = await server.call("startrecord", mixed)
+        assert unsupported["code"] == 4004 and "streamtype" in unsupported["message"]
+        s3 = source_body(await server.apply(), "room4", "dave")
+        s3["storagecfg"] = dict(s3["storagecfg"], vender=0)
+        assert (await server.call("startrecord", s3))["code"] == 4004
+        assert (await server.call("stoprecord", body))["code"] == 0
+        assert (await server.call("stoprecord", body))["code"] == 4013
+        assert (await server.call("startrecord", source_body(resid, "room4", "dave")))["code"] == 4012
+    finally:
+        await pub.stop()
+
+
+async def test_idle_recording_stops_by_itself(server: Server) -> None:
+    pub = await publish(server, "room5", "erin")
+    resid, recordid, _ = await start(server, "room5", "erin")
+    await asyncio.sleep(2.5)
+    await pub.stop()
+    for _ in range(100):
+        data = await server.call(f"queryrecord/room5/{recordid}")
+        if data["code"] == 4013:
+            break
+        await asyncio.sleep(0.1)
+    assert data["code"] == 4013, data
+    assert data["data"]["stopreason"] == "idle" and data["data"]["status"] == 4
+    lines = playlist_lines(playlist_of(server, "room5", recordid, "erin"))
+    assert lines[-1] == "#EXT-X-ENDLIST"
