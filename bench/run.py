@@ -76,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cloudrec-bench-") as tmp:
         tmp_path = Path(tmp)
         clip = Path(make_clip(str(tmp_path / "clip.mkv"), seconds=6, width=640, height=480,
-                              fps=15, bitrate=1_000_000))
+                              fps=15, bitrate=1_000_000, voice=True))
         server = start_server(tmp_path / "data", write_rate_per_s=1_000_000,
                               query_rate_per_s=1_000_000, idle_timeout_s=60)
         lines = []

@@ -174,11 +174,14 @@ class ToneTrack(MediaStreamTrack):
 
 def make_clip(path: str, seconds: float = 4, width: int = 640, height: int = 480, fps: int = 15,
               gop: int | None = None, bitrate: int = 1_000_000, tone_hz: float = 440.0,
-              grain: int = 12) -> str:
+              grain: int = 12, voice: bool = False) -> str:
     """Write an H.264 (baseline, level 3.1, no B-frames) + Opus 48 kHz stereo clip with PyAV.
 
     ``grain`` adds that much random noise to the luma, so the encoder actually spends about
     ``bitrate`` (a bare test pattern compresses to a fraction of it); 0 for a clean picture.
+    ``voice`` replaces the steady tone with a voice-like signal (a gliding pitch around
+    ``tone_hz``, syllable-rate loudness and a little breath noise): audio encoders spend very
+    different effort on a pure tone and on speech, so benchmarks use this one.
     """
     gop = gop or fps * 2
     rng = np.random.default_rng(1)
@@ -205,7 +208,14 @@ def make_clip(path: str, seconds: float = 4, width: int = 640, height: int = 480
         step = 2 * np.pi * tone_hz / AUDIO_RATE
         for start in range(0, frames * AUDIO_RATE // fps, AUDIO_SAMPLES):
             n = np.arange(start, start + AUDIO_SAMPLES, dtype=np.float64)
-            mono = (np.sin(n * step) * 8000).astype(np.int16)
+            if voice:
+                t = n / AUDIO_RATE
+                pitch = step * (1 + 0.3 * np.sin(2 * np.pi * 0.5 * t))
+                level = 0.55 + 0.45 * np.sin(2 * np.pi * 3 * t)
+                wave = np.sin(n * pitch) * level + 0.04 * rng.standard_normal(n.size)
+                mono = (wave * 8000).astype(np.int16)
+            else:
+                mono = (np.sin(n * step) * 8000).astype(np.int16)
             samples = np.repeat(mono, 2).reshape(1, -1)  # packed stereo
             frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="stereo")
             frame.sample_rate, frame.pts = AUDIO_RATE, start
