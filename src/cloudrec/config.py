@@ -36,6 +36,8 @@ class Settings:
     write_rate_per_s: int = 10  # per AppID and write endpoint
     query_rate_per_s: int = 10  # per recordid
     stop_timeout_s: float = 15.0  # how long stoprecord waits for the last segment to be stored
+    callback_retry_s: float = 3600.0  # how long an undelivered callback is retried
+    allow_private_urls: bool = False  # SSRF guard: may picture URLs point at private addresses
     public_url: str = ""  # how publishers reach this server; default http://{host}:{port}
     log_level: str = "info"
     apps: tuple[AppConfig, ...] = field(default_factory=tuple)
@@ -56,6 +58,10 @@ _ENV_PREFIX = "CLOUDREC_"
 
 def _coerce(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
+    if kind in ("bool",):
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
     if kind in ("int",):
         return int(value)
     if kind in ("float",):

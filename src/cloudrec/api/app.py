@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from cloudrec.api.recordoss import envelope, recordoss_router
 from cloudrec.api.trace import new_trace_id
+from cloudrec.callbacks import CallbackOutbox
 from cloudrec.config import Settings
 from cloudrec.recorder import RecordingService
 from cloudrec.rooms import RoomHub, whip_router
@@ -25,27 +26,33 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the app; the task store, room hub and recordings live for the app's lifespan."""
     tasks = TaskStore(settings.data_dir / "tasks.sqlite3", resid_ttl_s=settings.resid_ttl_s)
     hub = RoomHub()
-    service = RecordingService(settings, tasks, hub)
+
+    def secret_for(appid: int) -> str | None:
+        app_cfg = settings.app(appid)
+        return app_cfg.secret if app_cfg else None
+
+    outbox = CallbackOutbox(settings.data_dir / "callbacks.sqlite3", secret_for,
+                            retry_for_s=settings.callback_retry_s)
+    service = RecordingService(settings, tasks, hub, outbox)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        outbox.start()
         await service.recover()
         try:
             yield
         finally:
             await service.shutdown()
             await hub.close()
+            await outbox.close()
             tasks.close()
 
     app = FastAPI(title="cloudrec", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.service = service
     app.state.hub = hub
+    app.state.outbox = outbox
     app.include_router(recordoss_router(settings, service))
-
-    def secret_for(appid: int) -> str | None:
-        app_cfg = settings.app(appid)
-        return app_cfg.secret if app_cfg else None
 
     app.include_router(whip_router(hub, secret_for))
 

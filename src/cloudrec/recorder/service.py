@@ -12,11 +12,12 @@ import asyncio
 import logging
 from typing import Any
 
+from cloudrec.callbacks import CallbackOutbox
 from cloudrec.config import Settings
-from cloudrec.errors import RecordingError
+from cloudrec.errors import RecordingError, StorageError
 from cloudrec.recorder.source import SourceRecording, prefix_for
 from cloudrec.rooms import RoomHub
-from cloudrec.storage import Spool, SpoolUploader, open_store
+from cloudrec.storage import Spool, SpoolUploader, close_clients, open_store
 from cloudrec.tasks import Status, StopReason, Task, TaskStore
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,11 @@ RECORD_KINDS = {0: frozenset({"audio", "video"}), 1: frozenset({"video"}), 2: fr
 
 
 class RecordingService:
-    def __init__(self, settings: Settings, tasks: TaskStore, hub: RoomHub) -> None:
+    def __init__(
+        self, settings: Settings, tasks: TaskStore, hub: RoomHub, outbox: CallbackOutbox | None = None
+    ) -> None:
         self.settings = settings
+        self.outbox = outbox
         self.tasks = tasks
         self.hub = hub
         self.spool = Spool(settings.data_dir / "spool")
@@ -55,8 +59,13 @@ class RecordingService:
             wanted = "/".join(sorted(RECORD_KINDS[req.recordtype]))
             raise RecordingError(f"uid {req.uid!r} publishes no {wanted} for recordtype {req.recordtype}", 4004)
         storagecfg = req.storagecfg.model_dump()
-        store = open_store(storagecfg, self.settings.data_dir)
-        await store.probe()
+        try:
+            store = open_store(storagecfg, self.settings.data_dir)
+            await store.probe()
+        except StorageError as exc:
+            if exc.message.startswith("storagecfg"):
+                raise
+            raise StorageError(f"storagecfg: {exc.message}") from exc
         request = req.model_dump(mode="json")
         task = self.tasks.create_task(
             appid=appid,
@@ -76,6 +85,7 @@ class RecordingService:
         recording = self.recordings.get(task.recordid)
         if recording is None:  # active in the store but not running here: end it cleanly
             self.tasks.set_status(task.recordid, Status.STOPPED, stopreason=str(StopReason.API))
+            self._emit(task, "recording.stopped", {"reason": str(StopReason.API)})
             return task.recordid
         await recording.stop(StopReason.API, timeout=self.settings.stop_timeout_s)
         return task.recordid
@@ -144,9 +154,16 @@ class RecordingService:
             segment_seconds=self.settings.segment_seconds,
             stop_timeout_s=self.settings.stop_timeout_s,
             on_finished=self._finished,
+            emit=lambda event_type, data: self._emit(task, event_type, data),
+            resumed=resume,
         )
         self.recordings[task.recordid] = recording
         recording.start(resume=resume)
+
+    def _emit(self, task: Task, event_type: str, data: dict[str, Any]) -> None:
+        if self.outbox is not None:
+            self.outbox.emit(task.request.get("callbackurl"), event_type, appid=task.appid,
+                             roomid=task.roomid, recordid=task.recordid, uid=task.uid, data=data)
 
     def _finished(self, recordid: str) -> None:
         recording = self.recordings.pop(recordid, None)
@@ -181,9 +198,13 @@ class RecordingService:
             store = open_store(task.request["storagecfg"], self.settings.data_dir)
             uploader = SpoolUploader(store, prefix_for(task.request["storagecfg"]),
                                      self.spool.task_dir(recordid))
-            if uploader.submit_pending(None) or list(uploader.spool_dir.glob("*.m3u8")):
-                for playlist in uploader.spool_dir.glob("*.m3u8"):
+            # the recorder's playlists, not the ".name.tmp" / ".upload-name" files beside them
+            playlists = sorted(p for p in uploader.spool_dir.glob("*.m3u8")
+                               if not p.name.startswith("."))
+            if uploader.submit_pending(None) or playlists:
+                for playlist in playlists:
                     uploader.submit_playlist(playlist)
+                log.info("storing the files recording %s left in the spool", recordid)
                 self._leftovers.append(uploader)
                 asyncio.get_running_loop().create_task(self._store_leftovers(recordid, uploader))
             else:
@@ -199,3 +220,4 @@ class RecordingService:
         for uploader in list(self._leftovers):
             await uploader.drain(timeout=1.0)
             await uploader.close()
+        await close_clients()

@@ -53,6 +53,8 @@ class SourceRecording:
         segment_seconds: float,
         stop_timeout_s: float,
         on_finished: Callable[[str], None],
+        emit: Callable[..., None] | None = None,
+        resumed: bool = False,
     ) -> None:
         self.task = task
         self.hub = hub
@@ -63,6 +65,9 @@ class SourceRecording:
         self.segment_seconds = segment_seconds
         self.stop_timeout_s = stop_timeout_s
         self.on_finished = on_finished
+        self._emit_event = emit
+        self.resumed = resumed
+        self._closing = False
         self.basename = basename_for(task)
         self.prefix = prefix_for(task.request["storagecfg"])
         self.uploader = SpoolUploader(
@@ -145,6 +150,11 @@ class SourceRecording:
                          self.task.recordid, self.idle_timeout_s)
                 if self.stop_reason is None:
                     self.stop_reason = StopReason.IDLE
+                    if self.resumed and not self._recording:
+                        # Resumed after a crash or restart, and the publisher never came back.
+                        self.stop_reason = StopReason.ERROR
+                        self.error = ("the service restarted during the recording and the "
+                                      f"publisher did not return within {self.idle_timeout_s:.0f} s")
                 return
             await asyncio.sleep(BATCH_S)
 
@@ -154,6 +164,8 @@ class SourceRecording:
         if not self._recording and self.recorder.duration > 0:
             self._recording = True
             self.tasks.set_status(self.task.recordid, Status.RECORDING)
+            self._emit("recording.started", playlist=self.prefix + self.basename + ".m3u8",
+                       resumed=self.resumed)
 
     async def _finish(self) -> None:
         try:
@@ -165,6 +177,7 @@ class SourceRecording:
                     log.exception("closing recording %s failed", self.task.recordid)
                     self.error = self.error or f"{type(exc).__name__}: {exc}"
                     self.stop_reason = StopReason.ERROR
+                self._closing = True
                 self.uploader.submit_playlist(self.recorder.playlist_path)
             stored = await self.uploader.drain(self.stop_timeout_s)
             self._save_progress()
@@ -174,12 +187,17 @@ class SourceRecording:
                 log.warning("recording %s stopped with %d files not yet stored",
                             self.task.recordid, self.uploader.pending)
             reason = self.stop_reason or StopReason.ERROR
+            failed = reason == StopReason.ERROR and self.error is not None
             self.tasks.set_status(
                 self.task.recordid,
-                Status.FAILED if reason == StopReason.ERROR and self.error else Status.STOPPED,
+                Status.FAILED if failed else Status.STOPPED,
                 stopreason=str(reason),
                 error=self.error,
             )
+            progress = self.progress()
+            if failed:
+                self._emit("recording.failed", reason=str(reason), error=self.error, **progress)
+            self._emit("recording.stopped", reason=str(reason), error=self.error, **progress)
         finally:
             self.finished.set()
             self.on_finished(self.task.recordid)
@@ -193,8 +211,17 @@ class SourceRecording:
         self._save_progress()
 
     def _on_stored(self, name: str, size: int) -> None:
+        if name.endswith(".ts"):
+            self._emit("file.uploaded", file=self.prefix + name, kind="segment", size=size)
+        elif self._closing:
+            self._emit("file.uploaded", file=self.prefix + name, kind="playlist", size=size,
+                       final=True)
         if name.endswith(".m3u8"):
             self._save_progress()
+
+    def _emit(self, event_type: str, **data: Any) -> None:
+        if self._emit_event is not None:
+            self._emit_event(event_type, data)
 
     def _on_store_error(self, message: str | None) -> None:
         self.storage_error = message
