@@ -1,6 +1,7 @@
 """Run N clip publishers (pre-encoded H.264 + Opus, no encoding) until terminated.
 
 usage: publishers.py BASE_URL APPID SECRET ROOM CLIP UID...
+A UID of the form ROOM/UID publishes into that room instead of ROOM.
 Prints "ready" once every publisher is connected.
 """
 
@@ -15,8 +16,9 @@ from cloudrec.rooms import make_token
 
 
 async def main(base: str, appid: int, secret: str, room: str, clip: str, uids: list[str]) -> None:
-    pubs = [Publisher(f"{base}/whip/{appid}/{room}/{uid}", make_token(appid, room, uid, secret),
-                      clip=clip) for uid in uids]
+    pairs = [tuple(u.split("/", 1)) if "/" in u else (room, u) for u in uids]
+    pubs = [Publisher(f"{base}/whip/{appid}/{r}/{uid}", make_token(appid, r, uid, secret), clip=clip)
+            for r, uid in pairs]
     for pub in pubs:
         await pub.start()
     for pub in pubs:

@@ -1,8 +1,9 @@
 """`make bench`: cloudrec's speed, printed as figures and as ratios against a reference
 measured in the same run.
 
-Source recording: K publishers send a pre-encoded 640x480@15 ~1 Mbps H.264 + Opus clip (in a
-separate process, so their CPU is not counted). We measure the server process's CPU while it
+Source recording: K publishers send a pre-encoded 640x480@15 ~1 Mbps H.264 + mono Opus clip
+(a voice-like signal, mono as browsers send a microphone; in a separate process, so their CPU
+is not counted). We measure the server process's CPU while it
 merely receives the K streams (the floor), then while it records all K (WebRTC receive + remux
 + Opus→AAC + HLS + local storage). Goal: ≤ 0.03 cores per recording, and ≤ 10 % above the floor.
 """
@@ -20,6 +21,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_api  # noqa: E402
+import bench_storage  # noqa: E402
+import bench_load  # noqa: E402
 from common import APPID, HEADERS, ServerProcess, measure_cores, start_publishers, start_server, wait_ready  # noqa: E402
 
 from cloudrec.publisher import make_clip  # noqa: E402
@@ -76,7 +79,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cloudrec-bench-") as tmp:
         tmp_path = Path(tmp)
         clip = Path(make_clip(str(tmp_path / "clip.mkv"), seconds=6, width=640, height=480,
-                              fps=15, bitrate=1_000_000, voice=True))
+                              fps=15, bitrate=1_000_000, voice=True,
+                              audio_channels=1))
         server = start_server(tmp_path / "data", write_rate_per_s=1_000_000,
                               query_rate_per_s=1_000_000, idle_timeout_s=60)
         lines = []
@@ -101,8 +105,11 @@ def main() -> None:
             finally:
                 pubs.terminate()
                 pubs.wait(10)
+            for load_line in bench_load.run(server, clip):
+                print(load_line, flush=True)
         finally:
             server.stop()
+    print("\n".join(bench_storage.run()), flush=True)
 
 
 if __name__ == "__main__":

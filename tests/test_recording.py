@@ -157,8 +157,9 @@ async def test_task_errors_while_recording(server: Server) -> None:
         unsupported = await server.call("startrecord", mixed)
         assert unsupported["code"] == 4004 and "streamtype" in unsupported["message"]
         s3 = source_body(await server.apply(), "room4", "dave")
-        s3["storagecfg"] = dict(s3["storagecfg"], vender=0)
-        assert (await server.call("startrecord", s3))["code"] == 4004
+        s3["storagecfg"] = dict(s3["storagecfg"], vender=0, endpoint="http://127.0.0.1:1")
+        unreachable = await server.call("startrecord", s3)  # nothing listens on port 1
+        assert unreachable["code"] == 4004 and "storagecfg" in unreachable["message"]
         assert (await server.call("stoprecord", body))["code"] == 0
         assert (await server.call("stoprecord", body))["code"] == 4013
         assert (await server.call("startrecord", source_body(resid, "room4", "dave")))["code"] == 4012
@@ -180,3 +181,28 @@ async def test_idle_recording_stops_by_itself(server: Server) -> None:
     assert data["data"]["stopreason"] == "idle" and data["data"]["status"] == 4
     lines = playlist_lines(playlist_of(server, "room5", recordid, "erin"))
     assert lines[-1] == "#EXT-X-ENDLIST"
+
+
+async def test_mono_opus_publisher_gives_mono_aac(server: Server, tmp_path: Path) -> None:
+    """A pre-encoded clip (sent without encoding) with mono Opus, as browsers send."""
+    from cloudrec.publisher import make_clip
+
+    clip = make_clip(str(tmp_path / "clip.mkv"), seconds=2, width=320, height=240, voice=True,
+                     audio_channels=1)
+    pub = await publish(server, "room6", "frank", clip=clip)
+    try:
+        resid, recordid, t0 = await start(server, "room6", "frank", 0)
+        await asyncio.sleep(3.0)
+        t1 = await stop(server, "room6", resid, recordid)
+    finally:
+        await pub.stop()
+    playlist = playlist_of(server, "room6", recordid, "frank")
+    import av
+
+    with av.open(str(playlist)) as container:
+        audio = container.streams.audio[0]
+        frame = next(container.decode(audio))
+        assert frame.layout.name == "mono" and frame.sample_rate == 48000
+    probe = probe_playlist(playlist)
+    assert (probe.width, probe.height) == (320, 240)
+    assert abs(probe.duration - (t1 - t0)) <= 1.0

@@ -174,7 +174,7 @@ class ToneTrack(MediaStreamTrack):
 
 def make_clip(path: str, seconds: float = 4, width: int = 640, height: int = 480, fps: int = 15,
               gop: int | None = None, bitrate: int = 1_000_000, tone_hz: float = 440.0,
-              grain: int = 12, voice: bool = False) -> str:
+              grain: int = 12, voice: bool = False, audio_channels: int = 2) -> str:
     """Write an H.264 (baseline, level 3.1, no B-frames) + Opus 48 kHz stereo clip with PyAV.
 
     ``grain`` adds that much random noise to the luma, so the encoder actually spends about
@@ -182,6 +182,7 @@ def make_clip(path: str, seconds: float = 4, width: int = 640, height: int = 480
     ``voice`` replaces the steady tone with a voice-like signal (a gliding pitch around
     ``tone_hz``, syllable-rate loudness and a little breath noise): audio encoders spend very
     different effort on a pure tone and on speech, so benchmarks use this one.
+    ``audio_channels`` 1 sends mono Opus, as browsers do from a microphone by default.
     """
     gop = gop or fps * 2
     rng = np.random.default_rng(1)
@@ -192,7 +193,8 @@ def make_clip(path: str, seconds: float = 4, width: int = 640, height: int = 480
         video.bit_rate = bitrate
         video.options = {"profile": "baseline", "level": "3.1", "preset": "veryfast", "bf": "0",
                          "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
-        audio = container.add_stream("libopus", rate=AUDIO_RATE, layout="stereo")
+        layout = "stereo" if audio_channels == 2 else "mono"
+        audio = container.add_stream("libopus", rate=AUDIO_RATE, layout=layout)
         audio.bit_rate = 64000
         pattern = TestPattern(width, height)
         for i in range(frames):
@@ -216,8 +218,8 @@ def make_clip(path: str, seconds: float = 4, width: int = 640, height: int = 480
                 mono = (wave * 8000).astype(np.int16)
             else:
                 mono = (np.sin(n * step) * 8000).astype(np.int16)
-            samples = np.repeat(mono, 2).reshape(1, -1)  # packed stereo
-            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="stereo")
+            samples = np.repeat(mono, audio_channels).reshape(1, -1)  # packed
+            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout=layout)
             frame.sample_rate, frame.pts = AUDIO_RATE, start
             container.mux(audio.encode(frame))
         container.mux(audio.encode(None))

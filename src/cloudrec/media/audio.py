@@ -1,4 +1,10 @@
-"""Opus packets → AAC-LC 48 kHz stereo 128 kbps, timed by sample counts.
+"""Opus packets → AAC-LC 48 kHz, timed by sample counts.
+
+The AAC keeps the channel count the publisher sends: stereo Opus becomes stereo AAC at
+128 kbps, mono Opus (what browsers send from a microphone by default) becomes mono AAC at
+64 kbps. Encoding a mono source as stereo would double the encoder's cost, the largest part of
+a source recording's CPU, for two identical channels.
+
 
 :class:`OpusToAac` is the codec chain (PyAV's ``opus`` decoder → ``AudioResampler`` to fltp
 stereo 48 kHz in 1024-sample frames → FFmpeg's ``aac`` encoder); it counts samples and never
@@ -26,10 +32,10 @@ AAC_BIT_RATE = 128_000
 _SAMPLE_TB = Fraction(1, SAMPLE_RATE)
 
 
-def adts_header(payload_size: int) -> bytes:
-    """ADTS header for one raw AAC-LC frame, 48 kHz, 2 channels, no CRC."""
+def adts_header(payload_size: int, channels: int = 2) -> bytes:
+    """ADTS header for one raw AAC-LC frame, 48 kHz, ``channels`` channels, no CRC."""
     n = payload_size + 7
-    profile, rate_index, channels = 1, 3, 2  # AAC LC, 48000 Hz, stereo
+    profile, rate_index = 1, 3  # AAC LC, 48000 Hz
     return bytes(
         (
             0xFF,
@@ -43,9 +49,10 @@ def adts_header(payload_size: int) -> bytes:
     )
 
 
-def _silence(samples: int) -> av.AudioFrame:
+def _silence(samples: int, layout: str = "stereo") -> av.AudioFrame:
+    channels = 2 if layout == "stereo" else 1
     frame = av.AudioFrame.from_ndarray(
-        np.zeros((2, samples), dtype=np.float32), format="fltp", layout="stereo"
+        np.zeros((channels, samples), dtype=np.float32), format="fltp", layout=layout
     )
     frame.sample_rate = SAMPLE_RATE
     return frame
@@ -60,14 +67,17 @@ class OpusToAac:
 
     encoder_name = "aac"
 
-    def __init__(self, bit_rate: int = AAC_BIT_RATE) -> None:
+    def __init__(self, channels: int = 2, bit_rate: int | None = None) -> None:
+        self.channels = channels
+        self.layout = "stereo" if channels == 2 else "mono"
         self._decoder = self._new_decoder()
         self._resampler = av.AudioResampler(
-            format="fltp", layout="stereo", rate=SAMPLE_RATE, frame_size=AAC_FRAME
+            format="fltp", layout=self.layout, rate=SAMPLE_RATE, frame_size=AAC_FRAME
         )
         enc = av.CodecContext.create("aac", "w")
         enc.sample_rate = SAMPLE_RATE
-        enc.layout = "stereo"
+        enc.layout = self.layout
+        bit_rate = bit_rate or AAC_BIT_RATE * channels // 2
         enc.format = "fltp"
         enc.bit_rate = bit_rate
         enc.time_base = _SAMPLE_TB
@@ -81,11 +91,10 @@ class OpusToAac:
         self._framed = 0  # samples handed to the encoder
         self._out: list[tuple[bytes, int]] = []
 
-    @staticmethod
-    def _new_decoder() -> av.AudioCodecContext:
+    def _new_decoder(self) -> av.AudioCodecContext:
         dec = av.CodecContext.create("opus", "r")
         dec.sample_rate = SAMPLE_RATE
-        dec.layout = "stereo"
+        dec.layout = self.layout
         return dec
 
     def reset_decoder(self) -> None:
@@ -107,7 +116,7 @@ class OpusToAac:
     def silence(self, samples: int) -> None:
         while samples > 0:
             chunk = min(samples, SAMPLE_RATE)
-            self._feed(_silence(chunk))
+            self._feed(_silence(chunk, self.layout))
             samples -= chunk
 
     def align(self) -> int:
@@ -130,7 +139,7 @@ class OpusToAac:
         for packet in self._encoder.encode(frame):
             payload = bytes(packet)
             pts = packet.pts if packet.pts is not None else self._framed - AAC_FRAME
-            self._out.append((adts_header(len(payload)) + payload, pts))
+            self._out.append((adts_header(len(payload), self.channels) + payload, pts))
 
     def packets(self) -> list[tuple[bytes, int]]:
         """ADTS-framed AAC packets ready so far, with their sample PTS."""
@@ -188,7 +197,9 @@ class AudioTrack:
 
     def push(self, frame: EncodedFrame, to_ticks: Callable[[float], int]) -> list[AudioPacket]:
         if self._codec is None:
-            self._codec = OpusToAac()
+            # the Opus TOC byte's stereo flag: what the publisher actually sends
+            stereo = not frame.data or bool(frame.data[0] & 0x04)
+            self._codec = OpusToAac(channels=2 if stereo else 1)
         codec = self._codec
         rate = frame.clock_rate or SAMPLE_RATE
         if self._epoch is None:

@@ -1,0 +1,106 @@
+"""Hostile input over every endpoint: whatever arrives, the answer is the seed's envelope with a
+code from the seed's table, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cloudrec.api import create_app
+from tests.helpers import APPID, HEADERS, make_settings, source_body
+from tests.test_api import SEED_START_MIXED
+
+SEED_CODES = {0, 1000, 1001, 1002, 2101, 2103, 2104, 2105, 4001, 4004, 4005, 4006, 4007, 4009,
+              4011, 4012, 4013, 4014, 4015, 4016, 4017, 4018, 4019}
+
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+
+VALID = {
+    "startrecord": source_body("r" * 20, "room1", "u1"),
+    "startrecord-mixed": SEED_START_MIXED,
+    "stoprecord": {"resid": "r" * 20, "appid": APPID, "roomid": "room1", "recordid": "abc"},
+    "updatemixrecord": {"resid": "r" * 20, "appid": APPID, "roomid": "room1", "recordid": "abc",
+                        "mixconfig": SEED_START_MIXED["mixconfig"]},
+    "applyrecord": {},
+}
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += paths(v, prefix + (i,))
+    return out
+
+
+def replaced(body: Any, path: tuple[Any, ...], value: Any) -> Any:
+    body = json.loads(json.dumps(body))
+    target = body
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return body
+
+
+bodies = st.one_of(
+    st.sampled_from(sorted(VALID)).flatmap(
+        lambda name: st.tuples(
+            st.just(name), st.sampled_from(paths(VALID[name]) or [("x",)]), junk
+        ).map(lambda t: (t[0].split("-")[0], json.dumps(replaced(VALID[t[0]], t[1], t[2])).encode()))
+    ),
+    st.tuples(st.sampled_from(sorted({n.split("-")[0] for n in VALID})),
+              junk.map(lambda v: json.dumps(v).encode())),
+    st.tuples(st.sampled_from(["startrecord", "stoprecord"]), st.binary(max_size=64)),
+)
+
+
+def check(response: httpx.Response) -> None:
+    assert response.status_code != 500, response.text
+    data = response.json()
+    assert data["code"] in SEED_CODES, data
+    assert isinstance(data["message"], str) and data["message"]
+    assert "traceId" in data
+
+
+def test_fuzz_every_endpoint(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, write_rate_per_s=10**9, query_rate_per_s=10**9))
+    transport = httpx.ASGITransport(app=app)
+    loop = asyncio.new_event_loop()
+    client = httpx.AsyncClient(transport=transport, base_url="http://cloudrec")
+    base = f"/app/{APPID}/v1/recordoss"
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies)
+    def post(case: tuple[str, bytes]) -> None:
+        endpoint, body = case
+        check(loop.run_until_complete(client.post(f"{base}/{endpoint}", content=body, headers=HEADERS)))
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.text(min_size=1, max_size=30), st.text(min_size=1, max_size=60),
+           st.dictionaries(st.sampled_from(["AppID", "Token", "Authorization"]),
+                           st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30)))
+    def query(roomid: str, recordid: str, headers: dict[str, str]) -> None:
+        url = f"{base}/queryrecord/{quote(roomid, safe='')}/{quote(recordid, safe='')}"
+        check(loop.run_until_complete(client.get(url, headers=headers or HEADERS)))
+
+    try:
+        post()
+        query()
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()
