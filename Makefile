@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	./scripts/setup-system.sh
 
-serve: $(STAMP)
+serve: setup
 	$(VENV)/bin/cloudrec serve $(if $(CONFIG),--config $(CONFIG))
 
 test: setup
@@ -24,7 +24,7 @@ test: setup
 bench: setup
 	$(PY) bench/run.py
 
-demo: $(STAMP)
+demo: setup
 	$(VENV)/bin/cloudrec demo
 
 clean:

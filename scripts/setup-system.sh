@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages cloudrec's tests and benchmarks use, when they are missing:
+# Installs the Debian packages cloudrec needs, when they are missing:
 # ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the benchmark
-# reference). PyAV wheels bundle their own FFmpeg, so the service itself needs none of this.
+# reference; PyAV wheels bundle their own FFmpeg, so the service itself does not need it) and
+# fonts-noto-cjk (NotoSansCJK, the font of mixed recordings' text and timestamp watermarks, so
+# Chinese renders; without it watermarks fall back to Pillow's default font).
 set -euo pipefail
 need=()
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+[ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
   echo "setup-system: missing ${need[*]} and no root/sudo to install them" >&2; exit 0
