@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from aiobotocore.session import get_session
@@ -39,8 +40,9 @@ def _free_port() -> int:
 
 def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -73,11 +75,11 @@ async def _through_spool(url: str, sources: list[Path], spool: Path) -> float:
     return elapsed
 
 
-async def _plain_loop(client: object, sources: list[Path]) -> float:
+async def _plain_loop(client: Any, sources: list[Path]) -> float:
     t0 = time.perf_counter()
     for src in sources:
-        await client.put_object(Bucket=BUCKET, Key=f"plain/{src.name}",  # type: ignore[attr-defined]
-                                Body=src.read_bytes(), ContentType="video/mp2t")
+        await client.put_object(Bucket=BUCKET, Key=f"plain/{src.name}", Body=src.read_bytes(),
+                                ContentType="video/mp2t")
     return time.perf_counter() - t0
 
 

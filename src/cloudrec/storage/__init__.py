@@ -3,4 +3,14 @@
 from cloudrec.storage.base import ObjectStore, open_store, object_key
 from cloudrec.storage.spool import Spool, SpoolUploader
 
-__all__ = ["ObjectStore", "Spool", "SpoolUploader", "object_key", "open_store"]
+
+async def close_clients() -> None:
+    """Close the S3 clients this process opened (at shutdown); a no-op without any."""
+    import sys
+
+    s3 = sys.modules.get("cloudrec.storage.s3")
+    if s3 is not None:
+        await s3.close_clients()
+
+
+__all__ = ["ObjectStore", "Spool", "SpoolUploader", "close_clients", "object_key", "open_store"]

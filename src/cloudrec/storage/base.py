@@ -39,15 +39,20 @@ def object_key(prefix: str, name: str) -> str:
 
 
 def open_store(storagecfg: dict[str, Any], data_dir: Path) -> ObjectStore:
-    """Build the store a task writes to. Raises RecordingError 4004 for a vender not served."""
+    """Build the store a task writes to: 101 a local directory, 0/1/2/100 an S3 bucket.
+
+    Raises StorageError (4004) for an endpoint that cannot be a store's address; reaching the
+    store is ``probe()``'s job.
+    """
     vender = storagecfg["vender"]
     if vender == VENDER_LOCAL:
         from cloudrec.storage.local import LocalStore
 
         return LocalStore(data_dir / "storage" / storagecfg["bucket"])
-    name = S3_VENDERS.get(vender, str(vender))
-    raise RecordingError(
-        f"storagecfg.vender {vender} ({name}) is not supported by this server yet; "
-        f"use vender {VENDER_LOCAL} (local directory)",
-        4004,
-    )
+    if vender in S3_VENDERS:
+        from cloudrec.storage.s3 import S3Store
+
+        prefix = "".join(f"{item}/" for item in storagecfg.get("fileprefix") or [])
+        return S3Store(vender, storagecfg["endpoint"], storagecfg["bucket"],
+                       storagecfg["accesskey"], storagecfg["secretkey"], prefix=prefix)
+    raise RecordingError(f"storagecfg.vender {vender} is not served by this server", 4004)
