@@ -246,10 +246,18 @@ def test_source_recording_passes() -> None:
 
 def test_intput_alias_and_unknown_fields() -> None:
     mix = edit(START["mixconfig"], intput=START["mixconfig"]["input"], input=DELETE)
-    body = at(START, "mixconfig", mix) | {"extra": 1, "Appid": "x"}
-    req = parse_request(StartRecordRequest, body, APPID)
+    req = parse_request(StartRecordRequest, at(START, "mixconfig", mix), APPID)
     assert len(req.mixconfig.inputs) == 2
     assert "input" in req.mixconfig.model_dump(by_alias=True)
+    for body, field in [
+        (START | {"extra": 1}, "extra"),
+        (START | {"Appid": "x"}, "Appid"),
+        (at(START, "mixconfig.output", START["mixconfig"]["output"] | {"videoFps": 15}),
+         "mixconfig.output.videoFps"),
+    ]:
+        with pytest.raises(InvalidParameter) as err:
+            parse_request(StartRecordRequest, body, APPID)
+        assert err.value.field == field and "case-sensitive" in err.value.message
 
 
 def test_template_and_audio_only_mixing_need_no_inputs() -> None:

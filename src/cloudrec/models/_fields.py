@@ -27,9 +27,11 @@ MAX_URL_BYTES = 256
 
 
 class Model(BaseModel):
-    """Base of every request model: strict JSON types, unknown fields ignored, immutable."""
+    """Base of every request model: strict JSON types, immutable, and unknown fields refused
+    (2101 naming the field): field names are case-sensitive, so a misspelt or wrongly cased
+    optional field would otherwise be dropped without a word."""
 
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 def problem(message: str, sub: str | None = None) -> PydanticCustomError:
