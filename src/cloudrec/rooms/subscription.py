@@ -1,0 +1,177 @@
+"""What a recorder holds: a subscription to a room's (or one uid's) encoded frames and presence.
+
+:class:`RoomHub` feeds subscriptions synchronously from the event loop; a subscription is a
+bounded queue that never blocks the publisher (see :class:`Subscription`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from cloudrec.mediatypes import EncodedFrame
+
+if TYPE_CHECKING:
+    from cloudrec.rooms.hub import RoomHub
+
+RoomKey = tuple[int, str]
+
+
+@dataclass(frozen=True)
+class PublisherInfo:
+    uid: str
+    kinds: frozenset[str]
+    video_codec: str | None
+    audio_codec: str | None
+    joined_at: float  # time.time() when the uid first joined (kept across replacements)
+    epoch: int  # unique per publication; timestamps restart with it
+
+
+@dataclass(frozen=True)
+class PublisherEvent:
+    kind: Literal["published", "unpublished"]
+    uid: str
+    info: PublisherInfo | None
+
+
+Item = tuple[str, EncodedFrame] | PublisherEvent
+
+
+class SubscriptionClosed(Exception):
+    """Raised by :meth:`Subscription.get` once the subscription (or the hub) is closed."""
+
+
+class Subscription:
+    """Encoded frames and presence events of one room (or one uid of it), in arrival order.
+
+    On subscribing, a ``published`` event is queued for each matching publisher already present
+    and a keyframe is requested from it. The queue is bounded (``maxsize`` frames): when full,
+    the oldest video frame is dropped together with the queued frames of that uid that depend on
+    it, and that uid's video resumes at its next keyframe (requested at once); audio is dropped
+    only when no video is queued. Events are never dropped. ``dropped_video``/``dropped_audio``
+    count the drops. One consumer task per subscription; a cancelled :meth:`get` loses nothing.
+    """
+
+    def __init__(self, hub: RoomHub, key: RoomKey, uid: str | None, maxsize: int) -> None:
+        self._hub = hub
+        self._key = key
+        self.uid = uid
+        self.maxsize = maxsize
+        self._items: deque[Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._resync: set[str] = set()
+        self._closed = False
+        self.dropped_video = 0
+        self.dropped_audio = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> Item:
+        """The next ``(uid, frame)`` or :class:`PublisherEvent`; raises SubscriptionClosed."""
+        while not self._items:
+            if self._closed:
+                raise SubscriptionClosed
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def get_nowait(self) -> Item:
+        """Like :meth:`get`; raises ``asyncio.QueueEmpty`` when nothing is queued."""
+        if self._items:
+            return self._items.popleft()
+        if self._closed:
+            raise SubscriptionClosed
+        raise asyncio.QueueEmpty
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Item:
+        try:
+            return await self.get()
+        except SubscriptionClosed:
+            raise StopAsyncIteration from None
+
+    def request_keyframe(self, uid: str) -> None:
+        """Ask ``uid``'s video sender for a keyframe (RTCP PLI), fire and forget."""
+        self._hub._request_keyframe(self._key, uid)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._items.clear()
+        self._end()
+        self._hub._drop_subscription(self)
+
+    # -- fed by the hub ------------------------------------------------------------------------
+
+    def _end(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _push_event(self, event: PublisherEvent) -> None:
+        if event.kind == "unpublished":
+            self._resync.discard(event.uid)
+        self._items.append(event)
+        self._wake()
+
+    def _push_frame(self, uid: str, frame: EncodedFrame) -> None:
+        # Hot path: called for every received frame, on the event loop.
+        if len(self._items) >= self.maxsize:
+            self._make_room()
+        if self._resync and frame.kind == "video" and uid in self._resync:
+            if not frame.keyframe:
+                self.dropped_video += 1
+                return
+            self._resync.discard(uid)
+        self._items.append((uid, frame))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _make_room(self) -> None:
+        items = self._items
+        victim = -1
+        first_audio = -1
+        for i, item in enumerate(items):
+            if type(item) is tuple:
+                if item[1].kind == "video":
+                    victim = i
+                    break
+                if first_audio < 0:
+                    first_audio = i
+        if victim < 0:
+            if first_audio >= 0:
+                del items[first_audio]
+                self.dropped_audio += 1
+            return  # only events queued: let them through
+        uid = items[victim][0]
+        del items[victim]
+        self.dropped_video += 1
+        i = victim
+        while i < len(items):  # the frames that depended on it, up to the next keyframe
+            item = items[i]
+            if type(item) is tuple and item[0] == uid and item[1].kind == "video":
+                if item[1].keyframe:
+                    return
+                del items[i]
+                self.dropped_video += 1
+                continue
+            i += 1
+        self._resync.add(uid)
+        self.request_keyframe(uid)
