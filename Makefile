@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test bench demo setup clean
+.PHONY: serve test bench demo setup setup-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
-	./scripts/setup-system.sh
+	./scripts/setup-system.sh test
 
-serve: setup
+setup-serve: $(STAMP)
+	./scripts/setup-system.sh serve
+
+serve: setup-serve
 	$(VENV)/bin/cloudrec serve $(if $(CONFIG),--config $(CONFIG))
 
 test: setup
@@ -24,7 +27,7 @@ test: setup
 bench: setup
 	$(PY) bench/run.py
 
-demo: setup
+demo: setup-serve
 	$(VENV)/bin/cloudrec demo
 
 clean:

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Installs the Debian packages cloudrec needs, when they are missing:
-# ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the benchmark
-# reference; PyAV wheels bundle their own FFmpeg, so the service itself does not need it) and
-# fonts-noto-cjk (NotoSansCJK, the font of mixed recordings' text and timestamp watermarks, so
-# Chinese renders; without it watermarks fall back to Pillow's default font).
+# Installs the Debian packages cloudrec needs, when they are missing.
+#   serve: fonts-noto-cjk (NotoSansCJK, the font of mixed recordings' text and timestamp
+#          watermarks, so Chinese renders; without it they fall back to Pillow's default font).
+#   test:  also ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the
+#          benchmark reference; PyAV wheels bundle their own FFmpeg, so the service does not need
+#          it) and chromium (a real browser publishes through the /publish page in the tests).
 set -euo pipefail
+purpose=${1:-test}
 need=()
-command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 [ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
+if [ "$purpose" != serve ]; then
+  command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
   echo "setup-system: missing ${need[*]} and no root/sudo to install them" >&2; exit 0
