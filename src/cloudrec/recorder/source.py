@@ -5,7 +5,7 @@ The loop pulls ``(uid, EncodedFrame)`` from the room's subscription and pushes t
 ``SpoolUploader``, then the playlist that lists it. The loop ends on ``stop()`` (reason api),
 after ``idle_timeout_s`` without media (reason idle) or on an error (reason error); the
 last segment and the playlist with ``#EXT-X-ENDLIST`` are then stored before the task is
-marked stopped.
+marked stopped (see :class:`~cloudrec.recorder.base.Recording`).
 """
 
 from __future__ import annotations
@@ -13,74 +13,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from cloudrec.errors import CloudrecError
-from cloudrec.media import SegmentInfo, SourceHlsRecorder
+from cloudrec.media import SourceHlsRecorder
 from cloudrec.mediatypes import EncodedFrame
+from cloudrec.recorder.base import Recording, basename_for, prefix_for
 from cloudrec.rooms import RoomHub, Subscription, SubscriptionClosed
-from cloudrec.storage import ObjectStore, SpoolUploader
-from cloudrec.tasks import Status, StopReason, Task, TaskStore
+from cloudrec.tasks import Status, StopReason
+
+__all__ = ["SourceRecording", "basename_for", "prefix_for"]
 
 log = logging.getLogger(__name__)
 
 BATCH_S = 0.05  # how often the recording loop drains its subscription
 
 
-def basename_for(task: Task) -> str:
-    """SPEC §4: ``{appid}_{roomid}_{recordid}[_{uid}]``."""
-    base = f"{task.appid}_{task.roomid}_{task.recordid}"
-    return f"{base}_{task.uid}" if task.uid else base
-
-
-def prefix_for(storagecfg: dict[str, Any]) -> str:
-    items = storagecfg.get("fileprefix") or []
-    return "".join(f"{item}/" for item in items)
-
-
-class SourceRecording:
+class SourceRecording(Recording):
     def __init__(
         self,
-        task: Task,
-        *,
+        *args: Any,
         hub: RoomHub,
-        tasks: TaskStore,
-        store: ObjectStore,
-        spool_dir: Path,
-        kinds: frozenset[str],
         idle_timeout_s: float,
         segment_seconds: float,
-        stop_timeout_s: float,
-        on_finished: Callable[[str], None],
-        emit: Callable[..., None] | None = None,
-        resumed: bool = False,
+        **kwargs: Any,
     ) -> None:
-        self.task = task
+        super().__init__(*args, **kwargs)
         self.hub = hub
-        self.tasks = tasks
-        self.spool_dir = spool_dir
-        self.kinds = kinds
         self.idle_timeout_s = idle_timeout_s
         self.segment_seconds = segment_seconds
-        self.stop_timeout_s = stop_timeout_s
-        self.on_finished = on_finished
-        self._emit_event = emit
-        self.resumed = resumed
-        self._closing = False
-        self.basename = basename_for(task)
-        self.prefix = prefix_for(task.request["storagecfg"])
-        self.uploader = SpoolUploader(
-            store, self.prefix, spool_dir, on_stored=self._on_stored, on_error=self._on_store_error
-        )
         self.recorder: SourceHlsRecorder | None = None
-        self.stop_reason: StopReason | None = None
-        self.error: str | None = None
-        self.storage_error: str | None = None
-        self.finished = asyncio.Event()
-        self._stop_requested = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._recording = False
         self._subscription: Subscription | None = None
 
     # -- control --------------------------------------------------------------------------------
@@ -88,18 +50,9 @@ class SourceRecording:
     def start(self, *, resume: bool) -> None:
         self._runner = asyncio.get_running_loop().create_task(self._run(resume))
 
-    async def stop(self, reason: StopReason, timeout: float | None = None) -> bool:
-        """Ask the recording to stop; wait until its files are stored (or ``timeout``)."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self._stop_requested.set()
+    def _on_stop_requested(self) -> None:
         if self._subscription is not None:
             self._subscription.close()
-        try:
-            await asyncio.wait_for(asyncio.shield(self.finished.wait()), timeout)
-        except TimeoutError:
-            return False
-        return True
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -162,87 +115,11 @@ class SourceRecording:
         assert self.recorder is not None
         self.recorder.push(frame)
         if not self._recording and self.recorder.duration > 0:
-            self._recording = True
-            self.tasks.set_status(self.task.recordid, Status.RECORDING)
-            self._emit("recording.started", playlist=self.prefix + self.basename + ".m3u8",
-                       resumed=self.resumed)
+            self._started()
 
-    async def _finish(self) -> None:
-        try:
-            self.tasks.set_status(self.task.recordid, Status.STOPPING)
-            if self.recorder is not None:
-                try:
-                    self.recorder.close()
-                except Exception as exc:
-                    log.exception("closing recording %s failed", self.task.recordid)
-                    self.error = self.error or f"{type(exc).__name__}: {exc}"
-                    self.stop_reason = StopReason.ERROR
-                self._closing = True
-                self.uploader.submit_playlist(self.recorder.playlist_path)
-            stored = await self.uploader.drain(self.stop_timeout_s)
-            self._save_progress()
-            if not stored:
-                # The files stay in the spool and are stored after the store recovers; the
-                # task is stopped all the same (nothing is lost: see RecordingService.recover).
-                log.warning("recording %s stopped with %d files not yet stored",
-                            self.task.recordid, self.uploader.pending)
-            reason = self.stop_reason or StopReason.ERROR
-            failed = reason == StopReason.ERROR and self.error is not None
-            self.tasks.set_status(
-                self.task.recordid,
-                Status.FAILED if failed else Status.STOPPED,
-                stopreason=str(reason),
-                error=self.error,
-            )
-            progress = self.progress()
-            if failed:
-                self._emit("recording.failed", reason=str(reason), error=self.error, **progress)
-            self._emit("recording.stopped", reason=str(reason), error=self.error, **progress)
-        finally:
-            self.finished.set()
-            self.on_finished(self.task.recordid)
+    def _close_media(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
 
-    # -- progress -------------------------------------------------------------------------------
-
-    def _on_segment(self, segment: SegmentInfo) -> None:
-        assert self.recorder is not None
-        self.uploader.submit_segment(segment.path)
-        self.uploader.submit_playlist(self.recorder.playlist_path)
-        self._save_progress()
-
-    def _on_stored(self, name: str, size: int) -> None:
-        if name.endswith(".ts"):
-            self._emit("file.uploaded", file=self.prefix + name, kind="segment", size=size)
-        elif self._closing:
-            self._emit("file.uploaded", file=self.prefix + name, kind="playlist", size=size,
-                       final=True)
-        if name.endswith(".m3u8"):
-            self._save_progress()
-
-    def _emit(self, event_type: str, **data: Any) -> None:
-        if self._emit_event is not None:
-            self._emit_event(event_type, data)
-
-    def _on_store_error(self, message: str | None) -> None:
-        self.storage_error = message
-        self._save_progress()
-
-    def progress(self) -> dict[str, Any]:
-        rec = self.recorder
-        return {
-            "kinds": sorted(self.kinds),
-            "playlist": self.prefix + self.basename + ".m3u8",
-            "segments": len(rec.segments) if rec else 0,
-            "duration": round(rec.duration, 3) if rec else 0.0,
-            "storedfiles": self.uploader.stored_files,
-            "storedbytes": self.uploader.stored_bytes,
-            "pendingfiles": self.uploader.pending,
-            "storageerror": self.storage_error,
-            "videotranscoded": bool(rec and rec.stats.video_transcoded),
-        }
-
-    def _save_progress(self) -> None:
-        try:
-            self.tasks.set_progress(self.task.recordid, self.progress())
-        except CloudrecError:
-            log.exception("saving progress of %s failed", self.task.recordid)
+    def _media_progress(self) -> dict[str, Any]:
+        return {"videotranscoded": bool(self.recorder and self.recorder.stats.video_transcoded)}
