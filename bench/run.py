@@ -6,6 +6,8 @@ Source recording: K publishers send a pre-encoded 640x480@15 ~1 Mbps H.264 + mon
 is not counted). We measure the server process's CPU while it
 merely receives the K streams (the floor), then while it records all K (WebRTC receive + remux
 + Opus→AAC + HLS + local storage). Goal: ≤ 0.03 cores per recording, and ≤ 10 % above the floor.
+Mixed recording (bench_mixed.py, last): decode + compose + encode of pre-encoded inputs, against
+a bare libx264 encode and the ffmpeg CLI in the same run. Goal: ≤ 0.12 cores for 4 → 640x480.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_api  # noqa: E402
+import bench_mixed  # noqa: E402
 import bench_storage  # noqa: E402
 import bench_load  # noqa: E402
 from common import APPID, HEADERS, ServerProcess, measure_cores, start_publishers, start_server, wait_ready  # noqa: E402
@@ -110,6 +113,7 @@ def main() -> None:
         finally:
             server.stop()
     print("\n".join(bench_storage.run()), flush=True)
+    print("\n".join(bench_mixed.run()), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import av
 from cloudrec.errors import RecordingError
 
 TS_CLOCK = 90_000  # MPEG-TS timestamps are in 90 kHz ticks
+PTS_ORIGIN = TS_CLOCK  # recordings start at 1 s: the AAC priming frame never goes negative
 TS_TIME_BASE = Fraction(1, TS_CLOCK)
 
 
@@ -211,3 +212,18 @@ class TsSegmentWriter:
         except (av.FFmpegError, OSError):
             pass
         self._tmp.unlink(missing_ok=True)
+
+
+def resume_base(segments: list[SegmentInfo]) -> int:
+    """Ticks to add to the timestamps of a resumed recording so they start 1 s past the old
+    ones. The last segment is read while it is still in the spool; once stored (and removed
+    from the spool) its end is worked out from the playlist: every earlier resume left a 1 s
+    gap, behind a #EXT-X-DISCONTINUITY."""
+    if not segments:
+        return 0
+    old_end = last_pts(segments[-1].path) if segments[-1].path.exists() else None
+    if old_end is None:
+        listed = round(sum(s.duration for s in segments) * TS_CLOCK)
+        gaps = sum(s.discontinuity for s in segments) * TS_CLOCK
+        old_end = PTS_ORIGIN + listed + gaps + TS_CLOCK // 10  # margin for rounded durations
+    return max(0, old_end + TS_CLOCK - PTS_ORIGIN)

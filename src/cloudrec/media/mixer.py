@@ -128,7 +128,14 @@ class AudioMixer:
 
     def add_input(self, key: Hashable) -> None:
         """Start mixing ``key`` (silent until it gets audio); pushing to a new key adds it too."""
-        self._inputs.setdefault(key, _Input())
+        self._input(key)
+
+    def _input(self, key: Hashable) -> _Input:
+        # not setdefault(key, _Input()): that would build a resampler on every call
+        state = self._inputs.get(key)
+        if state is None:
+            state = self._inputs[key] = _Input()
+        return state
 
     def remove_input(self, key: Hashable) -> None:
         """Stop mixing ``key``; audio it had buffered is dropped."""
@@ -152,7 +159,7 @@ class AudioMixer:
         The frame's ``pts`` is cleared: the samples follow the input's previous ones, and gaps
         are the caller's to fill with :meth:`push_silence`.
         """
-        state = self._inputs.setdefault(key, _Input())
+        state = self._input(key)
         frame.pts = None
         try:
             out = state.resampler.resample(frame)
@@ -165,7 +172,7 @@ class AudioMixer:
 
     def push_silence(self, key: Hashable, samples: int) -> None:
         """Queue ``samples`` (48 kHz) of silence for ``key``: audio it lost on the way."""
-        state = self._inputs.setdefault(key, _Input())
+        state = self._input(key)
         if samples > 0:
             state.fifo.push(np.zeros((CHANNELS, samples), np.float32))
 

@@ -29,17 +29,17 @@ from pathlib import Path
 from cloudrec.media import h264
 from cloudrec.media.audio import AudioPacket, AudioTrack
 from cloudrec.media.hls import (
+    PTS_ORIGIN,
     TS_CLOCK,
     HlsPlaylist,
     SegmentInfo,
     TsSegmentWriter,
-    last_pts,
+    resume_base,
     segment_name,
 )
 from cloudrec.media.transcode import VideoTranscoder
 from cloudrec.mediatypes import EncodedFrame
 
-PTS_ORIGIN = TS_CLOCK  # timestamps start at 1 s: the AAC priming frame never goes negative
 PAUSE_S = 1.0  # a gap longer than this (RTP or arrival time) is a pause
 KEYFRAME_LEAD_S = 0.3  # ask for a key frame this long before the segment is due
 KEYFRAME_RETRY_S = 1.0  # ask again when none came within this
@@ -149,9 +149,8 @@ class SourceHlsRecorder:
         self._base = 0  # ticks added to every timestamp (after a resume: past the old ones)
         self._next_disc = bool(self.segments)
         if self.segments:
-            old_end = last_pts(self.segments[-1].path)
-            if old_end is not None:
-                self._base = max(0, old_end + TS_CLOCK - PTS_ORIGIN)
+            # the old segments are often stored and gone from the spool by now
+            self._base = resume_base(self.segments)
         self._seq = self.segments[-1].index + 1 if self.segments else 0
         for stale in self._dir.glob(f"{glob.escape(basename)}_*.ts.part"):
             stale.unlink(missing_ok=True)

@@ -1,20 +1,25 @@
 """The service layer the API calls: resids, starting, stopping and querying recordings.
 
-It owns the running recordings of this process, and at start-up resumes what a crash or a
-restart left behind: active tasks continue into their playlist (the next segment carries
-``#EXT-X-DISCONTINUITY``) and stop by themselves after ``idle_timeout_s`` if their publisher
-does not come back; files still in the spool of stopped tasks are stored.
+It owns the running recordings of this process (source: :class:`SourceRecording`, mixed:
+:class:`MixedRecording`), and at start-up resumes what a crash or a restart left behind: active
+tasks continue into their playlist (the next segment carries ``#EXT-X-DISCONTINUITY``; a mixed
+task with the layout of its latest ``updatemixrecord``) and stop by themselves after
+``idle_timeout_s`` if their publishers do not come back; files still in the spool of stopped
+tasks are stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.config import Settings
 from cloudrec.errors import RecordingError, StorageError
+from cloudrec.models.mixconfig import MixConfig
+from cloudrec.recorder.mixed import MixedRecording, mix_rooms, mixed_kinds
 from cloudrec.recorder.source import SourceRecording, prefix_for
 from cloudrec.rooms import RoomHub
 from cloudrec.storage import Spool, SpoolUploader, close_clients, open_store
@@ -34,7 +39,7 @@ class RecordingService:
         self.tasks = tasks
         self.hub = hub
         self.spool = Spool(settings.data_dir / "spool")
-        self.recordings: dict[str, SourceRecording] = {}
+        self.recordings: dict[str, SourceRecording | MixedRecording] = {}
         self._leftovers: list[SpoolUploader] = []
 
     # -- the API's verbs ------------------------------------------------------------------------
@@ -45,19 +50,10 @@ class RecordingService:
     async def start(self, appid: int, req: Any) -> Task:
         """startrecord: resid → room publishing → parameters served → storage reachable."""
         self.tasks.check_resid(appid, req.resid)
-        if not self.hub.is_publishing(appid, req.roomid):
-            raise RecordingError(f"room {req.roomid!r} is not publishing", 4005)
         if req.streamtype == 1:
-            raise RecordingError(
-                "mixed-stream recording (streamtype 1) is not supported by this server yet", 4004
-            )
-        publisher = next((p for p in self.hub.publishers(appid, req.roomid) if p.uid == req.uid), None)
-        if publisher is None:
-            raise RecordingError(f"uid {req.uid!r} is not publishing in room {req.roomid!r}", 4005)
-        kinds = RECORD_KINDS[req.recordtype] & publisher.kinds
-        if not kinds:
-            wanted = "/".join(sorted(RECORD_KINDS[req.recordtype]))
-            raise RecordingError(f"uid {req.uid!r} publishes no {wanted} for recordtype {req.recordtype}", 4004)
+            kinds = self._mixed_start_checks(appid, req)
+        else:
+            kinds = self._source_start_checks(appid, req)
         storagecfg = req.storagecfg.model_dump()
         try:
             store = open_store(storagecfg, self.settings.data_dir)
@@ -76,9 +72,38 @@ class RecordingService:
             recordtype=req.recordtype,
             request=request,
         )
-        self.tasks.set_progress(task.recordid, {"kinds": sorted(kinds)})
+        progress: dict[str, Any] = {"kinds": sorted(kinds)}
+        if req.mixconfig is not None:
+            progress["mixconfig"] = _dump_mixconfig(req.mixconfig)
+        self.tasks.set_progress(task.recordid, progress)
         self._launch(task, kinds, resume=False)
         return task
+
+    def _source_start_checks(self, appid: int, req: Any) -> frozenset[str]:
+        if not self.hub.is_publishing(appid, req.roomid):
+            raise RecordingError(f"room {req.roomid!r} is not publishing", 4005)
+        publisher = next((p for p in self.hub.publishers(appid, req.roomid) if p.uid == req.uid), None)
+        if publisher is None:
+            raise RecordingError(f"uid {req.uid!r} is not publishing in room {req.roomid!r}", 4005)
+        kinds = RECORD_KINDS[req.recordtype] & publisher.kinds
+        if not kinds:
+            wanted = "/".join(sorted(RECORD_KINDS[req.recordtype]))
+            raise RecordingError(f"uid {req.uid!r} publishes no {wanted} for recordtype {req.recordtype}", 4004)
+        return kinds
+
+    def _mixed_start_checks(self, appid: int, req: Any) -> frozenset[str]:
+        """A template needs the task's room publishing; an input list, any room it names."""
+        rooms = mix_rooms(req.roomid, req.mixconfig)
+        if not any(self.hub.is_publishing(appid, room) for room in rooms):
+            named = ", ".join(repr(r) for r in rooms)
+            raise RecordingError(f"room {named} is not publishing" if len(rooms) == 1 else
+                                 f"none of the rooms {named} is publishing", 4005)
+        kinds = mixed_kinds(req.recordtype, req.mixconfig)
+        if not kinds:
+            raise RecordingError(
+                f"recordtype {req.recordtype} asks for a track that mixconfig.output.streamtype "
+                f"{req.mixconfig.output.streamtype} does not have", 4004)
+        return kinds
 
     async def stop(self, appid: int, req: Any) -> str:
         task = self._active_task(appid, req.roomid, req.recordid, req.resid)
@@ -94,7 +119,17 @@ class RecordingService:
         task = self._active_task(appid, req.roomid, req.recordid, req.resid)
         if task.streamtype != 1:
             raise RecordingError("recording task type is not mixed stream recording", 4019)
-        raise RecordingError("mixed-stream recording is not supported by this server yet", 4004)
+        recording = self.recordings.get(task.recordid)
+        if not isinstance(recording, MixedRecording):
+            raise RecordingError("the mixed recording is not running", 4014)
+        kinds = mixed_kinds(task.recordtype, req.mixconfig)
+        if kinds != recording.kinds:
+            raise RecordingError(
+                f"mixconfig.output.streamtype {req.mixconfig.output.streamtype} would change the "
+                f"recording's tracks ({'+'.join(sorted(recording.kinds))}); they are fixed at "
+                "startrecord", 4016)
+        await recording.update(req.mixconfig)
+        return task.recordid
 
     def query(self, appid: int, roomid: str, recordid: str) -> dict[str, Any]:
         task = self.tasks.get(recordid)
@@ -143,20 +178,26 @@ class RecordingService:
 
     def _launch(self, task: Task, kinds: frozenset[str], *, resume: bool) -> None:
         store = open_store(task.request["storagecfg"], self.settings.data_dir)
-        recording = SourceRecording(
-            task,
-            hub=self.hub,
-            tasks=self.tasks,
-            store=store,
-            spool_dir=self.spool.task_dir(task.recordid),
-            kinds=kinds,
-            idle_timeout_s=self.settings.idle_timeout_s,
-            segment_seconds=self.settings.segment_seconds,
-            stop_timeout_s=self.settings.stop_timeout_s,
-            on_finished=self._finished,
-            emit=lambda event_type, data: self._emit(task, event_type, data),
-            resumed=resume,
-        )
+        common: dict[str, Any] = {
+            "hub": self.hub,
+            "tasks": self.tasks,
+            "store": store,
+            "spool_dir": self.spool.task_dir(task.recordid),
+            "kinds": kinds,
+            "idle_timeout_s": self.settings.idle_timeout_s,
+            "segment_seconds": self.settings.segment_seconds,
+            "stop_timeout_s": self.settings.stop_timeout_s,
+            "on_finished": self._finished,
+            "emit": lambda event_type, data: self._emit(task, event_type, data),
+            "resumed": resume,
+        }
+        recording: SourceRecording | MixedRecording
+        if task.streamtype == 1:
+            recording = MixedRecording(
+                task, mixconfig=task_mixconfig(task),
+                allow_private_urls=self.settings.allow_private_urls, **common)
+        else:
+            recording = SourceRecording(task, **common)
         self.recordings[task.recordid] = recording
         recording.start(resume=resume)
 
@@ -182,13 +223,16 @@ class RecordingService:
         """After a restart: resume active tasks, store what stopped tasks left in the spool."""
         active = {t.recordid: t for t in self.tasks.active_tasks()}
         for task in active.values():
-            if task.streamtype != 2:
-                self.tasks.set_status(task.recordid, Status.FAILED, stopreason="error",
-                                      error="mixed recording cannot be resumed")
-                continue
             kinds = frozenset(task.progress.get("kinds") or RECORD_KINDS[task.recordtype])
             log.info("resuming recording %s after a restart", task.recordid)
-            self._launch(task, kinds, resume=True)
+            try:
+                self._launch(task, kinds, resume=True)
+            except Exception as exc:  # e.g. a stored mixconfig this version cannot read
+                log.exception("recording %s cannot be resumed", task.recordid)
+                self.tasks.set_status(task.recordid, Status.FAILED, stopreason="error",
+                                      error=f"cannot be resumed after a restart: {exc}")
+                self._emit(task, "recording.failed", {"reason": "error", "error": str(exc)})
+                self._emit(task, "recording.stopped", {"reason": "error", "error": str(exc)})
         for recordid in self.spool.existing():
             if recordid in active:
                 continue
@@ -221,3 +265,17 @@ class RecordingService:
             await uploader.drain(timeout=1.0)
             await uploader.close()
         await close_clients()
+
+
+def _dump_mixconfig(mixconfig: MixConfig) -> dict[str, Any]:
+    return mixconfig.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def task_mixconfig(task: Task) -> MixConfig:
+    """The layout a mixed task runs with: its latest update, else its startrecord's."""
+    data = task.progress.get("mixconfig")
+    if data is None:
+        data = dict(task.request["mixconfig"])
+        if "input_list" in data:  # the request was stored by field name
+            data["input"] = data.pop("input_list")
+    return MixConfig.model_validate_json(json.dumps(data))

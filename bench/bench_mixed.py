@@ -1,0 +1,242 @@
+"""Mixed recording cost: MixedHlsRecorder fed pre-encoded inputs as fast as it goes.
+
+Three cases, each a template-3 (tiled) mix with audio of every input:
+  (a) 4 inputs 320x240@15 → 640x480@15, 500 kbps
+  (b) 4 inputs 640x360@15 → 1280x720@15, 1500 kbps
+  (c) 9 inputs 640x360@15 → 1920x1080@15, 3000 kbps
+The input clips (H.264 baseline with some grain, so they cost what camera video costs to decode,
+and voice-like Opus) are encoded once, before anything is measured, and demuxed into memory as
+the room plane would hand them over. Then, in the same run:
+  - cloudrec: decode + compose + libx264 + audio mix + AAC + HLS segments, CPU of the process
+    (all threads) per second of media = cores per recording at real time;
+  - bare encode: libx264 with the same settings on the same canvas frames, composed beforehand
+    (what the encoder alone costs: the floor of any mixer);
+  - ffmpeg CLI: Debian's ``ffmpeg`` decoding the same files, ``scale``/``crop`` + ``xstack`` and
+    ``amix``, libx264 with the same settings, AAC 128 kbps, HLS (what a user would script).
+
+    .venv/bin/python bench/bench_mixed.py        (BENCH_MIXED_SECONDS=10 by default)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from cloudrec.media import MixedHlsRecorder
+from cloudrec.media.compose import Compositor
+from cloudrec.media.layout import placements_from_config, template_rects
+from cloudrec.media.mixout import VideoParams, default_threads, open_h264_encoder
+from cloudrec.mediatypes import EncodedFrame
+from cloudrec.models.mixconfig import MixConfig
+from cloudrec.publisher import make_clip
+
+MEDIA_S = float(os.environ.get("BENCH_MIXED_SECONDS", "10"))
+FPS = 15
+GOAL_A = 0.12
+FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    inputs: int
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    kbps: int
+    in_kbps: int
+
+
+CASES = [
+    Case("a", 4, (320, 240), (640, 480), 500, 300),
+    Case("b", 4, (640, 360), (1280, 720), 1500, 800),
+    Case("c", 9, (640, 360), (1920, 1080), 3000, 800),
+]
+DISTINCT_CLIPS = 4  # per input size; more inputs reuse them (same decoding cost)
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def load_clip(path: str) -> list[tuple[int, EncodedFrame]]:
+    """(90 kHz time, frame) of a clip's H.264 (Annex B) and Opus packets, as the room plane
+    hands them over."""
+    out: list[tuple[int, EncodedFrame]] = []
+    with av.open(path) as container:
+        video = container.streams.video[0]
+        bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", video)
+        for packet in container.demux(video):
+            for p in bsf.filter(packet) if packet.size else []:
+                ticks = round(p.pts * p.time_base * 90000)
+                out.append((ticks, EncodedFrame("video", "h264", bytes(p), ticks, 90000,
+                                                ticks / 90000, bool(p.is_keyframe), 1)))
+        container.seek(0)
+        audio = container.streams.audio[0]
+        for p in container.demux(audio):
+            if p.size and p.pts is not None:
+                sample = round(p.pts * p.time_base * 48000)
+                ticks = sample * 90000 // 48000
+                out.append((ticks, EncodedFrame("audio", "opus", bytes(p), sample, 48000,
+                                                ticks / 90000, False, 1)))
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+def _mixconfig(case: Case) -> MixConfig:
+    w, h = case.out_size
+    return MixConfig.model_validate_json(json.dumps({"templateid": 3, "output": {
+        "streamtype": 0, "videowidth": w, "videoheight": h, "videobitrate": case.kbps,
+        "videofps": FPS, "videogop": 2 * FPS}}))
+
+
+def run_cloudrec(case: Case, clips: list[list[tuple[int, EncodedFrame]]], out_dir: Path
+                 ) -> tuple[float, float, MixedHlsRecorder]:
+    """(cpu seconds, wall seconds, recorder) for MEDIA_S of media."""
+    uids = [f"u{i}" for i in range(case.inputs)]
+    rec = MixedHlsRecorder(out_dir, "bench_mix", _mixconfig(case), "room")
+    rec.set_publishers(uids)
+    feeds = [(("room", uid), clips[i % len(clips)]) for i, uid in enumerate(uids)]
+    positions = [0] * len(feeds)
+    frames = int(MEDIA_S * FPS)
+    c0, t0 = _cpu(), time.perf_counter()
+    for n in range(frames):
+        now = n * 90000 // FPS
+        for i, (key, clip) in enumerate(feeds):
+            pos = positions[i]
+            while pos < len(clip) and clip[pos][0] <= now:
+                rec.push(key, clip[pos][1])
+                pos += 1
+            positions[i] = pos
+        rec.advance_to(now)
+    rec.close()
+    return _cpu() - c0, time.perf_counter() - t0, rec
+
+
+def composed_frames(case: Case, paths: list[str]) -> list[av.VideoFrame]:
+    """The canvas frames of the mix, composed beforehand (not measured)."""
+    config = _mixconfig(case)
+    uids = [f"u{i}" for i in range(case.inputs)]
+    placements = placements_from_config(config, "room", uids)
+    comp = Compositor.from_output(config.output)
+    decoded = []
+    for i in range(case.inputs):
+        with av.open(paths[i % len(paths)]) as c:
+            decoded.append([f for _, f in zip(range(int(MEDIA_S * FPS)), c.decode(video=0))])
+    out = []
+    for n in range(int(MEDIA_S * FPS)):
+        out.append(comp.compose([(p, decoded[i][min(n, len(decoded[i]) - 1)])
+                                 for i, p in enumerate(placements)]))
+    return out
+
+
+def run_bare_encode(case: Case, frames: list[av.VideoFrame]) -> float:
+    """CPU seconds of libx264 alone on the composed frames, with the mix's settings."""
+    w, h = case.out_size
+    enc = open_h264_encoder(VideoParams(w, h, FPS, case.kbps, 2 * FPS))
+    seg = 6 * FPS
+    c0 = _cpu()
+    for n, frame in enumerate(frames):
+        frame.pts = n
+        frame.pict_type = av.video.frame.PictureType.I if n % seg == 0 else (
+            av.video.frame.PictureType.NONE)
+        enc.encode(frame)
+    enc.encode(None)
+    return _cpu() - c0
+
+
+def ffmpeg_command(case: Case, paths: list[str], out: Path) -> list[str]:
+    w, h = case.out_size
+    rects = template_rects(3, case.inputs, w, h)
+    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    for i in range(case.inputs):
+        cmd += ["-i", paths[i % len(paths)]]
+    chains = [f"[{i}:v]scale={r.w}:{r.h}:force_original_aspect_ratio=increase,"
+              f"crop={r.w}:{r.h},setsar=1[v{i}]" for i, r in enumerate(rects)]
+    stack = "".join(f"[v{i}]" for i in range(case.inputs))
+    layout = "|".join(f"{r.x}_{r.y}" for r in rects)
+    chains.append(f"{stack}xstack=inputs={case.inputs}:layout={layout}:fill=black,"
+                  f"pad={w}:{h}:0:0:black,fps={FPS}[v]")
+    chains.append("".join(f"[{i}:a]" for i in range(case.inputs))
+                  + f"amix=inputs={case.inputs}:normalize=0[a]")
+    cmd += ["-filter_complex", ";".join(chains), "-map", "[v]", "-map", "[a]", "-t", str(MEDIA_S),
+            "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+            "-b:v", f"{case.kbps}k", "-g", str(2 * FPS), "-bf", "0",
+            "-threads:v", str(default_threads(w, h)),
+            "-force_key_frames", "expr:gte(t,n_forced*6)",
+            "-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2",
+            "-f", "hls", "-hls_time", "6", "-hls_playlist_type", "event", str(out)]
+    return cmd
+
+
+def run_ffmpeg(case: Case, paths: list[str], out_dir: Path) -> tuple[float, float] | None:
+    if not Path(FFMPEG).exists():
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = ffmpeg_command(case, paths, out_dir / "ffmpeg.m3u8")
+    c0, t0 = _child_cpu(), time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return _child_cpu() - c0, time.perf_counter() - t0
+
+
+def make_inputs(tmp: Path) -> dict[tuple[int, int], tuple[list[str], list[list[tuple[int, EncodedFrame]]]]]:
+    """Encode the input clips once (DISTINCT_CLIPS per size) and demux them into memory."""
+    out = {}
+    for size, kbps in sorted({(c.in_size, c.in_kbps) for c in CASES}):
+        paths = []
+        for i in range(DISTINCT_CLIPS):
+            path = tmp / f"in_{size[0]}x{size[1]}_{i}.mkv"
+            make_clip(str(path), seconds=MEDIA_S + 0.5, width=size[0], height=size[1], fps=FPS,
+                      bitrate=kbps * 1000, tone_hz=220.0 * (i + 2), voice=True)
+            paths.append(str(path))
+        out[size] = (paths, [load_clip(p) for p in paths])
+    return out
+
+
+def run() -> list[str]:
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="cloudrec-bench-mixed-") as tmp_name:
+        tmp = Path(tmp_name)
+        inputs = make_inputs(tmp)
+        for case in CASES:
+            paths, clips = inputs[case.in_size]
+            cpu, wall, rec = run_cloudrec(case, clips, tmp / f"rec_{case.name}")
+            cores = cpu / MEDIA_S
+            bare = run_bare_encode(case, composed_frames(case, paths)) / MEDIA_S
+            ff = run_ffmpeg(case, paths, tmp / f"ff_{case.name}")
+            s = rec.stats
+            stages = (f"decode {s.decode_s / MEDIA_S:.3f}, compose {s.compose_s / MEDIA_S:.3f}, "
+                      f"encode {s.encode_s / MEDIA_S:.3f}, audio {s.audio_s / MEDIA_S:.3f}")
+            w, h = case.out_size
+            line = (f"mixed ({case.name}) {case.inputs}x{case.in_size[0]}x{case.in_size[1]} -> "
+                    f"{w}x{h}@{FPS} {case.kbps} kbps: {cores:.3f} cores/recording at real time")
+            if case.name == "a":
+                line += f" (goal <= {GOAL_A}; peer ~0.17)"
+            line += (f"   real-time factor x{MEDIA_S / wall:.1f}   vs bare libx264 encode "
+                     f"{cores / bare:.2f}x ({bare:.3f} cores)")
+            if ff is None:
+                line += "   ffmpeg CLI: skipped (no /usr/bin/ffmpeg)"
+            else:
+                line += (f"   vs ffmpeg CLI {cores / (ff[0] / MEDIA_S):.2f}x "
+                         f"({ff[0] / MEDIA_S:.3f} cores, x{MEDIA_S / ff[1]:.1f} real time)")
+            line += f"   [wall per stage, s/s: {stages}; {len(rec.segments)} segments]"
+            lines.append(line)
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(run()))

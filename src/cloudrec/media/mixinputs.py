@@ -1,0 +1,212 @@
+"""The inputs of a mix: encoded frames per ``(roomid, uid)`` decoded for the compositor and mixer.
+
+Video (H.264, VP8) is decoded by one PyAV decoder per input, created on the input's first
+frame and again on a new epoch (a new publication), and fed from a key frame on; a decoder that
+waits for one asks for it (at most every ``KEYFRAME_RETRY_S``). Only the latest picture of each
+input is kept: the mix samples it at its own rate. An input whose video stopped ``STALE_S`` ago
+counts as having none (the compositor patches it).
+
+Opus is decoded into the :class:`~cloudrec.media.mixer.AudioMixer`. Lost packets (an RTP
+timestamp jump) become silence so the input keeps its time; an input whose audio starts, or
+restarts after ``AUDIO_PAUSE_S`` or a new epoch, gets ``AUDIO_PRIME`` samples of silence first:
+the jitter buffer that keeps a real-time mix from running dry between packets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import av
+
+from cloudrec.media.mixer import SAMPLE_RATE, AudioMixer
+from cloudrec.mediatypes import EncodedFrame
+
+Key = tuple[str, str]  # (roomid, uid)
+
+STALE_S = 2.0
+AUDIO_PRIME = 3072  # samples (3 AAC frames, 64 ms)
+AUDIO_PAUSE_S = 1.0
+KEYFRAME_RETRY_S = 1.0
+_DECODERS = {"h264": "h264", "vp8": "vp8", "vp9": "vp9", "av1": "libdav1d"}
+
+
+@dataclass
+class MixedStats:
+    """Counters of a mixed recorder; ``*_s`` are seconds of wall time spent in each stage."""
+
+    frames_in: int = 0  # encoded input frames taken
+    frames_ignored: int = 0  # frames of inputs (or kinds) the mix does not use
+    video_decoded: int = 0
+    decode_errors: int = 0
+    keyframe_requests: int = 0
+    frames_out: int = 0  # video frames encoded
+    frames_skipped: int = 0  # output frames dropped to keep real time
+    audio_frames_out: int = 0
+    encoders: list[str] = field(default_factory=list)
+    decode_s: float = 0.0
+    compose_s: float = 0.0
+    encode_s: float = 0.0
+    audio_s: float = 0.0
+
+
+class _Input:
+    __slots__ = ("adec", "aepoch", "asked_at", "frame", "key", "last_audio", "last_video",
+                 "need_key", "next_rtp", "vcodec", "vdec", "vepoch")
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.vdec: av.VideoCodecContext | None = None
+        self.vcodec = ""
+        self.vepoch: int | None = None
+        self.need_key = True
+        self.asked_at = -1e9
+        self.frame: av.VideoFrame | None = None
+        self.last_video = 0.0
+        self.adec: av.AudioCodecContext | None = None
+        self.aepoch: int | None = None
+        self.next_rtp = 0
+        self.last_audio = -1e9
+
+
+class MixInputs:
+    """The decoders of the inputs a mix uses now (see :meth:`set_keys`)."""
+
+    def __init__(
+        self,
+        mixer: AudioMixer | None,
+        stats: MixedStats,
+        request_keyframe: Callable[[Key], None] | None = None,
+    ) -> None:
+        self._mixer = mixer
+        self._stats = stats
+        self._request_keyframe = request_keyframe
+        self._inputs: dict[Key, _Input] = {}
+        self._video: frozenset[Key] = frozenset()
+        self._audio: frozenset[Key] = frozenset()
+        self.has_media = False  # some input frame was taken
+
+    @property
+    def keys(self) -> frozenset[Key]:
+        return self._video | self._audio
+
+    def set_keys(self, video: Iterable[Key], audio: Iterable[Key]) -> None:
+        """Decode the video of ``video`` and mix the audio of ``audio``; others are dropped."""
+        self._video, self._audio = frozenset(video), frozenset(audio)
+        if self._mixer is not None:
+            self._mixer.set_inputs(list(self._audio))
+        wanted = self.keys
+        for key in set(self._inputs) - wanted:
+            del self._inputs[key]
+        for key in wanted:
+            self._inputs.setdefault(key, _Input(key))
+
+    def unpublished(self, key: Key) -> None:
+        """``key`` stopped publishing: no picture from now on, fresh decoders when it returns."""
+        inp = self._inputs.get(key)
+        if inp is not None:
+            inp.frame = None
+            inp.vdec = inp.adec = None
+            inp.vepoch = inp.aepoch = None
+
+    def current(self, key: Key, now: float | None) -> av.VideoFrame | None:
+        """The latest picture of ``key``; None when it has none (or, with ``now``, a stale one)."""
+        inp = self._inputs.get(key)
+        if inp is None or inp.frame is None:
+            return None
+        if now is not None and now - inp.last_video > STALE_S:
+            return None
+        return inp.frame
+
+    def push(self, key: Key, frame: EncodedFrame) -> bool:
+        """Decode one frame of ``key``; False when the mix does not use it."""
+        stats = self._stats
+        inp = self._inputs.get(key)
+        if inp is not None and frame.kind == "video" and key in self._video:
+            stats.frames_in += 1
+            t = time.perf_counter()
+            self._push_video(inp, frame)
+            stats.decode_s += time.perf_counter() - t
+            return True
+        if (inp is not None and frame.kind == "audio" and key in self._audio
+                and frame.codec == "opus"):
+            stats.frames_in += 1
+            t = time.perf_counter()
+            self._push_audio(inp, frame)
+            stats.audio_s += time.perf_counter() - t
+            return True
+        stats.frames_ignored += 1
+        return False
+
+    def _ask_keyframe(self, inp: _Input, at: float) -> None:
+        if at - inp.asked_at < KEYFRAME_RETRY_S:
+            return
+        inp.asked_at = at
+        self._stats.keyframe_requests += 1
+        if self._request_keyframe is not None:
+            self._request_keyframe(inp.key)
+
+    def _push_video(self, inp: _Input, frame: EncodedFrame) -> None:
+        if inp.vdec is None or inp.vepoch != frame.epoch or inp.vcodec != frame.codec:
+            name = _DECODERS.get(frame.codec)
+            if name is None:
+                self._stats.frames_ignored += 1
+                return
+            dec = av.CodecContext.create(name, "r")
+            assert isinstance(dec, av.VideoCodecContext)
+            dec.thread_count = 1  # no frame-threading delay, and inputs are small
+            inp.vdec, inp.vcodec, inp.vepoch, inp.need_key = dec, frame.codec, frame.epoch, True
+        self.has_media = True
+        if inp.need_key:
+            if not frame.keyframe:
+                self._ask_keyframe(inp, frame.arrival)
+                return
+            inp.need_key = False
+        try:
+            frames = inp.vdec.decode(av.Packet(frame.data))
+        except av.FFmpegError:
+            self._stats.decode_errors += 1
+            inp.need_key = True
+            self._ask_keyframe(inp, frame.arrival)
+            return
+        for decoded in frames:
+            inp.frame = decoded
+            inp.last_video = frame.arrival
+            self._stats.video_decoded += 1
+
+    def _push_audio(self, inp: _Input, frame: EncodedFrame) -> None:
+        mixer = self._mixer
+        if mixer is None:
+            return
+        rate = frame.clock_rate or SAMPLE_RATE
+        new_stream = inp.adec is None or inp.aepoch != frame.epoch
+        restart = new_stream or frame.arrival - inp.last_audio > AUDIO_PAUSE_S
+        if new_stream:
+            dec = av.CodecContext.create("opus", "r")
+            assert isinstance(dec, av.AudioCodecContext)
+            dec.sample_rate = SAMPLE_RATE
+            # the TOC byte's stereo flag: what the publisher actually sends
+            dec.layout = "stereo" if not frame.data or frame.data[0] & 0x04 else "mono"
+            inp.adec, inp.aepoch = dec, frame.epoch
+        elif not restart:
+            missing = (frame.timestamp - inp.next_rtp) * SAMPLE_RATE // rate
+            if missing <= -480:  # a duplicate, or a packet after its slot
+                return
+            if missing > SAMPLE_RATE // 400:  # lost packets (> 2.5 ms): keep time with silence
+                mixer.push_silence(inp.key, min(missing, SAMPLE_RATE))
+        self.has_media = True
+        inp.last_audio = frame.arrival
+        if restart:
+            mixer.push_silence(inp.key, max(0, AUDIO_PRIME - mixer.buffered(inp.key)))
+        assert inp.adec is not None
+        try:
+            frames = inp.adec.decode(av.Packet(frame.data))
+        except av.FFmpegError:
+            self._stats.decode_errors += 1
+            return
+        samples = 0
+        for decoded in frames:
+            samples += decoded.samples
+            mixer.push(inp.key, decoded)
+        inp.next_rtp = frame.timestamp + samples * rate // SAMPLE_RATE

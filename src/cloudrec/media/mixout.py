@@ -1,0 +1,230 @@
+"""The output side of a mix: its encoders, and its HLS segments.
+
+:func:`open_h264_encoder` and :func:`open_aac_encoder` are the codec settings of every mix (the
+benchmark opens the same ones). :class:`MixedSegments` writes the encoded output exactly like a
+source recording does (same file names, durability, playlist, resume after
+``#EXT-X-DISCONTINUITY``, all through :mod:`cloudrec.media.hls`): with video, segments are led
+by video and cut on the IDR the mix forces when a segment is due, audio waiting in a queue until
+video has passed its PTS so each packet lands in the segment its time belongs to; audio-only
+segments are cut by audio time.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from cloudrec.media.hls import (
+    TS_CLOCK,
+    HlsPlaylist,
+    SegmentInfo,
+    TsSegmentWriter,
+    resume_base,
+    segment_name,
+)
+from cloudrec.media.mixer import SAMPLE_RATE
+from cloudrec.models.mixconfig import MixOutput
+
+AAC_BIT_RATE = 128_000
+
+
+@dataclass(frozen=True, slots=True)
+class VideoParams:
+    """What the encoder is opened with; a change means a new encoder."""
+
+    width: int
+    height: int
+    fps: int
+    bitrate_kbps: int
+    gop: int
+
+    @classmethod
+    def of(cls, output: MixOutput) -> VideoParams:
+        assert output.videowidth is not None and output.videoheight is not None
+        return cls(output.videowidth, output.videoheight, output.videofps,
+                   output.videobitrate or 1000, output.videogop)
+
+
+def default_threads(width: int, height: int) -> int:
+    """libx264 threads: 1 up to 720p (the least CPU per frame, and fast enough), 2 above."""
+    return 1 if width * height <= 1280 * 720 else 2
+
+
+def open_h264_encoder(params: VideoParams, threads: int | None = None) -> av.VideoCodecContext:
+    """libx264 as a mix encodes: veryfast, zerolatency, no B-frames, ABR at the bit rate,
+    keyint = GOP, SPS/PPS before every IDR, an IDR on request (``pict_type = I``).
+    Time base 1/fps: a frame's pts is its index."""
+    enc = av.CodecContext.create("libx264", "w")
+    assert isinstance(enc, av.VideoCodecContext)
+    enc.width, enc.height, enc.pix_fmt = params.width, params.height, "yuv420p"
+    enc.time_base = Fraction(1, params.fps)
+    enc.framerate = Fraction(params.fps, 1)
+    enc.bit_rate = params.bitrate_kbps * 1000
+    enc.gop_size = params.gop
+    enc.max_b_frames = 0
+    enc.thread_count = threads or default_threads(params.width, params.height)
+    enc.options = {
+        "preset": "veryfast",
+        "tune": "zerolatency",
+        "forced-idr": "1",
+        "x264-params": "repeat-headers=1:bframes=0",
+    }
+    enc.open()
+    return enc
+
+
+def open_aac_encoder() -> av.AudioCodecContext:
+    """AAC-LC 48 kHz stereo 128 kbps (FFmpeg's ``aac`` with the fast coder, as source audio)."""
+    enc = av.CodecContext.create("aac", "w")
+    assert isinstance(enc, av.AudioCodecContext)
+    enc.sample_rate = SAMPLE_RATE
+    enc.layout = "stereo"
+    enc.format = "fltp"
+    enc.bit_rate = AAC_BIT_RATE
+    enc.time_base = Fraction(1, SAMPLE_RATE)
+    enc.options = {"aac_coder": "fast"}
+    enc.open()
+    return enc
+
+
+@dataclass(slots=True)
+class _Open:
+    seq: int
+    writer: TsSegmentWriter
+    start: int
+    discontinuity: bool
+    end: int
+
+
+class MixedSegments:
+    """The playlist and segments of one mix in ``spool_dir``; timestamps are 90 kHz ticks."""
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        basename: str,
+        *,
+        video: bool,
+        audio: bool,
+        segment_seconds: float,
+        on_segment: Callable[[SegmentInfo], None] | None = None,
+        resume: bool = False,
+    ) -> None:
+        self._dir = Path(spool_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._basename = basename
+        self._video, self._audio = video, audio
+        self._on_segment = on_segment
+        self.seg_ticks = round(segment_seconds * TS_CLOCK)
+        self.playlist_path = self._dir / f"{basename}.m3u8"
+        self._playlist = HlsPlaylist(self.playlist_path, segment_seconds)
+        self.segments: list[SegmentInfo] = self._playlist.load() if resume else []
+        self.base = resume_base(self.segments)  # PTS offset past a resumed recording's end
+        self._next_disc = bool(self.segments)
+        self._seq = self.segments[-1].index + 1 if self.segments else 0
+        for stale in self._dir.glob(f"{glob.escape(basename)}_*.ts.part"):
+            stale.unlink(missing_ok=True)
+        self._playlist.write(self.segments)  # valid from the start, even with no segment yet
+        self._seg: _Open | None = None
+        self._pending: deque[tuple[bytes, int, int]] = deque()  # audio waiting for video
+
+    @property
+    def duration(self) -> float:
+        seg = self._seg  # read once: a monitoring thread may ask while the mix writes
+        open_ticks = seg.end - seg.start if seg is not None else 0
+        return sum(s.duration for s in list(self.segments)) + open_ticks / TS_CLOCK
+
+    @property
+    def end(self) -> int | None:
+        """The end of what the open segment holds (None when none is open)."""
+        return self._seg.end if self._seg is not None else None
+
+    def due(self, pts: int) -> bool:
+        """Whether a video frame at ``pts`` should be an IDR that starts a segment."""
+        return self._seg is None or pts - self._seg.start >= self.seg_ticks
+
+    def video(self, data: bytes, pts: int, key: bool, end: int) -> None:
+        """One access unit; an IDR starts a segment when none is open or one is due."""
+        seg = self._seg
+        if seg is None:
+            if not key:
+                return
+            seg = self._start(pts)
+            self.flush_audio(pts)  # audio the AAC encoder held back over an encoder switch
+        elif key and pts - seg.start >= self.seg_ticks:
+            self.flush_audio(pts)
+            self._finish(pts)
+            seg = self._start(pts)
+        seg.writer.write("video", data, pts, keyframe=key)
+        seg.end = max(seg.end, end)
+
+    def audio(self, data: bytes, pts: int, end: int) -> None:
+        """One ADTS frame: queued behind video, or (audio only) written, cutting on time."""
+        if self._video:
+            self._pending.append((data, pts, end))
+            return
+        seg = self._seg
+        if seg is not None and end - seg.start > self.seg_ticks:
+            self._finish(pts)
+            seg = None
+        if seg is None:
+            seg = self._start(pts)
+        seg.writer.write("audio", data, pts)
+        seg.end = max(seg.end, end)
+
+    def flush_audio(self, limit: int | None) -> None:
+        """Write queued audio with PTS below ``limit`` (all when None) to the open segment."""
+        pending = self._pending
+        while pending and (limit is None or pending[0][1] < limit) and self._seg is not None:
+            data, pts, end = pending.popleft()
+            self._seg.writer.write("audio", data, pts)
+            self._seg.end = max(self._seg.end, end)
+
+    def cut(self) -> None:
+        """End the open segment at its end; the next one follows #EXT-X-DISCONTINUITY."""
+        if self._seg is not None:
+            end = self._seg.end
+            self.flush_audio(end)
+            self._finish(end)
+        self._next_disc = True
+
+    def close(self) -> SegmentInfo | None:
+        """Write what is queued, close the last segment, end the playlist (#EXT-X-ENDLIST)."""
+        self.flush_audio(None)
+        if self._seg is None:
+            self._playlist.write(self.segments, ended=True)
+            return None
+        return self._finish(self._seg.end, final=True)
+
+    def _start(self, pts: int) -> _Open:
+        path = self._dir / segment_name(self._basename, self._seq)
+        writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
+        self._seg = _Open(self._seq, writer, pts, self._next_disc, pts)
+        self._seq += 1
+        self._next_disc = False
+        return self._seg
+
+    def _finish(self, end: int, *, final: bool = False) -> SegmentInfo:
+        seg = self._seg
+        assert seg is not None
+        self._seg = None
+        size = seg.writer.close()
+        info = SegmentInfo(
+            index=seg.seq,
+            name=seg.writer.path.name,
+            path=seg.writer.path,
+            duration=max(end - seg.start, 0) / TS_CLOCK,
+            discontinuity=seg.discontinuity,
+            size=size,
+        )
+        self.segments.append(info)
+        self._playlist.write(self.segments, ended=final)
+        if self._on_segment is not None:
+            self._on_segment(info)
+        return info
