@@ -227,3 +227,19 @@ def resume_base(segments: list[SegmentInfo]) -> int:
         gaps = sum(s.discontinuity for s in segments) * TS_CLOCK
         old_end = PTS_ORIGIN + listed + gaps + TS_CLOCK // 10  # margin for rounded durations
     return max(0, old_end + TS_CLOCK - PTS_ORIGIN)
+
+
+def close_segment(
+    writer: TsSegmentWriter, seq: int, start: int, end: int, discontinuity: bool
+) -> SegmentInfo:
+    """Close a segment file (fsynced, renamed into place) and describe it for the playlist;
+    ``start``/``end`` are its first and past-the-last 90 kHz timestamps."""
+    size = writer.close()
+    return SegmentInfo(
+        index=seq,
+        name=writer.path.name,
+        path=writer.path,
+        duration=max(end - start, 0) / TS_CLOCK,
+        discontinuity=discontinuity,
+        size=size,
+    )

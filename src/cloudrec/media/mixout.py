@@ -25,6 +25,7 @@ from cloudrec.media.hls import (
     HlsPlaylist,
     SegmentInfo,
     TsSegmentWriter,
+    close_segment,
     resume_base,
     segment_name,
 )
@@ -214,15 +215,7 @@ class MixedSegments:
         seg = self._seg
         assert seg is not None
         self._seg = None
-        size = seg.writer.close()
-        info = SegmentInfo(
-            index=seg.seq,
-            name=seg.writer.path.name,
-            path=seg.writer.path,
-            duration=max(end - seg.start, 0) / TS_CLOCK,
-            discontinuity=seg.discontinuity,
-            size=size,
-        )
+        info = close_segment(seg.writer, seg.seq, seg.start, end, seg.discontinuity)
         self.segments.append(info)
         self._playlist.write(self.segments, ended=final)
         if self._on_segment is not None:
