@@ -18,15 +18,15 @@ import hmac
 import json
 import logging
 import random
-import sqlite3
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+
+from cloudrec.db import now_ms, open_db
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ def sign(body: bytes, secret: str) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(frozen=True)
 class Event:
     id: str
@@ -77,7 +73,6 @@ class CallbackOutbox:
         max_backoff_s: float = 300.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.secret_for = secret_for
         self.retry_for_ms = int(retry_for_s * 1000)
         self.timeout_s = timeout_s
@@ -88,10 +83,7 @@ class CallbackOutbox:
         self.dropped = 0
         self._transport = transport
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(path, _SCHEMA)
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._in_flight: set[str] = set()
@@ -113,7 +105,7 @@ class CallbackOutbox:
         if not url:
             return None
         event_id = uuid.uuid4().hex
-        now = _now_ms()
+        now = now_ms()
         body = json.dumps(
             {
                 "id": event_id,
@@ -181,7 +173,7 @@ class CallbackOutbox:
             rows = self._db.execute(
                 "SELECT id, appid, url, body, attempts FROM events WHERE next_ms <= ? "
                 "ORDER BY created_ms LIMIT ?",
-                (_now_ms(), limit + len(self._in_flight)),
+                (now_ms(), limit + len(self._in_flight)),
             ).fetchall()
         events = [Event(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows if r[0] not in self._in_flight]
         return events[:limit]
@@ -191,7 +183,7 @@ class CallbackOutbox:
             row = self._db.execute("SELECT MIN(next_ms) FROM events").fetchone()
         if row[0] is None:
             return 5.0
-        return min(5.0, max(0.05, (row[0] - _now_ms()) / 1000))
+        return min(5.0, max(0.05, (row[0] - now_ms()) / 1000))
 
     async def _deliver(self, client: httpx.AsyncClient, event: Event) -> None:
         secret = self.secret_for(event.appid)
@@ -219,7 +211,7 @@ class CallbackOutbox:
     def _retry(self, event: Event, error: str) -> None:
         attempts = event.attempts + 1
         delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
-        now = _now_ms()
+        now = now_ms()
         with self._lock:
             created = self._db.execute(
                 "SELECT created_ms FROM events WHERE id = ?", (event.id,)

@@ -11,11 +11,11 @@ import json
 import secrets
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloudrec.db import now_ms, open_db
 from cloudrec.errors import RecordingError
 from cloudrec.tasks.states import ACTIVE, Status
 
@@ -48,10 +48,6 @@ CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
 """
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(frozen=True)
 class Task:
     recordid: str
@@ -77,15 +73,11 @@ class Task:
 
 class TaskStore:
     def __init__(self, path: Path, resid_ttl_s: float = 300.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.resid_ttl_ms = int(resid_ttl_s * 1000)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = open_db(path, _SCHEMA)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
