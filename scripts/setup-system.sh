@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages cloudrec needs, when they are missing.
+#   venv:  python3-venv, when Debian's Python cannot make a virtual environment yet.
 #   serve: fonts-noto-cjk (NotoSansCJK, the font of mixed recordings' text and timestamp
 #          watermarks, so Chinese renders; without it they fall back to Pillow's default font).
 #   test:  also ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the
@@ -8,10 +9,14 @@
 set -euo pipefail
 purpose=${1:-test}
 need=()
-[ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
-if [ "$purpose" != serve ]; then
-  command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
-  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ "$purpose" = venv ]; then
+  need+=(python3-venv "python$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv")
+else
+  [ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
+  if [ "$purpose" != serve ]; then
+    command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  fi
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
