@@ -187,11 +187,13 @@ async def test_idle_recording_stops_by_itself(server: Server) -> None:
 
 
 async def test_mono_opus_publisher_gives_mono_aac(server: Server, tmp_path: Path) -> None:
-    """A pre-encoded clip (sent without encoding) with mono Opus, as browsers send."""
+    """A pre-encoded clip (sent without encoding) with mono Opus, as browsers send. A clip
+    cannot answer a keyframe request, and recording starts at an IDR: a short GOP keeps the
+    wait for the first one well inside the test's ±1 s."""
     from cloudrec.publisher import make_clip
 
     clip = make_clip(str(tmp_path / "clip.mkv"), seconds=2, width=320, height=240, voice=True,
-                     audio_channels=1)
+                     audio_channels=1, gop=5)
     pub = await publish(server, "room6", "frank", clip=clip)
     try:
         resid, recordid, t0 = await start(server, "room6", "frank", 0)
