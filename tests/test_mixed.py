@@ -476,3 +476,38 @@ async def test_sigkill_resumes_the_mix_with_its_latest_layout(
     assert np.all(np.diff([t for t, _ in frames]) > 0)
     last = frames[-1][1]
     assert near(at(last, (160, 60)), RED) and near(at(last, (160, 180)), BLUE)  # template 2
+
+
+async def test_a_worker_far_behind_drops_frames_and_recovers(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stalled for a second (a fault injected around the real tick) falls behind: the
+    loop drops frames before the worker instead of queueing them without limit, the input
+    resyncs on a keyframe, and the recording goes on whole."""
+    import cloudrec.recorder.mixed as mixed_recorder
+    from cloudrec.media import MixedHlsRecorder
+
+    monkeypatch.setattr(mixed_recorder, "MAX_BACKLOG", 5)
+    real_tick = MixedHlsRecorder.tick
+    stall_until: list[float] = []
+
+    def stalling_tick(self: MixedHlsRecorder, now: float) -> int:
+        if self.started and not stall_until:
+            stall_until.append(now + 1.0)
+        if stall_until and now < stall_until[0]:
+            time.sleep(0.3)
+        return real_tick(self, now)
+
+    monkeypatch.setattr(MixedHlsRecorder, "tick", stalling_tick)
+    room = "slow"
+    red = await publish(server, room, "r", RED)
+    try:
+        resid, recordid = await start_mixed(server, room, {"templateid": 1, "output": OUT})
+        await asyncio.sleep(4.0)
+        live = await server.call(f"queryrecord/{room}/{recordid}")
+        await stop(server, room, resid, recordid)
+    finally:
+        await red.stop()
+    assert live["code"] == 0 and live["data"]["framesdropped"] > 0
+    frames = video_frames(playlist_of(server, room, recordid))
+    assert frames and near(at(frames[-1][1], (160, 120)), RED)

@@ -221,6 +221,10 @@ class MixedHlsRecorder:
         """The input stopped publishing: it has no video from now on (patch)."""
         self._inputs.unpublished(key)
 
+    def resync(self, key: Key) -> None:
+        """Frames of ``key`` were dropped before they got here (an overloaded worker)."""
+        self._inputs.resync(key)
+
     def push(self, key: Key, frame: EncodedFrame) -> bool:
         """Take one encoded frame of input ``key``; False when the mix does not use it."""
         if self._closed:

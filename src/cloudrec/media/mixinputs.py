@@ -110,6 +110,12 @@ class MixInputs:
             inp.vdec = inp.adec = None
             inp.vepoch = inp.aepoch = None
 
+    def resync(self, key: Key) -> None:
+        """Frames of ``key`` were dropped on the way: decode its video again from a keyframe."""
+        inp = self._inputs.get(key)
+        if inp is not None:
+            inp.need_key = True
+
     def current(self, key: Key, now: float | None) -> av.VideoFrame | None:
         """The latest picture of ``key``; None when it has none (or, with ``now``, a stale one)."""
         inp = self._inputs.get(key)

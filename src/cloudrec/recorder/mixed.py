@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 HANDOFF_S = 10.0  # the longest the worker waits for the loop to take a closed segment
 UPDATE_TIMEOUT_S = 10.0
+MAX_BACKLOG = 3000  # commands queued for the worker (~10 s of 9 inputs) before frames are dropped
 WATCH_S = 0.25
 
 
@@ -88,6 +89,7 @@ class MixedRecording(Recording):
         self.encoder_threads = encoder_threads
         self.recorder: MixedHlsRecorder | None = None
         self.warnings: list[str] = []
+        self.frames_dropped = 0  # dropped before the worker: it was too far behind
         self.last_media = time.monotonic()  # written by the worker when it takes a frame
         self._runner: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,11 +238,29 @@ class MixedRecording(Recording):
             pump.cancel()
 
     async def _pump(self, roomid: str, sub: Subscription) -> None:
-        """Hand a room's frames and presence to the worker (it decides what the mix uses)."""
+        """Hand a room's frames and presence to the worker (it decides what the mix uses).
+
+        A worker that cannot keep up must not make memory grow: past ``MAX_BACKLOG`` queued
+        commands, frames are dropped here (events never are), and the input is told to resync
+        on its next keyframe once the worker catches up."""
         put = self._commands.put
+        behind: set[Key] = set()
         try:
             while True:
                 item = await sub.get()
+                if not isinstance(item, PublisherEvent):
+                    key = (roomid, item[0])
+                    if self._commands.qsize() > MAX_BACKLOG:
+                        self.frames_dropped += 1
+                        if key not in behind:
+                            behind.add(key)
+                            log.warning("mixed recording %s is behind; dropping frames",
+                                        self.task.recordid)
+                        continue
+                    if key in behind:
+                        behind.discard(key)
+                        put(("resync", key))
+                        self._request_keyframe(key)
                 if isinstance(item, PublisherEvent):
                     if item.kind == "unpublished":
                         put(("unpublished", (roomid, item.uid)))
@@ -305,6 +325,8 @@ class MixedRecording(Recording):
             rec.set_publishers(command[1], command[2])
         elif kind == "unpublished":
             rec.unpublished(command[1])
+        elif kind == "resync":
+            rec.resync(command[1])
         elif kind == "update":
             _, mixconfig, pictures, applied = command
             try:
@@ -358,6 +380,7 @@ class MixedRecording(Recording):
         return {
             "inputs": [f"{r}/{u}" for r, u in sorted(rec.wanted)] if rec else [],
             "framesskipped": stats.frames_skipped if stats else 0,
+            "framesdropped": self.frames_dropped,
             "warnings": list(self.warnings),
             # the layout in force, so a restart resumes with the latest updatemixrecord
             "mixconfig": self.mixconfig.model_dump(mode="json", by_alias=True,
