@@ -263,12 +263,7 @@ class Compositor:
         a = round(alpha * 256)
         if a <= 0 or rect.empty:
             return
-        cx, cy, cw, ch = rect.x // 2, rect.y // 2, rect.w // 2, rect.h // 2
-        regions = (
-            planes[0][rect.y : rect.bottom, rect.x : rect.right],
-            planes[1][cy : cy + ch, cx : cx + cw],
-            planes[2][cy : cy + ch, cx : cx + cw],
-        )
+        regions = _regions(planes, rect)
         for dst, value in zip(regions, yuv):
             if a >= 256:
                 dst[...] = value
@@ -280,12 +275,7 @@ class Compositor:
         if a <= 0 or rect.empty:
             return
         tile = self._tile(placement, rect, frame)
-        cx, cy, cw, ch = rect.x // 2, rect.y // 2, rect.w // 2, rect.h // 2
-        regions = (
-            planes[0][rect.y : rect.bottom, rect.x : rect.right],
-            planes[1][cy : cy + ch, cx : cx + cw],
-            planes[2][cy : cy + ch, cx : cx + cw],
-        )
+        regions = _regions(planes, rect)
         for dst, src in zip(regions, tile):
             if a >= 256:
                 dst[...] = src
@@ -364,3 +354,13 @@ def _picture(pictures: Mapping[str, bytes], url: str, what: str) -> np.ndarray |
     except ValueError as exc:
         log.warning("%s picture %s left out: %s", what, url, exc)
         return None
+
+
+def _regions(planes: Planes, rect: Rect) -> Planes:
+    """Views of ``rect`` in the Y plane and the matching half-size rect in U and V."""
+    cx, cy, cw, ch = rect.x // 2, rect.y // 2, rect.w // 2, rect.h // 2
+    return (
+        planes[0][rect.y : rect.bottom, rect.x : rect.right],
+        planes[1][cy : cy + ch, cx : cx + cw],
+        planes[2][cy : cy + ch, cx : cx + cw],
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -243,3 +244,20 @@ def close_segment(
         discontinuity=discontinuity,
         size=size,
     )
+
+
+def add_segment(
+    segments: list[SegmentInfo],
+    playlist: HlsPlaylist,
+    info: SegmentInfo,
+    *,
+    ended: bool,
+    on_segment: Callable[[SegmentInfo], None] | None,
+) -> SegmentInfo:
+    """List a closed segment: rewrite the playlist with it, then announce it (the order the
+    uploads rely on: a segment is announced only once the spool's playlist names it)."""
+    segments.append(info)
+    playlist.write(segments, ended=ended)
+    if on_segment is not None:
+        on_segment(info)
+    return info

@@ -25,6 +25,7 @@ from cloudrec.media.hls import (
     HlsPlaylist,
     SegmentInfo,
     TsSegmentWriter,
+    add_segment,
     close_segment,
     resume_base,
     segment_name,
@@ -216,8 +217,5 @@ class MixedSegments:
         assert seg is not None
         self._seg = None
         info = close_segment(seg.writer, seg.seq, seg.start, end, seg.discontinuity)
-        self.segments.append(info)
-        self._playlist.write(self.segments, ended=final)
-        if self._on_segment is not None:
-            self._on_segment(info)
-        return info
+        return add_segment(self.segments, self._playlist, info, ended=final,
+                           on_segment=self._on_segment)

@@ -34,6 +34,7 @@ from cloudrec.media.hls import (
     HlsPlaylist,
     SegmentInfo,
     TsSegmentWriter,
+    add_segment,
     close_segment,
     resume_base,
     segment_name,
@@ -410,8 +411,5 @@ class SourceHlsRecorder:
         assert seg is not None
         self._seg = None
         info = close_segment(seg.writer, seg.seq, seg.start, end, seg.discontinuity)
-        self.segments.append(info)
-        self._playlist.write(self.segments, ended=final)
-        if self._on_segment is not None:
-            self._on_segment(info)
-        return info
+        return add_segment(self.segments, self._playlist, info, ended=final,
+                           on_segment=self._on_segment)
