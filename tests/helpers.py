@@ -8,7 +8,7 @@ import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import httpx
 import uvicorn
@@ -112,3 +112,16 @@ def source_body(resid: str, roomid: str, uid: str, recordtype: int = 0, **extra:
         "storagecfg": dict(LOCAL_STORAGE),
         **extra,
     }
+
+
+async def startrecord(
+    call: Callable[[str, Any], Awaitable[dict[str, Any]]], body: dict[str, Any]
+) -> dict[str, Any]:
+    """POST startrecord, again while it answers 4005: a publication is announced once its
+    first frames arrive, a moment after the publisher connected. Returns the last answer."""
+    for _ in range(50):
+        data = await call("startrecord", body)
+        if data["code"] != 4005:
+            break
+        await asyncio.sleep(0.1)
+    return data

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from cloudrec.callbacks import CallbackOutbox, sign
-from tests.helpers import APPID, SECRET, free_port, make_settings, running_server, source_body
+from tests.helpers import APPID, SECRET, free_port, make_settings, running_server, source_body, startrecord
 from tests.test_recording import publish, stop
 
 
@@ -74,12 +74,8 @@ async def test_events_delivered_signed_after_failures(tmp_path: Path, receiver: 
         pub = await publish(server, "room1", "alice")
         try:
             resid = await server.apply()
-            for _ in range(50):
-                started = await server.call("startrecord", source_body(resid, "room1", "alice",
-                                                                       callbackurl=url))
-                if started["code"] != 4005:
-                    break
-                await asyncio.sleep(0.1)
+            started = await startrecord(server.call, source_body(resid, "room1", "alice",
+                                                                  callbackurl=url))
             assert started["code"] == 0, started
             recordid = started["recordid"]
             await asyncio.sleep(2.5)

@@ -37,6 +37,7 @@ from tests.helpers import (
     free_port,
     make_settings,
     running_server,
+    startrecord,
 )
 from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
 from tests.test_api import SEED_START_MIXED
@@ -88,11 +89,7 @@ def mixed_body(resid: str, roomid: str, mixconfig: dict[str, Any], recordtype: i
 async def start_mixed(server: Server, roomid: str, mixconfig: dict[str, Any],
                       recordtype: int = 0) -> tuple[str, str]:
     resid = await server.apply()
-    for _ in range(50):
-        data = await server.call("startrecord", mixed_body(resid, roomid, mixconfig, recordtype))
-        if data["code"] != 4005:
-            break
-        await asyncio.sleep(0.1)
+    data = await startrecord(server.call, mixed_body(resid, roomid, mixconfig, recordtype))
     assert data["code"] == 0, data
     return resid, str(data["recordid"])
 

@@ -13,7 +13,7 @@ import pytest
 from cloudrec.media.h264 import parameter_sets
 from cloudrec.publisher import Publisher
 from cloudrec.rooms import make_token
-from tests.helpers import APPID, SECRET, Server, make_settings, running_server, source_body
+from tests.helpers import APPID, SECRET, Server, make_settings, running_server, source_body, startrecord
 from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
 
 
@@ -33,11 +33,7 @@ async def publish(server: Server, room: str, uid: str, **kw: Any) -> Publisher:
 
 async def start(server: Server, room: str, uid: str, recordtype: int = 0) -> tuple[str, str, float]:
     resid = await server.apply()
-    for _ in range(50):  # the publication is announced once its first frames arrive
-        data = await server.call("startrecord", source_body(resid, room, uid, recordtype))
-        if data["code"] != 4005:
-            break
-        await asyncio.sleep(0.1)
+    data = await startrecord(server.call, source_body(resid, room, uid, recordtype))
     assert data["code"] == 0, data
     return resid, data["recordid"], time.monotonic()
 

@@ -16,7 +16,7 @@ import pytest
 
 from cloudrec.publisher import Publisher
 from cloudrec.rooms import make_token
-from tests.helpers import APPID, HEADERS, KEY, LOCAL_STORAGE, SECRET, free_port, source_body
+from tests.helpers import APPID, HEADERS, KEY, LOCAL_STORAGE, SECRET, free_port, source_body, startrecord
 from tests.media_check import playlist_lines, probe_playlist
 
 
@@ -72,11 +72,7 @@ async def procs() -> AsyncIterator[list[Proc]]:
 
 async def start_recording(server: Proc, room: str, uid: str) -> tuple[str, str]:
     resid = (await server.call("applyrecord", {}))["resid"]
-    for _ in range(50):
-        data = await server.call("startrecord", source_body(resid, room, uid))
-        if data["code"] != 4005:
-            break
-        await asyncio.sleep(0.1)
+    data = await startrecord(server.call, source_body(resid, room, uid))
     assert data["code"] == 0, data
     return resid, data["recordid"]
 

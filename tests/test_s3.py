@@ -24,7 +24,9 @@ from cloudrec.publisher import Publisher
 from cloudrec.rooms import make_token
 from cloudrec.storage import SpoolUploader
 from cloudrec.storage.s3 import S3Store, close_clients, resolve_endpoint
-from tests.helpers import APPID, SECRET, Server, free_port, make_settings, running_server
+from tests.helpers import (
+    APPID, SECRET, Server, free_port, make_settings, running_server, startrecord,
+)
 from tests.media_check import probe_playlist
 
 BUCKETS = {0: "rec-oss", 1: "rec-cos", 2: "rec-kodo", 100: "rec-s3"}
@@ -111,11 +113,7 @@ def body(resid: str, room: str, uid: str, storagecfg: dict[str, Any]) -> dict[st
 
 async def start(server: Server, room: str, uid: str, storagecfg: dict[str, Any]) -> tuple[str, str]:
     resid = await server.apply()
-    for _ in range(50):  # the publication is announced once its first frames arrive
-        data = await server.call("startrecord", body(resid, room, uid, storagecfg))
-        if data["code"] != 4005:
-            break
-        await asyncio.sleep(0.1)
+    data = await startrecord(server.call, body(resid, room, uid, storagecfg))
     assert data["code"] == 0, data
     return resid, data["recordid"]
 
@@ -228,11 +226,7 @@ async def test_bad_storage_answers_a_clear_error_at_startrecord(
     try:
         for storagecfg, expected in cases:
             resid = await server.apply()
-            for _ in range(50):
-                data = await server.call("startrecord", body(resid, "badroom", "bob", storagecfg))
-                if data["code"] != 4005:
-                    break
-                await asyncio.sleep(0.1)
+            data = await startrecord(server.call, body(resid, "badroom", "bob", storagecfg))
             assert (data["code"], data["_status"]) == (4004, 400), data
             assert data["message"].startswith("storagecfg"), data
             assert all(text in data["message"] for text in expected), data
