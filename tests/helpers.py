@@ -42,6 +42,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         port=free_port(),
         data_dir=data_dir,
         idle_timeout_s=5.0,
+        workers=1,
         apps=(AppConfig(APPID, KEY, SECRET), AppConfig(10035, "other-key", "other-secret")),
     )
     return replace(base, **overrides)

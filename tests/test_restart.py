@@ -26,7 +26,7 @@ class Proc:
         config = data_dir / "cloudrec.toml"
         data_dir.mkdir(parents=True, exist_ok=True)
         config.write_text(
-            f'data_dir = "{data_dir}"\nport = {port}\nidle_timeout_s = 6\nsegment_seconds = 1.0\n'
+            f'data_dir = "{data_dir}"\nport = {port}\nworkers = 1\nidle_timeout_s = 6\nsegment_seconds = 1.0\n'
             f'log_level = "warning"\n[[apps]]\nappid = {APPID}\nkey = "{KEY}"\nsecret = "{SECRET}"\n'
         )
         self.proc = subprocess.Popen([sys.executable, "-m", "cloudrec.cli", "serve", "--config", str(config)],

@@ -40,6 +40,20 @@ class Settings:
     allow_private_urls: bool = False  # SSRF guard: may picture URLs point at private addresses
     public_url: str = ""  # how publishers reach this server; default http://{host}:{port}
     log_level: str = "info"
+    # -- every core, and a cluster (SPEC §6) --------------------------------------------------
+    workers: int = 0  # worker processes of this node; 0: one per core; 1: one process (no workers)
+    database_url: str = ""  # postgresql://... : a cluster's shared task store; "" SQLite in data_dir
+    redis_url: str = ""  # redis://... : a cluster's rooms, nodes and rate limits; "" this node alone
+    node_id: str = ""  # this node's name in a cluster; default host:port
+    cluster_secret: str = ""  # authenticates calls between nodes and workers; "" a random one
+    internal_host: str = ""  # the address other nodes reach this node's workers at; default host
+    max_cpu: float = 0.85  # share of each worker's core a node admits work up to
+    # -- ICE (WebRTC) -------------------------------------------------------------------------
+    ice_announced_addresses: str = ""  # comma-separated: the address(es) put in SDP answers
+    ice_port_min: int = 0  # UDP port range for WebRTC media (0: any ephemeral port)
+    ice_port_max: int = 0
+    # -- storage ------------------------------------------------------------------------------
+    allow_private_storage: bool = False  # may storagecfg.endpoint be a loopback/private address
     apps: tuple[AppConfig, ...] = field(default_factory=tuple)
 
     @property
