@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -101,6 +102,73 @@ def test_fuzz_every_endpoint(tmp_path: Path) -> None:
     try:
         post()
         query()
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()
+
+
+# -- path parameters ----------------------------------------------------------------------------
+
+# Characters that str.isdigit() accepts but int() does not (superscripts, circled digits), and
+# decimal digits of other scripts, which int() reads: the appid in a path is ASCII digits only.
+UNICODE_DIGITS = ["²", "¹⁰⁰³⁴", "①", "१००३४", "١٠٠٣٤", "１００３４", "𝟏𝟎𝟎𝟑𝟒", "10034²", "߁"]
+segments = st.one_of(
+    st.sampled_from(UNICODE_DIGITS),
+    st.text(min_size=1, max_size=24),
+    st.text(alphabet=st.characters(categories=["Nd", "No", "Nl"]), min_size=1, max_size=8),
+)
+WRITES = ["applyrecord", "startrecord", "stoprecord", "updatemixrecord"]
+
+
+def path_client(tmp_path: Path) -> tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]:
+    app = create_app(make_settings(tmp_path, write_rate_per_s=10**9, query_rate_per_s=10**9))
+    # a crash answers 500 here instead of raising out of the client
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    client = httpx.AsyncClient(transport=transport, base_url="http://cloudrec")
+    return asyncio.new_event_loop(), client
+
+
+def check_whip(response: httpx.Response) -> None:
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+
+
+async def every_route(client: httpx.AsyncClient, appid: str, room: str, other: str) -> None:
+    """Each path parameter of every route, with this value: recordoss answers a seed code,
+    WHIP a 4xx."""
+    a, r, o = (quote(v, safe="") for v in (appid, room, other))
+    for endpoint in WRITES:
+        check(await client.post(f"/app/{a}/v1/recordoss/{endpoint}", content=b"{}",
+                                headers=HEADERS))
+    check(await client.get(f"/app/{a}/v1/recordoss/queryrecord/{r}/{o}", headers=HEADERS))
+    check(await client.get(f"/app/{APPID}/v1/recordoss/queryrecord/{r}/{o}", headers=HEADERS))
+    whip = {"Content-Type": "application/sdp", "Authorization": "Bearer x.y.z"}
+    check_whip(await client.post(f"/whip/{a}/{r}/{o}", content=b"v=0\r\n", headers=whip))
+    check_whip(await client.post(f"/whip/{APPID}/{r}/{o}", content=b"v=0\r\n", headers=whip))
+    check_whip(await client.delete(f"/whip/session/{o}"))
+    check_whip(await client.patch(f"/whip/session/{o}"))
+
+
+@pytest.mark.parametrize("appid", UNICODE_DIGITS)
+def test_unicode_digits_in_the_path(tmp_path: Path, appid: str) -> None:
+    """'²'.isdigit() is True but int('²') raises: once a 500 on the API and on WHIP."""
+    loop, client = path_client(tmp_path)
+    try:
+        loop.run_until_complete(every_route(client, appid, appid, appid))
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()
+
+
+def test_fuzz_path_segments(tmp_path: Path) -> None:
+    loop, client = path_client(tmp_path)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(segments, segments, segments)
+    def fuzz(appid: str, room: str, other: str) -> None:
+        loop.run_until_complete(every_route(client, appid, room, other))
+
+    try:
+        fuzz()
     finally:
         loop.run_until_complete(client.aclose())
         loop.close()

@@ -57,7 +57,9 @@ def recordoss_router(settings: Settings, service: RecordingService) -> APIRouter
     ) -> JSONResponse:
         trace_id = request.query_params.get("traceId") or new_trace_id()
         try:
-            path_appid = int(appid) if appid.isdigit() and len(appid) < 12 else -1
+            # ASCII digits only: '²'.isdigit() is True, yet int('²') raises
+            numeric = appid.isascii() and appid.isdigit() and len(appid) < 12
+            path_appid = int(appid) if numeric else -1
             authenticate(request, path_appid, settings)
             if rate_key is None:
                 writes.hit((path_appid, endpoint), f"{endpoint} per AppID")

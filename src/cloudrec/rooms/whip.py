@@ -70,7 +70,9 @@ def whip_router(hub: RoomHub, secret_for: Callable[[int], str | None]) -> APIRou
 
     @router.post("/whip/{appid}/{roomid}/{uid}")
     async def whip_publish(appid: str, roomid: str, uid: str, request: Request) -> Response:
-        secret = secret_for(int(appid)) if appid.isdigit() and len(appid) < 19 else None
+        # ASCII digits only: '²'.isdigit() is True, yet int('²') raises
+        numeric = appid.isascii() and appid.isdigit() and len(appid) < 19
+        secret = secret_for(int(appid)) if numeric else None
         if secret is None:
             return _error(404, f"unknown app {appid}")
         try:
