@@ -24,6 +24,10 @@ class ObjectStore(Protocol):
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None: ...
 
+    async def get_bytes(self, key: str) -> bytes | None:
+        """A stored object's bytes, or None when there is none (a resumed task's playlist)."""
+        ...
+
     async def probe(self) -> None:
         """Raise StorageError when the store cannot take files (bad credentials, no bucket)."""
         ...

@@ -40,6 +40,16 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from exc
 
+    async def get_bytes(self, key: str) -> bytes | None:
+        """A stored object's bytes (small ones: a playlist), or None when there is none."""
+        path = self.path_for(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
     async def probe(self) -> None:
         def check() -> None:
             try:

@@ -250,6 +250,20 @@ class S3Store:
             await asyncio.wait_for(
                 client.delete_object(Bucket=self.bucket, Key=self.probe_key), PROBE_TIMEOUT_S)
 
+    async def get_bytes(self, key: str) -> bytes | None:
+        """A stored object's bytes (small ones: a playlist), or None when there is none."""
+        try:
+            client = await self._client()
+            response = await client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                return bytes(await body.read())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._error(exc, "download") from exc
+        except Exception as exc:
+            raise self._error(exc, "download") from exc
+
     # -- uploads ----------------------------------------------------------------------------------
 
     async def _put_single(self, client: Any, key: str, path: Path, size: int,
