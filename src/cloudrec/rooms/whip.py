@@ -63,6 +63,23 @@ def _bearer(request: Request) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+async def _read_bounded(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes: a declared
+    ``Content-Length`` above it is refused unread, and a chunked body is read only until it
+    passes it, so a huge offer never sits in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def whip_router(hub: RoomHub, secret_for: Callable[[int], str | None]) -> APIRouter:
     """Routes for WHIP publishing into ``hub``; ``secret_for(appid)`` is the app's secret, or
     None for an unknown app."""
@@ -82,9 +99,9 @@ def whip_router(hub: RoomHub, secret_for: Callable[[int], str | None]) -> APIRou
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/sdp":
             return _error(400, "Content-Type must be application/sdp")
-        body = await request.body()
-        if len(body) > MAX_SDP_BYTES:
-            return _error(400, "SDP offer too large")
+        body = await _read_bounded(request, MAX_SDP_BYTES)
+        if body is None:
+            return _error(400, f"SDP offer too large (more than {MAX_SDP_BYTES} bytes)")
         try:
             offer = body.decode("utf-8")
         except UnicodeDecodeError:
