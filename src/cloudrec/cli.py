@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -63,17 +64,43 @@ def token(
     uid: str = typer.Argument(...),
     ttl: int = typer.Option(3600, help="seconds the token is valid"),
     config: Optional[Path] = ConfigOpt,
+    data_dir: Optional[Path] = typer.Option(
+        None, help="the server's data directory, for its development app (CLOUDREC_DATA_DIR)"),
     secret: Optional[str] = typer.Option(None, help="the app's secret (default: from settings)"),
 ) -> None:
-    """Print a publish token (JWT) for one uid in one room."""
+    """Print a publish token (JWT) for one uid in one room.
+
+    The secret is the server's: an app of ``--config``, or the development app that ``cloudrec
+    serve`` created under its data directory. This command never creates an app: a token signed
+    with a secret the server does not know would only be refused."""
     from cloudrec.rooms import make_token
 
     if secret is None:
-        app_cfg = _settings(config).app(appid)
-        if app_cfg is None:
-            raise typer.BadParameter(f"app {appid} is not configured", param_hint="appid")
-        secret = app_cfg.secret
+        secret = _server_secret(appid, load_settings(config, data_dir=data_dir))
     typer.echo(make_token(appid, roomid, uid, secret, ttl_s=ttl))
+
+
+def _server_secret(appid: int, settings: Settings) -> str:
+    """The secret of ``appid`` as the server with these settings knows it, read-only."""
+    for app_cfg in settings.apps:
+        if app_cfg.appid == appid:
+            return app_cfg.secret
+    dev_app = settings.data_dir / "dev-app.json"
+    if settings.apps:
+        where = f"the configured apps ({', '.join(str(a.appid) for a in settings.apps)})"
+    elif dev_app.exists():
+        data = json.loads(dev_app.read_text())
+        if int(data["appid"]) == appid:
+            return str(data["secret"])
+        where = f"the development app in {dev_app.resolve()} (appid {data['appid']})"
+    else:
+        typer.echo(
+            f"error: no server settings found: no [[apps]] in a config file (--config) and no "
+            f"development app at {dev_app.resolve()} (--data-dir). Run this where `cloudrec "
+            "serve` runs, or pass its --config or --data-dir, or --secret.", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"error: app {appid} is not among {where}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
