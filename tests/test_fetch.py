@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, AsyncIterator
 
 import pytest
@@ -12,8 +13,12 @@ from cloudrec.fetch import FetchError, fetch_bytes
 from tests.helpers import free_port
 
 
+SEEN: list[tuple[str, str]] = []  # (path, Host header) of every request the server answered
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
+    SEEN.append((path, dict(scope["headers"]).get(b"host", b"").decode()))
     if path == "/big":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"x" * 2048})
@@ -66,3 +71,50 @@ async def test_fetch_when_loopback_allowed(base: str) -> None:
         await fetch_bytes(f"{base}/slow", allow_private=True, timeout_s=0.3)
     with pytest.raises(FetchError, match="HTTP 404|private"):
         await fetch_bytes(f"{base}/pic.png")  # loopback is refused without the setting
+
+
+# -- DNS rebinding ------------------------------------------------------------------------------
+
+PUBLIC = "93.184.215.14"  # a public address; nothing answers it from the test machine
+
+
+@pytest.fixture
+def rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A name server for ``*.test`` whose answers change: ``rebind.test`` is public the first
+    time it is asked and loopback from then on; ``pics.test`` is always loopback. Every name
+    asked is logged."""
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if not isinstance(name, str) or not name.endswith(".test"):
+            return real(host, port, *args, **kwargs)
+        asked.append(name)
+        first = name == "rebind.test" and asked.count(name) == 1
+        address = PUBLIC if first else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                 (address, int(port or 0)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+async def test_the_connection_goes_to_the_checked_address(base: str,
+                                                          rebinding_dns: list[str]) -> None:
+    """The check saw a public address; a second lookup would give loopback. The fetch must
+    connect where the check looked, so the local server is never reached."""
+    port = base.rsplit(":", 1)[1]
+    hits_before = len(SEEN)
+    with pytest.raises(FetchError):
+        await fetch_bytes(f"http://rebind.test:{port}/pic.png", what="patchUrl", timeout_s=1.0)
+    assert len(SEEN) == hits_before, "the fetch reached the loopback server after the check"
+    assert rebinding_dns.count("rebind.test") == 1, "one lookup per hop"
+
+
+async def test_a_pinned_fetch_keeps_the_host_name(base: str, rebinding_dns: list[str]) -> None:
+    port = base.rsplit(":", 1)[1]
+    assert await fetch_bytes(f"http://pics.test:{port}/pic.png", allow_private=True) == b"PNGDATA"
+    assert SEEN[-1] == ("/pic.png", f"pics.test:{port}")
+    with pytest.raises(FetchError, match="private or local"):
+        await fetch_bytes(f"http://pics.test:{port}/pic.png")
