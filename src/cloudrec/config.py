@@ -48,6 +48,7 @@ class Settings:
     cluster_secret: str = ""  # authenticates calls between nodes and workers; "" a random one
     internal_host: str = ""  # the address other nodes reach this node's workers at; default host
     max_cpu: float = 0.85  # share of each worker's core a node admits work up to
+    max_recordings: int = 0  # recordings a worker takes at most (0: as many as its CPU allows)
     # -- ICE (WebRTC) -------------------------------------------------------------------------
     ice_announced_addresses: str = ""  # comma-separated: the address(es) put in SDP answers
     ice_port_min: int = 0  # UDP port range for WebRTC media (0: any ephemeral port)
@@ -132,3 +133,31 @@ def with_dev_app(settings: Settings) -> Settings:
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     return replace(settings, apps=(AppConfig(**data),))
+
+
+def settings_to_json(settings: Settings) -> dict[str, Any]:
+    """Settings as JSON (handed to worker processes)."""
+    data = {f.name: getattr(settings, f.name) for f in fields(Settings) if f.name != "apps"}
+    data["data_dir"] = str(settings.data_dir)
+    data["apps"] = [{"appid": a.appid, "key": a.key, "secret": a.secret} for a in settings.apps]
+    return data
+
+
+def settings_from_json(data: Mapping[str, Any]) -> Settings:
+    values = {k: v for k, v in data.items() if k != "apps"}
+    values["data_dir"] = Path(values["data_dir"])
+    return Settings(**values, apps=tuple(AppConfig(**a) for a in data.get("apps", [])))
+
+
+def worker_count(settings: Settings) -> int:
+    """``workers``, where 0 means one per core this process may run on."""
+    if settings.workers > 0:
+        return settings.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def node_name(settings: Settings) -> str:
+    return settings.node_id or f"{settings.internal_host or settings.host}:{settings.port}"

@@ -6,7 +6,8 @@
     ├── InvalidParameter         2101, message names the field
     ├── InternalError            2104
     └── RecordingError           4xxx: 4004, 4005, 4011, 4012, 4013, 4019, ...
-        └── StorageError         a destination (storage) fault, told apart from service faults
+        ├── StorageError         a destination (storage) fault, told apart from service faults
+        └── CapacityError        4001 (HTTP 503): no node of the cluster takes the work now
 
 Every error carries its recordoss code and the HTTP status the API answers with; the API layer
 turns any of them into the seed's JSON envelope. Third-party errors are translated at the
@@ -24,6 +25,7 @@ HTTP_STATUS: dict[int, int] = {
     2103: 504,
     2104: 500,
     2105: 429,
+    4001: 503,
     4004: 400,
     4005: 409,
     4011: 409,
@@ -75,3 +77,13 @@ class StorageError(RecordingError):
     """The destination store refused or could not be reached."""
 
     code = 4004
+
+
+class CapacityError(RecordingError):
+    """Every worker that could take the work is full or draining: retry later.
+
+    Answered with the seed's 4001 ("recording operation timeout": the operation could not be
+    carried out now) and HTTP 503, at once: a full cluster never queues or hangs a request.
+    """
+
+    code = 4001

@@ -352,7 +352,8 @@ class Publisher:
         await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers candidates
         headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self._token}"}
         try:
-            async with httpx.AsyncClient(timeout=self._timeout) as http:
+            # follow_redirects: a cluster node sends the offer to the room's node with 307
+            async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=True) as http:
                 response = await http.post(self.whip_url, content=self.pc.localDescription.sdp,
                                            headers=headers)
         except httpx.HTTPError as exc:
@@ -364,7 +365,7 @@ class Publisher:
                                response.status_code, response.text)
         location = response.headers.get("location")
         if location:
-            self.session_url = urllib.parse.urljoin(self.whip_url, location)
+            self.session_url = urllib.parse.urljoin(str(response.url), location)
         await self.pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
         self._started_at = time.monotonic()
 

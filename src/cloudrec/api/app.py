@@ -1,4 +1,5 @@
-"""The FastAPI application: control plane, WHIP ingest and the /publish page in one server."""
+"""The FastAPI application of a node: control plane, WHIP signalling and the /publish page on
+one port, in front of the node's workers (:mod:`cloudrec.api.front`)."""
 
 from __future__ import annotations
 
@@ -11,50 +12,51 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from cloudrec.api.front import Front
 from cloudrec.api.recordoss import envelope, recordoss_router
 from cloudrec.api.trace import new_trace_id
-from cloudrec.callbacks import CallbackOutbox
+from cloudrec.cluster import open_directory
 from cloudrec.config import Settings
-from cloudrec.recorder import RecordingService
-from cloudrec.rooms import RoomHub, whip_router
-from cloudrec.tasks import TaskStore
+from cloudrec.rooms import whip_router
+from cloudrec.stores import open_stores
+from cloudrec.workers import internal_router
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Build the app; the task store, room hub and recordings live for the app's lifespan."""
-    tasks = TaskStore(settings.data_dir / "tasks.sqlite3", resid_ttl_s=settings.resid_ttl_s)
-    hub = RoomHub()
+    """Build the app; the stores, the directory and the workers live for the app's lifespan."""
+    tasks, outbox = open_stores(settings)
+    directory = open_directory(settings.redis_url)
+    front = Front(settings, directory, tasks, outbox)
 
     def secret_for(appid: int) -> str | None:
         app_cfg = settings.app(appid)
         return app_cfg.secret if app_cfg else None
 
-    outbox = CallbackOutbox(settings.data_dir / "callbacks.sqlite3", secret_for,
-                            retry_for_s=settings.callback_retry_s)
-    service = RecordingService(settings, tasks, hub, outbox)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbox.start()
-        await service.recover()
+        await front.open()
         try:
             yield
         finally:
-            await service.shutdown()
-            await hub.close()
+            await front.close()
+            await directory.close()
             await outbox.close()
             tasks.close()
 
     app = FastAPI(title="cloudrec", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
-    app.state.service = service
-    app.state.hub = hub
+    app.state.front = front
     app.state.outbox = outbox
-    app.include_router(recordoss_router(settings, service))
-
-    app.include_router(whip_router(hub, secret_for))
+    if front.local is not None:  # one process: the front is its own worker
+        app.state.service = front.local.service
+        app.state.hub = front.local.hub
+    app.include_router(recordoss_router(settings, front))
+    app.include_router(whip_router(front, secret_for))
+    # With one process, other nodes reach this node's worker here.
+    app.include_router(internal_router(lambda: front.local, front.secret))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -74,6 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
-        return {"ok": True, "recordings": len(service.recordings)}
+        return {"ok": True, "node": front.node, "draining": front.draining,
+                "recordings": front.recordings(),
+                "workers": [w.to_json() for w in front.infos]}
 
     return app

@@ -1,4 +1,5 @@
-"""The seed's five endpoints. Thin: authenticate, rate-limit, validate, call the service, and
+"""The seed's five endpoints. Thin: authenticate, rate-limit, validate, call the front (which
+runs the verb on the worker that owns the room), and
 shape the seed's envelope ``{"code", "message", "traceId", ...}``.
 
 Checks run in the order SPEC §1 fixes: auth → rate limit → validation → the service's own
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from cloudrec.api.auth import authenticate
-from cloudrec.api.ratelimit import RateLimiter
+from cloudrec.api.ratelimit import RateLimiter, RedisRateLimiter
 from cloudrec.api.trace import new_trace_id
 from cloudrec.config import Settings
 from cloudrec.errors import CloudrecError, InternalError, InvalidParameter
@@ -26,7 +27,7 @@ from cloudrec.models import (
     QueryRecordRequest,
     parse_request,
 )
-from cloudrec.recorder import RecordingService
+from cloudrec.api.front import Front
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,17 @@ def error_response(exc: CloudrecError, trace_id: str) -> JSONResponse:
     return JSONResponse(envelope(exc.code, exc.message, trace_id, **extra), status_code=exc.http_status)
 
 
-def recordoss_router(settings: Settings, service: RecordingService) -> APIRouter:
+def _limiters(settings: Settings) -> tuple[Any, Any]:
+    """Per-node limits, or limits shared by the whole cluster when it has a Redis."""
+    if settings.redis_url:
+        return (RedisRateLimiter(settings.redis_url, settings.write_rate_per_s, namespace="writes"),
+                RedisRateLimiter(settings.redis_url, settings.query_rate_per_s, namespace="queries"))
+    return RateLimiter(settings.write_rate_per_s), RateLimiter(settings.query_rate_per_s)
+
+
+def recordoss_router(settings: Settings, service: Front) -> APIRouter:
     router = APIRouter()
-    writes = RateLimiter(settings.write_rate_per_s)
-    queries = RateLimiter(settings.query_rate_per_s)
+    writes, queries = _limiters(settings)
 
     async def handle(
         request: Request,
@@ -62,9 +70,9 @@ def recordoss_router(settings: Settings, service: RecordingService) -> APIRouter
             path_appid = int(appid) if numeric else -1
             authenticate(request, path_appid, settings)
             if rate_key is None:
-                writes.hit((path_appid, endpoint), f"{endpoint} per AppID")
+                await writes.check((path_appid, endpoint), f"{endpoint} per AppID")
             else:
-                queries.hit(rate_key(path_appid), f"{endpoint} per recordid")
+                await queries.check(rate_key(path_appid), f"{endpoint} per recordid")
             extra = await work(path_appid)
         except CloudrecError as exc:
             return error_response(exc, trace_id)
@@ -94,25 +102,27 @@ def recordoss_router(settings: Settings, service: RecordingService) -> APIRouter
     @router.post(BASE + "/startrecord")
     async def startrecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            req = parse_request(StartRecordRequest, await body_of(request), app)
-            task = await service.start(app, req)
-            return {"recordid": task.recordid}
+            raw = await body_of(request)
+            req = parse_request(StartRecordRequest, raw, app)
+            return {"recordid": await service.start(app, req, raw.decode())}
 
         return await handle(request, appid, "startrecord", work)
 
     @router.post(BASE + "/stoprecord")
     async def stoprecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            req = parse_request(StopRecordRequest, await body_of(request), app)
-            return {"recordid": await service.stop(app, req)}
+            raw = await body_of(request)
+            req = parse_request(StopRecordRequest, raw, app)
+            return {"recordid": await service.stop(app, req, raw.decode())}
 
         return await handle(request, appid, "stoprecord", work)
 
     @router.post(BASE + "/updatemixrecord")
     async def updatemixrecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            req = parse_request(UpdateMixRecordRequest, await body_of(request), app)
-            return {"recordid": await service.update(app, req)}
+            raw = await body_of(request)
+            req = parse_request(UpdateMixRecordRequest, raw, app)
+            return {"recordid": await service.update(app, req, raw.decode())}
 
         return await handle(request, appid, "updatemixrecord", work)
 
@@ -120,7 +130,7 @@ def recordoss_router(settings: Settings, service: RecordingService) -> APIRouter
     async def queryrecord(appid: str, roomid: str, recordid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
             parse_request(QueryRecordRequest, {"roomid": roomid, "recordid": recordid})
-            return {"recordid": recordid, "data": service.query(app, roomid, recordid)}
+            return {"recordid": recordid, "data": await service.query(app, roomid, recordid)}
 
         return await handle(request, appid, "queryrecord", work, lambda app: (app, recordid))
 

@@ -20,6 +20,8 @@ from cloudrec.config import Settings
 from cloudrec.errors import RecordingError, StorageError
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.recorder.mixed import MixedRecording, mix_rooms, mixed_kinds
+from cloudrec.media.hls import atomic_write_text
+from cloudrec.recorder.base import basename_for
 from cloudrec.recorder.source import SourceRecording, prefix_for
 from cloudrec.rooms import RoomHub
 from cloudrec.storage import Spool, SpoolUploader, close_clients, open_store
@@ -32,13 +34,16 @@ RECORD_KINDS = {0: frozenset({"audio", "video"}), 1: frozenset({"video"}), 2: fr
 
 class RecordingService:
     def __init__(
-        self, settings: Settings, tasks: TaskStore, hub: RoomHub, outbox: CallbackOutbox | None = None
+        self, settings: Settings, tasks: TaskStore, hub: RoomHub, outbox: CallbackOutbox | None = None,
+        *, worker_id: str = "", claim_unowned: bool = True,
     ) -> None:
         self.settings = settings
+        self.worker_id = worker_id  # the owner written on the tasks this service runs
+        self.claim_unowned = claim_unowned  # resume tasks with no owner (made before owners)
         self.outbox = outbox
         self.tasks = tasks
         self.hub = hub
-        self.spool = Spool(settings.data_dir / "spool")
+        self.spool = Spool(settings.data_dir / spool_name(worker_id))
         self.recordings: dict[str, SourceRecording | MixedRecording] = {}
         self._leftovers: list[SpoolUploader] = []
 
@@ -47,11 +52,13 @@ class RecordingService:
     def apply(self, appid: int) -> str:
         return self.tasks.apply(appid)
 
-    async def start(self, appid: int, req: Any) -> Task:
-        """startrecord: resid → room publishing → parameters served → storage reachable."""
+    async def start(self, appid: int, req: Any, remote_rooms: frozenset[str] = frozenset()) -> Task:
+        """startrecord: resid → room publishing → parameters served → storage reachable.
+
+        ``remote_rooms``: rooms of a mix that publish on other workers (relayed here)."""
         self.tasks.check_resid(appid, req.resid)
         if req.streamtype == 1:
-            kinds = self._mixed_start_checks(appid, req)
+            kinds = self._mixed_start_checks(appid, req, remote_rooms)
         else:
             kinds = self._source_start_checks(appid, req)
         storagecfg = req.storagecfg.model_dump()
@@ -71,6 +78,7 @@ class RecordingService:
             streamtype=req.streamtype,
             recordtype=req.recordtype,
             request=request,
+            owner=self.worker_id or None,
         )
         progress: dict[str, Any] = {"kinds": sorted(kinds)}
         if req.mixconfig is not None:
@@ -91,10 +99,10 @@ class RecordingService:
             raise RecordingError(f"uid {req.uid!r} publishes no {wanted} for recordtype {req.recordtype}", 4004)
         return kinds
 
-    def _mixed_start_checks(self, appid: int, req: Any) -> frozenset[str]:
+    def _mixed_start_checks(self, appid: int, req: Any, remote_rooms: frozenset[str]) -> frozenset[str]:
         """A template needs the task's room publishing; an input list, any room it names."""
         rooms = mix_rooms(req.roomid, req.mixconfig)
-        if not any(self.hub.is_publishing(appid, room) for room in rooms):
+        if not any(self.hub.is_publishing(appid, room) or room in remote_rooms for room in rooms):
             named = ", ".join(repr(r) for r in rooms)
             raise RecordingError(f"room {named} is not publishing" if len(rooms) == 1 else
                                  f"none of the rooms {named} is publishing", 4005)
@@ -220,24 +228,26 @@ class RecordingService:
         self.spool.remove(recordid)
 
     async def recover(self) -> None:
-        """After a restart: resume active tasks, store what stopped tasks left in the spool."""
+        """After a restart: resume this worker's active tasks, store what stopped tasks left
+        in the spool. A task another worker took over meanwhile (its room came back there)
+        is not resumed here: only its segments still in this spool are stored, not the
+        playlist, which its new owner keeps writing."""
         active = {t.recordid: t for t in self.tasks.active_tasks()}
-        for task in active.values():
-            kinds = frozenset(task.progress.get("kinds") or RECORD_KINDS[task.recordtype])
+        mine = [t for t in active.values() if self._owns(t)]
+        for task in mine:
+            if task.owner is None and self.worker_id:
+                if not self.tasks.claim_task(task.recordid, self.worker_id, None):
+                    continue
             log.info("resuming recording %s after a restart", task.recordid)
-            try:
-                self._launch(task, kinds, resume=True)
-            except Exception as exc:  # e.g. a stored mixconfig this version cannot read
-                log.exception("recording %s cannot be resumed", task.recordid)
-                self.tasks.set_status(task.recordid, Status.FAILED, stopreason="error",
-                                      error=f"cannot be resumed after a restart: {exc}")
-                self._emit(task, "recording.failed", {"reason": "error", "error": str(exc)})
-                self._emit(task, "recording.stopped", {"reason": "error", "error": str(exc)})
+            await self._resume(task)
         for recordid in self.spool.existing():
-            if recordid in active:
+            if recordid in self.recordings:
                 continue
             task = self.tasks.get(recordid)
             if task is None:
+                continue
+            if task.active and recordid in active and not self._owns(task):
+                self._store_segments_of(task)
                 continue
             store = open_store(task.request["storagecfg"], self.settings.data_dir)
             uploader = SpoolUploader(store, prefix_for(task.request["storagecfg"]),
@@ -254,6 +264,68 @@ class RecordingService:
             else:
                 self.spool.remove(recordid)
 
+    def _owns(self, task: Task) -> bool:
+        owner = getattr(task, "owner", None)
+        if not self.worker_id:
+            return True
+        return owner == self.worker_id or (owner is None and self.claim_unowned)
+
+    async def _resume(self, task: Task) -> bool:
+        kinds = frozenset(task.progress.get("kinds") or RECORD_KINDS[task.recordtype])
+        try:
+            await self._fetch_playlist(task)
+            self._launch(task, kinds, resume=True)
+            return True
+        except Exception as exc:  # e.g. a stored mixconfig this version cannot read
+            log.exception("recording %s cannot be resumed", task.recordid)
+            self.tasks.set_status(task.recordid, Status.FAILED, stopreason="error",
+                                  error=f"cannot be resumed after a restart: {exc}")
+            self._emit(task, "recording.failed", {"reason": "error", "error": str(exc)})
+            self._emit(task, "recording.stopped", {"reason": "error", "error": str(exc)})
+            return False
+
+    async def adopt(self, recordids: list[str]) -> list[str]:
+        """Take over active tasks whose worker is gone (its node died): claim each one
+        atomically, then resume it into the same playlist, as after a restart."""
+        adopted: list[str] = []
+        for recordid in recordids:
+            task = self.tasks.get(recordid)
+            if task is None or not task.active or recordid in self.recordings:
+                continue
+            if not self.tasks.claim_task(recordid, self.worker_id, task.owner):
+                continue
+            log.info("recording %s: taking it over from %s", recordid, task.owner)
+            task = self.tasks.get(recordid)
+            assert task is not None
+            if await self._resume(task):
+                adopted.append(recordid)
+        return adopted
+
+    async def _fetch_playlist(self, task: Task) -> None:
+        """A task resumed on another node than the one that began it has no playlist in this
+        spool: fetch the stored one, so the recording goes on in the same playlist and every
+        segment stored before keeps its place in it."""
+        spool_dir = self.spool.task_dir(task.recordid)
+        name = basename_for(task) + ".m3u8"
+        if (spool_dir / name).exists():
+            return
+        store = open_store(task.request["storagecfg"], self.settings.data_dir)
+        data = await store.get_bytes(prefix_for(task.request["storagecfg"]) + name)
+        if data is not None:
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(spool_dir / name, data.decode())
+
+    def _store_segments_of(self, task: Task) -> None:
+        """Store the segments a task left in this spool when it went on elsewhere."""
+        store = open_store(task.request["storagecfg"], self.settings.data_dir)
+        uploader = SpoolUploader(store, prefix_for(task.request["storagecfg"]),
+                                 self.spool.task_dir(task.recordid))
+        if uploader.submit_pending(None):
+            log.info("storing the segments recording %s left in this spool", task.recordid)
+            self._leftovers.append(uploader)
+            asyncio.get_running_loop().create_task(
+                self._store_leftovers(task.recordid, uploader))
+
     async def shutdown(self) -> None:
         """Finalise every open recording (reason shutdown) and wait for its files, bounded."""
         recordings = list(self.recordings.values())
@@ -265,6 +337,13 @@ class RecordingService:
             await uploader.drain(timeout=1.0)
             await uploader.close()
         await close_clients()
+
+
+def spool_name(worker_id: str) -> str:
+    """Each worker of a node spools into a directory of its own (``spool``, then
+    ``spool-w1``, ...), so that a worker that restarts finds exactly the files it left."""
+    index = worker_id.rsplit("/w", 1)[-1] if "/w" in worker_id else "0"
+    return "spool" if index in ("", "0") else f"spool-w{index}"
 
 
 def _dump_mixconfig(mixconfig: MixConfig) -> dict[str, Any]:

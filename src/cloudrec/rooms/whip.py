@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 from importlib import resources
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from cloudrec.errors import AuthError, InvalidParameter
-from cloudrec.rooms.hub import RoomHub
+from cloudrec.errors import AuthError, CapacityError, InvalidParameter
 from cloudrec.rooms.tokens import verify_token
 
-__all__ = ["whip_router"]
+__all__ = ["Publishing", "WhipRedirect", "whip_router"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,25 @@ async def _read_bounded(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def whip_router(hub: RoomHub, secret_for: Callable[[int], str | None]) -> APIRouter:
+class WhipRedirect(Exception):
+    """Raised by a publishing backend whose room lives on another node: the publisher is sent
+    there with ``307`` (RFC 9725 clients follow it, keeping the method and the offer)."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url)
+        self.base_url = base_url
+
+
+class Publishing(Protocol):
+    """What WHIP publishes into: a :class:`RoomHub`, or a node's front that routes each room
+    to the worker (or node) that owns it."""
+
+    async def publish(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]: ...
+
+    async def unpublish(self, session_id: str) -> bool: ...
+
+
+def whip_router(hub: Publishing, secret_for: Callable[[int], str | None]) -> APIRouter:
     """Routes for WHIP publishing into ``hub``; ``secret_for(appid)`` is the app's secret, or
     None for an unknown app."""
     router = APIRouter(tags=["whip"])
@@ -108,6 +126,13 @@ def whip_router(hub: RoomHub, secret_for: Callable[[int], str | None]) -> APIRou
             return _error(400, "SDP offer is not UTF-8")
         try:
             answer, session_id = await hub.publish(int(appid), roomid, uid, offer)
+        except WhipRedirect as exc:  # the room lives on another node of the cluster
+            location = exc.base_url.rstrip("/") + request.url.path
+            if request.url.query:
+                location += "?" + request.url.query
+            return Response(status_code=307, headers={**_CORS, "Location": location})
+        except CapacityError as exc:
+            return _error(503, exc.message, **{"Retry-After": "5"})
         except InvalidParameter as exc:
             return _error(400, exc.message)
         except RuntimeError as exc:

@@ -1,0 +1,273 @@
+"""A node's front: the one public port. It answers the API and WHIP signalling and sends each
+request to the worker that owns the room, on this node or another (SPEC §6).
+
+- Placement: a room with no live owner goes to the worker with the most spare capacity
+  (measured CPU less reservations, and the optional recordings cap), claimed atomically in the
+  directory. A full cluster refuses at once: WHIP ``503``, ``startrecord`` 4001.
+- WHIP: a room on this node is proxied to its worker (its UDP then goes straight to that
+  worker's sockets); a room on another node answers ``307`` to that node's URL. The WHIP
+  session id names the worker (``{index}.{id}``), so ``DELETE`` reaches it.
+- API: auth, rate limits and validation happen here; the verb runs on the room's worker. A
+  task whose room has no live owner (its node died and no publisher came back yet) is read and
+  stopped in the shared task store.
+- Failure: each heartbeat publishes this node's workers and renews their rooms' leases. When a
+  room is placed anew, the active tasks of that room whose worker is gone are handed to the new
+  owner, which resumes them into the same playlist. A task whose worker is gone and whose room
+  never comes back is failed after ``idle_timeout_s`` (reason ``error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from cloudrec.cluster import ClusterFull, Directory, WorkerInfo
+from cloudrec.config import Settings, node_name, worker_count
+from cloudrec.errors import CapacityError, RecordingError
+from cloudrec.recorder import RecordingService
+from cloudrec.recorder.mixed import mix_rooms
+from cloudrec.rooms import RoomHub
+from cloudrec.rooms.whip import WhipRedirect
+from cloudrec.tasks import Status, TaskStore
+from cloudrec.workers import HttpWorkerClient, LocalWorkerClient, Worker, WorkerClient
+from cloudrec.workers.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+SWEEP_S = 5.0
+
+
+class Front:
+    def __init__(self, settings: Settings, directory: Directory, tasks: TaskStore,
+                 outbox: Any) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.tasks = tasks
+        self.outbox = outbox
+        self.node = node_name(settings)
+        if settings.redis_url and not settings.cluster_secret:
+            raise ValueError("a cluster (redis_url) needs cluster_secret: the same on every node")
+        self.secret = settings.cluster_secret or secrets.token_hex(16)
+        self.count = worker_count(settings)
+        self.local: Worker | None = None
+        if self.count == 1:
+            self.local = Worker(settings, 0, self.node, tasks, outbox,
+                                front_url=settings.base_url, secret=self.secret)
+        self.supervisor: Supervisor | None = None
+        self.orphans = RecordingService(settings, tasks, RoomHub(), outbox)  # store-only answers
+        self.infos: list[WorkerInfo] = []
+        self.draining = False
+        self._remote: dict[str, HttpWorkerClient] = {}
+        self._orphaned_since: dict[str, float] = {}
+        self._loops: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self.local is not None:
+            await self.local.open()
+        else:
+            self.supervisor = Supervisor(self.settings, self.node, self.secret, self.count,
+                                         front_url=self.settings.base_url)
+            await self.supervisor.start()
+        await self.heartbeat()
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._every(HEARTBEAT_S, self.heartbeat)),
+                       loop.create_task(self._every(SWEEP_S, self.sweep_orphans))]
+
+    async def close(self) -> None:
+        """Drain: take no new rooms, finish this node's recordings, leave the cluster."""
+        self.draining = True
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        try:
+            await self.heartbeat()
+        except Exception:
+            log.exception("last heartbeat failed")
+        if self.local is not None:
+            await self.local.close()
+        if self.supervisor is not None:
+            await self.supervisor.stop(grace_s=self.settings.stop_timeout_s + 5.0)
+        try:
+            await self.directory.forget_node(self.node)
+        except Exception:
+            log.exception("leaving the cluster failed")
+        await self.orphans.hub.close()
+        for client in self._remote.values():
+            await client.close()
+
+    async def _every(self, period: float, work: Any) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await work()
+            except Exception:  # a directory or store hiccup: log it, try again next period
+                log.exception("%s failed", getattr(work, "__name__", work))
+
+    # -- workers and their load -----------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        statuses: list[tuple[dict[str, Any], str]] = []
+        if self.local is not None:
+            statuses.append((await self.local.status(), self.settings.base_url))
+        elif self.supervisor is not None:
+            slots = list(self.supervisor.slots.values())
+            results = await asyncio.gather(*(self.supervisor.status(s) for s in slots))
+            statuses.extend((st, slot.url) for st, slot in zip(results, slots) if st is not None)
+        infos = [WorkerInfo(
+            id=st["id"], node=self.node, url=url, public_url=self.settings.base_url,
+            relay=st.get("relay", ""), cpu=float(st["cpu"]), capacity=self.settings.max_cpu,
+            recordings=int(st["recordings"]), publishers=int(st["publishers"]),
+            max_recordings=self.settings.max_recordings, draining=self.draining,
+            rooms=tuple(st["rooms"]), pid=int(st.get("pid", 0))) for st, url in statuses]
+        self.infos = infos
+        await self.directory.heartbeat(self.node, infos)
+
+    def client_for(self, info: WorkerInfo) -> WorkerClient:
+        if self.local is not None and info.id == self.local.id:
+            return LocalWorkerClient(self.local)
+        if self.supervisor is not None:
+            for slot in self.supervisor.slots.values():
+                if slot.id == info.id:
+                    return slot.client
+        client = self._remote.get(info.url)
+        if client is None:
+            client = self._remote[info.url] = HttpWorkerClient(info.url, self.secret)
+        return client
+
+    def _slot_client(self, index: int) -> WorkerClient | None:
+        if self.local is not None:
+            return LocalWorkerClient(self.local) if index == 0 else None
+        if self.supervisor is not None and index in self.supervisor.slots:
+            return self.supervisor.slots[index].client
+        return None
+
+    async def _place(self, appid: int, roomid: str, prefer: str | None = None) -> WorkerInfo:
+        """The room's live owner, or a new placement (whose orphaned tasks it adopts)."""
+        owner = await self.directory.owner((appid, roomid))
+        if owner is not None:
+            return owner
+        if self.draining:
+            raise CapacityError("this node is draining (shutting down); publish to another node")
+        try:
+            owner = await self.directory.place((appid, roomid), prefer=prefer)
+        except ClusterFull as exc:
+            log.warning("refused room %s/%s: %s", appid, roomid, exc.message)
+            raise
+        await self._adopt_orphans(appid, roomid, owner)
+        return owner
+
+    async def _adopt_orphans(self, appid: int, roomid: str, owner: WorkerInfo) -> None:
+        live = {w.id for w in await self.directory.workers()}
+        orphans = [t.recordid for t in self.tasks.active_tasks_in_room(appid, roomid)
+                   if t.owner is not None and t.owner not in live]
+        if orphans:
+            log.info("room %s/%s placed on %s: it takes over %d task(s) whose worker is gone",
+                     appid, roomid, owner.id, len(orphans))
+            await self.client_for(owner).call("adopt", recordids=orphans)
+
+    async def sweep_orphans(self) -> None:
+        """Fail tasks whose worker is gone and whose room did not come back in time."""
+        live = {w.id for w in await self.directory.workers()}
+        now = time.monotonic()
+        seen: set[str] = set()
+        for task in self.tasks.active_tasks():
+            if task.owner is None or task.owner in live:
+                continue
+            seen.add(task.recordid)
+            since = self._orphaned_since.setdefault(task.recordid, now)
+            if now - since < self.settings.idle_timeout_s + self.directory.lease_s:
+                continue
+            if not self.tasks.claim_task(task.recordid, f"{self.node}/sweeper", task.owner):
+                continue  # another node's front did it, or the task was adopted
+            error = (f"its worker {task.owner} stopped and no publisher of the room returned "
+                     f"within {self.settings.idle_timeout_s:.0f} s")
+            log.warning("recording %s failed: %s", task.recordid, error)
+            self.tasks.set_status(task.recordid, Status.FAILED, stopreason="error", error=error)
+            data = {"reason": "error", "error": error}
+            self.orphans._emit(task, "recording.failed", data)
+            self.orphans._emit(task, "recording.stopped", data)
+        for recordid in set(self._orphaned_since) - seen:
+            del self._orphaned_since[recordid]
+
+    # -- WHIP -----------------------------------------------------------------------------------
+
+    async def publish(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]:
+        owner = await self._place(appid, roomid)
+        if owner.node != self.node:
+            raise WhipRedirect(owner.public_url)
+        result = await self.client_for(owner).call("publish", appid=appid, roomid=roomid,
+                                                   uid=uid, sdp=offer_sdp)
+        index = owner.id.rsplit("/w", 1)[-1]
+        return str(result["answer"]), f"{index}.{result['session']}"
+
+    async def unpublish(self, session_id: str) -> bool:
+        index, _, session = session_id.partition(".")
+        client = self._slot_client(int(index)) if index.isascii() and index.isdigit() else None
+        if client is None or not session:
+            return False
+        return bool((await client.call("unpublish", session=session))["found"])
+
+    # -- the API's verbs ------------------------------------------------------------------------
+
+    async def start(self, appid: int, req: Any, body: str) -> str:
+        named = [req.roomid]
+        if req.streamtype == 1 and req.mixconfig is not None:
+            named = mix_rooms(req.roomid, req.mixconfig)
+        rooms = list(dict.fromkeys([req.roomid, *named]))
+        owners = {room: await self.directory.owner((appid, room)) for room in rooms}
+        target = owners[req.roomid] or next((o for o in owners.values() if o is not None), None)
+        if target is None:
+            self.tasks.check_resid(appid, req.resid)  # 4012/4011 come before 4005
+            names = ", ".join(repr(r) for r in named)
+            raise RecordingError(f"room {names} is not publishing" if len(named) == 1 else
+                                 f"none of the rooms {names} is publishing", 4005)
+        if owners[req.roomid] is None:  # a mix whose own room has no publisher: hold it there
+            target = await self.directory.place((appid, req.roomid), prefer=target.id)
+        why = target.refused(await self.directory.reserved(target.id))
+        if why is not None:
+            self.tasks.check_resid(appid, req.resid)
+            raise CapacityError(f"no capacity for a new recording: worker {target.id}, which "
+                                f"holds room {req.roomid!r}, is full ({why}); retry later")
+        remote = [room for room, o in owners.items() if o is not None and o.id != target.id]
+        result = await self.client_for(target).call("start", appid=appid, body=body,
+                                                    remote_rooms=remote)
+        await self.directory.reserve(target.id, target.cost_per_recording)
+        return str(result["recordid"])
+
+    async def _owner_of(self, appid: int, roomid: str) -> WorkerInfo | None:
+        return await self.directory.owner((appid, roomid))
+
+    async def stop(self, appid: int, req: Any, body: str) -> str:
+        owner = await self._owner_of(appid, req.roomid)
+        if owner is None:
+            return await self.orphans.stop(appid, req)
+        return str((await self.client_for(owner).call("stop", appid=appid, body=body))["recordid"])
+
+    async def update(self, appid: int, req: Any, body: str) -> str:
+        owner = await self._owner_of(appid, req.roomid)
+        if owner is None:
+            return await self.orphans.update(appid, req)
+        result = await self.client_for(owner).call("update", appid=appid, body=body)
+        return str(result["recordid"])
+
+    async def query(self, appid: int, roomid: str, recordid: str) -> dict[str, Any]:
+        owner = await self._owner_of(appid, roomid)
+        if owner is None:
+            return self.orphans.query(appid, roomid, recordid)
+        result = await self.client_for(owner).call("query", appid=appid, roomid=roomid,
+                                                   recordid=recordid)
+        return dict(result["data"])
+
+    def apply(self, appid: int) -> str:
+        return self.tasks.apply(appid)
+
+    # -- for /healthz and the console -----------------------------------------------------------
+
+    def recordings(self) -> int:
+        return sum(w.recordings for w in self.infos)

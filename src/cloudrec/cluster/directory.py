@@ -1,0 +1,137 @@
+"""The directory's vocabulary: a worker's published state, admission, the interface.
+
+Admission follows livekit/egress's monitor: a worker's spare capacity is
+``capacity - measured cpu - reservations``, where a placement holds a reservation of the
+expected cost for a few seconds, until it shows in the measured CPU. Capacity is measured, not
+assumed: ``cpu`` is the worker's process tree's CPU over the last seconds, and the expected
+cost of a room or a recording is this worker's own measured cost per recording (a default until
+it has one).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+from cloudrec.errors import CapacityError
+
+RoomKey = tuple[int, str]
+
+DEFAULT_COST = 0.05  # cores a recording is expected to cost before a worker has measured one
+
+
+def room_name(key: RoomKey) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker publishes about itself with each heartbeat."""
+
+    id: str  # "{node}/w{index}", stable across restarts of the worker
+    node: str
+    url: str  # where its internal API (``/internal/...``) answers
+    public_url: str  # the node's public base URL (WHIP redirects go there)
+    relay: str = ""  # host:port of its encoded-media relay
+    cpu: float = 0.0  # cores its processes used over the last seconds
+    capacity: float = 0.85  # cores it may use (settings.max_cpu)
+    recordings: int = 0
+    publishers: int = 0
+    max_recordings: int = 0  # 0: no cap beyond CPU
+    draining: bool = False
+    rooms: tuple[str, ...] = ()  # "appid/roomid" it holds
+    pid: int = 0
+    updated: float = field(default_factory=time.time)
+
+    @property
+    def cost_per_recording(self) -> float:
+        if self.recordings <= 0:
+            return DEFAULT_COST
+        return max(self.cpu / self.recordings, 0.005)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rooms"] = list(self.rooms)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "WorkerInfo":
+        data = dict(data)
+        data["rooms"] = tuple(data.get("rooms") or ())
+        return cls(**data)
+
+    def refused(self, reserved: float = 0.0, extra_recordings: int = 0) -> str | None:
+        """Why this worker takes no new recording, or None when it does."""
+        if self.draining:
+            return "draining"
+        if self.max_recordings and self.recordings + extra_recordings >= self.max_recordings:
+            return f"{self.recordings} recordings of at most {self.max_recordings}"
+        if self.cpu + reserved + self.cost_per_recording > self.capacity:
+            return (f"CPU {self.cpu:.2f} + {reserved:.2f} reserved of {self.capacity:.2f} "
+                    "cores in use")
+        return None
+
+    def spare(self, reserved: float = 0.0) -> float:
+        return self.capacity - self.cpu - reserved
+
+
+class ClusterFull(CapacityError):
+    """No worker of the cluster takes a new room or recording."""
+
+
+class Directory(Protocol):
+    """Rooms → workers, and the workers' published state. All calls are cheap and bounded."""
+
+    lease_s: float
+
+    async def heartbeat(self, node: str, workers: list[WorkerInfo]) -> None:
+        """Publish this node's workers and renew the leases of the rooms they hold."""
+        ...
+
+    async def forget_node(self, node: str) -> None:
+        """This node leaves (shutdown): its workers and rooms are freed at once."""
+        ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Live workers of every node (heartbeat younger than the lease)."""
+        ...
+
+    async def owner(self, key: RoomKey) -> WorkerInfo | None:
+        """The live worker that holds the room, if any."""
+        ...
+
+    async def place(self, key: RoomKey, prefer: str | None = None) -> WorkerInfo:
+        """The room's owner, or else the worker with the most spare capacity (``prefer``, a
+        worker id, when it has room), claimed atomically. Raises :class:`ClusterFull`."""
+        ...
+
+    async def reserve(self, worker_id: str, cost: float) -> None:
+        """Count ``cost`` cores against a worker for a few seconds (an accepted recording)."""
+        ...
+
+    async def reserved(self, worker_id: str) -> float: ...
+
+    async def close(self) -> None: ...
+
+
+def choose(workers: list[WorkerInfo], reserved: dict[str, float],
+           prefer: str | None = None) -> WorkerInfo:
+    """The worker a new room goes to: ``prefer`` if it takes work, else the most spare CPU."""
+    open_ = [w for w in workers if w.refused(reserved.get(w.id, 0.0)) is None]
+    if not open_:
+        why = "; ".join(f"{w.id}: {w.refused(reserved.get(w.id, 0.0))}" for w in workers)
+        raise ClusterFull("no capacity: every worker of the cluster is full"
+                          + (f" ({why})" if why else " (no live worker)"))
+    for w in open_:
+        if w.id == prefer:
+            return w
+    return max(open_, key=lambda w: (w.spare(reserved.get(w.id, 0.0)), -w.recordings))
+
+
+def fresh(info: WorkerInfo, lease_s: float, now: float | None = None) -> bool:
+    return ((now or time.time()) - info.updated) < lease_s
+
+
+def with_rooms(info: WorkerInfo, rooms: list[str]) -> WorkerInfo:
+    return replace(info, rooms=tuple(rooms))
