@@ -5,7 +5,8 @@
 #          watermarks, so Chinese renders; without it they fall back to Pillow's default font).
 #   test:  also ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the
 #          benchmark reference; PyAV wheels bundle their own FFmpeg, so the service does not need
-#          it) and chromium (a real browser publishes through the /publish page in the tests).
+#          it), chromium (a real browser publishes through the /publish page in the tests),
+#          postgresql and redis-server (tests/services.py runs real ones for the cluster paths).
 set -euo pipefail
 purpose=${1:-test}
 need=()
@@ -16,6 +17,8 @@ else
   if [ "$purpose" != serve ]; then
     command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
     command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
+    command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   fi
 fi
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -13,6 +13,8 @@ from fastapi import FastAPI
 
 from cloudrec.rooms import RoomHub, make_token, whip_router
 
+pytest_plugins = ["tests.services"]
+
 
 @dataclass
 class WhipServer:

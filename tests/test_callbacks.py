@@ -1,4 +1,5 @@
-"""Callbacks: signed, at-least-once from a durable outbox, through a receiver that fails at first."""
+"""Callbacks: signed, at-least-once from a durable outbox (SQLite and PostgreSQL), through a
+receiver that fails at first; several deliverers on one outbox send each event once at a time."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import hashlib
 import hmac
 import json
+import threading
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -20,12 +23,15 @@ from tests.test_recording import publish, stop
 
 class Receiver:
     """A real HTTP receiver on loopback that answers 500 to the first ``failures`` attempts
-    of every event, then 200."""
+    of every event, then 200, after ``delay_s``; it notes sends of an event that overlap."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, delay_s: float = 0.0) -> None:
         self.failures = failures
+        self.delay_s = delay_s
         self.attempts: dict[str, int] = {}
         self.accepted: list[tuple[dict[str, Any], bytes, str]] = []
+        self.in_flight: set[str] = set()
+        self.overlaps: list[str] = []  # events sent again while an earlier send was open
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -39,6 +45,11 @@ class Receiver:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         event = json.loads(body)
         n = self.attempts[event["id"]] = self.attempts.get(event["id"], 0) + 1
+        if event["id"] in self.in_flight:
+            self.overlaps.append(event["id"])
+        self.in_flight.add(event["id"])
+        await asyncio.sleep(self.delay_s)
+        self.in_flight.discard(event["id"])
         status = 500 if n <= self.failures else 200
         if status == 200:
             self.accepted.append((event, body, headers.get("x-cloudrec-signature", "")))
@@ -46,18 +57,27 @@ class Receiver:
         await send({"type": "http.response.body", "body": b""})
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    app = Receiver(failures=2)
+@asynccontextmanager
+async def serving(app: Receiver) -> AsyncIterator[str]:
+    """``app`` on uvicorn on a free loopback port: its hook URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                           lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
-    yield app, f"http://127.0.0.1:{port}/hooks/cloudrec"
-    server.should_exit = True
-    await task
+    try:
+        yield f"http://127.0.0.1:{port}/hooks/cloudrec"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    app = Receiver(failures=2)
+    async with serving(app) as url:
+        yield app, url
 
 
 def verify(body: bytes, signature: str, secret: str) -> bool:
@@ -106,14 +126,14 @@ async def test_events_delivered_signed_after_failures(tmp_path: Path, receiver: 
     assert stopped["data"]["reason"] == "api" and stopped["data"]["segments"] == len(segments)
 
 
-async def test_outbox_survives_restart_and_gives_up_in_bounded_time(tmp_path: Path) -> None:
+async def test_outbox_survives_restart_and_gives_up_in_bounded_time(database: str) -> None:
     calls: list[bytes] = []
 
     def refuse(request: httpx.Request) -> httpx.Response:
         calls.append(request.content)
         return httpx.Response(503)
 
-    outbox = CallbackOutbox(tmp_path / "cb.db", {1: "s"}.get, transport=httpx.MockTransport(refuse),
+    outbox = CallbackOutbox(database, {1: "s"}.get, transport=httpx.MockTransport(refuse),
                             backoff_s=0.01, retry_for_s=60)
     event_id = outbox.emit("http://receiver.invalid/x", "recording.started", appid=1, roomid="r",
                            recordid="rec")
@@ -124,7 +144,7 @@ async def test_outbox_survives_restart_and_gives_up_in_bounded_time(tmp_path: Pa
         delivered.append(request)
         return httpx.Response(204)
 
-    again = CallbackOutbox(tmp_path / "cb.db", {1: "s"}.get, transport=httpx.MockTransport(accept))
+    again = CallbackOutbox(database, {1: "s"}.get, transport=httpx.MockTransport(accept))
     assert again.pending() == 1
     again.start()
     for _ in range(100):
@@ -135,7 +155,7 @@ async def test_outbox_survives_restart_and_gives_up_in_bounded_time(tmp_path: Pa
     assert len(delivered) == 1 and json.loads(delivered[0].content)["id"] == event_id
     assert delivered[0].headers["x-cloudrec-signature"] == sign(delivered[0].content, "s")
 
-    dead = CallbackOutbox(tmp_path / "dead.db", {1: "s"}.get, transport=httpx.MockTransport(refuse),
+    dead = CallbackOutbox(database, {1: "s"}.get, transport=httpx.MockTransport(refuse),
                           backoff_s=0.01, retry_for_s=0.3)
     dead.emit("http://receiver.invalid/x", "recording.stopped", appid=1, roomid="r", recordid="rec")
     dead.start()
@@ -145,3 +165,47 @@ async def test_outbox_survives_restart_and_gives_up_in_bounded_time(tmp_path: Pa
         await asyncio.sleep(0.02)
     assert dead.pending() == 0 and dead.dropped == 1 and len(calls) >= 3
     await dead.close()
+
+
+async def test_two_deliverers_send_each_event_once_at_a_time(database: str) -> None:
+    """Two outboxes on one database (two worker processes of a node, or two nodes) both emit
+    and both deliver: every event is sent until accepted, never twice at once, and accepted
+    once."""
+    rx = Receiver(failures=1, delay_s=0.02)  # so two sends of one event would overlap
+    async with serving(rx) as url:
+        outboxes = [CallbackOutbox(database, {1: "s"}.get, backoff_s=0.05, poll_s=0.02)
+                    for _ in range(2)]
+        ids = [outboxes[i % 2].emit(url, "file.uploaded", appid=1, roomid="r",
+                                    recordid=f"rec{i}", data={"n": i}) for i in range(40)]
+        # Each deliverer on its own thread and event loop, as in its own process: their
+        # claims really race.
+        done = threading.Event()
+
+        def deliver(outbox: CallbackOutbox) -> None:
+            async def run() -> None:
+                outbox.start()
+                while not done.is_set():
+                    await asyncio.sleep(0.01)
+                await outbox.close()
+
+            asyncio.run(run())
+
+        threads = [threading.Thread(target=deliver, args=(o,)) for o in outboxes]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(400):
+                if outboxes[0].pending() == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert outboxes[0].pending() == 0
+        finally:
+            done.set()
+            await asyncio.to_thread(lambda: [t.join() for t in threads])
+    accepted = [event["id"] for event, _, _ in rx.accepted]
+    assert sorted(accepted) == sorted(ids), "each event accepted exactly once"
+    assert all(rx.attempts[i] == 2 for i in ids), "one failure, then delivered: no extra sends"
+    assert rx.overlaps == []
+    assert sum(o.delivered for o in outboxes) == len(ids)
+    for event, body, sig in rx.accepted:
+        assert verify(body, sig, "s")

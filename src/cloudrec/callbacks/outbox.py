@@ -1,4 +1,4 @@
-"""The callback outbox: events are written to SQLite first, then delivered with retries.
+"""The callback outbox: events are written to the database first, then delivered with retries.
 
 An event is a JSON object ``{"id", "type", "appid", "roomid", "recordid", "uid", "time",
 "data"}`` POSTed to the task's ``callbackurl`` with ``X-Cloudrec-Signature``: the hex
@@ -8,6 +8,15 @@ jitter for ``retry_for_s``, and survives restarts. Receivers de-duplicate by ``i
 
 Delivery runs in its own task with bounded concurrency and short timeouts, so a slow or dead
 receiver never slows a recording or the API: ``emit`` is one INSERT.
+
+The outbox is a table that several writers and several deliverers may share: a node's worker
+processes (one SQLite file) or a cluster's nodes (PostgreSQL). A deliverer claims an event
+before sending it by pushing its ``next_ms`` forward by ``lease_s`` with a conditional UPDATE
+(compare-and-set on the ``next_ms`` and ``attempts`` it read), so two deliverers never send the
+same event at the same time. A delivered event is deleted; a failed one gets its backoff
+written over the lease; one whose deliverer died becomes due again when the lease runs out, so
+delivery stays at-least-once. An attempt is cut off at half the lease, so a live deliverer
+never loses its lease mid-send.
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ import hmac
 import json
 import logging
 import random
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +34,17 @@ from typing import Any, Callable
 
 import httpx
 
-from cloudrec.db import now_ms, open_db
+from cloudrec.db import Database, Migration, now_ms, open_database
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Cloudrec-Signature"
 
-_SCHEMA = """
+# Never edit a released step: append one. Step 1 is the schema from before migrations, in
+# IF NOT EXISTS form, so outbox files made then are adopted with their events.
+MIGRATIONS: list[Migration] = [
+    {
+        "sqlite": """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
     appid INTEGER NOT NULL,
@@ -44,7 +56,22 @@ CREATE TABLE IF NOT EXISTS events (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS events_next ON events(next_ms);
-"""
+""",
+        "postgresql": """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    appid BIGINT NOT NULL,
+    url TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    created_ms BIGINT NOT NULL,
+    next_ms BIGINT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS events_next ON events(next_ms);
+""",
+    },
+]
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -58,12 +85,19 @@ class Event:
     url: str
     body: bytes
     attempts: int
+    lease_ms: int  # the next_ms this deliverer's claim wrote
 
 
 class CallbackOutbox:
+    """The outbox in a SQLite file, a PostgreSQL database (``postgresql://`` URL) or an open
+    :class:`Database` (used, not closed). ``start`` runs this process's deliverer; any number
+    of processes may emit into and deliver from one outbox."""
+
+    STORE = "callbacks"
+
     def __init__(
         self,
-        path: Path,
+        target: Path | str | Database,
         secret_for: Callable[[int], str | None],
         *,
         retry_for_s: float = 3600.0,
@@ -71,6 +105,8 @@ class CallbackOutbox:
         concurrency: int = 4,
         backoff_s: float = 1.0,
         max_backoff_s: float = 300.0,
+        lease_s: float | None = None,
+        poll_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.secret_for = secret_for
@@ -79,11 +115,16 @@ class CallbackOutbox:
         self.concurrency = concurrency
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        # Long enough for an attempt's connect, write and read timeouts with room to spare.
+        self.lease_s = lease_s if lease_s is not None else max(30.0, 4 * timeout_s)
+        # Events emitted elsewhere (another process or node) wake no one here: look this often.
+        self.poll_s = poll_s
         self.delivered = 0
         self.dropped = 0
         self._transport = transport
-        self._lock = threading.Lock()
-        self._db = open_db(path, _SCHEMA)
+        self._owns_db = not isinstance(target, Database)
+        self._db = open_database(target)
+        self._db.migrate(self.STORE, MIGRATIONS)
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._in_flight: set[str] = set()
@@ -120,17 +161,18 @@ class CallbackOutbox:
             separators=(",", ":"),
             ensure_ascii=False,
         ).encode()
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO events (id, appid, url, body, created_ms, next_ms) VALUES (?,?,?,?,?,?)",
-                (event_id, appid, url, body, now, now),
-            )
+        self._db.execute(
+            "INSERT INTO events (id, appid, url, body, created_ms, next_ms) VALUES (?,?,?,?,?,?)",
+            (event_id, appid, url, body, now, now),
+        )
         self._wake.set()
         return event_id
 
     def pending(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        """Events not yet delivered (or given up), whoever emitted them."""
+        row = self._db.fetchone("SELECT COUNT(*) AS n FROM events")
+        assert row is not None
+        return int(row["n"])
 
     # -- delivering -----------------------------------------------------------------------------
 
@@ -146,7 +188,7 @@ class CallbackOutbox:
             except asyncio.CancelledError:
                 pass
             self._runner = None
-        with self._lock:
+        if self._owns_db:
             self._db.close()
 
     async def _run(self) -> None:
@@ -154,36 +196,52 @@ class CallbackOutbox:
         async with httpx.AsyncClient(
             timeout=self.timeout_s, limits=limits, transport=self._transport, follow_redirects=False
         ) as client:
-            slots = asyncio.Semaphore(self.concurrency)
             while True:
                 self._wake.clear()
-                due = self._due(limit=self.concurrency * 4)
-                for event in due:
-                    await slots.acquire()
+                # Claim no more than there are free slots: a claimed event waiting for a slot
+                # would spend its lease waiting.
+                for event in self._claim(self.concurrency - len(self._in_flight)):
                     self._in_flight.add(event.id)
                     task = asyncio.create_task(self._deliver(client, event))
-                    task.add_done_callback(lambda _t, eid=event.id: (slots.release(), self._in_flight.discard(eid)))
+                    task.add_done_callback(lambda _t, eid=event.id: self._done(eid))
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_s())
                 except TimeoutError:
                     pass
 
-    def _due(self, limit: int) -> list[Event]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, appid, url, body, attempts FROM events WHERE next_ms <= ? "
-                "ORDER BY created_ms LIMIT ?",
-                (now_ms(), limit + len(self._in_flight)),
-            ).fetchall()
-        events = [Event(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows if r[0] not in self._in_flight]
-        return events[:limit]
+    def _done(self, event_id: str) -> None:
+        self._in_flight.discard(event_id)
+        self._wake.set()
+
+    def _claim(self, limit: int) -> list[Event]:
+        """Lease up to ``limit`` due events to this deliverer, oldest first."""
+        if limit <= 0:
+            return []
+        now = now_ms()
+        rows = self._db.fetchall(
+            "SELECT id, appid, url, body, attempts, next_ms FROM events WHERE next_ms <= ? "
+            "ORDER BY created_ms LIMIT ?",
+            (now, limit),
+        )
+        lease = now + int(self.lease_s * 1000)
+        claimed = []
+        for row in rows:
+            won = self._db.execute(
+                "UPDATE events SET next_ms = ? WHERE id = ? AND next_ms = ? AND attempts = ?",
+                (lease, row["id"], row["next_ms"], row["attempts"]),
+            )
+            if won == 1:
+                claimed.append(Event(row["id"], row["appid"], row["url"], bytes(row["body"]),
+                                     row["attempts"], lease))
+        return claimed
 
     def _sleep_s(self) -> float:
-        with self._lock:
-            row = self._db.execute("SELECT MIN(next_ms) FROM events").fetchone()
-        if row[0] is None:
-            return 5.0
-        return min(5.0, max(0.05, (row[0] - now_ms()) / 1000))
+        if len(self._in_flight) >= self.concurrency:
+            return self.poll_s  # a finishing delivery wakes the loop
+        row = self._db.fetchone("SELECT MIN(next_ms) AS next_ms FROM events")
+        if row is None or row["next_ms"] is None:
+            return self.poll_s
+        return min(self.poll_s, max(0.05, (row["next_ms"] - now_ms()) / 1000))
 
     async def _deliver(self, client: httpx.AsyncClient, event: Event) -> None:
         secret = self.secret_for(event.appid)
@@ -194,10 +252,14 @@ class CallbackOutbox:
             return
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(event.body, secret)}
         try:
-            response = await client.post(event.url, content=event.body, headers=headers)
+            response = await asyncio.wait_for(
+                client.post(event.url, content=event.body, headers=headers), self.lease_s / 2
+            )
             error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}"
+        except TimeoutError:
+            error = "attempt timed out"
         if error is None:
             self._finish(event.id)
             self.delivered += 1
@@ -205,28 +267,28 @@ class CallbackOutbox:
         self._retry(event, error)
 
     def _finish(self, event_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+        self._db.execute("DELETE FROM events WHERE id = ?", (event_id,))
 
     def _retry(self, event: Event, error: str) -> None:
         attempts = event.attempts + 1
         delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
         now = now_ms()
-        with self._lock:
-            created = self._db.execute(
-                "SELECT created_ms FROM events WHERE id = ?", (event.id,)
-            ).fetchone()
-            if created is None:
-                return
-            if now - created[0] > self.retry_for_ms:
-                self._db.execute("DELETE FROM events WHERE id = ?", (event.id,))
+        row = self._db.fetchone("SELECT created_ms FROM events WHERE id = ?", (event.id,))
+        if row is None:
+            return
+        # Conditional on our lease: a deliverer that took the event over after it ran out
+        # owns its schedule now.
+        if now - row["created_ms"] > self.retry_for_ms:
+            if self._db.execute("DELETE FROM events WHERE id = ? AND next_ms = ?",
+                                (event.id, event.lease_ms)):
                 self.dropped += 1
                 log.warning("callback %s to %s given up after %d attempts (%s)",
                             event.id, event.url, attempts, error)
-                return
-            self._db.execute(
-                "UPDATE events SET attempts = ?, next_ms = ?, last_error = ? WHERE id = ?",
-                (attempts, now + int(delay * 1000), error, event.id),
-            )
+            return
+        self._db.execute(
+            "UPDATE events SET attempts = ?, next_ms = ?, last_error = ? "
+            "WHERE id = ? AND next_ms = ?",
+            (attempts, now + int(delay * 1000), error, event.id, event.lease_ms),
+        )
         log.info("callback %s to %s failed (%s); retry %d in %.1f s", event.id, event.url, error, attempts, delay)
         self._wake.set()
