@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the app; the stores, the directory and the workers live for the app's lifespan."""
-    tasks, outbox = open_stores(settings)
+    stores = open_stores(settings)
+    tasks, outbox = stores.tasks, stores.outbox
     directory = open_directory(settings.redis_url)
     front = Front(settings, directory, tasks, outbox)
 
@@ -43,8 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await front.close()
             await directory.close()
-            await outbox.close()
-            tasks.close()
+            await stores.close()
 
     app = FastAPI(title="cloudrec", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

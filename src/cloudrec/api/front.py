@@ -4,9 +4,11 @@ request to the worker that owns the room, on this node or another (SPEC §6).
 - Placement: a room with no live owner goes to the worker with the most spare capacity
   (measured CPU less reservations, and the optional recordings cap), claimed atomically in the
   directory. A full cluster refuses at once: WHIP ``503``, ``startrecord`` 4001.
-- WHIP: a room on this node is proxied to its worker (its UDP then goes straight to that
-  worker's sockets); a room on another node answers ``307`` to that node's URL. The WHIP
-  session id names the worker (``{index}.{id}``), so ``DELETE`` reaches it.
+- WHIP: the offer is proxied to the room's worker, on this node or another, and the answer
+  comes back: its ICE candidates are that worker's, so the media goes straight to it. (A
+  ``307`` to the other node would do too, but HTTP clients drop the ``Authorization`` header
+  on a redirect to another origin, and browsers with it.) The WHIP session id names the
+  worker, so a ``DELETE`` to any node reaches it.
 - API: auth, rate limits and validation happen here; the verb runs on the room's worker. A
   task whose room has no live owner (its node died and no publisher came back yet) is read and
   stopped in the shared task store.
@@ -19,6 +21,8 @@ request to the worker that owns the room, on this node or another (SPEC §6).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import secrets
 import time
@@ -30,7 +34,6 @@ from cloudrec.errors import CapacityError, RecordingError
 from cloudrec.recorder import RecordingService
 from cloudrec.recorder.mixed import mix_rooms
 from cloudrec.rooms import RoomHub
-from cloudrec.rooms.whip import WhipRedirect
 from cloudrec.tasks import Status, TaskStore
 from cloudrec.workers import HttpWorkerClient, LocalWorkerClient, Worker, WorkerClient
 from cloudrec.workers.supervisor import Supervisor
@@ -140,13 +143,6 @@ class Front:
             client = self._remote[info.url] = HttpWorkerClient(info.url, self.secret)
         return client
 
-    def _slot_client(self, index: int) -> WorkerClient | None:
-        if self.local is not None:
-            return LocalWorkerClient(self.local) if index == 0 else None
-        if self.supervisor is not None and index in self.supervisor.slots:
-            return self.supervisor.slots[index].client
-        return None
-
     async def _place(self, appid: int, roomid: str, prefer: str | None = None) -> WorkerInfo:
         """The room's live owner, or a new placement (whose orphaned tasks it adopts)."""
         owner = await self.directory.owner((appid, roomid))
@@ -199,19 +195,23 @@ class Front:
 
     async def publish(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]:
         owner = await self._place(appid, roomid)
-        if owner.node != self.node:
-            raise WhipRedirect(owner.public_url)
         result = await self.client_for(owner).call("publish", appid=appid, roomid=roomid,
                                                    uid=uid, sdp=offer_sdp)
-        index = owner.id.rsplit("/w", 1)[-1]
-        return str(result["answer"]), f"{index}.{result['session']}"
+        worker = base64.urlsafe_b64encode(owner.id.encode()).decode().rstrip("=")
+        return str(result["answer"]), f"{worker}.{result['session']}"
 
     async def unpublish(self, session_id: str) -> bool:
-        index, _, session = session_id.partition(".")
-        client = self._slot_client(int(index)) if index.isascii() and index.isdigit() else None
-        if client is None or not session:
+        worker, _, session = session_id.partition(".")
+        try:
+            worker_id = base64.urlsafe_b64decode(worker + "=" * (-len(worker) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
             return False
-        return bool((await client.call("unpublish", session=session))["found"])
+        info = next((w for w in self.infos if w.id == worker_id), None)
+        if info is None:
+            info = next((w for w in await self.directory.workers() if w.id == worker_id), None)
+        if info is None or not session:
+            return False
+        return bool((await self.client_for(info).call("unpublish", session=session))["found"])
 
     # -- the API's verbs ------------------------------------------------------------------------
 

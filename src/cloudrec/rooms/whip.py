@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, Response
 from cloudrec.errors import AuthError, CapacityError, InvalidParameter
 from cloudrec.rooms.tokens import verify_token
 
-__all__ = ["Publishing", "WhipRedirect", "whip_router"]
+__all__ = ["Publishing", "whip_router"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +80,6 @@ async def _read_bounded(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-class WhipRedirect(Exception):
-    """Raised by a publishing backend whose room lives on another node: the publisher is sent
-    there with ``307`` (RFC 9725 clients follow it, keeping the method and the offer)."""
-
-    def __init__(self, base_url: str) -> None:
-        super().__init__(base_url)
-        self.base_url = base_url
-
-
 class Publishing(Protocol):
     """What WHIP publishes into: a :class:`RoomHub`, or a node's front that routes each room
     to the worker (or node) that owns it."""
@@ -126,11 +117,6 @@ def whip_router(hub: Publishing, secret_for: Callable[[int], str | None]) -> API
             return _error(400, "SDP offer is not UTF-8")
         try:
             answer, session_id = await hub.publish(int(appid), roomid, uid, offer)
-        except WhipRedirect as exc:  # the room lives on another node of the cluster
-            location = exc.base_url.rstrip("/") + request.url.path
-            if request.url.query:
-                location += "?" + request.url.query
-            return Response(status_code=307, headers={**_CORS, "Location": location})
         except CapacityError as exc:
             return _error(503, exc.message, **{"Retry-After": "5"})
         except InvalidParameter as exc:

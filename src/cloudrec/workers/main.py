@@ -43,7 +43,8 @@ def _watch_parent() -> None:
 async def run(config: dict[str, Any]) -> None:
     settings = settings_from_json(config["settings"])
     index, node, secret = int(config["index"]), str(config["node"]), str(config["secret"])
-    tasks, outbox = open_stores(settings)
+    stores = open_stores(settings)
+    tasks, outbox = stores.tasks, stores.outbox
     worker = Worker(settings, index, node, tasks, outbox, front_url=config.get("front_url", ""),
                     secret=secret)
     ready: list[Worker] = []
@@ -73,9 +74,7 @@ async def run(config: dict[str, Any]) -> None:
     log.info("worker %s draining", worker.id)
     ready.clear()
     await worker.close()
-    if outbox is not None:
-        await outbox.close()
-    tasks.close()
+    await stores.close()
     server.should_exit = True
     await serving
 

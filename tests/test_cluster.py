@@ -1,0 +1,208 @@
+"""Many nodes, one cluster: three ``cloudrec serve`` processes sharing a real PostgreSQL and a
+real Redis (started by tests/services.py), recording into a real S3 (moto's server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from cloudrec.publisher import PublishError, Publisher
+from tests.helpers import APPID, free_port, source_body
+from tests.media_check import playlist_lines, probe_playlist
+from tests.nodes import Node, worker_of
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "cluster"
+PREFIX = "c/"
+
+
+class S3:
+    def __init__(self) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]),
+                                         verbose=False)
+        self.server.start()
+        self.client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                                   aws_access_key_id="ak", aws_secret_access_key="sk")
+        self.client.create_bucket(Bucket=BUCKET)
+
+    def storagecfg(self) -> dict[str, Any]:
+        return {"vender": 100, "endpoint": self.url, "bucket": BUCKET, "accesskey": "ak",
+                "secretkey": "sk", "fileprefix": [PREFIX.strip("/")]}
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return bytes(self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def download(self, base: str, dest: Path) -> Path:
+        """The recording's playlist and segments into ``dest``; answers the playlist."""
+        listing = self.client.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX + base)
+        for obj in listing.get("Contents", []):
+            path = dest / obj["Key"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.get(obj["Key"]) or b"")
+        return dest / (PREFIX + base + ".m3u8")
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    store = S3()
+    yield store
+    store.server.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, postgres_url: str, redis_url: str,
+                  request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
+    extra = getattr(request, "param", {})
+    nodes = [Node(tmp_path / name, node_id=name, workers=1, database_url=postgres_url,
+                  redis_url=redis_url, cluster_secret="cluster-test-secret",
+                  allow_private_storage=True, **extra) for name in ("A", "B", "C")]
+    for node in nodes:
+        node.start()
+    try:
+        for node in nodes:
+            await node.ready()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+async def holder(nodes: list[Node], room: str) -> Node:
+    """The node whose worker holds ``room`` (from each node's /healthz)."""
+    for _ in range(50):
+        for node in nodes:
+            if node.proc and node.proc.poll() is None and worker_of(await node.health(), room):
+                return node
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no node holds room {room}")
+
+
+async def start_on(node: Node, resid: str, room: str, uid: str, storagecfg: dict[str, Any]) -> str:
+    for _ in range(50):
+        data = await node.call("startrecord", source_body(resid, room, uid, storagecfg=storagecfg))
+        if data["code"] != 4005:
+            break
+        await asyncio.sleep(0.1)
+    assert data["code"] == 0, data
+    return str(data["recordid"])
+
+
+def base_of(room: str, recordid: str, uid: str) -> str:
+    return f"{APPID}_{room}_{recordid}_{uid}"
+
+
+async def test_any_node_answers_any_call(cluster: list[Node], s3: S3, tmp_path: Path) -> None:
+    a, b, c = cluster
+    pub = await b.publisher("c1", "alice")
+    resid = (await a.call("applyrecord", {}))["resid"]
+    recordid = await start_on(c, resid, "c1", "alice", s3.storagecfg())
+    for node in cluster:
+        query = await node.call(f"queryrecord/c1/{recordid}")
+        assert query["code"] == 0 and query["data"]["status"] in (1, 2), (node.settings, query)
+    assert (await a.call("startrecord", source_body(resid, "c1", "alice",
+                                                    storagecfg=s3.storagecfg())))["code"] == 4011
+    await asyncio.sleep(4.0)
+    stopped = await b.call("stoprecord", {"resid": resid, "appid": APPID, "roomid": "c1",
+                                          "recordid": recordid})
+    assert stopped["code"] == 0, stopped
+    await pub.stop()
+    for node in cluster:
+        assert (await node.call(f"queryrecord/c1/{recordid}"))["code"] == 4013
+    playlist = s3.download(base_of("c1", recordid, "alice"), tmp_path / "dl")
+    assert playlist_lines(playlist)[-1] == "#EXT-X-ENDLIST"
+    probe = probe_playlist(playlist)
+    assert probe.width == 320 and probe.audio_codec == "aac"
+    assert 3.0 < probe.duration < 6.5
+
+
+async def test_a_killed_node_s_task_resumes_on_another(cluster: list[Node], s3: S3,
+                                                       tmp_path: Path) -> None:
+    a, b, c = cluster
+    pub = await a.publisher("k1", "bob")
+    resid = (await b.call("applyrecord", {}))["resid"]
+    recordid = await start_on(b, resid, "k1", "bob", s3.storagecfg())
+    await asyncio.sleep(4.0)
+    victim = await holder(cluster, "k1")
+    key = PREFIX + base_of("k1", recordid, "bob") + ".m3u8"
+    before_text = (s3.get(key) or b"").decode()
+    before = [line for line in before_text.splitlines() if line.endswith(".ts")]
+    assert len(before) >= 2
+    victim.kill()
+    killed = time.monotonic()
+    await pub.stop()
+    live = [n for n in cluster if n is not victim]
+
+    # The publisher comes back through another node; until the dead node's lease runs out the
+    # room still points at it and publishing fails: the death is noticed within seconds.
+    pub = None
+    while pub is None:
+        assert time.monotonic() - killed < 20, "the dead node's room was not freed in time"
+        try:
+            pub = await live[0].publisher("k1", "bob")
+        except PublishError:
+            await asyncio.sleep(0.5)
+    noticed = time.monotonic() - killed
+    assert noticed < 12
+    new_holder = await holder(live, "k1")
+    assert new_holder is not victim
+    for _ in range(50):
+        query = await live[1].call(f"queryrecord/k1/{recordid}")
+        if query["code"] == 0 and query["data"].get("segments", 0) > len(before):
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(3.0)
+    stopped = await live[1].call("stoprecord", {"resid": resid, "appid": APPID, "roomid": "k1",
+                                                "recordid": recordid})
+    assert stopped["code"] == 0, stopped
+    await pub.stop()
+    playlist = s3.download(base_of("k1", recordid, "bob"), tmp_path / "dl")
+    lines = playlist_lines(playlist)
+    after = [line for line in lines if line.endswith(".ts")]
+    assert after[: len(before)] == before, "every segment stored before the kill stays listed"
+    assert len(after) > len(before) and "#EXT-X-DISCONTINUITY" in lines
+    assert lines[-1] == "#EXT-X-ENDLIST"
+    probe = probe_playlist(playlist)
+    assert probe.duration > len(before) + 2.0
+
+
+@pytest.mark.parametrize("cluster", [{"max_recordings": 1}], indirect=True)
+async def test_a_full_cluster_refuses_at_once(cluster: list[Node], s3: S3) -> None:
+    pubs: list[Publisher] = []
+    for i, node in enumerate(cluster):
+        room = f"full{i}"
+        pubs.append(await node.publisher(room, "u"))
+        resid = (await node.call("applyrecord", {}))["resid"]
+        await start_on(node, resid, room, "u", s3.storagecfg())
+        for _ in range(50):  # the recording shows in its worker's next heartbeat
+            if (await holder(cluster, room)) and worker_of(
+                    await (await holder(cluster, room)).health(), room)["recordings"] == 1:
+                break
+            await asyncio.sleep(0.1)
+    holders = {(await holder(cluster, f"full{i}")).settings["node_id"] for i in range(3)}
+    assert holders == {"A", "B", "C"}, "each new room went to a node with room for it"
+
+    pubs.append(await cluster[0].publisher("full0", "second"))  # an existing room takes him
+    resid = (await cluster[1].call("applyrecord", {}))["resid"]
+    t0 = time.monotonic()
+    data = await cluster[1].call("startrecord", source_body(resid, "full0", "second",
+                                                           storagecfg=s3.storagecfg()))
+    assert time.monotonic() - t0 < 2.0
+    assert data["code"] == 4001 and data["_status"] == 503, data
+    assert "no capacity" in data["message"]
+
+    with pytest.raises(PublishError) as refused:  # a new room finds no node
+        await cluster[2].publisher("full9", "u")
+    assert refused.value.status == 503
+    for pub in pubs:
+        await pub.stop()
