@@ -1,6 +1,9 @@
 """S3-compatible storage (vender 0/1/2/100) end to end against moto's standalone server: real
 HTTP on loopback with signature checking on, real WebRTC publications, outages of the store and
-restarts of cloudrec. The stored recordings are downloaded and decoded with PyAV."""
+restarts of cloudrec. The stored recordings are downloaded and decoded with PyAV.
+
+moto listens on 127.0.0.1, which the storage endpoint policy refuses by default: these servers
+set ``allow_private_storage``, as an operator with a MinIO on the LAN does."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from cloudrec.errors import StorageError
+from cloudrec.errors import InvalidParameter, StorageError
 from cloudrec.publisher import Publisher
 from cloudrec.rooms import make_token
 from cloudrec.storage import SpoolUploader
@@ -28,6 +31,7 @@ from tests.helpers import (
     APPID, SECRET, Server, free_port, make_settings, running_server, startrecord,
 )
 from tests.media_check import probe_playlist
+from tests.test_fetch import rebinding_dns  # noqa: F401  (a fixture)
 
 BUCKETS = {0: "rec-oss", 1: "rec-cos", 2: "rec-kodo", 100: "rec-s3"}
 PREFIX = "test1/test2/"
@@ -176,7 +180,7 @@ def playlist_ended(moto: Moto, bucket: str, key: str) -> bool:
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     async with running_server(make_settings(
             tmp_path / "data", idle_timeout_s=30.0, segment_seconds=1.0, write_rate_per_s=1000,
-            query_rate_per_s=1000, stop_timeout_s=20.0)) as s:
+            query_rate_per_s=1000, stop_timeout_s=20.0, allow_private_storage=True)) as s:
         yield s
 
 
@@ -274,7 +278,8 @@ async def test_pending_uploads_survive_a_restart_of_cloudrec(moto: Moto, tmp_pat
     """cloudrec stops while the store is down; a new cloudrec on the same data_dir stores the
     files the first one could not, once the store is back."""
     settings = make_settings(tmp_path / "data", idle_timeout_s=30.0, segment_seconds=1.0,
-                             write_rate_per_s=1000, query_rate_per_s=1000, stop_timeout_s=1.0)
+                             write_rate_per_s=1000, query_rate_per_s=1000, stop_timeout_s=1.0,
+                             allow_private_storage=True)
     cfg = moto.storagecfg(100, bucket="rec-restart")
     base = f"{PREFIX}{APPID}_rsroom_{{}}_dave.m3u8"
     try:
@@ -307,6 +312,53 @@ async def test_pending_uploads_survive_a_restart_of_cloudrec(moto: Moto, tmp_pat
         check_recording, moto, "rec-restart", recordid, "rsroom", "dave", tmp_path / "dl")
     assert len(segments) >= 3
     assert abs(duration - (t1 - t0)) <= 1.0, (duration, t1 - t0)
+
+
+# -- the storage endpoint policy -----------------------------------------------------------------
+
+
+async def test_private_storage_endpoints_are_refused_by_default(moto: Moto, tmp_path: Path) -> None:
+    """The probe once told an open internal port (moto here) from a closed one. Without
+    allow_private_storage, both, and every other private address, answer the same 2101
+    before any connection."""
+    settings = make_settings(tmp_path / "data", write_rate_per_s=1000, query_rate_per_s=1000)
+    closed = f"http://127.0.0.1:{free_port()}"
+    endpoints = [moto.url, closed, f"http://localhost:{moto.port}", "http://10.0.0.5:9000",
+                 "http://169.254.169.254", "http://[::1]:9000", "http://[::ffff:127.0.0.1]:80",
+                 "http://0.0.0.0:9000", "192.168.1.20:9000"]
+    answers = []
+    async with running_server(settings) as server:
+        pub = await publish(server, "privroom", "eve")
+        try:
+            for endpoint in endpoints:
+                cfg = moto.storagecfg(100, endpoint=endpoint)
+                answers.append(await startrecord(server.call, body(
+                    await server.apply(), "privroom", "eve", cfg)))
+        finally:
+            await pub.stop()
+    for endpoint, data in zip(endpoints, answers):
+        assert (data["code"], data["_status"]) == (2101, 400), (endpoint, data)
+        assert "storagecfg.endpoint" in data["message"], data
+        assert "allow_private_storage" in data["message"], data
+    assert answers[0]["message"] == answers[1]["message"], "open and closed ports look alike"
+
+
+async def test_the_probe_connects_only_where_the_policy_looked(
+        moto: Moto, rebinding_dns: list[str]) -> None:  # noqa: F811
+    """``rebind.test`` is public when checked and loopback (moto) when connected to: the
+    probe's resolver holds to the policy, so moto is never reached."""
+    from cloudrec.storage.policy import GuardedResolver
+
+    store = S3Store(100, f"http://rebind.test:{moto.port}", "rec-unit", moto.accesskey,
+                    moto.secretkey)
+    try:
+        with pytest.raises(InvalidParameter, match="storagecfg.endpoint"):
+            await store.probe()
+    finally:
+        await close_clients()
+    assert rebinding_dns.count("rebind.test") >= 2, "checked, then resolved to connect"
+    with pytest.raises(OSError, match="private or local"):
+        await GuardedResolver().resolve("localhost", 80)
 
 
 # -- the store on its own -----------------------------------------------------------------------

@@ -37,6 +37,11 @@ class FetchError(RecordingError):
 class PrivateAddress(OSError):
     """A host resolved to an address the SSRF guard refuses."""
 
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(f"{host} is a private or local address ({address})")
+        self.host = host
+        self.address = address
+
 
 def forbidden_address(address: str) -> bool:
     """Loopback, private, link-local, multicast, reserved or unspecified (IPv4-mapped IPv6
@@ -63,7 +68,7 @@ async def resolve_checked(host: str, port: int, *, allow_private: bool) -> list[
     if not allow_private:
         for address in addresses:
             if forbidden_address(address):
-                raise PrivateAddress(f"{host} is a private or local address ({address})")
+                raise PrivateAddress(host, address)
     return addresses
 
 

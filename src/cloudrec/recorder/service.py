@@ -64,7 +64,7 @@ class RecordingService:
         storagecfg = req.storagecfg.model_dump()
         try:
             store = open_store(storagecfg, self.settings.data_dir)
-            await store.probe()
+            await store.probe(allow_private=self.settings.allow_private_storage)
         except StorageError as exc:
             if exc.message.startswith("storagecfg"):
                 raise

@@ -28,8 +28,10 @@ class ObjectStore(Protocol):
         """A stored object's bytes, or None when there is none (a resumed task's playlist)."""
         ...
 
-    async def probe(self) -> None:
-        """Raise StorageError when the store cannot take files (bad credentials, no bucket)."""
+    async def probe(self, *, allow_private: bool = False) -> None:
+        """Raise StorageError when the store cannot take files (bad credentials, no bucket);
+        InvalidParameter (2101) for an endpoint on a private address unless ``allow_private``
+        (the ``allow_private_storage`` setting; see :mod:`cloudrec.storage.policy`)."""
         ...
 
 

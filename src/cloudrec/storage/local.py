@@ -50,7 +50,8 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
-    async def probe(self) -> None:
+    async def probe(self, *, allow_private: bool = False) -> None:
+        """The directory can be created and written (no endpoint is contacted)."""
         def check() -> None:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,10 @@ bounds concurrent uploads; retries over time are the spool's job (``SpoolUploade
 
 Every botocore error is translated here into a ``StorageError`` whose message names the problem
 (credentials rejected, no such bucket, endpoint unreachable) and never the secret.
+
+``probe(allow_private=False)`` first applies the endpoint policy (:mod:`.policy`): an endpoint on
+a loopback, private or link-local address answers 2101 before any connection is made, and the
+probe connects through a resolver that holds to the same rule.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from cloudrec.errors import StorageError
+from cloudrec.fetch import PrivateAddress
+from cloudrec.storage.policy import check_endpoint_host, guarded_connector_args, refused
 
 VENDER_NAMES = {0: "Alibaba OSS", 1: "Tencent COS", 2: "Qiniu Kodo", 100: "S3-compatible store"}
 MULTIPART_THRESHOLD = 8 * 1024 * 1024  # files above this go up as a multipart upload
@@ -84,6 +90,14 @@ class S3Endpoint:
     url: str  # e.g. https://oss-cn-hangzhou.aliyuncs.com
     region: str
     addressing_style: str  # "virtual" or "path"
+
+    def connect_to(self, bucket: str) -> tuple[str, int]:
+        """The host and port a request for ``bucket`` connects to."""
+        parts = urlsplit(self.url)
+        host = (parts.hostname or "").strip("[]")
+        if self.addressing_style == "virtual":
+            host = f"{bucket}.{host}"
+        return host, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def resolve_endpoint(vender: int, endpoint: str, bucket: str) -> S3Endpoint:
@@ -179,13 +193,16 @@ class S3Store:
     def __repr__(self) -> str:  # no credentials in reprs (logs, tracebacks)
         return f"S3Store({self.description})"
 
-    async def _client(self) -> Any:
+    async def _client(self, *, guarded: bool = False) -> Any:
+        """The shared client of this store; ``guarded``: one whose connections obey the
+        endpoint policy (the probe's)."""
         state = _loop_clients()
-        client = state.clients.get(self._key)
+        key = (*self._key, "guarded") if guarded else self._key
+        client = state.clients.get(key)
         if client is not None:
             return client
         async with state.lock:
-            client = state.clients.get(self._key)
+            client = state.clients.get(key)
             if client is None:
                 global _session
                 _session = _session or get_session()
@@ -204,12 +221,13 @@ class S3Store:
                     response_checksum_validation="when_required",
                     warm_up_loader_caches=True,
                     user_agent_extra="cloudrec",
+                    connector_args=guarded_connector_args() if guarded else None,
                 )
                 client = await _session.create_client(
                     "s3", endpoint_url=self.endpoint.url, aws_access_key_id=self._accesskey,
                     aws_secret_access_key=self._secretkey, config=config,
                 ).__aenter__()
-                state.clients[self._key] = client
+                state.clients[key] = client
         return client
 
     # -- ObjectStore ------------------------------------------------------------------------------
@@ -228,12 +246,16 @@ class S3Store:
             except Exception as exc:  # botocore, aiohttp, timeouts: the spool retries them all
                 raise self._error(exc, "upload") from exc
 
-    async def probe(self) -> None:
+    async def probe(self, *, allow_private: bool = False) -> None:
         """A zero-byte write (and delete) of ``{prefix}.cloudrec-probe``: proves the credentials,
-        the bucket and the permission to write where the recording will go."""
+        the bucket and the permission to write where the recording will go. Unless
+        ``allow_private``, the endpoint policy applies first (module docstring)."""
         empty_md5 = base64.b64encode(hashlib.md5(b"").digest()).decode()
+        host, port = self.endpoint.connect_to(self.bucket)
+        if not allow_private:
+            await check_endpoint_host(host, port)
         try:
-            client = await self._client()
+            client = await self._client(guarded=not allow_private)
             await asyncio.wait_for(
                 client.put_object(Bucket=self.bucket, Key=self.probe_key, Body=b"",
                                   ContentMD5=empty_md5),
@@ -245,6 +267,9 @@ class S3Store:
         except StorageError:
             raise
         except Exception as exc:
+            private = _cause(exc, PrivateAddress)
+            if private is not None:  # the name changed its answer after the check
+                raise refused(host, f"is a private or local address ({private.address})") from exc
             raise self._error(exc, "probe") from exc
         with suppress(Exception):  # write-only keys may not delete
             await asyncio.wait_for(
@@ -354,6 +379,18 @@ def _encrypted(response: dict[str, Any]) -> bool:
     """KMS and SSE-C objects have ETags that are not the MD5 of their content."""
     return (str(response.get("ServerSideEncryption", "")).startswith("aws:kms")
             or bool(response.get("SSECustomerAlgorithm")))
+
+
+def _cause(exc: BaseException, kind: type[PrivateAddress]) -> PrivateAddress | None:
+    """The first ``kind`` in the chain of causes and contexts of ``exc``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _is_connection_error(exc: Exception) -> bool:
