@@ -206,3 +206,41 @@ async def test_a_full_cluster_refuses_at_once(cluster: list[Node], s3: S3) -> No
     assert refused.value.status == 503
     for pub in pubs:
         await pub.stop()
+
+
+async def test_a_mix_across_nodes_shows_both_rooms(cluster: list[Node], s3: S3,
+                                                   tmp_path: Path) -> None:
+    from tests.test_mixed import BLUE, OUT, RED, at, near, publish, video_frames
+
+    a, b, c = cluster
+    pubs = [await publish(a, "mA", "red", RED)]
+    first = await holder(cluster, "mA")
+    pubs.append(await publish(b, "mB", "blue", BLUE, tone_hz=1000))
+    second = await holder(cluster, "mB")
+    assert first is not second, "a new room goes to the node with the most spare capacity"
+    layout = {"input": [
+        {"uid": "red", "roomid": "mA", "streamtype": 0, "layoutX": 0, "layoutY": 0,
+         "layoutW": 160, "layoutH": 240, "crop": 1},
+        {"uid": "blue", "roomid": "mB", "streamtype": 0, "layoutX": 160, "layoutY": 0,
+         "layoutW": 160, "layoutH": 240, "crop": 1}],
+        "output": dict(OUT)}
+    resid = (await c.call("applyrecord", {}))["resid"]
+    body = {"resid": resid, "appid": APPID, "roomid": "mA", "recordtype": 0, "streamtype": 1,
+            "mixconfig": layout, "storagecfg": s3.storagecfg()}
+    data = await c.call("startrecord", body)
+    assert data["code"] == 0, data
+    recordid = data["recordid"]
+    try:
+        await asyncio.sleep(5.0)
+        stopped = await a.call("stoprecord", {"resid": resid, "appid": APPID, "roomid": "mA",
+                                              "recordid": recordid})
+        assert stopped["code"] == 0, stopped
+    finally:
+        for pub in pubs:
+            await pub.stop()
+    playlist = s3.download(f"{APPID}_mA_{recordid}", tmp_path / "dl")
+    frames = video_frames(playlist)
+    assert frames, "the mix has video"
+    last = frames[-1][1]
+    assert near(at(last, (80, 120)), RED), at(last, (80, 120))
+    assert near(at(last, (240, 120)), BLUE), at(last, (240, 120))

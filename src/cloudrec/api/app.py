@@ -3,6 +3,7 @@ one port, in front of the node's workers (:mod:`cloudrec.api.front`)."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -20,6 +21,7 @@ from cloudrec.config import Settings
 from cloudrec.rooms import whip_router
 from cloudrec.stores import open_stores
 from cloudrec.workers import internal_router
+from cloudrec.workers.channel import SECRET_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,15 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.hub = front.local.hub
     app.include_router(recordoss_router(settings, front))
     app.include_router(whip_router(front, secret_for))
+    @app.post("/cluster/locate", include_in_schema=False)
+    async def locate(request: Request) -> JSONResponse:
+        """Workers ask who owns a room they relay (authenticated by the cluster secret)."""
+        if not hmac.compare_digest(request.headers.get(SECRET_HEADER, ""), front.secret):
+            return JSONResponse({"error": "bad internal credential"}, status_code=401)
+        body = await request.json()
+        return JSONResponse({"relay": await front.locate_relay(
+            (int(body["appid"]), str(body["roomid"])))})
+
     # With one process, other nodes reach this node's worker here.
     app.include_router(internal_router(lambda: front.local, front.secret))
 

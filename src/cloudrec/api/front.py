@@ -72,6 +72,7 @@ class Front:
 
     async def open(self) -> None:
         if self.local is not None:
+            self.local.locate = self.locate_relay
             await self.local.open()
         else:
             self.supervisor = Supervisor(self.settings, self.node, self.secret, self.count,
@@ -190,6 +191,11 @@ class Front:
             self.orphans._emit(task, "recording.stopped", data)
         for recordid in set(self._orphaned_since) - seen:
             del self._orphaned_since[recordid]
+
+    async def locate_relay(self, key: tuple[int, str]) -> str | None:
+        """The relay address of the worker that owns a room (for a mix reading it)."""
+        owner = await self.directory.owner(key)
+        return owner.relay if owner is not None else None
 
     # -- WHIP -----------------------------------------------------------------------------------
 

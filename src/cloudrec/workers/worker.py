@@ -7,18 +7,26 @@ the cluster directory: the front publishes its status (:meth:`Worker.status`) fo
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
+
+import httpx
 
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.config import Settings
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest, parse_request
 from cloudrec.recorder import RecordingService
+from cloudrec.relay import RelayLinks, RelayServer
 from cloudrec.rooms import RoomHub
+from cloudrec.rooms.subscription import RoomKey
 from cloudrec.tasks import TaskStore
 from cloudrec.workers.load import CpuMeter
 
 log = logging.getLogger(__name__)
+
+RELAY_CHECK_S = 2.0  # how often rooms relayed from elsewhere are looked up again
+Locate = Callable[[RoomKey], Awaitable[str | None]]
 
 
 def worker_id(node: str, index: int) -> str:
@@ -37,16 +45,84 @@ class Worker:
         self.service = RecordingService(settings, tasks, self.hub, outbox, worker_id=self.id,
                                         claim_unowned=index == 0)
         self.cpu = CpuMeter()
-        self.relay_address = ""
         self.front_url = front_url  # where to ask who owns a room (relayed mix inputs)
         self.secret = secret
+        # Rooms that recordings here read but that live on another worker: their encoded media
+        # comes over a relay from the owner (the relay never decodes).
+        self.relay_server = RelayServer(self.hub, secret or "local",
+                                        host=settings.internal_host or settings.host)
+        self.relays = RelayLinks(self.hub, secret or "local")
+        self.relay_address = ""
+        self.locate: Locate = self._locate_by_front
+        self._wanted: set[RoomKey] = set()
+        self._relay_loop: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.hub.on_room_subscribed = self._want_room
+        self.hub.on_room_unsubscribed = self._unwant_room
 
     async def open(self) -> None:
+        await self.relay_server.start()
+        self.relay_address = self.relay_server.address
+        self._relay_loop = asyncio.get_running_loop().create_task(self._follow_relays())
         await self.service.recover()
 
     async def close(self) -> None:
         await self.service.shutdown()
+        if self._relay_loop is not None:
+            self._relay_loop.cancel()
+        await self.relays.close()
+        await self.relay_server.close()
         await self.hub.close()
+
+    # -- relayed rooms --------------------------------------------------------------------------
+
+    def _want_room(self, key: RoomKey) -> None:
+        self._wanted.add(key)
+        self._wake.set()
+
+    def _unwant_room(self, key: RoomKey) -> None:
+        self._wanted.discard(key)
+        self.relays.release(*key)
+
+    async def _follow_relays(self) -> None:
+        """Keep one relay per wanted room from its current owner: look the owner up when a
+        recording first reads the room and every few seconds after (it may publish later, or
+        move when its node dies)."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), RELAY_CHECK_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            for key in list(self._wanted):
+                try:
+                    await self._follow(key)
+                except Exception as exc:  # the owner's relay may be down: next round
+                    log.warning("relay of room %s/%s: %s", *key, exc)
+
+    async def _follow(self, key: RoomKey) -> None:
+        if self.hub.is_publishing(*key, relayed=False):
+            self.relays.release(*key)  # the room lives here now
+            return
+        address = await self.locate(key)
+        current = self.relays.addresses.get(key, [])
+        if address == self.relay_address:
+            address = None
+        for old in current:
+            if old != address:
+                log.info("room %s/%s no longer relayed from %s", *key, old)
+                self.relays.release(*key, old)
+        if address and address not in current and key in self._wanted:
+            await self.relays.ensure(key[0], key[1], address)
+            log.info("room %s/%s relayed from %s", *key, address)
+
+    async def _locate_by_front(self, key: RoomKey) -> str | None:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            r = await http.post(f"{self.front_url}/cluster/locate",
+                                json={"appid": key[0], "roomid": key[1]},
+                                headers={"X-Cloudrec-Internal": self.secret})
+            r.raise_for_status()
+            return r.json().get("relay") or None
 
     # -- rooms ----------------------------------------------------------------------------------
 
@@ -97,6 +173,7 @@ class Worker:
             "publishers": self.hub.publisher_count(),
             "rooms": self.rooms(),
             "relay": self.relay_address,
+            "relays": self.relays.stats.as_dict(),
         }
 
 
