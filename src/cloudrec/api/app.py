@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from cloudrec.api.front import Front
-from cloudrec.api.recordoss import envelope, recordoss_router
+from cloudrec.api.recordoss import envelope, rate_limiters, recordoss_router
 from cloudrec.api.trace import new_trace_id
 from cloudrec.cluster import open_directory
 from cloudrec.config import Settings
@@ -32,6 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
     tasks, outbox = stores.tasks, stores.outbox
     directory = open_directory(settings.redis_url)
     front = Front(settings, directory, tasks, outbox)
+    limiters = rate_limiters(settings)
 
     def secret_for(appid: int) -> str | None:
         app_cfg = settings.app(appid)
@@ -46,6 +47,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await front.close()
             await directory.close()
+            for limiter in limiters:
+                await limiter.close()
             await stores.close()
 
     app = FastAPI(title="cloudrec", version="0.1.0", lifespan=lifespan)
@@ -55,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     if front.local is not None:  # one process: the front is its own worker
         app.state.service = front.local.service
         app.state.hub = front.local.hub
-    app.include_router(recordoss_router(settings, front))
+    app.include_router(recordoss_router(settings, front, limiters))
     app.include_router(whip_router(front, secret_for))
     @app.post("/cluster/locate", include_in_schema=False)
     async def locate(request: Request) -> JSONResponse:

@@ -45,6 +45,9 @@ class RateLimiter:
         """:meth:`hit`, awaitable like :meth:`RedisRateLimiter.check`."""
         self.hit(key, what)
 
+    async def close(self) -> None:
+        """Nothing to release (like :meth:`RedisRateLimiter.close`)."""
+
     def _sweep(self, now: float) -> None:
         stale = [k for k, d in self._calls.items() if not d or now - d[-1] >= self.window_s]
         for key in stale:

@@ -44,7 +44,7 @@ def error_response(exc: CloudrecError, trace_id: str) -> JSONResponse:
     return JSONResponse(envelope(exc.code, exc.message, trace_id, **extra), status_code=exc.http_status)
 
 
-def _limiters(settings: Settings) -> tuple[Any, Any]:
+def rate_limiters(settings: Settings) -> tuple[Any, Any]:
     """Per-node limits, or limits shared by the whole cluster when it has a Redis."""
     if settings.redis_url:
         return (RedisRateLimiter(settings.redis_url, settings.write_rate_per_s, namespace="writes"),
@@ -52,9 +52,10 @@ def _limiters(settings: Settings) -> tuple[Any, Any]:
     return RateLimiter(settings.write_rate_per_s), RateLimiter(settings.query_rate_per_s)
 
 
-def recordoss_router(settings: Settings, service: Front) -> APIRouter:
+def recordoss_router(settings: Settings, service: Front,
+                     limiters: tuple[Any, Any] | None = None) -> APIRouter:
     router = APIRouter()
-    writes, queries = _limiters(settings)
+    writes, queries = limiters or rate_limiters(settings)
 
     async def handle(
         request: Request,
