@@ -3,11 +3,14 @@
 Recorders use :class:`RoomHub` (``is_publishing``, ``publishers``, ``subscribe``) and get
 :class:`~cloudrec.mediatypes.EncodedFrame` objects: H.264 access units, VP8 frames and Opus
 packets, never decoded. The one module that reaches into aiortc internals is ``_aiortc_tap``.
+Publications of rooms owned by another worker come in over :mod:`cloudrec.relay` as
+:class:`RelayedPublication`.
 """
 
 from cloudrec.rooms.hub import (
     PublisherEvent,
     PublisherInfo,
+    RelayedPublication,
     RoomHub,
     Subscription,
     SubscriptionClosed,
@@ -18,6 +21,7 @@ from cloudrec.rooms.whip import whip_router
 __all__ = [
     "PublisherEvent",
     "PublisherInfo",
+    "RelayedPublication",
     "RoomHub",
     "Subscription",
     "SubscriptionClosed",

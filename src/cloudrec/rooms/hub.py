@@ -11,6 +11,15 @@ uid replaces the first (the old peer connection is closed, subscribers see ``unp
 ``joined_at``. A publication counts from the moment its answer is made; it ends on
 :meth:`RoomHub.unpublish`, when its ICE/DTLS connection fails or closes, or when it is not
 connected within ``connect_timeout_s``.
+
+Relayed publications: a room lives on one worker; another worker that records it gets its
+publications over :mod:`cloudrec.relay` and adds them here with :meth:`RoomHub.add_relayed`. They
+sit in the room beside WebRTC publications, so subscribers see the same events and frames and
+:meth:`Subscription.request_keyframe` goes upstream through the handle's callback. Their infos
+say ``relayed=True``, and ``is_publishing``/``publishers`` take ``relayed=False`` to ask about
+this worker's own publishers only. The hooks :attr:`RoomHub.on_room_subscribed` and
+:attr:`RoomHub.on_room_unsubscribed` let the wiring open and release relays as recordings come
+and go.
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ import itertools
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 from aiortc import (
     RTCConfiguration,
@@ -43,7 +53,14 @@ from cloudrec.rooms.subscription import (
     SubscriptionClosed,
 )
 
-__all__ = ["PublisherEvent", "PublisherInfo", "RoomHub", "Subscription", "SubscriptionClosed"]
+__all__ = [
+    "PublisherEvent",
+    "PublisherInfo",
+    "RelayedPublication",
+    "RoomHub",
+    "Subscription",
+    "SubscriptionClosed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +77,42 @@ class _Publication:
     frames: int = 0
     last_arrival: float = 0.0
     watchdog: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class RelayedPublication:
+    """A publication whose encoded media arrives over a relay from the worker that owns the
+    room: the handle :meth:`RoomHub.add_relayed` returns.
+
+    It sits in ``_Room.publications`` beside WebRTC publications, so join order, the replay on
+    subscribing and replacement by a later WebRTC publish of the same uid need no new code.
+    ``RoomHub._remove`` ends every publication alike; what it reads that only a WebRTC one has
+    (a session, a connect watchdog, a peer connection to close) is inert here.
+    """
+
+    key: RoomKey
+    info: PublisherInfo
+    request_keyframe: Callable[[], None]  # sends the request upstream; never raises
+    active: bool = True
+    frames: int = 0
+    session_id: ClassVar[str] = ""  # never a key of RoomHub._sessions
+    watchdog: ClassVar[None] = None
+
+    @property
+    def uid(self) -> str:
+        return self.info.uid
+
+    @property
+    def epoch(self) -> int:
+        """This hub's epoch for the publication: relayed frames must carry it."""
+        return self.info.epoch
+
+    @property
+    def pc(self) -> RelayedPublication:
+        return self  # what RoomHub._remove closes
+
+    async def close(self) -> None:
+        """Nothing to close: the relay link sees ``active`` turn False and stops feeding it."""
 
 
 @dataclass(eq=False)
@@ -106,6 +159,13 @@ def _offer_kinds(offer_sdp: str) -> list[str]:
 class RoomHub:
     """Rooms keyed by ``(appid, roomid)``: WHIP publications in, encoded media out."""
 
+    #: Called with a room's key when a subscription (``relay=True``) is made to a room that has
+    #: no WebRTC publication here: the wiring may open a relay from the room's owner.
+    on_room_subscribed: Callable[[RoomKey], None] | None = None
+    #: Called with a room's key when its last ``relay=True`` subscription ends: the wiring may
+    #: release the relay.
+    on_room_unsubscribed: Callable[[RoomKey], None] | None = None
+
     def __init__(
         self,
         *,
@@ -127,19 +187,27 @@ class RoomHub:
 
     # -- queries -------------------------------------------------------------------------------
 
-    def is_publishing(self, appid: int, roomid: str) -> bool:
-        room = self._rooms.get((appid, roomid))
-        return bool(room and room.publications)
+    def is_publishing(self, appid: int, roomid: str, *, relayed: bool = True) -> bool:
+        """Whether anyone publishes in the room; ``relayed=False``: a WebRTC publisher here."""
+        return bool(self.publishers(appid, roomid, relayed=relayed))
 
-    def publishers(self, appid: int, roomid: str) -> list[PublisherInfo]:
+    def publishers(self, appid: int, roomid: str, *, relayed: bool = True) -> list[PublisherInfo]:
+        """Publishers in join order (``info.relayed`` tells relayed ones); ``relayed=False``:
+        only the WebRTC publishers received here."""
         room = self._rooms.get((appid, roomid))
         if room is None:
             return []
-        return [p.info for p in room.publications.values() if p.info is not None]
+        return [p.info for p in room.publications.values()
+                if p.info is not None and (relayed or not p.info.relayed)]
 
-    def subscribe(self, appid: int, roomid: str, uid: str | None = None) -> Subscription:
+    def subscribe(self, appid: int, roomid: str, uid: str | None = None, *,
+                  relay: bool = True) -> Subscription:
+        """A subscription to the room (or one uid of it), relayed publications included.
+
+        ``relay=False`` is for the relay server's own subscriptions: a room is relayed from the
+        worker that owns it, never onward, so they never call the hooks."""
         key = (appid, roomid)
-        sub = Subscription(self, key, uid, self._queue_size)
+        sub = Subscription(self, key, uid, self._queue_size, relay)
         if self._closed:
             sub._end()
             return sub
@@ -149,6 +217,8 @@ class RoomHub:
                 sub._push_event(PublisherEvent("published", pub.uid, pub.info))
                 self._request_keyframe(key, pub.uid)
         room.subscriptions.append(sub)
+        if relay and not any(type(p) is _Publication for p in room.publications.values()):
+            self._call_hook(self.on_room_subscribed, key)
         return sub
 
     # -- publishing ----------------------------------------------------------------------------
@@ -213,7 +283,72 @@ class RoomHub:
         tasks = list(self._tasks)
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    # -- relayed publications ------------------------------------------------------------------
+
+    def add_relayed(self, key: RoomKey, info: PublisherInfo,
+                    request_keyframe: Callable[[], None]) -> RelayedPublication:
+        """Publish ``info.uid`` in room ``key`` with media that a relay brings in.
+
+        The hub gives the publication its own epoch (epochs stay unique per hub, so a recorder
+        tells it from an earlier or later publication of the uid) and marks it ``relayed``;
+        frames handed to :meth:`relayed_frame` must carry ``handle.epoch``. It takes its place
+        in join order by ``info.joined_at``. A relayed publication of the same uid is replaced
+        and its place kept. A WebRTC publication of the uid here wins (the room has moved
+        here): the handle comes back inactive and its frames are ignored.
+        """
+        room = self._rooms.get(key)
+        old = room.publications.get(info.uid) if room is not None else None
+        if self._closed or (old is not None and type(old) is not RelayedPublication):
+            return RelayedPublication(key, replace(info, relayed=True), request_keyframe, False)
+        room = self._rooms.setdefault(key, _Room())
+        joined_at = old.info.joined_at if old is not None else info.joined_at
+        pub = RelayedPublication(key, replace(info, epoch=next(self._epochs), relayed=True,
+                                              joined_at=joined_at), request_keyframe)
+        if old is not None:
+            self._remove(old, "replaced", keep_place=True)
+        later = any(p.info is not None and p.info.joined_at > joined_at
+                    for p in room.publications.values())
+        room.publications[pub.uid] = pub
+        if later and old is None:  # keep join order when a relay (re)connects late
+            ordered = sorted(room.publications.items(),
+                             key=lambda item: item[1].info.joined_at if item[1].info else 0.0)
+            room.publications.clear()
+            room.publications.update(ordered)
+        event = PublisherEvent("published", pub.uid, pub.info)
+        for sub in room.subscriptions:
+            if sub.uid is None or sub.uid == pub.uid:
+                sub._push_event(event)
+        logger.info("relayed publish %s/%s uid=%s epoch=%d kinds=%s", *key, pub.uid, pub.epoch,
+                    sorted(info.kinds))
+        return pub
+
+    def relayed_frame(self, handle: RelayedPublication, frame: EncodedFrame) -> None:
+        """Hand one relayed frame to the room's subscribers (per frame, on the event loop)."""
+        if not handle.active:
+            return
+        room = self._rooms.get(handle.key)
+        if room is None:
+            return
+        handle.frames += 1
+        uid = handle.info.uid
+        for sub in room.subscriptions:
+            if sub.uid is None or sub.uid == uid:
+                sub._push_frame(uid, frame)
+
+    def remove_relayed(self, handle: RelayedPublication, reason: str = "relay ended") -> None:
+        """End a relayed publication (idempotent): subscribers see ``unpublished``."""
+        self._remove(handle, reason)  # type: ignore[arg-type]
+
     # -- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _call_hook(hook: Callable[[RoomKey], None] | None, key: RoomKey) -> None:
+        if hook is None:
+            return
+        try:
+            hook(key)
+        except Exception:
+            logger.exception("room hook %r failed for %s/%s", hook, *key)
 
     def _commit(self, pub: _Publication, kinds: frozenset[str], codecs: dict[str, Any]) -> None:
         room = self._rooms.setdefault(pub.key, _Room())
@@ -326,6 +461,10 @@ class RoomHub:
     def _request_keyframe(self, key: RoomKey, uid: str) -> None:
         room = self._rooms.get(key)
         pub = room.publications.get(uid) if room is not None else None
+        if type(pub) is RelayedPublication:
+            if pub.active:
+                pub.request_keyframe()
+            return
         if pub is None or not pub.active or "video" not in pub.receivers:
             return
         self._spawn(tap.request_keyframe(pub.receivers["video"]))
@@ -340,6 +479,8 @@ class RoomHub:
             return
         if not room.publications and not room.subscriptions:
             del self._rooms[sub._key]
+        if sub.relay and not any(s.relay for s in room.subscriptions):
+            self._call_hook(self.on_room_unsubscribed, sub._key)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

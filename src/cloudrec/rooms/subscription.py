@@ -27,6 +27,10 @@ class PublisherInfo:
     audio_codec: str | None
     joined_at: float  # time.time() when the uid first joined (kept across replacements)
     epoch: int  # unique per publication; timestamps restart with it
+    # True when the media comes over a relay from the worker that owns the room
+    # (:mod:`cloudrec.relay`): subscribers see it like any other publication, but the room is
+    # not owned here.
+    relayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,12 @@ class Subscription:
     count the drops. One consumer task per subscription; a cancelled :meth:`get` loses nothing.
     """
 
-    def __init__(self, hub: RoomHub, key: RoomKey, uid: str | None, maxsize: int) -> None:
+    def __init__(self, hub: RoomHub, key: RoomKey, uid: str | None, maxsize: int,
+                 relay: bool = True) -> None:
         self._hub = hub
         self._key = key
         self.uid = uid
+        self.relay = relay  # whether this subscription may make the hub ask for a relay
         self.maxsize = maxsize
         self._items: deque[Item] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -103,7 +109,8 @@ class Subscription:
             raise StopAsyncIteration from None
 
     def request_keyframe(self, uid: str) -> None:
-        """Ask ``uid``'s video sender for a keyframe (RTCP PLI), fire and forget."""
+        """Ask ``uid``'s video sender for a keyframe (RTCP PLI, or upstream over the relay for a
+        relayed publication), fire and forget."""
         self._hub._request_keyframe(self._key, uid)
 
     def close(self) -> None:
