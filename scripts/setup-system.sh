@@ -7,6 +7,8 @@
 #          benchmark reference; PyAV wheels bundle their own FFmpeg, so the service does not need
 #          it), chromium (a real browser publishes through the /publish page in the tests),
 #          postgresql and redis-server (tests/services.py runs real ones for the cluster paths).
+#          GStreamer's webrtcbin with x264/opus and python3-gi (tests/test_interop.py publishes
+#          from a real webrtcbin pipeline, run with the system Python).
 set -euo pipefail
 purpose=${1:-test}
 need=()
@@ -19,6 +21,14 @@ else
     command -v chromium >/dev/null 2>&1 || need+=(chromium)
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+    gst=(/usr/lib/*/gstreamer-1.0)
+    for pair in webrtc:gstreamer1.0-plugins-bad nice:gstreamer1.0-nice rtp:gstreamer1.0-plugins-good \
+                x264:gstreamer1.0-plugins-ugly; do
+      [ -e "${gst[0]}/libgst${pair%%:*}.so" ] || need+=("${pair#*:}")
+    done
+    compgen -G '/usr/lib/*/girepository-1.0/GstWebRTC-1.0.typelib' >/dev/null \
+      || need+=(gir1.2-gst-plugins-bad-1.0)
+    /usr/bin/python3 -c 'import gi' >/dev/null 2>&1 || need+=(python3-gi)
   fi
 fi
 [ ${#need[@]} -eq 0 ] && exit 0

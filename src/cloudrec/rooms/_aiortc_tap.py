@@ -25,6 +25,14 @@ Keyframe requests use ``receiver._send_rtcp_pli(ssrc)`` with the ssrc from the p
 ``getSynchronizationSources()``. Codec negotiation results are read from
 ``transceiver._codecs``.
 
+H.264 access units are made conformant before the callback sees them
+(:func:`conformant_access_unit`): aiortc joins every NAL unit of an RTP timestamp in arrival
+order, and a sender that repeats SPS/PPS before *each* IDR slice of a multi-slice picture
+(GStreamer's ``x264enc tune=zerolatency`` slices frames, ``rtph264pay config-interval=-1``
+repeats the parameter sets per IDR NAL) yields parameter sets between slices, which decoders
+and parsers take as the start of a new picture: half pictures, and timestamp-less frames in a
+remuxed recording.
+
 tests/test_rooms.py checks every internal named here, so a move in aiortc fails loudly there.
 """
 
@@ -38,11 +46,14 @@ from typing import Any
 import aiortc
 from aiortc import RTCRtpReceiver, RTCRtpTransceiver
 
+from cloudrec.media.h264 import join_annexb, nal_types, split_annexb
+
 __all__ = [
     "AIORTC_VERSION",
     "TapError",
     "FrameCallback",
     "check_internals",
+    "conformant_access_unit",
     "install_tap",
     "is_tapped",
     "keyframe_detector",
@@ -86,7 +97,10 @@ class _TapQueue:
             self._real.put(None)
             return
         try:
-            self._callback(item[0], item[1])
+            codec, frame = item
+            if getattr(codec, "name", "").lower() == "h264":
+                frame.data = conformant_access_unit(frame.data)
+            self._callback(codec, frame)
         except Exception:
             # An exception here would end aiortc's DTLS receive loop: log once, keep going.
             if not self._failed:
@@ -142,6 +156,34 @@ def negotiated_codec(transceiver: RTCRtpTransceiver) -> str | None:
         if name not in ("rtx", "red", "ulpfec", "flexfec-03"):
             return name
     return None
+
+
+def conformant_access_unit(data: bytes) -> bytes:
+    """An Annex B access unit whose AUD, SEI, SPS and PPS NAL units all precede its first slice
+    (H.264 7.4.1.2.3), repeats dropped; ``data`` itself when it already is (the common case,
+    decided from NAL headers without copying)."""
+    seen_slice = False
+    for kind in nal_types(data):
+        if 1 <= kind <= 5:
+            seen_slice = True
+        elif seen_slice and 6 <= kind <= 9:
+            break
+    else:
+        return data
+    aud: list[bytes] = []
+    head: list[bytes] = []
+    body: list[bytes] = []
+    for nal in split_annexb(data):
+        kind = nal[0] & 0x1F
+        if kind == 9:
+            if not aud:
+                aud.append(nal)
+        elif 6 <= kind <= 8:
+            if nal not in head:
+                head.append(nal)
+        else:
+            body.append(nal)
+    return join_annexb(aud + head + body)
 
 
 def _h264_keyframe(data: bytes) -> bool:

@@ -10,7 +10,9 @@ uid replaces the first (the old peer connection is closed, subscribers see ``unp
 ``published`` with a new ``epoch``) and keeps the uid's place in join order and its
 ``joined_at``. A publication counts from the moment its answer is made; it ends on
 :meth:`RoomHub.unpublish`, when its ICE/DTLS connection fails or closes, or when it is not
-connected within ``connect_timeout_s``.
+connected within ``connect_timeout_s``. A connection fails when nothing has come from the
+publisher for ``liveness_timeout_s``; its media alone keeps it alive, whether or not it answers
+consent checks (:mod:`cloudrec.rooms.ice`, :mod:`cloudrec.rooms._aiortc_transport`).
 
 Relayed publications: a room lives on one worker; another worker that records it gets its
 publications over :mod:`cloudrec.relay` and adds them here with :meth:`RoomHub.add_relayed`. They
@@ -45,6 +47,8 @@ from aiortc import sdp as aiortc_sdp
 from cloudrec.errors import InvalidParameter
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.rooms import _aiortc_tap as tap
+from cloudrec.rooms import _aiortc_transport as transport
+from cloudrec.rooms.ice import IceOptions
 from cloudrec.rooms.subscription import (
     PublisherEvent,
     PublisherInfo,
@@ -172,10 +176,16 @@ class RoomHub:
         ice_servers: list[Any] | None = None,
         queue_size: int = 512,
         connect_timeout_s: float = 20.0,
+        announced_addresses: list[str] | tuple[str, ...] = (),
+        port_range: tuple[int, int] | None = None,
+        liveness_timeout_s: float = 30.0,
     ) -> None:
+        """``announced_addresses``, ``port_range`` and ``liveness_timeout_s`` are the ICE
+        settings described in :mod:`cloudrec.rooms.ice`; ValueError when one is invalid."""
         # No STUN by default: a server reachable by its host address needs none, and aiortc's
         # default (a public STUN server) stalls gathering where there is no internet.
         self._configuration = RTCConfiguration(iceServers=list(ice_servers or []))
+        self._ice = IceOptions.build(announced_addresses, port_range, liveness_timeout_s)
         self._queue_size = queue_size
         self._connect_timeout_s = connect_timeout_s
         self._rooms: dict[RoomKey, _Room] = {}
@@ -184,6 +194,7 @@ class RoomHub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         tap.check_internals()
+        transport.check_internals()
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -251,6 +262,7 @@ class RoomHub:
                     "sdp", f"cannot use the offer ({exc or type(exc).__name__}); "
                     "codecs taken: H.264 (packetization-mode 1), VP8, Opus"
                 ) from exc
+            transport.prepare(pc, self._ice)  # DTLS ciphers, ICE candidates and liveness
             await pc.setLocalDescription(answer)  # gathers ICE candidates first
             if self._closed:
                 raise RuntimeError("RoomHub is closed")
