@@ -211,6 +211,19 @@ class RoomHub:
         return [p.info for p in room.publications.values()
                 if p.info is not None and (relayed or not p.info.relayed)]
 
+    def local_rooms(self) -> list[RoomKey]:
+        """Rooms with at least one WebRTC publication received by this hub."""
+        return list({pub.key for pub in self._sessions.values()})
+
+    def publisher_count(self) -> int:
+        """WebRTC publications received by this hub."""
+        return len(self._sessions)
+
+    def read_rooms(self) -> list[RoomKey]:
+        """Rooms that recordings here read (subscriptions that may ask for a relay)."""
+        return [key for key, room in self._rooms.items()
+                if any(sub.relay for sub in room.subscriptions)]
+
     def subscribe(self, appid: int, roomid: str, uid: str | None = None, *,
                   relay: bool = True) -> Subscription:
         """A subscription to the room (or one uid of it), relayed publications included.

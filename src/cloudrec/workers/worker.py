@@ -54,7 +54,6 @@ class Worker:
         self.relays = RelayLinks(self.hub, secret or "local")
         self.relay_address = ""
         self.locate: Locate = self._locate_by_front
-        self._wanted: set[RoomKey] = set()
         self._relay_loop: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.hub.on_room_subscribed = self._want_room
@@ -77,11 +76,9 @@ class Worker:
     # -- relayed rooms --------------------------------------------------------------------------
 
     def _want_room(self, key: RoomKey) -> None:
-        self._wanted.add(key)
-        self._wake.set()
+        self._wake.set()  # look its owner up now, not at the next round
 
     def _unwant_room(self, key: RoomKey) -> None:
-        self._wanted.discard(key)
         self.relays.release(*key)
 
     async def _follow_relays(self) -> None:
@@ -94,7 +91,9 @@ class Worker:
             except TimeoutError:
                 pass
             self._wake.clear()
-            for key in list(self._wanted):
+            # every room read here, also one whose local publishers left (it may return on
+            # another worker)
+            for key in self.hub.read_rooms():
                 try:
                     await self._follow(key)
                 except Exception as exc:  # the owner's relay may be down: next round
@@ -112,7 +111,7 @@ class Worker:
             if old != address:
                 log.info("room %s/%s no longer relayed from %s", *key, old)
                 self.relays.release(*key, old)
-        if address and address not in current and key in self._wanted:
+        if address and address not in current and key in set(self.hub.read_rooms()):
             await self.relays.ensure(key[0], key[1], address)
             log.info("room %s/%s relayed from %s", *key, address)
 
