@@ -275,5 +275,20 @@ class Front:
 
     # -- for /healthz and the console -----------------------------------------------------------
 
+    async def publications(self) -> list[dict[str, Any]]:
+        """Every publisher of the cluster, with its worker and node (a worker that does not
+        answer is left out)."""
+        workers = await self.directory.workers()
+        results = await asyncio.gather(
+            *(self.client_for(w).call("publications", timeout=5.0) for w in workers),
+            return_exceptions=True)
+        out: list[dict[str, Any]] = []
+        for w, result in zip(workers, results):
+            if isinstance(result, BaseException):
+                log.warning("worker %s did not list its publications: %s", w.id, result)
+                continue
+            out.extend({**p, "worker": w.id, "node": w.node} for p in result["publications"])
+        return out
+
     def recordings(self) -> int:
         return sum(w.recordings for w in self.infos)

@@ -49,6 +49,7 @@ from cloudrec.mediatypes import EncodedFrame
 from cloudrec.rooms import _aiortc_tap as tap
 from cloudrec.rooms import _aiortc_transport as transport
 from cloudrec.rooms.ice import IceOptions
+from cloudrec.rooms.stats import PublicationStats
 from cloudrec.rooms.subscription import (
     PublisherEvent,
     PublisherInfo,
@@ -81,6 +82,7 @@ class _Publication:
     frames: int = 0
     last_arrival: float = 0.0
     watchdog: asyncio.TimerHandle | None = None
+    stats: PublicationStats = field(default_factory=PublicationStats)
 
 
 @dataclass(eq=False)
@@ -218,6 +220,20 @@ class RoomHub:
     def publisher_count(self) -> int:
         """WebRTC publications received by this hub."""
         return len(self._sessions)
+
+    def publications(self) -> list[dict[str, Any]]:
+        """Every WebRTC publication received here, with what it sends (for operators)."""
+        out = []
+        for pub in self._sessions.values():
+            info = pub.info
+            out.append({"appid": pub.key[0], "roomid": pub.key[1], "uid": pub.uid,
+                        "epoch": pub.epoch, "state": pub.pc.connectionState,
+                        "kinds": sorted(info.kinds) if info else [],
+                        "video_codec": info.video_codec if info else None,
+                        "audio_codec": info.audio_codec if info else None,
+                        "joined_at": info.joined_at if info else None,
+                        **pub.stats.as_dict()})
+        return out
 
     def read_rooms(self) -> list[RoomKey]:
         """Rooms that recordings here read (subscriptions that may ask for a relay)."""
@@ -466,8 +482,10 @@ class RoomHub:
             pub.frames += 1
             pub.last_arrival = now
             data = jitter_frame.data
+            is_key = keyframe(data)
+            pub.stats.add(kind, name, data, is_key, now)
             if need_key:
-                if keyframe(data):
+                if is_key:
                     need_key = False
                 elif now - asked_at > 0.5:
                     asked_at = now
@@ -476,7 +494,7 @@ class RoomHub:
             if not subs:
                 return
             frame = EncodedFrame(kind, name, data, jitter_frame.timestamp, clock_rate, now,
-                                 keyframe(data), epoch)
+                                 is_key, epoch)
             for sub in subs:
                 if sub.uid is None or sub.uid == uid:
                     sub._push_frame(uid, frame)

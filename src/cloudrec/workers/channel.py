@@ -22,7 +22,8 @@ from cloudrec.errors import CloudrecError, InternalError, InvalidParameter
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Cloudrec-Internal"
-OPS = ("publish", "unpublish", "start", "stop", "update", "query", "adopt", "status")
+OPS = ("publish", "unpublish", "start", "stop", "update", "query", "adopt", "status",
+       "publications")
 
 
 class WorkerUnavailable(InternalError):

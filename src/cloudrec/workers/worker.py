@@ -154,6 +154,10 @@ class Worker:
         """Resume tasks whose worker died (another node's, after SIGKILL) here."""
         return {"adopted": await self.service.adopt(recordids)}
 
+    async def publications(self) -> dict[str, Any]:
+        """The WebRTC publications received here, with what each sends."""
+        return {"publications": self.hub.publications()}
+
     # -- load -----------------------------------------------------------------------------------
 
     def rooms(self) -> list[str]:
