@@ -164,3 +164,22 @@ def test_claim_task_is_exclusive(database: str) -> None:
     assert not stores[0].claim_task(free, "node0/w0", "node3/w0")
     for store in stores:
         store.close()
+
+
+def test_list_tasks_filters_and_pages(database: str) -> None:
+    store = TaskStore(database)
+    made = [create(store, store.apply(1 + i % 2), appid=1 + i % 2, roomid=f"r{i % 3}")
+            for i in range(7)]
+    store.set_status(made[0], Status.STOPPED, stopreason=StopReason.API)
+    newest_first = [t.recordid for t in store.list_tasks()]
+    assert set(newest_first) == set(made)
+    times = [t.createtime for t in store.list_tasks()]
+    assert times == sorted(times, reverse=True)
+    assert {t.appid for t in store.list_tasks(appid=2)} == {2}
+    assert {t.roomid for t in store.list_tasks(roomid="r1")} == {"r1"}
+    assert [t.recordid for t in store.list_tasks(active=False)] == [made[0]]
+    assert made[0] not in {t.recordid for t in store.list_tasks(active=True)}
+    page = store.list_tasks(limit=3)
+    rest = store.list_tasks(before_ms=page[-1].createtime, limit=100)
+    assert len(page) == 3 and all(t.createtime < page[-1].createtime for t in rest)
+    store.close()

@@ -210,6 +210,30 @@ class TaskStore:
         )
         return [_task(r) for r in rows]
 
+    def list_tasks(self, *, appid: int | None = None, roomid: str | None = None,
+                   active: bool | None = None, before_ms: int | None = None,
+                   limit: int = 100) -> list[Task]:
+        """Tasks newest first, filtered by app, room and whether they are active; pages go on
+        with ``before_ms`` (the last page's oldest ``createtime``)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if appid is not None:
+            where.append("appid = ?")
+            args.append(appid)
+        if roomid is not None:
+            where.append("roomid = ?")
+            args.append(roomid)
+        if active is not None:
+            where.append(f"status {'' if active else 'NOT '}IN ({_ACTIVE_MARKS})")
+            args.extend(_ACTIVE)
+        if before_ms is not None:
+            where.append("createtime < ?")
+            args.append(before_ms)
+        sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._db.fetchall(sql + " ORDER BY createtime DESC, recordid LIMIT ?",
+                                 [*args, max(1, min(int(limit), 1000))])
+        return [_task(r) for r in rows]
+
     def set_owner(self, recordid: str, owner: str | None) -> None:
         """Record which worker runs the task, unconditionally (its creator, or a restart of the
         same worker); taking over another worker's task is :meth:`claim_task`."""
