@@ -18,7 +18,8 @@ from cloudrec.api.auth import authenticate
 from cloudrec.api.ratelimit import RateLimiter, RedisRateLimiter
 from cloudrec.api.trace import new_trace_id
 from cloudrec.config import Settings
-from cloudrec.errors import CloudrecError, InternalError, InvalidParameter
+from cloudrec.diskfull import api_error
+from cloudrec.errors import CloudrecError, InvalidParameter
 from cloudrec.models import (
     ApplyRecordRequest,
     StartRecordRequest,
@@ -77,9 +78,9 @@ def recordoss_router(settings: Settings, service: Front,
             extra = await work(path_appid)
         except CloudrecError as exc:
             return error_response(exc, trace_id)
-        except Exception:
+        except Exception as exc:  # 2104; its message names the disk when that is full
             log.exception("%s failed (traceId %s)", endpoint, trace_id)
-            return error_response(InternalError("internal server error"), trace_id)
+            return error_response(api_error(exc), trace_id)
         return JSONResponse(envelope(0, "success", trace_id, **extra))
 
     async def body_of(request: Request) -> bytes:

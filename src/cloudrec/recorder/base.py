@@ -4,21 +4,45 @@ callback events and the end of a recording (last files stored, final state, even
 A subclass runs its media and calls :meth:`Recording._finish` once its loop is over; it adds
 its own fields to :meth:`progress` through :meth:`_media_progress` and may close its media in
 :meth:`_close_media`.
+
+Faults. The spool, the task store and the outbox usually share one disk (``data_dir``), and
+when it fills they all fail at once. A recording then:
+
+- fails with reason ``error`` and an ``error`` that starts with ``disk full:`` (logged);
+- keeps its end pending until there is room again, retrying each step with backoff: ending the
+  playlist (``#EXT-X-ENDLIST``, listing every segment that was closed), queueing it and the
+  segments that were never queued, writing the final state and queueing the closing events
+  (``recording.failed`` then ``recording.stopped``);
+- meanwhile answers ``queryrecord`` with the state the task store could not take yet
+  (:meth:`progress` carries ``status``, ``stopreason`` and ``error`` while the store lags), and
+  ``stoprecord`` with :class:`~cloudrec.diskfull.DiskFullError` (2104 naming the disk) instead
+  of waiting out ``stop_timeout_s``.
+
+A write to the task store or the outbox that fails along the way (progress, a status, an event)
+never ends the recording or its uploader: progress is saved again on the next change, events
+wait in order in memory until the outbox takes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from cloudrec.errors import CloudrecError
+from cloudrec.diskfull import DiskFullError, is_disk_full, is_disk_full_text
 from cloudrec.media import SegmentInfo
+from cloudrec.media.hls import HlsPlaylist
 from cloudrec.storage import ObjectStore, SpoolUploader
 from cloudrec.tasks import Status, StopReason, Task, TaskStore
 
 log = logging.getLogger(__name__)
+
+RETRY_S = 0.5  # first pause of a step of the recording's end that failed; doubles up to
+MAX_RETRY_S = 5.0  # short enough that a disk with room again is noticed at once
 
 
 def basename_for(task: Task) -> str:
@@ -38,6 +62,32 @@ class HlsMedia(Protocol):
 
     @property
     def duration(self) -> float: ...
+
+
+@dataclass
+class SpoolMedia:
+    """What the spool holds of a recording whose media never opened this time (a resumed task
+    on a full disk): its playlist and the segments it lists."""
+
+    playlist_path: Path
+    segments: list[SegmentInfo]
+
+    @property
+    def duration(self) -> float:
+        return sum(s.duration for s in self.segments)
+
+    @classmethod
+    def find(cls, spool_dir: Path, basename: str) -> SpoolMedia | None:
+        path = spool_dir / f"{basename}.m3u8"
+        if not path.exists():
+            return None
+        return cls(path, HlsPlaylist(path, 6.0).load())
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Worth trying again later: a full disk, a file system or database that failed for now.
+    Anything else (a closed store at shutdown, a bug) is not."""
+    return is_disk_full(exc) or isinstance(exc, (OSError, sqlite3.OperationalError))
 
 
 class Recording:
@@ -75,20 +125,38 @@ class Recording:
         self._stop_requested = asyncio.Event()
         self._closing = False
         self._recording = False
+        self._status: Status | None = None  # the latest status this recording set
+        self._state_lags = False  # the task store has not taken ``_status`` (or the error)
+        self._progress_fails = False
+        self._events: deque[tuple[str, dict[str, Any]]] = deque()  # not yet in the outbox
+        self._held = asyncio.Event()  # the end of the recording waits for room on the disk
+        self._held_by: str | None = None
 
     # -- stopping -------------------------------------------------------------------------------
 
     async def stop(self, reason: StopReason, timeout: float | None = None) -> bool:
-        """Ask the recording to stop; wait until its files are stored (or ``timeout``)."""
+        """Ask the recording to stop; wait until its files are stored (or ``timeout``). Raises
+        DiskFullError when its end is held by a full disk: the answer comes now, not after
+        ``timeout``, and says why."""
         if self.stop_reason is None:
             self.stop_reason = reason
         self._stop_requested.set()
         self._on_stop_requested()
+        finished = asyncio.ensure_future(self.finished.wait())
+        held = asyncio.ensure_future(self._held.wait())
         try:
-            await asyncio.wait_for(asyncio.shield(self.finished.wait()), timeout)
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait({finished, held}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            finished.cancel()
+            held.cancel()
+        if self.finished.is_set():
+            return True
+        if self._held.is_set():
+            raise DiskFullError(
+                f"recording {self.task.recordid} has failed ({self._held_by}); its last files "
+                "are stored and its playlist ended as soon as there is room")
+        return False
 
     def _on_stop_requested(self) -> None:
         """Wake the media loop; subclasses override."""
@@ -101,45 +169,134 @@ class Recording:
         if self._recording:
             return
         self._recording = True
-        self.tasks.set_status(self.task.recordid, Status.RECORDING)
+        self._set_status(Status.RECORDING)
         self._emit("recording.started", playlist=self.prefix + self.basename + ".m3u8",
                    resumed=self.resumed)
 
+    def _fail(self, exc: BaseException) -> None:
+        """End the recording with reason error; a full disk is named as such."""
+        if is_disk_full(exc):
+            log.error("recording %s: the disk is full: %s", self.task.recordid, exc)
+            error = f"disk full: {exc}"
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        self.error = self.error or error
+        self.stop_reason = StopReason.ERROR
+
     async def _finish(self) -> None:
-        """Store the last files, record the final state and send the closing events."""
+        """Store the last files, record the final state and send the closing events. Never
+        raises: whatever happens, the recording ends and says so in the log."""
         try:
-            self.tasks.set_status(self.task.recordid, Status.STOPPING)
-            try:
-                self._close_media()
-            except Exception as exc:
-                log.exception("closing recording %s failed", self.task.recordid)
-                self.error = self.error or f"{type(exc).__name__}: {exc}"
-                self.stop_reason = StopReason.ERROR
-            if self.recorder is not None:
-                self._closing = True
-                self.uploader.submit_playlist(self.recorder.playlist_path)
-            stored = await self.uploader.drain(self.stop_timeout_s)
-            self._save_progress()
-            if not stored:
-                # The files stay in the spool and are stored once the store recovers; the task
-                # is stopped all the same (RecordingService keeps uploading them).
-                log.warning("recording %s stopped with %d files not yet stored",
-                            self.task.recordid, self.uploader.pending)
-            reason = self.stop_reason or StopReason.ERROR
-            failed = reason == StopReason.ERROR and self.error is not None
-            self.tasks.set_status(
-                self.task.recordid,
-                Status.FAILED if failed else Status.STOPPED,
-                stopreason=str(reason),
-                error=self.error,
-            )
-            summary = self._summary()
-            if failed:
-                self._emit("recording.failed", reason=str(reason), error=self.error, **summary)
-            self._emit("recording.stopped", reason=str(reason), error=self.error, **summary)
+            await self._wind_up()
+        except Exception:
+            log.exception("ending recording %s failed", self.task.recordid)
         finally:
             self.finished.set()
             self.on_finished(self.task.recordid)
+
+    async def _wind_up(self) -> None:
+        if self.error and is_disk_full_text(self.error) and not self.error.startswith("disk full"):
+            self.error = f"disk full: {self.error}"
+        self._set_status(Status.STOPPING)
+        ended = True
+        try:
+            self._close_media()
+        except Exception as exc:
+            log.exception("closing recording %s failed", self.task.recordid)
+            self._fail(exc)
+            ended = False
+        if self.recorder is None:  # resumed, and failed before its media opened
+            self.recorder = SpoolMedia.find(self.spool_dir, self.basename)
+            ended = self.recorder is None
+        if self.recorder is not None:
+            if not ended:
+                await self._durably("ending the playlist", self._end_playlist)
+            self._closing = True
+            await self._durably("queueing the last files", self._queue_last_files)
+        stored = await self.uploader.drain(self.stop_timeout_s)
+        self._save_progress()
+        if not stored:
+            # The files stay in the spool and are stored once the store (or the disk) recovers;
+            # the task is stopped all the same (RecordingService keeps uploading them).
+            log.warning("recording %s stopped with %d files not yet stored",
+                        self.task.recordid, self.uploader.pending)
+        reason = self.stop_reason or StopReason.ERROR
+        failed = reason == StopReason.ERROR and self.error is not None
+        final = Status.FAILED if failed else Status.STOPPED
+        await self._durably("recording the final state",
+                            lambda: self._write_status(final, final=True))
+        summary = self._summary()
+        if failed:
+            self._emit("recording.failed", reason=str(reason), error=self.error, **summary)
+        self._emit("recording.stopped", reason=str(reason), error=self.error, **summary)
+        await self._durably("queueing the closing events", self._flush_events)
+
+    def _end_playlist(self) -> None:
+        """The playlist of the segments that were closed, with ``#EXT-X-ENDLIST``, after the
+        media could not close itself. Unfinished segments go first: they free their space."""
+        assert self.recorder is not None
+        for part in self.spool_dir.glob("*.part"):
+            part.unlink(missing_ok=True)
+        playlist = HlsPlaylist(self.recorder.playlist_path,
+                               getattr(self, "segment_seconds", 6.0))
+        playlist.write(list(self.recorder.segments), ended=True)
+
+    def _queue_last_files(self) -> None:
+        """Segments the media closed but never handed over (a full disk can fail the playlist
+        write between the two), then the final playlist."""
+        assert self.recorder is not None
+        self.uploader.submit_missing(list(self.recorder.segments))
+        if self.recorder.playlist_path.exists():
+            self.uploader.submit_playlist(self.recorder.playlist_path)
+
+    async def _durably(self, what: str, action: Callable[[], object]) -> None:
+        """Run ``action`` until it succeeds, pausing RETRY_S doubling to MAX_RETRY_S between
+        tries: a full disk holds the end of a recording, it does not lose it. The first failure
+        and the recovery are logged; an error that is not worth retrying ends the attempt."""
+        delay = RETRY_S
+        failing = False
+        while True:
+            try:
+                action()
+            except Exception as exc:
+                if not _retryable(exc):
+                    log.exception("recording %s: %s failed", self.task.recordid, what)
+                    return
+                if is_disk_full(exc):
+                    self._held_by = f"the server's disk is full: {exc}"
+                    self._held.set()
+                if not failing:
+                    log.error("recording %s: %s failed (%s); retrying until it can be done",
+                              self.task.recordid, what, exc)
+                    failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_S)
+                continue
+            if failing:
+                log.info("recording %s: %s done", self.task.recordid, what)
+            self._held.clear()
+            self._held_by = None
+            return
+
+    # -- the task store ---------------------------------------------------------------------------
+
+    def _set_status(self, status: Status) -> None:
+        """Record ``status`` now if the task store takes it; else :meth:`progress` reports it
+        until a later write succeeds (the recording goes on either way)."""
+        try:
+            self._write_status(status)
+        except Exception as exc:
+            log.error("recording %s: the task store did not take status %s: %s",
+                      self.task.recordid, status.name.lower(), exc)
+
+    def _write_status(self, status: Status, *, final: bool = False) -> None:
+        """The reason is written with the final state only (the store keeps the first one
+        written, and a failing end can still turn it into ``error``)."""
+        self._status = status
+        self._state_lags = True
+        reason = str(self.stop_reason or StopReason.ERROR) if final else None
+        self.tasks.set_status(self.task.recordid, status, stopreason=reason, error=self.error)
+        self._state_lags = False
 
     # -- files and progress ---------------------------------------------------------------------
 
@@ -164,10 +321,36 @@ class Recording:
         self._save_progress()
 
     def _emit(self, event_type: str, **data: Any) -> None:
-        if self._emit_event is not None:
-            self._emit_event(event_type, data)
+        """Queue an event in the outbox; while the outbox cannot take it (a full disk), it
+        waits here with those after it, in order."""
+        if self._emit_event is None:
+            return
+        self._events.append((event_type, data))
+        try:
+            self._flush_events()
+        except Exception as exc:
+            log.error("recording %s: event %s waits (%d waiting): the outbox failed: %s",
+                      self.task.recordid, event_type, len(self._events), exc)
+
+    def _flush_events(self) -> None:
+        assert self._emit_event is not None or not self._events
+        while self._events:
+            event_type, data = self._events[0]
+            self._emit_event(event_type, data)  # type: ignore[misc]
+            self._events.popleft()
 
     def progress(self) -> dict[str, Any]:
+        """What queryrecord shows beyond the task's columns, and while the task store lags
+        behind this recording, the state it could not take (``status``, ``stopreason``,
+        ``error``)."""
+        progress = self._progress()
+        if self._state_lags and self._status is not None:
+            progress.update(status=int(self._status),
+                            stopreason=str(self.stop_reason) if self.stop_reason else None,
+                            error=self.error)
+        return progress
+
+    def _progress(self) -> dict[str, Any]:
         rec = self.recorder
         return {
             "kinds": sorted(self.kinds),
@@ -189,7 +372,12 @@ class Recording:
         return self.progress()
 
     def _save_progress(self) -> None:
+        """Best effort: a failed write is logged once and made good by the next one."""
         try:
-            self.tasks.set_progress(self.task.recordid, self.progress())
-        except CloudrecError:
-            log.exception("saving progress of %s failed", self.task.recordid)
+            self.tasks.set_progress(self.task.recordid, self._progress())
+        except Exception as exc:
+            if not self._progress_fails:
+                log.error("saving progress of %s failed: %s", self.task.recordid, exc)
+            self._progress_fails = True
+        else:
+            self._progress_fails = False

@@ -72,15 +72,14 @@ class SourceRecording(Recording):
             )
             if resume:
                 self.uploader.submit_pending(self.recorder.playlist_path)
-            self.tasks.set_status(self.task.recordid, Status.STARTING)
+            self._set_status(Status.STARTING)
             sub.request_keyframe(uid)
             await self._pump(sub)
         except SubscriptionClosed:
             pass  # stop() closed it
-        except Exception as exc:  # media or storage failure: end the task with reason error
+        except Exception as exc:  # media failure, a full disk: end the task with reason error
             log.exception("recording %s failed", self.task.recordid)
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.stop_reason = StopReason.ERROR
+            self._fail(exc)
         finally:
             sub.close()
             await self._finish()

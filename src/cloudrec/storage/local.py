@@ -1,16 +1,37 @@
 """vender 101: a local directory, ``{data_dir}/storage/{bucket}/{key}``.
 
-Files are copied to a temporary name, fsynced and renamed, so a reader never sees half a file.
+Files are put under a temporary name, fsynced and renamed, so a reader never sees half a file.
+When the spool is on the same file system (the default: both live in ``data_dir``), a file is
+hard-linked instead of copied: storing it takes no room, so a full disk does not keep the spool
+from emptying into the store. Otherwise (another file system, links not allowed) it is copied,
+and a copy that fails (a full disk) leaves no partial file behind to hold on to space.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 from cloudrec.errors import StorageError
+
+
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
+            errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def _link(src: Path, dest: Path) -> bool:
+    """Hard-link ``src`` as ``dest``; False where links cannot be made (copy instead)."""
+    try:
+        os.link(src, dest)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    return True
 
 
 class LocalStore:
@@ -29,15 +50,25 @@ class LocalStore:
 
     def _copy(self, key: str, src: Path) -> None:
         dest = self.path_for(key)
+        tmp = dest.with_name(f".{dest.name}.part")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.part")
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-                fout.flush()
-                os.fsync(fout.fileno())
+            tmp.unlink(missing_ok=True)
+            if _link(src, tmp):
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            else:
+                with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+                    fout.flush()
+                    os.fsync(fout.fileno())
             os.replace(tmp, dest)
         except OSError as exc:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from exc
 
     async def get_bytes(self, key: str) -> bytes | None:

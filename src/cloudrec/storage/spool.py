@@ -5,6 +5,11 @@ playlist. A ``SpoolUploader`` stores them in order: a segment, then the playlist
 so the stored playlist never names a segment the store does not have. Failed uploads are retried
 with exponential backoff and jitter, forever, without blocking the recorder; a stored segment
 is deleted from the spool. After a restart, ``pending()`` finds what was not yet stored.
+
+The uploader never dies with files in its queue: any failure of a store (a full disk under a
+local store included) is retried, a callback that raises is logged and ignored, and should its
+loop itself fail, it logs the error and starts over. A segment whose spool file is gone can
+never be stored: it is logged and skipped, rather than retried forever.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import shutil
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from cloudrec.errors import CloudrecError
 from cloudrec.storage.base import ObjectStore, content_type_for, object_key
+
+if TYPE_CHECKING:
+    from cloudrec.media.hls import SegmentInfo
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +87,20 @@ class SpoolUploader:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._submitted: set[str] = set()  # segment names ever queued
 
     # -- submitting -----------------------------------------------------------------------------
 
     def submit_segment(self, path: Path) -> None:
+        self._submitted.add(path.name)
         self._push(_Item(name=path.name, path=path))
+
+    def submit_missing(self, segments: Iterable[SegmentInfo]) -> int:
+        """Queue the segments of this list never queued before whose files are in the spool."""
+        missing = [s for s in segments if s.name not in self._submitted and s.path.exists()]
+        for segment in missing:
+            self.submit_segment(segment.path)
+        return len(missing)
 
     def submit_playlist(self, path: Path) -> None:
         """Snapshot the playlist now; only the newest snapshot waiting in the queue is kept."""
@@ -133,36 +150,54 @@ class SpoolUploader:
 
     async def _run(self) -> None:
         while self._queue:
-            item = self._queue[0]
-            await self._store_with_retry(item)
-            self._queue.popleft()
+            try:
+                item = self._queue[0]
+                if await self._store_with_retry(item):
+                    self._queue.popleft()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug; never a silent end with files in the queue
+                log.exception("uploader of %s failed; it starts over", self.spool_dir)
+                await asyncio.sleep(self.backoff_s)
         self._idle.set()
 
-    async def _store_with_retry(self, item: _Item) -> None:
+    def _notify(self, callback: Callable[..., None] | None, *args: object) -> None:
+        """Tell the recording; its failure (a task store on a full disk) is not ours."""
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("uploader of %s: a callback failed", self.spool_dir)
+
+    async def _store_with_retry(self, item: _Item) -> bool:
+        """Store one item, retrying until it is stored (True), or False for a segment whose
+        file has gone from the spool."""
         key = object_key(self.prefix, item.name)
         delay = self.backoff_s
         while True:
+            if item.path is not None and not item.path.exists():
+                log.error("%s is no longer in the spool; it cannot be stored", item.path)
+                return False
             try:
                 size = await self._store(item, key)
-            except (CloudrecError, OSError) as exc:
+            except Exception as exc:  # every failure is retried: the store's, the disk's, ours
                 message = f"storing {key} failed: {getattr(exc, 'message', None) or exc}"
                 if message != self.last_error:
-                    log.warning("%s; retrying", message)
+                    log.warning("%s; retrying", message,
+                                exc_info=not isinstance(exc, (CloudrecError, OSError)))
                 self.last_error = message
-                if self.on_error:
-                    self.on_error(message)
+                self._notify(self.on_error, message)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.max_backoff_s)
                 continue
             if self.last_error is not None:
                 self.last_error = None
-                if self.on_error:
-                    self.on_error(None)
+                self._notify(self.on_error, None)
             self.stored_files += 1
             self.stored_bytes += size
-            if self.on_stored:
-                self.on_stored(item.name, size)
-            return
+            self._notify(self.on_stored, item.name, size)
+            return True
 
     async def _store(self, item: _Item, key: str) -> int:
         content_type = content_type_for(item.name)
@@ -173,8 +208,9 @@ class SpoolUploader:
             return size
         assert item.data is not None
         tmp = self.spool_dir / f".upload-{item.name}"
-        tmp.write_bytes(item.data)
         try:
+            tmp.unlink(missing_ok=True)  # a fresh file: a local store may have linked the last
+            tmp.write_bytes(item.data)
             await self.store.put_file(key, tmp, content_type)
         finally:
             tmp.unlink(missing_ok=True)
