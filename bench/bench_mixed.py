@@ -14,7 +14,16 @@ the room plane would hand them over. Then, in the same run:
   - ffmpeg CLI: Debian's ``ffmpeg`` decoding the same files, ``scale``/``crop`` + ``xstack`` and
     ``amix``, libx264 with the same settings, AAC 128 kbps, HLS (what a user would script).
 
+Then the starvation check (issue 10): a cloudrec server (one process) receives K real WebRTC
+publishers (K = 20, pre-encoded 640x480@15 ~1 Mbps clips, in their own process), records each
+as a source recording and mixes all of them at 1920x1080@15; once with the mix in its own
+process (the default), once in a thread of the server (``CLOUDREC_MIX_WORKER=thread``). For
+each: the share of sent frames the source recordings hold (the worst one and all together), the
+server's and the mix child's CPU, the server's /healthz latency (how long its event loop keeps a
+request waiting) and the mix's skipped frames.
+
     .venv/bin/python bench/bench_mixed.py        (BENCH_MIXED_SECONDS=10 by default)
+    .venv/bin/python bench/bench_mixed.py starve (only the starvation check; BENCH_STARVE_K=20)
 """
 
 from __future__ import annotations
@@ -24,12 +33,23 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import httpx
+from common import (
+    APPID,
+    HEADERS,
+    ServerProcess,
+    cpu_seconds,
+    start_publishers,
+    start_server,
+    wait_ready,
+)
 
 from cloudrec.media import MixedHlsRecorder
 from cloudrec.media.compose import Compositor
@@ -235,8 +255,144 @@ def run() -> list[str]:
                          f"({ff[0] / MEDIA_S:.3f} cores, x{MEDIA_S / ff[1]:.1f} real time)")
             line += f"   [wall per stage, s/s: {stages}; {len(rec.segments)} segments]"
             lines.append(line)
+    return lines + run_starvation_pair()
+
+
+# -- starvation: WebRTC receive next to a 1080p mix ------------------------------------------------
+
+STARVE_K = int(os.environ.get("BENCH_STARVE_K", "20"))
+STARVE_S = float(os.environ.get("BENCH_STARVE_SECONDS", "15"))
+STARVE_STORAGE = {"vender": 101, "endpoint": "local", "bucket": "starve", "accesskey": "-",
+                  "secretkey": "-"}
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
+
+
+def _mix_children(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        try:
+            if b"cloudrec.media.mixworker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            pass
+    return found
+
+
+def _received_share(playlist: Path) -> float:
+    """Frames recorded / frames their PTS span holds (a source recording's PTS follow the RTP
+    clock, so a frame lost on the way in is a hole)."""
+    with av.open(str(playlist)) as container:
+        pts = sorted(p.pts for p in container.demux(video=0) if p.size and p.pts is not None)
+    return len(pts) / (round((pts[-1] - pts[0]) * FPS / 90000) + 1)
+
+
+def _start(client: httpx.Client, server: ServerProcess, body: dict[str, object]) -> str:
+    for _ in range(50):
+        r = client.post(server.api("startrecord"), json=body).json()
+        if r["code"] != 4005:
+            break
+        time.sleep(0.1)
+    if r["code"] != 0:
+        raise RuntimeError(f"startrecord: {r}")
+    return str(r["recordid"])
+
+
+def run_starvation(mode: str, clip: Path, tmp: Path) -> str:
+    """One server, K publishers, K source recordings + one 1080p mix; see the module doc."""
+    old = os.environ.get("CLOUDREC_MIX_WORKER")
+    os.environ["CLOUDREC_MIX_WORKER"] = mode
+    try:
+        server = start_server(tmp / f"data_{mode}", write_rate_per_s=1_000_000,
+                              query_rate_per_s=1_000_000, idle_timeout_s=60, workers=1)
+    finally:
+        if old is None:
+            os.environ.pop("CLOUDREC_MIX_WORKER", None)
+        else:
+            os.environ["CLOUDREC_MIX_WORKER"] = old
+    room, uids = "starve", [f"u{i}" for i in range(STARVE_K)]
+    pubs = start_publishers(server, room, uids, clip)
+    try:
+        wait_ready(pubs)
+        time.sleep(1)
+        with httpx.Client(headers=HEADERS, timeout=30) as client:
+            def apply() -> str:
+                return str(client.post(server.api("applyrecord"), json={}).json()["resid"])
+
+            sources = []
+            for uid in uids:
+                resid = apply()
+                sources.append((uid, resid, _start(client, server, {
+                    "resid": resid, "appid": APPID, "roomid": room, "recordtype": 0,
+                    "streamtype": 2, "uid": uid, "storagecfg": STARVE_STORAGE})))
+            mix_resid = apply()
+            mix = _start(client, server, {
+                "resid": mix_resid, "appid": APPID, "roomid": room, "recordtype": 0,
+                "streamtype": 1, "storagecfg": STARVE_STORAGE, "mixconfig": {
+                    "templateid": 3, "output": {"streamtype": 0, "videowidth": 1920,
+                                                "videoheight": 1080, "videobitrate": 3000,
+                                                "videofps": FPS, "videogop": 2 * FPS}}})
+            time.sleep(2)
+            mixers = _mix_children(server.proc.pid)
+            c0 = cpu_seconds(server.proc.pid)
+            m0 = sum(cpu_seconds(p) for p in mixers)
+            t0 = time.monotonic()
+            latencies = []
+            load = os.getloadavg()[0]
+            while time.monotonic() - t0 < STARVE_S:
+                a = time.perf_counter()
+                client.get(f"{server.base}/healthz")
+                latencies.append(time.perf_counter() - a)
+                time.sleep(0.05)
+            wall = time.monotonic() - t0
+            server_cores = (cpu_seconds(server.proc.pid) - c0) / wall
+            mix_cores = (sum(cpu_seconds(p) for p in mixers) - m0) / wall
+            info = client.get(server.api(f"queryrecord/{room}/{mix}")).json()["data"]
+            for uid, resid, recordid in sources:
+                client.post(server.api("stoprecord"), json={
+                    "resid": resid, "appid": APPID, "roomid": room, "recordid": recordid})
+            client.post(server.api("stoprecord"), json={
+                "resid": mix_resid, "appid": APPID, "roomid": room, "recordid": mix})
+    finally:
+        pubs.terminate()
+        pubs.wait(10)
+        server.stop()
+    root = server.data_dir / "storage" / STARVE_STORAGE["bucket"]
+    shares = [_received_share(root / f"{APPID}_{room}_{recordid}_{uid}.m3u8")
+              for uid, _, recordid in sources]
+    latencies.sort()
+    where = "own process" if mode == "process" else "server thread"
+    return (f"starvation, mix in {where}: {STARVE_K} WebRTC streams 640x480@15 recorded + "
+            f"1080p15 mix of all: frames recorded {min(shares):.2%} worst / "
+            f"{sum(shares) / len(shares):.2%} mean (goal >= 99%)   server "
+            f"{server_cores:.2f} cores, mix process {mix_cores:.2f} cores   /healthz p50 "
+            f"{latencies[len(latencies) // 2] * 1000:.1f} ms p99 "
+            f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms max "
+            f"{latencies[-1] * 1000:.1f} ms   mix: {info.get('framesskipped')} frames skipped, "
+            f"{info.get('framesdropped')} dropped, {info.get('segments')} segments   "
+            f"[{os.cpu_count()} cores, load average {load:.1f} at the start]")
+
+
+def run_starvation_pair() -> list[str]:
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="cloudrec-bench-starve-") as tmp_name:
+        tmp = Path(tmp_name)
+        clip = Path(make_clip(str(tmp / "clip.mkv"), seconds=6, width=640, height=480, fps=FPS,
+                            bitrate=1_000_000, voice=True, audio_channels=1))
+        for mode in ("process", "thread"):
+            lines.append(run_starvation(mode, clip, tmp))
     return lines
 
 
 if __name__ == "__main__":
-    print("\n".join(run()))
+    print("\n".join(run_starvation_pair() if sys.argv[1:] == ["starve"] else run()))

@@ -146,6 +146,17 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         yield s
 
 
+@pytest.fixture(autouse=True)
+def _thread_worker_where_a_stall_is_injected(request: pytest.FixtureRequest,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """test_a_worker_far_behind_drops_frames_and_recovers stalls the worker by monkeypatching
+    MixedHlsRecorder.tick in this process, which only the in-thread worker runs: it keeps that
+    transport. The mix process (the default) is stalled with a real SIGSTOP in
+    tests/test_mixproc.py."""
+    if request.node.name == "test_a_worker_far_behind_drops_frames_and_recovers":
+        monkeypatch.setattr("cloudrec.recorder.mixed.MIX_WORKER", "thread")
+
+
 # -- the recorder on its own ----------------------------------------------------------------
 
 

@@ -10,16 +10,24 @@ fetched or read is left out (the patch falls back to black, the background to it
 watermark is not drawn); the recording goes on, the warning is logged and listed under
 ``warnings`` in ``queryrecord``. A missing decoration is not worth losing a recording for.
 
-Threads: decoding, composing and encoding run in one worker thread per recording, which owns
-the :class:`~cloudrec.media.mixed.MixedHlsRecorder`; FFmpeg releases the GIL while it works,
-so the event loop (API, WebRTC, other recordings) keeps going. The two sides only exchange
-messages: the loop puts commands on a queue (``frame``, ``publishers``, ``unpublished``,
-``update``, ``stop``), and the worker reports back with ``call_soon_threadsafe`` (a segment
-closed, the recording started, a key frame wanted, the worker ended). A closed segment is
-handed over synchronously (the worker waits until the loop queued its upload), so uploads keep
-the order segment → playlist. Because nothing else is shared, the worker can later move to its
-own process (the commands and reports become messages on a pipe, frames go through shared
-memory or a socket) without changing either side's logic.
+Where the media runs: decoding, composing and encoding run in the mix's own child process by
+default (:class:`~cloudrec.recorder.mixproc.MixProcess`), or, with
+``CLOUDREC_MIX_WORKER=thread``, in a worker thread of this process
+(:class:`~cloudrec.recorder.mixproc.MixThread`). The child owns the
+:class:`~cloudrec.media.MixedHlsRecorder` and writes the HLS files into the spool dir; this
+side keeps the rooms, the uploads, the task and the API. The two only exchange messages (see
+:mod:`cloudrec.media.mixworker`): frames in batches (``FLUSH_S``: one write per batch, not one
+per frame), presence and updates in; started, closed segments, key-frame requests, counters
+and warnings out. A closed segment is handed over synchronously (the worker waits until the
+loop queued its upload), so uploads keep the order segment → playlist.
+
+Backpressure: the loop counts the frames it sent and the worker reports how many it took after
+each batch. Past ``MAX_BACKLOG`` frames in between, frames are dropped before the worker
+(``framesdropped``), and the input resyncs on a key frame once the worker caught up.
+
+A child that dies (a crash, SIGKILL, out of memory) ends the recording with reason ``error``
+and ``recording.failed``; the segments it closed stay and are stored, and the playlist is
+ended with ``#EXT-X-ENDLIST`` here. The API and other recordings go on.
 
 The recording stops on ``stop()`` (reason api), after ``idle_timeout_s`` with no media from
 any input it uses (idle; error when it was resumed after a restart and no input came back),
@@ -29,28 +37,32 @@ or when the worker fails (error). Callback events and progress are those of a so
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import queue
-import threading
+import os
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cloudrec.errors import RecordingError
 from cloudrec.fetch import FetchError, fetch_bytes
-from cloudrec.media import MixedHlsRecorder, SegmentInfo, picture_urls
+from cloudrec.media import HlsPlaylist, SegmentInfo, picture_urls
+from cloudrec.media.mixworker import Message, MixSpec, Progress, pack_frame
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.recorder.base import Recording
+from cloudrec.recorder.mixproc import MixProcess, MixThread
 from cloudrec.rooms import PublisherEvent, RoomHub, Subscription, SubscriptionClosed
 from cloudrec.tasks import Status, StopReason
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-HANDOFF_S = 10.0  # the longest the worker waits for the loop to take a closed segment
 UPDATE_TIMEOUT_S = 10.0
-MAX_BACKLOG = 3000  # commands queued for the worker (~10 s of 9 inputs) before frames are dropped
+MAX_BACKLOG = 3000  # frames sent but not taken by the worker (~10 s of 9 inputs) before dropping
 WATCH_S = 0.25
+FLUSH_S = 0.02  # frames wait at most this long to go to the worker in one batch
+STOP_GRACE_S = 10.0  # a stopping worker's time to finish its files before it is killed
+MIX_WORKER = os.environ.get("CLOUDREC_MIX_WORKER", "process")  # "process" or "thread"
 
 
 def mixed_kinds(recordtype: int, mixconfig: MixConfig) -> frozenset[str]:
@@ -68,6 +80,20 @@ def mix_rooms(roomid: str, mixconfig: MixConfig) -> list[str]:
     return [roomid]
 
 
+class MixMedia:
+    """What the loop knows of the worker's files: the spool's playlist, the segments reported
+    closed, and the latest counters (the ``HlsMedia`` that ``Recording`` reads)."""
+
+    def __init__(self, playlist_path: Path, segments: list[SegmentInfo]) -> None:
+        self.playlist_path = playlist_path
+        self.segments = segments
+        self.progress = Progress()
+
+    @property
+    def duration(self) -> float:
+        return max(self.progress.duration, sum(s.duration for s in self.segments))
+
+
 class MixedRecording(Recording):
     def __init__(
         self,
@@ -78,6 +104,7 @@ class MixedRecording(Recording):
         segment_seconds: float,
         allow_private_urls: bool = False,
         encoder_threads: int | None = None,
+        mix_worker: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -87,27 +114,33 @@ class MixedRecording(Recording):
         self.segment_seconds = segment_seconds
         self.allow_private_urls = allow_private_urls
         self.encoder_threads = encoder_threads
-        self.recorder: MixedHlsRecorder | None = None
+        self.mix_worker = mix_worker or MIX_WORKER
+        if self.mix_worker not in ("process", "thread"):
+            raise ValueError(f"mix worker {self.mix_worker!r}: 'process' or 'thread'")
+        self.recorder: MixMedia | None = None
+        self.worker: MixProcess | MixThread | None = None
         self.warnings: list[str] = []
         self.frames_dropped = 0  # dropped before the worker: it was too far behind
-        self.last_media = time.monotonic()  # written by the worker when it takes a frame
+        self.last_media = time.monotonic()
         self._runner: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._pictures: dict[str, bytes] = {}
         self._failed_urls: dict[str, str] = {}
         self._subs: dict[str, Subscription] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
-        self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._worker_done: asyncio.Future[None] | None = None
-        self._updates: set[asyncio.Future[None]] = set()  # updates the worker has not applied
+        self._batch: list[tuple[Any, ...]] = []
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._sent = 0  # frames sent to the worker
+        self._taken = 0  # frames the worker reported taken
+        self._updates: dict[int, asyncio.Future[None]] = {}  # updates the worker has not applied
+        self._tokens = itertools.count()
         self._worker_started = asyncio.Event()
+        self._worker_error: str | None = None
+        self._stopping = False  # the loop asked the worker to stop
 
     # -- control --------------------------------------------------------------------------------
 
     def start(self, *, resume: bool) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._runner = self._loop.create_task(self._run(resume))
+        self._runner = asyncio.get_running_loop().create_task(self._run(resume))
 
     async def update(self, mixconfig: MixConfig) -> None:
         """Apply a new layout/output from the next frame on (raises RecordingError 4016 when
@@ -116,14 +149,15 @@ class MixedRecording(Recording):
             await asyncio.wait_for(self._worker_started.wait(), UPDATE_TIMEOUT_S)
         except TimeoutError as exc:
             raise RecordingError("the mixed recording is still starting", 4015) from exc
-        if self._worker_done is None or self._worker_done.done() or self._stop_requested.is_set():
+        worker = self.worker
+        if worker is None or worker.done.done() or self._stop_requested.is_set():
             raise RecordingError("the mixed recording is not running", 4014)
         await self._fetch_pictures(mixconfig)
         self._sync_rooms(mixconfig)
-        assert self._loop is not None
-        applied: asyncio.Future[None] = self._loop.create_future()
-        self._updates.add(applied)
-        self._commands.put(("update", mixconfig, dict(self._pictures), applied))
+        applied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        token = next(self._tokens)
+        self._updates[token] = applied
+        self._send(("update", mixconfig, dict(self._pictures), token))
         try:
             await asyncio.wait_for(applied, UPDATE_TIMEOUT_S)
         except ValueError as exc:
@@ -131,40 +165,30 @@ class MixedRecording(Recording):
         except TimeoutError as exc:
             raise RecordingError("the layout update was not applied in time", 4015) from exc
         finally:
-            self._updates.discard(applied)
+            self._updates.pop(token, None)
         self.mixconfig = mixconfig
         self._save_progress()
 
     # -- the loop side --------------------------------------------------------------------------
 
     async def _run(self, resume: bool) -> None:
-        loop = asyncio.get_running_loop()
-        self._worker_done = loop.create_future()
         try:
             self.tasks.set_status(self.task.recordid, Status.STARTING)
             await self._fetch_pictures(self.mixconfig)
-            self.recorder = MixedHlsRecorder(
-                self.spool_dir,
-                self.basename,
-                self.mixconfig,
-                self.task.roomid,
-                video="video" in self.kinds,
-                audio="audio" in self.kinds,
-                pictures=self._pictures,
-                segment_seconds=self.segment_seconds,
-                on_segment=self._segment_from_worker,
-                request_keyframe=self._keyframe_from_worker,
-                resume=resume,
-                encoder_threads=self.encoder_threads,
-            )
+            spec = MixSpec(
+                self.spool_dir, self.basename, self.mixconfig, self.task.roomid,
+                video="video" in self.kinds, audio="audio" in self.kinds,
+                pictures=dict(self._pictures), segment_seconds=self.segment_seconds,
+                resume=resume, encoder_threads=self.encoder_threads)
+            transport = MixProcess if self.mix_worker == "process" else MixThread
+            worker = transport(spec, self._on_report)
+            segments = await worker.open()
+            self.worker = worker
+            worker.done.add_done_callback(self._on_worker_done)
+            self.recorder = MixMedia(self.spool_dir / f"{self.basename}.m3u8", segments)
             if resume:
                 self.uploader.submit_pending(self.recorder.playlist_path)
             self._sync_rooms(self.mixconfig)
-            self._thread = threading.Thread(
-                target=self._work, args=(self.recorder,), name=f"mix-{self.task.recordid}",
-                daemon=True,
-            )
-            self._thread.start()
             self._worker_started.set()
             await self._watch()
         except Exception as exc:  # media or storage failure: end the task with reason error
@@ -175,19 +199,20 @@ class MixedRecording(Recording):
             self._worker_started.set()  # an update waiting for it finds the recording ended
             for roomid in list(self._subs):
                 self._unsubscribe(roomid)
-            if self._thread is not None:
-                self._commands.put(("stop",))
-                await asyncio.shield(self._worker_done)
-            elif not self._worker_done.done():
-                self._worker_done.set_result(None)
+            if self.worker is not None:
+                self._flush()
+                self._stopping = True
+                await self.worker.stop(STOP_GRACE_S)
             await self._finish()
 
     async def _watch(self) -> None:
         while not self._stop_requested.is_set():
-            assert self._worker_done is not None
-            if self._worker_done.done():
+            assert self.worker is not None and self.recorder is not None
+            if self.worker.done.done():
                 return
-            if time.monotonic() - self.last_media > self.idle_timeout_s:
+            # the worker's clock is time.monotonic() too: CLOCK_MONOTONIC is system-wide
+            last_media = max(self.last_media, self.recorder.progress.last_media)
+            if time.monotonic() - last_media > self.idle_timeout_s:
                 log.info("mixed recording %s: no media for %.0f s, stopping",
                          self.task.recordid, self.idle_timeout_s)
                 if self.stop_reason is None:
@@ -201,7 +226,6 @@ class MixedRecording(Recording):
                 await asyncio.wait_for(self._stop_requested.wait(), WATCH_S)
             except TimeoutError:
                 pass
-
     async def _fetch_pictures(self, mixconfig: MixConfig) -> None:
         urls = [u for u in picture_urls(mixconfig)
                 if u not in self._pictures and u not in self._failed_urls]
@@ -240,146 +264,123 @@ class MixedRecording(Recording):
     async def _pump(self, roomid: str, sub: Subscription) -> None:
         """Hand a room's frames and presence to the worker (it decides what the mix uses).
 
-        A worker that cannot keep up must not make memory grow: past ``MAX_BACKLOG`` queued
-        commands, frames are dropped here (events never are), and the input is told to resync
-        on its next keyframe once the worker catches up."""
-        put = self._commands.put
+        A worker that cannot keep up must not make memory grow: past ``MAX_BACKLOG`` frames
+        sent and not yet taken, frames are dropped here (events never are), and the input is
+        told to resync on its next keyframe once the worker catches up."""
         behind: set[Key] = set()
         try:
             while True:
                 item = await sub.get()
-                if not isinstance(item, PublisherEvent):
-                    key = (roomid, item[0])
-                    if self._commands.qsize() > MAX_BACKLOG:
-                        self.frames_dropped += 1
-                        if key not in behind:
-                            behind.add(key)
-                            log.warning("mixed recording %s is behind; dropping frames",
-                                        self.task.recordid)
-                        continue
-                    if key in behind:
-                        behind.discard(key)
-                        put(("resync", key))
-                        self._request_keyframe(key)
                 if isinstance(item, PublisherEvent):
                     if item.kind == "unpublished":
-                        put(("unpublished", (roomid, item.uid)))
+                        self._send(("unpublished", (roomid, item.uid)))
                     if roomid == self.task.roomid:
                         pubs = self.hub.publishers(self.task.appid, roomid)
-                        put(("publishers", [p.uid for p in pubs],
-                             [p.uid for p in pubs if "video" in p.kinds]))
-                else:
-                    put(("frame", (roomid, item[0]), item[1]))
+                        self._send(("publishers", [p.uid for p in pubs],
+                                    [p.uid for p in pubs if "video" in p.kinds]))
+                    continue
+                key = (roomid, item[0])
+                if self._backlog() > MAX_BACKLOG:
+                    self.frames_dropped += 1
+                    if key not in behind:
+                        behind.add(key)
+                        log.warning("mixed recording %s is behind; dropping frames",
+                                    self.task.recordid)
+                    continue
+                if key in behind:
+                    behind.discard(key)
+                    self._send(("resync", key))
+                    self._request_keyframe(key)
+                self._batch.append(pack_frame(key, item[1]))
+                self._sent += 1
+                if self._flush_at is None:
+                    self._flush_at = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
         except SubscriptionClosed:
             pass
+
+    def _backlog(self) -> int:
+        return self._sent - self._taken
+
+    def _flush(self) -> None:
+        """Send the frames batched so far, in one message."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        if self._batch and self.worker is not None:
+            batch, self._batch = self._batch, []
+            self.worker.send(("frames", batch))
+
+    def _send(self, command: Message) -> None:
+        """A command, after the frames batched before it (the worker sees them in order)."""
+        self._flush()
+        if self.worker is not None:
+            self.worker.send(command)
 
     def _request_keyframe(self, key: Key) -> None:
         sub = self._subs.get(key[0])
         if sub is not None:
             sub.request_keyframe(key[1])
 
-    # -- the worker thread ----------------------------------------------------------------------
-
-    def _work(self, rec: MixedHlsRecorder) -> None:
-        """Owns ``rec``: takes commands, ticks the clock, reports back. Ends on "stop"."""
-        error: BaseException | None = None
-        commands = self._commands
-        next_tick = time.monotonic()
-        reported_start = False
-        try:
-            while True:
-                now = time.monotonic()
-                if now >= next_tick:
-                    rec.tick(now)
-                    if rec.started and not reported_start:
-                        reported_start = True
-                        self._report(self._started)
-                    next_tick += rec.tick_interval
-                    if next_tick < now:
-                        next_tick = now + rec.tick_interval
-                    continue
-                try:
-                    command = commands.get(timeout=next_tick - now)
-                except queue.Empty:
-                    continue
-                if command[0] == "stop":
-                    break
-                self._apply(rec, command)
-        except BaseException as exc:  # reported to the loop: the task ends with reason error
-            log.exception("mixed recording %s: media worker failed", self.task.recordid)
-            error = exc
-        finally:
-            try:
-                rec.close()
-            except Exception as exc:
-                log.exception("closing mixed recording %s failed", self.task.recordid)
-                error = error or exc
-            self._report(self._on_worker_done, error)
-
-    def _apply(self, rec: MixedHlsRecorder, command: tuple[Any, ...]) -> None:
-        kind = command[0]
-        if kind == "frame":
-            if rec.push(command[1], command[2]):
-                self.last_media = time.monotonic()
-        elif kind == "publishers":
-            rec.set_publishers(command[1], command[2])
-        elif kind == "unpublished":
-            rec.unpublished(command[1])
-        elif kind == "resync":
-            rec.resync(command[1])
-        elif kind == "update":
-            _, mixconfig, pictures, applied = command
-            try:
-                rec.update(mixconfig, pictures)
-            except ValueError as exc:
-                self._report(_settle, applied, exc)
-            else:
-                self._report(_settle, applied, None)
-
-    def _report(self, callback: Callable[..., None], *args: Any) -> None:
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
-
-    def _segment_from_worker(self, segment: SegmentInfo) -> None:
-        """Runs in the worker: the loop queues the upload; the worker waits until it did."""
-        done = threading.Event()
-
-        def take() -> None:
-            try:
-                self._on_segment(segment)
-            finally:
-                done.set()
-
-        self._report(take)
-        done.wait(HANDOFF_S)
-
-    def _keyframe_from_worker(self, key: Key) -> None:
-        self._report(self._request_keyframe, key)
-
     # -- reports, on the loop -------------------------------------------------------------------
 
-    def _on_worker_done(self, error: BaseException | None) -> None:
+    def _on_report(self, message: Message) -> None:
+        kind = message[0]
+        if kind == "taken":
+            self._taken = max(self._taken, message[1])
+        elif kind == "progress":
+            if self.recorder is not None:
+                self.recorder.progress = message[1]
+        elif kind == "segment":
+            try:
+                if self.recorder is not None:
+                    self.recorder.segments.append(message[1])
+                    self._on_segment(message[1])
+            finally:
+                if self.worker is not None:
+                    self.worker.take_segment()
+        elif kind == "started":
+            self._started()
+        elif kind == "keyframe":
+            self._request_keyframe(message[1])
+        elif kind == "updated":
+            applied = self._updates.get(message[1])
+            if applied is not None:
+                _settle(applied, None if message[2] is None else ValueError(message[2]))
+
+    def _on_worker_done(self, done: asyncio.Future[str | None]) -> None:
+        error = done.result()
+        if error is None and not self._stopping:
+            error = "the mix worker ended before the recording was stopped"
         if error is not None:
-            self.error = self.error or f"{type(error).__name__}: {error}"
+            self._worker_error = error
+            log.error("mixed recording %s: %s", self.task.recordid, error)
+            self.error = self.error or error
             self.stop_reason = StopReason.ERROR
             self._stop_requested.set()
-        for applied in self._updates:
+        for applied in self._updates.values():
             _settle(applied, RecordingError("the mixed recording stopped", 4014))
-        assert self._worker_done is not None
-        if not self._worker_done.done():
-            self._worker_done.set_result(None)
+
+    def _close_media(self) -> None:
+        """After a worker that did not finish its files: store the segments it closed (some
+        may not have been reported) and end the spool's playlist with #EXT-X-ENDLIST."""
+        if self._worker_error is None or self.recorder is None:
+            return
+        playlist = HlsPlaylist(self.recorder.playlist_path, self.segment_seconds)
+        on_disk = playlist.load()
+        known = {s.name for s in self.recorder.segments}
+        for segment in on_disk:
+            if segment.name not in known and segment.path.exists():
+                self.recorder.segments.append(segment)
+                self.uploader.submit_segment(segment.path)
+        playlist.write(on_disk, ended=True)
 
     # -- progress -------------------------------------------------------------------------------
 
     def _media_progress(self) -> dict[str, Any]:
         rec = self.recorder
-        stats = rec.stats if rec else None
         return {
-            "inputs": [f"{r}/{u}" for r, u in sorted(rec.wanted)] if rec else [],
-            "framesskipped": stats.frames_skipped if stats else 0,
+            "inputs": [f"{r}/{u}" for r, u in rec.progress.wanted] if rec else [],
+            "framesskipped": rec.progress.frames_skipped if rec else 0,
             "framesdropped": self.frames_dropped,
             "warnings": list(self.warnings),
             # the layout in force, so a restart resumes with the latest updatemixrecord
