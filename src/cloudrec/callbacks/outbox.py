@@ -198,14 +198,19 @@ class CallbackOutbox:
         ) as client:
             while True:
                 self._wake.clear()
-                # Claim no more than there are free slots: a claimed event waiting for a slot
-                # would spend its lease waiting.
-                for event in self._claim(self.concurrency - len(self._in_flight)):
-                    self._in_flight.add(event.id)
-                    task = asyncio.create_task(self._deliver(client, event))
-                    task.add_done_callback(lambda _t, eid=event.id: self._done(eid))
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_s())
+                    # Claim no more than there are free slots: a claimed event waiting for a
+                    # slot would spend its lease waiting.
+                    for event in self._claim(self.concurrency - len(self._in_flight)):
+                        self._in_flight.add(event.id)
+                        task = asyncio.create_task(self._deliver(client, event))
+                        task.add_done_callback(lambda _t, eid=event.id: self._done(eid))
+                    sleep_s = self._sleep_s()
+                except Exception:  # the store is unreachable or full: delivery waits, never dies
+                    log.exception("callback outbox: reading the outbox failed; retrying")
+                    sleep_s = self.poll_s
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=sleep_s)
                 except TimeoutError:
                     pass
 
@@ -260,11 +265,16 @@ class CallbackOutbox:
             error = f"{type(exc).__name__}"
         except TimeoutError:
             error = "attempt timed out"
-        if error is None:
-            self._finish(event.id)
-            self.delivered += 1
-            return
-        self._retry(event, error)
+        try:
+            if error is None:
+                self._finish(event.id)
+                self.delivered += 1
+                return
+            self._retry(event, error)
+        except Exception:
+            # The outcome could not be written (a full disk, a lost database): the lease runs
+            # out and the event is sent again; receivers de-duplicate by id.
+            log.exception("callback %s: recording its delivery failed", event.id)
 
     def _finish(self, event_id: str) -> None:
         self._db.execute("DELETE FROM events WHERE id = ?", (event_id,))
