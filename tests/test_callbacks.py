@@ -209,3 +209,43 @@ async def test_two_deliverers_send_each_event_once_at_a_time(database: str) -> N
     assert sum(o.delivered for o in outboxes) == len(ids)
     for event, body, sig in rx.accepted:
         assert verify(body, sig, "s")
+
+
+async def test_delivery_outlives_a_store_that_cannot_be_written(tmp_path: Path) -> None:
+    """While another process holds the SQLite file's write lock (the store refuses writes, as
+    on a full disk) the deliverer cannot claim events; it keeps running, and once the store
+    takes writes again the event is delivered and removed."""
+    import sqlite3
+
+    from cloudrec.db import Database
+
+    path = tmp_path / "callbacks.sqlite3"
+    delivered: list[str] = []
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        delivered.append(json.loads(request.content)["id"])
+        return httpx.Response(204)
+
+    db = Database(path, busy_timeout_s=0.1)
+    outbox = CallbackOutbox(db, {1: "s"}.get, transport=httpx.MockTransport(accept), poll_s=0.1)
+    event_id = outbox.emit("http://receiver.invalid/x", "recording.started", appid=1,
+                           roomid="r", recordid="rec")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    outbox.start()
+    try:
+        await asyncio.sleep(1.0)
+        assert not delivered
+        assert outbox._runner is not None and not outbox._runner.done(), "delivery still runs"
+        blocker.execute("COMMIT")
+        for _ in range(100):
+            if outbox.pending() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert outbox.pending() == 0 and delivered == [event_id]
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+        await outbox.close()
+        db.close()
