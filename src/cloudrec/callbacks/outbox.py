@@ -71,7 +71,28 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_next ON events(next_ms);
 """,
     },
+    # Step 2, for operators (the console): each event's recording, and the outcome of events
+    # that left the outbox (delivered, given up, dropped), kept for LOG_KEEP_MS.
+    """
+ALTER TABLE events ADD COLUMN recordid TEXT;
+CREATE INDEX IF NOT EXISTS events_record ON events(recordid);
+CREATE TABLE IF NOT EXISTS event_log (
+    id TEXT PRIMARY KEY,
+    appid BIGINT NOT NULL,
+    recordid TEXT,
+    type TEXT,
+    created_ms BIGINT NOT NULL,
+    finished_ms BIGINT NOT NULL,
+    attempts INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS event_log_record ON event_log(recordid);
+CREATE INDEX IF NOT EXISTS event_log_finished ON event_log(finished_ms);
+""",
 ]
+
+LOG_KEEP_MS = 7 * 24 * 3600 * 1000  # how long the outcome of a finished event is kept
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -128,6 +149,7 @@ class CallbackOutbox:
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._in_flight: set[str] = set()
+        self._pruned_ms = 0
 
     # -- producing ------------------------------------------------------------------------------
 
@@ -162,8 +184,9 @@ class CallbackOutbox:
             ensure_ascii=False,
         ).encode()
         self._db.execute(
-            "INSERT INTO events (id, appid, url, body, created_ms, next_ms) VALUES (?,?,?,?,?,?)",
-            (event_id, appid, url, body, now, now),
+            "INSERT INTO events (id, appid, url, body, created_ms, next_ms, recordid) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (event_id, appid, url, body, now, now, recordid),
         )
         self._wake.set()
         return event_id
@@ -251,7 +274,7 @@ class CallbackOutbox:
     async def _deliver(self, client: httpx.AsyncClient, event: Event) -> None:
         secret = self.secret_for(event.appid)
         if secret is None:
-            self._finish(event.id)
+            self._finish(event, "dropped", f"app {event.appid} is no longer configured")
             self.dropped += 1
             log.warning("callback %s dropped: app %d is no longer configured", event.id, event.appid)
             return
@@ -267,7 +290,7 @@ class CallbackOutbox:
             error = "attempt timed out"
         try:
             if error is None:
-                self._finish(event.id)
+                self._finish(event, "delivered")
                 self.delivered += 1
                 return
             self._retry(event, error)
@@ -276,8 +299,55 @@ class CallbackOutbox:
             # out and the event is sent again; receivers de-duplicate by id.
             log.exception("callback %s: recording its delivery failed", event.id)
 
-    def _finish(self, event_id: str) -> None:
-        self._db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+    def _finish(self, event: Event, outcome: str, error: str | None = None,
+                attempts: int | None = None) -> None:
+        self._db.execute("DELETE FROM events WHERE id = ?", (event.id,))
+        self._log(event, outcome, error, event.attempts + 1 if attempts is None else attempts)
+
+    def _log(self, event: Event, outcome: str, error: str | None, attempts: int) -> None:
+        """Note how an event left the outbox, for :meth:`events_for`. Two deliverers that
+        both sent an event (a lease ran out) note it once."""
+        try:
+            meta = json.loads(event.body)
+        except ValueError:
+            meta = {}
+        now = now_ms()
+        self._db.execute(
+            "INSERT INTO event_log (id, appid, recordid, type, created_ms, finished_ms, attempts,"
+            " outcome, last_error) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+            (event.id, event.appid, meta.get("recordid"), meta.get("type"),
+             int(meta.get("time") or now), now, attempts, outcome, error))
+        if now - self._pruned_ms > 3600 * 1000:
+            self._pruned_ms = now
+            self._db.execute("DELETE FROM event_log WHERE finished_ms < ?", (now - LOG_KEEP_MS,))
+
+    def events_for(self, recordid: str, limit: int = 200) -> list[dict[str, Any]]:
+        """A recording's events, oldest first, with their delivery state: ``pending`` (not
+        delivered yet: ``attempts`` so far, ``last_error``, ``next_ms`` the next attempt),
+        ``delivered``, ``given up`` (after ``retry_for_s``) or ``dropped`` (its app is gone).
+        Events emitted before the outbox knew their recording are not listed."""
+        out: list[dict[str, Any]] = []
+        for row in self._db.fetchall(
+                "SELECT id, body, created_ms, next_ms, attempts, last_error FROM events "
+                "WHERE recordid = ? ORDER BY created_ms LIMIT ?", (recordid, limit)):
+            try:
+                event_type = json.loads(bytes(row["body"])).get("type")
+            except ValueError:
+                event_type = None
+            out.append({"id": row["id"], "type": event_type, "state": "pending",
+                        "created_ms": row["created_ms"], "attempts": row["attempts"],
+                        "last_error": row["last_error"], "next_ms": row["next_ms"],
+                        "finished_ms": None})
+        for row in self._db.fetchall(
+                "SELECT id, type, created_ms, finished_ms, attempts, outcome, last_error "
+                "FROM event_log WHERE recordid = ? ORDER BY created_ms LIMIT ?",
+                (recordid, limit)):
+            out.append({"id": row["id"], "type": row["type"], "state": row["outcome"],
+                        "created_ms": row["created_ms"], "attempts": row["attempts"],
+                        "last_error": row["last_error"], "next_ms": None,
+                        "finished_ms": row["finished_ms"]})
+        out.sort(key=lambda e: (e["created_ms"], e["id"]))
+        return out[-limit:]
 
     def _retry(self, event: Event, error: str) -> None:
         attempts = event.attempts + 1
@@ -291,6 +361,7 @@ class CallbackOutbox:
         if now - row["created_ms"] > self.retry_for_ms:
             if self._db.execute("DELETE FROM events WHERE id = ? AND next_ms = ?",
                                 (event.id, event.lease_ms)):
+                self._log(event, "given up", error, attempts)
                 self.dropped += 1
                 log.warning("callback %s to %s given up after %d attempts (%s)",
                             event.id, event.url, attempts, error)
