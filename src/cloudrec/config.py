@@ -55,6 +55,8 @@ class Settings:
     ice_port_max: int = 0
     # -- storage ------------------------------------------------------------------------------
     allow_private_storage: bool = False  # may storagecfg.endpoint be a loopback/private address
+    # -- operators (the console at /, /docs) ---------------------------------------------------
+    operator_password: str = ""  # "": the console is open on loopback, closed elsewhere
     apps: tuple[AppConfig, ...] = field(default_factory=tuple)
 
     @property
