@@ -10,7 +10,7 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from cloudrec.api.front import Front
@@ -18,6 +18,8 @@ from cloudrec.api.recordoss import envelope, rate_limiters, recordoss_router
 from cloudrec.api.trace import new_trace_id
 from cloudrec.cluster import open_directory
 from cloudrec.config import Settings
+from cloudrec.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cloudrec.metrics import NodeMetrics
 from cloudrec.rooms import whip_router
 from cloudrec.stores import open_stores
 from cloudrec.workers import internal_router
@@ -33,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
     directory = open_directory(settings.redis_url)
     front = Front(settings, directory, tasks, outbox)
     limiters = rate_limiters(settings)
+    metrics = NodeMetrics(front)
 
     def secret_for(appid: int) -> str | None:
         app_cfg = settings.app(appid)
@@ -58,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     if front.local is not None:  # one process: the front is its own worker
         app.state.service = front.local.service
         app.state.hub = front.local.hub
-    app.include_router(recordoss_router(settings, front, limiters))
+    app.include_router(recordoss_router(settings, front, limiters, metrics.api))
     app.include_router(whip_router(front, secret_for))
     @app.post("/cluster/locate", include_in_schema=False)
     async def locate(request: Request) -> JSONResponse:
@@ -87,6 +90,11 @@ def create_app(settings: Settings) -> FastAPI:
         trace_id = request.query_params.get("traceId") or new_trace_id()
         return JSONResponse(envelope(2101, f"invalid parameter: {exc.errors()[:1]}", trace_id),
                             status_code=400)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format: this node, each of its workers as of its last status."""
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:

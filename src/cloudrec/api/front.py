@@ -63,6 +63,7 @@ class Front:
         self.supervisor: Supervisor | None = None
         self.orphans = RecordingService(settings, tasks, RoomHub(), outbox)  # store-only answers
         self.infos: list[WorkerInfo] = []
+        self.worker_metrics: dict[str, dict[str, Any]] = {}  # worker id -> its latest counters
         self.draining = False
         self._remote: dict[str, HttpWorkerClient] = {}
         self._orphaned_since: dict[str, float] = {}
@@ -130,6 +131,7 @@ class Front:
             max_recordings=self.settings.max_recordings, draining=self.draining,
             rooms=tuple(st["rooms"]), pid=int(st.get("pid", 0))) for st, url in statuses]
         self.infos = infos
+        self.worker_metrics = {str(st["id"]): st.get("metrics") or {} for st, _ in statuses}
         await self.directory.heartbeat(self.node, infos)
 
     def client_for(self, info: WorkerInfo) -> WorkerClient:

@@ -1,14 +1,17 @@
-"""The seed's five endpoints. Thin: authenticate, rate-limit, validate, call the front (which
-runs the verb on the worker that owns the room), and
-shape the seed's envelope ``{"code", "message", "traceId", ...}``.
+"""The seed's five endpoints, and ``listrecord`` beyond the seed. Thin: authenticate,
+rate-limit, validate, call the front (which runs the verb on the worker that owns the room),
+and shape the seed's envelope ``{"code", "message", "traceId", ...}``.
 
 Checks run in the order SPEC §1 fixes: auth → rate limit → validation → the service's own
-checks (resid, room, recordid, task type).
+checks (resid, room, recordid, task type). Every answer is counted for ``/metrics`` by endpoint
+and seed code, with its latency.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import time
 from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request
@@ -29,6 +32,8 @@ from cloudrec.models import (
     parse_request,
 )
 from cloudrec.api.front import Front
+from cloudrec.metrics import ApiMetrics
+from cloudrec.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +45,17 @@ def envelope(code: int, message: str, trace_id: str, **extra: Any) -> dict[str, 
     return {"code": code, "message": message, "traceId": trace_id, **extra}
 
 
-def error_response(exc: CloudrecError, trace_id: str) -> JSONResponse:
+class SeedResponse(JSONResponse):
+    """A JSON answer that remembers its seed code (for the metrics)."""
+
+    def __init__(self, content: dict[str, Any], status_code: int = 200) -> None:
+        super().__init__(content, status_code=status_code)
+        self.code = int(content.get("code", 0))
+
+
+def error_response(exc: CloudrecError, trace_id: str) -> SeedResponse:
     extra = {"data": exc.data} if getattr(exc, "data", None) is not None else {}
-    return JSONResponse(envelope(exc.code, exc.message, trace_id, **extra), status_code=exc.http_status)
+    return SeedResponse(envelope(exc.code, exc.message, trace_id, **extra), status_code=exc.http_status)
 
 
 def rate_limiters(settings: Settings) -> tuple[Any, Any]:
@@ -54,7 +67,8 @@ def rate_limiters(settings: Settings) -> tuple[Any, Any]:
 
 
 def recordoss_router(settings: Settings, service: Front,
-                     limiters: tuple[Any, Any] | None = None) -> APIRouter:
+                     limiters: tuple[Any, Any] | None = None,
+                     metrics: ApiMetrics | None = None) -> APIRouter:
     router = APIRouter()
     writes, queries = limiters or rate_limiters(settings)
 
@@ -65,6 +79,19 @@ def recordoss_router(settings: Settings, service: Front,
         work: Callable[[int], Awaitable[dict[str, Any]]],
         rate_key: Callable[[int], tuple[Any, ...]] | None = None,
     ) -> JSONResponse:
+        began = time.perf_counter()
+        response = await answer(request, appid, endpoint, work, rate_key)
+        if metrics is not None:
+            metrics.observe(endpoint, response.code, time.perf_counter() - began)
+        return response
+
+    async def answer(
+        request: Request,
+        appid: str,
+        endpoint: str,
+        work: Callable[[int], Awaitable[dict[str, Any]]],
+        rate_key: Callable[[int], tuple[Any, ...]] | None = None,
+    ) -> SeedResponse:
         trace_id = request.query_params.get("traceId") or new_trace_id()
         try:
             # ASCII digits only: '²'.isdigit() is True, yet int('²') raises
@@ -81,7 +108,7 @@ def recordoss_router(settings: Settings, service: Front,
         except Exception as exc:  # 2104; its message names the disk when that is full
             log.exception("%s failed (traceId %s)", endpoint, trace_id)
             return error_response(api_error(exc), trace_id)
-        return JSONResponse(envelope(0, "success", trace_id, **extra))
+        return SeedResponse(envelope(0, "success", trace_id, **extra))
 
     async def body_of(request: Request) -> bytes:
         chunks: list[bytes] = []
@@ -136,4 +163,56 @@ def recordoss_router(settings: Settings, service: Front,
 
         return await handle(request, appid, "queryrecord", work, lambda app: (app, recordid))
 
+    @router.get(BASE + "/listrecord")
+    async def listrecord(appid: str, request: Request) -> JSONResponse:
+        """Beyond the seed: the app's tasks, newest first (rate limit: per AppID, as writes)."""
+        async def work(app: int) -> dict[str, Any]:
+            query = list_query(dict(request.query_params))
+            tasks = service.tasks.list_tasks(appid=app, **query)
+            records = [describe_task(service, task) for task in tasks]
+            full = len(tasks) == query["limit"]
+            return {"data": {"records": records,
+                             "before": tasks[-1].createtime if full and tasks else None}}
+
+        return await handle(request, appid, "listrecord", work)
+
     return router
+
+
+_ROOMID = re.compile(r"[A-Za-z0-9_\-.@]{1,128}")
+_STATES = {"active": True, "stopped": False}
+LIST_LIMIT, MAX_LIST_LIMIT = 50, 1000
+
+
+def list_query(params: dict[str, str]) -> dict[str, Any]:
+    """``listrecord``'s query: ``roomid``, ``state`` (active/stopped), ``limit`` (1–1000,
+    default 50), ``before`` (ms: the ``before`` of the previous page). 2101 names a bad one."""
+    unknown = set(params) - {"roomid", "state", "limit", "before", "traceId"}
+    if unknown:
+        raise InvalidParameter(sorted(unknown)[0], "is not a parameter of listrecord")
+    roomid = params.get("roomid") or None
+    if roomid is not None and not _ROOMID.fullmatch(roomid):
+        raise InvalidParameter("roomid", "must be 1-128 of letters, digits and _ - . @")
+    state = params.get("state") or None
+    if state is not None and state not in _STATES:
+        raise InvalidParameter("state", "must be active or stopped")
+    limit = _int_param(params, "limit", LIST_LIMIT, 1, MAX_LIST_LIMIT)
+    before = _int_param(params, "before", None, 0, 2**63 - 1)
+    return {"roomid": roomid, "active": _STATES.get(state or ""), "limit": limit,
+            "before_ms": before}
+
+
+def _int_param(params: dict[str, str], name: str, default: int | None, low: int,
+               high: int) -> int | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or not low <= int(raw) <= high:
+        raise InvalidParameter(name, f"must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def describe_task(service: Front, task: Task) -> dict[str, Any]:
+    """A task as ``queryrecord`` describes it, from the task store (its progress as of its
+    last segment), with its ``resid``: the app needs it to stop or update the task."""
+    return {**service.orphans.describe(task), "resid": task.resid}

@@ -142,6 +142,7 @@ class CallbackOutbox:
         self.poll_s = poll_s
         self.delivered = 0
         self.dropped = 0
+        self.failures = 0  # delivery attempts that failed (for /metrics)
         self._transport = transport
         self._owns_db = not isinstance(target, Database)
         self._db = open_database(target)
@@ -350,6 +351,7 @@ class CallbackOutbox:
         return out[-limit:]
 
     def _retry(self, event: Event, error: str) -> None:
+        self.failures += 1
         attempts = event.attempts + 1
         delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
         now = now_ms()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from cloudrec import metrics
 from cloudrec.diskfull import DiskFullError, is_disk_full, is_disk_full_text
 from cloudrec.media import SegmentInfo
 from cloudrec.media.hls import HlsPlaylist
@@ -170,8 +171,12 @@ class Recording:
             return
         self._recording = True
         self._set_status(Status.RECORDING)
-        self._emit("recording.started", playlist=self.prefix + self.basename + ".m3u8",
-                   resumed=self.resumed)
+        playlist = self.prefix + self.basename + ".m3u8"
+        metrics.counters.recording_started(self.task.streamtype)
+        self._log_event(logging.INFO, "started",
+                        f"{'resumed' if self.resumed else 'started'}, playlist {playlist}",
+                        playlist=playlist, resumed=self.resumed)
+        self._emit("recording.started", playlist=playlist, resumed=self.resumed)
 
     def _fail(self, exc: BaseException) -> None:
         """End the recording with reason error; a full disk is named as such."""
@@ -191,6 +196,7 @@ class Recording:
         except Exception:
             log.exception("ending recording %s failed", self.task.recordid)
         finally:
+            self._log_end()
             self.finished.set()
             self.on_finished(self.task.recordid)
 
@@ -230,6 +236,35 @@ class Recording:
             self._emit("recording.failed", reason=str(reason), error=self.error, **summary)
         self._emit("recording.stopped", reason=str(reason), error=self.error, **summary)
         await self._durably("queueing the closing events", self._flush_events)
+
+    def _log_end(self) -> None:
+        """The story's last line (WARNING when the recording failed) and the end's counters."""
+        reason = str(self.stop_reason or StopReason.ERROR)
+        try:
+            progress = self._progress()
+        except Exception:
+            progress = {}
+        metrics.counters.recording_ended(self.task.streamtype, reason, progress)
+        segments, duration = progress.get("segments", 0), progress.get("duration", 0.0)
+        text = (f"stopped, reason {reason}: {segments} segments, {duration:.1f} s, "
+                f"{progress.get('pendingfiles', 0)} files not yet stored")
+        if self.error:
+            text += f"; error: {self.error}"
+        self._log_event(logging.WARNING if self.error else logging.INFO, "stopped", text,
+                        reason=reason, error=self.error, segments=segments, duration=duration,
+                        pendingfiles=progress.get("pendingfiles", 0))
+
+    def _log_event(self, level: int, event: str, text: str, **fields: Any) -> None:
+        """One log line per recording event: the message reads on its own in text logs, and
+        JSON logs (``log_format = "json"``) carry ``event``, the task's identity and
+        ``fields`` as their own keys."""
+        task = self.task
+        who = f"app {task.appid} room {task.roomid}" + (f" uid {task.uid}" if task.uid else "")
+        log.log(level, "recording %s (%s, %s): %s", task.recordid,
+                metrics.recording_type(task.streamtype), who, text,
+                extra={"event": f"recording.{event}", "recordid": task.recordid,
+                       "appid": task.appid, "roomid": task.roomid, "uid": task.uid,
+                       "type": metrics.recording_type(task.streamtype), **fields})
 
     def _end_playlist(self) -> None:
         """The playlist of the segments that were closed, with ``#EXT-X-ENDLIST``, after the
@@ -303,12 +338,16 @@ class Recording:
     def _on_segment(self, segment: SegmentInfo) -> None:
         """A segment closed and the spool's playlist lists it: store both, in that order."""
         assert self.recorder is not None
+        metrics.counters.segments_written += 1
         self.uploader.submit_segment(segment.path)
         self.uploader.submit_playlist(self.recorder.playlist_path)
         self._save_progress()
 
     def _on_stored(self, name: str, size: int) -> None:
         if name.endswith(".ts"):
+            self._log_event(logging.INFO, "segment_stored",
+                            f"segment stored: {self.prefix + name} ({size} bytes)",
+                            file=self.prefix + name, size=size)
             self._emit("file.uploaded", file=self.prefix + name, kind="segment", size=size)
         elif self._closing:
             self._emit("file.uploaded", file=self.prefix + name, kind="playlist", size=size,
@@ -317,6 +356,12 @@ class Recording:
             self._save_progress()
 
     def _on_store_error(self, message: str | None) -> None:
+        if message != self.storage_error:  # once per new error, and once on recovery
+            if message is None:
+                self._log_event(logging.INFO, "storage_recovered", "storage works again")
+            else:
+                self._log_event(logging.WARNING, "storage_error",
+                                f"storage error: {message} (retrying)", error=message)
         self.storage_error = message
         self._save_progress()
 

@@ -195,6 +195,7 @@ class RoomHub:
         self._epochs = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._frames_ended: dict[str, int] = {}  # frames of ended WebRTC publications, by kind
         tap.check_internals()
         transport.check_internals()
 
@@ -234,6 +235,15 @@ class RoomHub:
                         "joined_at": info.joined_at if info else None,
                         **pub.stats.as_dict()})
         return out
+
+    def frames_received(self) -> dict[str, int]:
+        """Encoded frames received from WebRTC publishers since the hub began, by kind, ended
+        publications included (for metrics; relayed frames count where they were received)."""
+        totals = dict(self._frames_ended)
+        for pub in list(self._sessions.values()):
+            for kind, stats in pub.stats.kinds.items():
+                totals[kind] = totals.get(kind, 0) + stats.frames
+        return totals
 
     def read_rooms(self) -> list[RoomKey]:
         """Rooms that recordings here read (subscriptions that may ask for a relay)."""
@@ -443,6 +453,9 @@ class RoomHub:
             pub.watchdog.cancel()
             pub.watchdog = None
         self._sessions.pop(pub.session_id, None)
+        if isinstance(pub, _Publication):  # keep its frames in frames_received()
+            for kind, stats in pub.stats.kinds.items():
+                self._frames_ended[kind] = self._frames_ended.get(kind, 0) + stats.frames
         room = self._rooms.get(pub.key)
         if room is not None and room.publications.get(pub.uid) is pub:
             if not keep_place:

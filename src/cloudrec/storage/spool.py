@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from cloudrec import metrics
 from cloudrec.errors import CloudrecError
 from cloudrec.storage.base import ObjectStore, content_type_for, object_key
 
@@ -130,6 +131,11 @@ class SpoolUploader:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def pending_segments(self) -> int:
+        """Segments among the files waiting (the rest are playlist snapshots)."""
+        return sum(1 for item in self._queue if item.path is not None)
+
     # -- draining -------------------------------------------------------------------------------
 
     async def drain(self, timeout: float | None = None) -> bool:
@@ -187,6 +193,7 @@ class SpoolUploader:
                     log.warning("%s; retrying", message,
                                 exc_info=not isinstance(exc, (CloudrecError, OSError)))
                 self.last_error = message
+                metrics.counters.upload_failures += 1
                 self._notify(self.on_error, message)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.max_backoff_s)
@@ -196,6 +203,7 @@ class SpoolUploader:
                 self._notify(self.on_error, None)
             self.stored_files += 1
             self.stored_bytes += size
+            metrics.counters.stored(item.name, size)
             self._notify(self.on_stored, item.name, size)
             return True
 

@@ -15,6 +15,7 @@ import httpx
 
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.config import Settings
+from cloudrec.metrics import worker_snapshot
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest, parse_request
 from cloudrec.recorder import RecordingService
 from cloudrec.relay import RelayLinks, RelayServer
@@ -177,6 +178,7 @@ class Worker:
             "rooms": self.rooms(),
             "relay": self.relay_address,
             "relays": self.relays.stats.as_dict(),
+            "metrics": worker_snapshot(self),  # what the front's /metrics shows of this worker
         }
 
 
