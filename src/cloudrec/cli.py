@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import socket
 from pathlib import Path
@@ -27,12 +26,12 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     from cloudrec.api import create_app
+    from cloudrec.logs import configure, uvicorn_log_config
 
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per internal call otherwise
+    configure(settings.log_level, settings.log_format)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=int(settings.stop_timeout_s))
+                log_level=settings.log_level, log_config=uvicorn_log_config(),
+                timeout_graceful_shutdown=int(settings.stop_timeout_s))
 
 
 def _print_app(settings: Settings) -> None:
@@ -51,9 +50,20 @@ def serve(
     host: Optional[str] = typer.Option(None, help="listen address (CLOUDREC_HOST)"),
     port: Optional[int] = typer.Option(None, help="listen port (CLOUDREC_PORT)"),
     data_dir: Optional[Path] = typer.Option(None, help="task store, spool, local storage"),
+    log_level: Optional[str] = typer.Option(
+        None, help="debug, info, warning or error (CLOUDREC_LOG_LEVEL)"),
+    log_format: Optional[str] = typer.Option(
+        None, help="text, or json: one JSON object per line (CLOUDREC_LOG_FORMAT)"),
 ) -> None:
     """Run the service: REST API, WHIP ingest, recorders."""
-    settings = _settings(config, host=host, port=port, data_dir=data_dir)
+    settings = _settings(config, host=host, port=port, data_dir=data_dir, log_level=log_level,
+                         log_format=log_format)
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise typer.BadParameter(f"unknown log level {settings.log_level!r}",
+                                 param_hint="--log-level")
+    if settings.log_format not in ("text", "json"):
+        raise typer.BadParameter(f"unknown log format {settings.log_format!r}: text or json",
+                                 param_hint="--log-format")
     _print_app(settings)
     _serve(settings)
 

@@ -40,6 +40,7 @@ class Settings:
     allow_private_urls: bool = False  # SSRF guard: may picture URLs point at private addresses
     public_url: str = ""  # how publishers reach this server; default http://{host}:{port}
     log_level: str = "info"
+    log_format: str = "text"  # "text", or "json": one JSON object per line (cloudrec.logs)
     # -- every core, and a cluster (SPEC §6) --------------------------------------------------
     workers: int = 0  # worker processes of this node; 0: one per core; 1: one process (no workers)
     database_url: str = ""  # postgresql://... : a cluster's shared task store; "" SQLite in data_dir

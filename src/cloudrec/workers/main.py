@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from cloudrec.config import settings_from_json
+from cloudrec.logs import configure
 from cloudrec.stores import open_stores
 from cloudrec.workers.channel import internal_router
 from cloudrec.workers.worker import Worker
@@ -82,9 +83,9 @@ async def run(config: dict[str, Any]) -> None:
 def main() -> None:
     config = json.loads(sys.stdin.readline())
     settings = config["settings"]
-    logging.basicConfig(level=str(settings.get("log_level", "info")).upper(),
-                        format=f"%(asctime)s %(levelname)s w{config['index']} %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    tag = f"w{config['index']}"
+    configure(str(settings.get("log_level", "info")), str(settings.get("log_format", "text")),
+              tag=tag, static={"worker": tag})
     threading.Thread(target=_watch_parent, daemon=True).start()
     asyncio.run(run(config))
 
