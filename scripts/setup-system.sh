@@ -6,6 +6,7 @@
 #   test:  also ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the
 #          benchmark reference; PyAV wheels bundle their own FFmpeg, so the service does not need
 #          it), chromium (a real browser publishes through the /publish page in the tests),
+#          chromium-driver (selenium drives chromium through the console in tests/test_console.py),
 #          postgresql and redis-server (tests/services.py runs real ones for the cluster paths).
 #          GStreamer's webrtcbin with x264/opus and python3-gi (tests/test_interop.py publishes
 #          from a real webrtcbin pipeline, run with the system Python).
@@ -19,6 +20,7 @@ else
   if [ "$purpose" != serve ]; then
     command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
     command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
     gst=(/usr/lib/*/gstreamer-1.0)

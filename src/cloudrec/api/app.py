@@ -18,6 +18,7 @@ from cloudrec.api.recordoss import envelope, rate_limiters, recordoss_router
 from cloudrec.api.trace import new_trace_id
 from cloudrec.cluster import open_directory
 from cloudrec.config import Settings
+from cloudrec.console import mount_console
 from cloudrec.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cloudrec.metrics import NodeMetrics
 from cloudrec.rooms import whip_router
@@ -54,7 +55,9 @@ def create_app(settings: Settings) -> FastAPI:
                 await limiter.close()
             await stores.close()
 
-    app = FastAPI(title="cloudrec", version="0.1.0", lifespan=lifespan)
+    # FastAPI's /docs and /redoc load from CDNs: the console serves /docs from bundled files.
+    app = FastAPI(title="cloudrec", version="0.1.0", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.front = front
     app.state.outbox = outbox
@@ -63,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.hub = front.local.hub
     app.include_router(recordoss_router(settings, front, limiters, metrics.api))
     app.include_router(whip_router(front, secret_for))
+    mount_console(app, settings, front)  # /, /login, /docs, /console/...
     @app.post("/cluster/locate", include_in_schema=False)
     async def locate(request: Request) -> JSONResponse:
         """Workers ask who owns a room they relay (authenticated by the cluster secret)."""
