@@ -1,4 +1,4 @@
-"""The ``cloudrec`` command: serve, demo, publish, token."""
+"""The ``cloudrec`` command: serve, demo, publish, token, and rec (the API's client)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import asyncio
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from cloudrec.cli_rec import rec_app
 from cloudrec.config import Settings, load_settings, with_dev_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.add_typer(rec_app, name="rec", help="Drive recordings on a server through its API.")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML settings file", exists=True, dir_okay=False)
 
@@ -127,14 +130,35 @@ def publish(
     video: bool = True,
     tone: float = 440.0,
     clip: Optional[Path] = typer.Option(None, help="send a pre-encoded file (H.264/Opus) without re-encoding"),
+    stats_every: float = typer.Option(5.0, help="print what was sent every this many seconds"),
 ) -> None:
-    """Publish a synthetic stream (moving pattern, clock, tone) over WHIP."""
+    """Publish a synthetic stream (moving pattern, clock, tone) over WHIP; print the
+    connection's state as it changes and what was sent every few seconds."""
+    from cloudrec.publisher import PublishError
     from cloudrec.publisher import publish as run_publish
 
-    stats = asyncio.run(run_publish(url, token_, width=width, height=height, fps=fps, audio=audio,
-                                    video=video, video_codec=codec, duration=seconds, tone_hz=tone,
-                                    clip=str(clip) if clip else None))
-    typer.echo(f"published: {stats}")
+    def on_state(state: str) -> None:
+        typer.echo(f"{time.strftime('%H:%M:%S')} state {state}")
+
+    def on_report(report: dict[str, object]) -> None:
+        parts = [f"{kind} {s['frames']} frames {s['fps']} fps {s['kbps']} kbps"  # type: ignore[index]
+                 for kind, s in report.items() if kind in ("video", "audio")]
+        typer.echo(f"{time.strftime('%H:%M:%S')} sent {report['seconds']} s: {', '.join(parts)}")
+
+    typer.echo(f"{time.strftime('%H:%M:%S')} publishing to {url}")
+    try:
+        stats = asyncio.run(run_publish(
+            url, token_, width=width, height=height, fps=fps, audio=audio, video=video,
+            video_codec=codec, duration=seconds, tone_hz=tone, clip=str(clip) if clip else None,
+            on_state=on_state, on_report=on_report, report_every_s=stats_every))
+    except PublishError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    typer.echo(f"{time.strftime('%H:%M:%S')} published {stats.seconds:.1f} s: "
+               f"{stats.video_frames} video frames ({stats.video_codec}), "
+               f"{stats.audio_frames} audio frames")
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ import fractions
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import av
 import httpx
@@ -396,6 +396,31 @@ class Publisher:
             for track in self._tracks:
                 track.stop()
 
+    async def report(self) -> dict[str, Any]:
+        """What was sent so far, per kind: frames, RTP packets and bytes, and the rates since
+        the last report."""
+        now = time.monotonic()
+        sent: dict[str, dict[str, Any]] = {}
+        for track in self._tracks:
+            sent[track.kind] = {"frames": getattr(track, "frames", 0), "packets": 0, "bytes": 0}
+        for sender in self.pc.getSenders():
+            if sender.track is None or sender.track.kind not in sent:
+                continue
+            for stat in (await sender.getStats()).values():
+                if getattr(stat, "type", "") == "outbound-rtp":
+                    sent[sender.track.kind]["packets"] += stat.packetsSent
+                    sent[sender.track.kind]["bytes"] += stat.bytesSent
+        last_at, last = getattr(self, "_last_report", (self._started_at or now, {}))
+        elapsed = max(1e-3, now - last_at)
+        for kind, s in sent.items():
+            before = last.get(kind, {"frames": 0, "bytes": 0})
+            s["fps"] = round((s["frames"] - before["frames"]) / elapsed, 1)
+            s["kbps"] = round((s["bytes"] - before["bytes"]) * 8 / 1000 / elapsed, 1)
+        self._last_report = (now, sent)
+        return {"state": self.pc.connectionState,
+                "seconds": round(now - self._started_at, 1) if self._started_at else 0.0,
+                **sent}
+
     @property
     def stats(self) -> PublishStats:
         frames = {t.kind: getattr(t, "frames", 0) for t in self._tracks}
@@ -415,8 +440,13 @@ async def publish(whip_url: str, token: str, *, width: int = 320, height: int = 
                   video_codec: str = "h264", duration: float | None = None,
                   tone_hz: float = 440.0, clip: str | None = None,
                   stop: asyncio.Event | None = None,
-                  ice_servers: list[Any] | None = None) -> PublishStats:
-    """Publish until ``duration`` seconds passed, ``stop`` is set, or the connection ends."""
+                  ice_servers: list[Any] | None = None,
+                  on_state: Callable[[str], None] | None = None,
+                  on_report: Callable[[dict[str, Any]], None] | None = None,
+                  report_every_s: float = 5.0) -> PublishStats:
+    """Publish until ``duration`` seconds passed, ``stop`` is set, or the connection ends.
+    ``on_state`` gets each connection state, ``on_report`` what was sent (:meth:`Publisher.
+    report`) every ``report_every_s``."""
     publisher = Publisher(whip_url, token, width=width, height=height, fps=fps, audio=audio,
                           video=video, video_codec=video_codec, tone_hz=tone_hz, clip=clip,
                           ice_servers=ice_servers)
@@ -424,8 +454,18 @@ async def publish(whip_url: str, token: str, *, width: int = 320, height: int = 
 
     @publisher.pc.on("connectionstatechange")
     def _on_state() -> None:
+        if on_state is not None:
+            on_state(publisher.pc.connectionState)
         if publisher.pc.connectionState in ("failed", "closed"):
             ended.set()
+
+    async def _reports() -> None:
+        assert on_report is not None
+        while True:
+            await asyncio.sleep(report_every_s)
+            on_report(await publisher.report())
+
+    reporter = asyncio.ensure_future(_reports()) if on_report is not None else None
 
     waiters = [asyncio.ensure_future(ended.wait())]
     if stop is not None:
@@ -436,5 +476,7 @@ async def publish(whip_url: str, token: str, *, width: int = 320, height: int = 
     finally:
         for waiter in waiters:
             waiter.cancel()
+        if reporter is not None:
+            reporter.cancel()
         await publisher.stop()
     return publisher.stats
