@@ -40,7 +40,8 @@ async def scrape(client: httpx.AsyncClient, base: str) -> Samples:
     return parse(r.text)
 
 
-async def wait_for(client: httpx.AsyncClient, base: str, check: Any, timeout: float = 30) -> Samples:
+async def wait_for(client: httpx.AsyncClient, base: str, check: Any,
+                   timeout: float = 30) -> Samples:
     """Scrape until ``check(samples)`` holds (workers report once a second)."""
     samples: Samples = {}
     for _ in range(int(timeout / 0.25)):

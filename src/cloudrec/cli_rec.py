@@ -238,7 +238,7 @@ def update(
         typer.echo(f"recording {recordid} updated")
 
 
-# -- query, list ------------------------------------------------------------------------------------
+# -- query, list ---------------------------------------------------------------------------------
 
 
 def _progress_line(data: dict[str, Any]) -> str:

@@ -21,7 +21,6 @@ at most a second old.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -264,7 +263,6 @@ class NodeMetrics:
         self.api = ApiMetrics(self.registry, front.node)
         self.registry.register(NodeCollector(front))
         ProcessCollector(registry=self.registry)  # the front process's own CPU and memory
-        self.started = time.time()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
