@@ -292,9 +292,11 @@ def _mix_children(pid: int) -> list[int]:
 def _received_share(playlist: Path) -> float:
     """Frames recorded / frames their PTS span holds (a source recording's PTS follow the RTP
     clock, so a frame lost on the way in is a hole)."""
+    if not playlist.exists():
+        return 0.0
     with av.open(str(playlist)) as container:
         pts = sorted(p.pts for p in container.demux(video=0) if p.size and p.pts is not None)
-    return len(pts) / (round((pts[-1] - pts[0]) * FPS / 90000) + 1)
+    return len(pts) / (round((pts[-1] - pts[0]) * FPS / 90000) + 1) if pts else 0.0
 
 
 def _start(client: httpx.Client, server: ServerProcess, body: dict[str, object]) -> str:
