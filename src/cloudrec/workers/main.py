@@ -33,9 +33,11 @@ log = logging.getLogger("cloudrec.worker")
 
 
 def _watch_parent() -> None:
-    """Exit when the supervisor's end of stdin closes: the node is gone."""
+    """Exit when the supervisor's end of stdin closes: the node is gone. Reads the raw file
+    descriptor: a daemon thread blocked in ``sys.stdin``'s buffered reader makes the
+    interpreter's own exit abort ("_enter_buffered_busy")."""
     try:
-        while sys.stdin.buffer.read(4096):
+        while os.read(sys.stdin.fileno(), 4096):
             pass
     finally:
         os._exit(0)
