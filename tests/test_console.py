@@ -188,7 +188,7 @@ async def test_sign_in_refuses_without_the_credential_and_never_shows_a_secret(t
             playlist = f"/console/files/{recordid}/{APPID}_signin-room_{recordid}_bob.m3u8"
             json_paths = ["/console/api/overview", "/console/api/rooms", "/console/api/nodes",
                           "/console/api/recordings", "/console/api/recordings?state=active",
-                          f"/console/api/recordings/{recordid}", "/openapi.json"]
+                          f"/console/api/recordings/{recordid}", "/openapi.json", "/metrics"]
             c = server.client
             bearer = {"Authorization": f"Bearer {PASSWORD}"}
 

@@ -96,8 +96,11 @@ def create_app(settings: Settings) -> FastAPI:
                             status_code=400)
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        """Prometheus text format: this node, each of its workers as of its last status."""
+    async def prometheus_metrics(request: Request) -> Response:
+        """Prometheus text format: this node, each of its workers as of its last status.
+        Behind the operator credential, like the console (a scraper sends it as a Bearer
+        token or Basic ``operator:PASSWORD``)."""
+        app.state.operator_auth.check(request)
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/healthz")
