@@ -150,6 +150,7 @@ class CallbackOutbox:
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._in_flight: set[str] = set()
+        self._deliveries: set[asyncio.Task[None]] = set()
         self._pruned_ms = 0
 
     # -- producing ------------------------------------------------------------------------------
@@ -212,6 +213,11 @@ class CallbackOutbox:
             except asyncio.CancelledError:
                 pass
             self._runner = None
+        # Deliveries still sending end with the runner's HTTP client; the events they held
+        # stay leased and are sent again after the lease (at-least-once).
+        for task in list(self._deliveries):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
         if self._owns_db:
             self._db.close()
 
@@ -228,6 +234,8 @@ class CallbackOutbox:
                     for event in self._claim(self.concurrency - len(self._in_flight)):
                         self._in_flight.add(event.id)
                         task = asyncio.create_task(self._deliver(client, event))
+                        self._deliveries.add(task)
+                        task.add_done_callback(self._deliveries.discard)
                         task.add_done_callback(lambda _t, eid=event.id: self._done(eid))
                     sleep_s = self._sleep_s()
                 except Exception:  # the store is unreachable or full: delivery waits, never dies
