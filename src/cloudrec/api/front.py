@@ -251,11 +251,15 @@ class Front:
     async def _owner_of(self, appid: int, roomid: str) -> WorkerInfo | None:
         return await self.directory.owner((appid, roomid))
 
-    async def stop(self, appid: int, req: Any, body: str) -> str:
+    async def stop(self, appid: int, req: Any, body: str) -> dict[str, Any]:
+        """``{"recordid", "files"}``: the task's file list as it ended (or as it is, when it
+        had not finished storing its files within ``stop_timeout_s``)."""
         owner = await self._owner_of(appid, req.roomid)
         if owner is None:
-            return await self.orphans.stop(appid, req)
-        return str((await self.client_for(owner).call("stop", appid=appid, body=body))["recordid"])
+            recordid = await self.orphans.stop(appid, req)
+            return {"recordid": recordid, "files": self.orphans.files(recordid)}
+        result = await self.client_for(owner).call("stop", appid=appid, body=body)
+        return {"recordid": str(result["recordid"]), "files": list(result.get("files") or [])}
 
     async def update(self, appid: int, req: Any, body: str) -> str:
         owner = await self._owner_of(appid, req.roomid)

@@ -142,7 +142,8 @@ def recordoss_router(settings: Settings, service: Front,
         async def work(app: int) -> dict[str, Any]:
             raw = await body_of(request)
             req = parse_request(StopRecordRequest, raw, app)
-            return {"recordid": await service.stop(app, req, raw.decode())}
+            stopped = await service.stop(app, req, raw.decode())
+            return {"recordid": stopped["recordid"], "files": stopped["files"]}
 
         return await handle(request, appid, "stoprecord", work)
 

@@ -119,6 +119,7 @@ class MixedHlsRecorder:
         request_keyframe: Callable[[Key], None] | None = None,
         resume: bool = False,
         encoder_threads: int | None = None,
+        on_canvas: Callable[[av.VideoFrame, float, bool], None] | None = None,
     ) -> None:
         if not (audio or video):
             raise ValueError("a recording needs audio, video or both")
@@ -128,6 +129,8 @@ class MixedHlsRecorder:
         self._video, self._audio = video, audio
         self._roomid = roomid
         self._threads = encoder_threads
+        # each composed frame, its media time and whether an input's picture is on it
+        self._on_canvas = on_canvas
         self._pictures: dict[str, bytes] = dict(pictures or {})
         self.stats = MixedStats()
         self._config = mixconfig
@@ -287,9 +290,10 @@ class MixedHlsRecorder:
             self._mix_to(rel)
         t = time.perf_counter()
         current = self._inputs.current
-        canvas = self._compositor.compose(
-            [(p, current(p.key, now)) for p in self._placements], time.time()
-        )
+        layers = [(p, current(p.key, now)) for p in self._placements]
+        canvas = self._compositor.compose(layers, time.time())
+        if self._on_canvas is not None:
+            self._on_canvas(canvas, rel / TS_CLOCK, any(f is not None for _, f in layers))
         t1 = time.perf_counter()
         self.stats.compose_s += t1 - t
         if self._encoder is None:

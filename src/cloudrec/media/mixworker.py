@@ -33,6 +33,7 @@ Reports (worker → loop)::
     ("keyframe", key)            an input's decoder wants a key frame
     ("updated", token, error)
     ("progress", Progress)       every PROGRESS_S and at the end
+    ("snapshot", SnapshotInfo)   a JPEG of the canvas is in the spool (outputs.snapshotinterval)
     ("log", level, logger, text) a warning of the media code, logged again by the loop
     ("done", error or None)      the recorder is closed; nothing follows
 """
@@ -55,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudrec.media import MixedHlsRecorder, SegmentInfo
+from cloudrec.media.snapshot import CanvasSnapshots
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
 
@@ -80,6 +82,7 @@ class MixSpec:
     segment_seconds: float
     resume: bool
     encoder_threads: int | None = None
+    snapshot_interval: int | None = None  # outputs.snapshotinterval: JPEGs of the canvas
 
 
 @dataclass
@@ -145,11 +148,16 @@ class MixWorker:
 
     def _open(self) -> MixedHlsRecorder:
         s = self.spec
+        snapshots = None
+        if s.snapshot_interval and s.video:
+            snapshots = CanvasSnapshots(s.snapshot_interval, s.spool_dir, s.basename,
+                                        lambda info: self.report(("snapshot", info)))
         return MixedHlsRecorder(
             s.spool_dir, s.basename, s.mixconfig, s.roomid, video=s.video, audio=s.audio,
             pictures=s.pictures, segment_seconds=s.segment_seconds, on_segment=self._segment,
             request_keyframe=lambda key: self.report(("keyframe", key)), resume=s.resume,
-            encoder_threads=s.encoder_threads)
+            encoder_threads=s.encoder_threads,
+            on_canvas=snapshots.offer if snapshots is not None else None)
 
     def _loop(self, rec: MixedHlsRecorder) -> None:
         commands = self._commands

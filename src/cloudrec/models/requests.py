@@ -18,6 +18,7 @@ from cloudrec.errors import InvalidParameter
 
 from ._fields import AppId, HttpUrl, Ident, Model, RoomId, Uid, int_rule, problem
 from .mixconfig import MixConfig
+from .outputs import Outputs
 from .storage import StorageConfig
 
 RecordType = Annotated[int, int_rule(choices=(0, 1, 2))]  # 0 audio+video, 1 video, 2 audio
@@ -52,6 +53,7 @@ class StartRecordRequest(Model):
     uid: Uid | None = Field(None, validate_default=True)
     storagecfg: StorageConfig
     callbackurl: HttpUrl | None = None
+    outputs: Outputs | None = None  # beyond the seed (SPEC §8)
 
     _appid_matches = field_validator("appid")(_same_appid)
 
@@ -71,6 +73,25 @@ class StartRecordRequest(Model):
     def _uid_for_source(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None and info.data.get("streamtype") == 2:
             raise problem("is required for source recording (streamtype 2)")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_fit_the_recording(cls, value: Outputs | None, info: ValidationInfo
+                                   ) -> Outputs | None:
+        """``pushurl`` needs a mix (there is no encoded stream of our own to push otherwise);
+        ``snapshotinterval`` needs video: recordtype 0/1 and, for a mix, an output with video."""
+        if value is None:
+            return None
+        if value.pushurl is not None and info.data.get("streamtype") == 2:
+            raise problem("is only for mixed recording (streamtype 1)", "pushurl")
+        if value.snapshotinterval is not None:
+            mixconfig = info.data.get("mixconfig")
+            if info.data.get("recordtype") == 2:
+                raise problem("needs video: recordtype 2 records audio only", "snapshotinterval")
+            if mixconfig is not None and not mixconfig.output.has_video:
+                raise problem("needs video: mixconfig.output.streamtype "
+                              f"{mixconfig.output.streamtype} has none", "snapshotinterval")
         return value
 
     @field_validator("callbackurl", mode="before")

@@ -37,6 +37,7 @@ from cloudrec import metrics
 from cloudrec.diskfull import DiskFullError, is_disk_full, is_disk_full_text
 from cloudrec.media import SegmentInfo
 from cloudrec.media.hls import HlsPlaylist
+from cloudrec.recorder.outputs import RecordingOutputs
 from cloudrec.storage import ObjectStore, SpoolUploader
 from cloudrec.tasks import Status, StopReason, Task, TaskStore
 
@@ -132,6 +133,7 @@ class Recording:
         self._events: deque[tuple[str, dict[str, Any]]] = deque()  # not yet in the outbox
         self._held = asyncio.Event()  # the end of the recording waits for room on the disk
         self._held_by: str | None = None
+        self.outputs = RecordingOutputs(self)  # MP4, snapshots and the file list
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -219,6 +221,7 @@ class Recording:
                 await self._durably("ending the playlist", self._end_playlist)
             self._closing = True
             await self._durably("queueing the last files", self._queue_last_files)
+            await self.outputs.finish(list(self.recorder.segments))
         stored = await self.uploader.drain(self.stop_timeout_s)
         self._save_progress()
         if not stored:
@@ -339,12 +342,18 @@ class Recording:
         """A segment closed and the spool's playlist lists it: store both, in that order."""
         assert self.recorder is not None
         metrics.counters.segments_written += 1
+        self.outputs.on_segment(segment)
         self.uploader.submit_segment(segment.path)
         self.uploader.submit_playlist(self.recorder.playlist_path)
         self._save_progress()
 
     def _on_stored(self, name: str, size: int) -> None:
-        if name.endswith(".ts"):
+        kind = self.outputs.on_stored(name, size)  # "mp4", "snapshot" or None
+        if kind is not None:
+            self._emit("file.uploaded", file=self.prefix + name, kind=kind, size=size)
+            if self._closing:
+                self._save_progress()
+        elif name.endswith(".ts"):
             self._log_event(logging.INFO, "segment_stored",
                             f"segment stored: {self.prefix + name} ({size} bytes)",
                             file=self.prefix + name, size=size)
@@ -389,6 +398,7 @@ class Recording:
         behind this recording, the state it could not take (``status``, ``stopreason``,
         ``error``)."""
         progress = self._progress()
+        progress.setdefault("files", self.outputs.files())
         if self._state_lags and self._status is not None:
             progress.update(status=int(self._status),
                             stopreason=str(self.stop_reason) if self.stop_reason else None,
@@ -397,7 +407,7 @@ class Recording:
 
     def _progress(self) -> dict[str, Any]:
         rec = self.recorder
-        return {
+        progress: dict[str, Any] = {
             "kinds": sorted(self.kinds),
             "playlist": self.prefix + self.basename + ".m3u8",
             "segments": len(rec.segments) if rec else 0,
@@ -408,6 +418,11 @@ class Recording:
             "storageerror": self.storage_error,
             **self._media_progress(),
         }
+        if self.outputs.warnings:
+            progress["warnings"] = [*progress.get("warnings", []), *self.outputs.warnings]
+        if self._closing:  # the file list grows with every segment: saved once, at the end
+            progress["files"] = self.outputs.files()
+        return progress
 
     def _media_progress(self) -> dict[str, Any]:
         return {}

@@ -179,7 +179,8 @@ class MixedRecording(Recording):
                 self.spool_dir, self.basename, self.mixconfig, self.task.roomid,
                 video="video" in self.kinds, audio="audio" in self.kinds,
                 pictures=dict(self._pictures), segment_seconds=self.segment_seconds,
-                resume=resume, encoder_threads=self.encoder_threads)
+                resume=resume, encoder_threads=self.encoder_threads,
+                snapshot_interval=self.outputs.snapshot_interval)
             transport = MixProcess if self.mix_worker == "process" else MixThread
             worker = transport(spec, self._on_report)
             segments = await worker.open()
@@ -340,6 +341,8 @@ class MixedRecording(Recording):
                     self.worker.take_segment()
         elif kind == "started":
             self._started()
+        elif kind == "snapshot":
+            self.outputs.add_snapshot(message[1])
         elif kind == "keyframe":
             self._request_keyframe(message[1])
         elif kind == "updated":

@@ -22,6 +22,7 @@ from cloudrec.models.mixconfig import MixConfig
 from cloudrec.recorder.mixed import MixedRecording, mix_rooms, mixed_kinds
 from cloudrec.media.hls import atomic_write_text
 from cloudrec.recorder.base import basename_for
+from cloudrec.recorder.outputs import submit_leftovers
 from cloudrec.recorder.source import SourceRecording, prefix_for
 from cloudrec.rooms import RoomHub
 from cloudrec.storage import Spool, SpoolUploader, close_clients, open_store
@@ -171,8 +172,17 @@ class RecordingService:
             "stoptime": task.stoptime,
             "stopreason": task.stopreason,
             "error": task.error,
+            "files": [],  # a task that ended before it listed its files
             **progress,
         }
+
+    def files(self, recordid: str) -> list[dict[str, Any]]:
+        """A task's files: the running recording's list, else the one saved as it ended."""
+        recording = self.recordings.get(recordid)
+        if recording is not None:
+            return recording.outputs.files()
+        task = self.tasks.get(recordid)
+        return list((task.progress if task else {}).get("files") or [])
 
     def _active_task(self, appid: int, roomid: str, recordid: str, resid: str) -> Task:
         task = self.tasks.get(recordid)
@@ -255,7 +265,7 @@ class RecordingService:
             # the recorder's playlists, not the ".name.tmp" / ".upload-name" files beside them
             playlists = sorted(p for p in uploader.spool_dir.glob("*.m3u8")
                                if not p.name.startswith("."))
-            if uploader.submit_pending(None) or playlists:
+            if uploader.submit_pending(None) + submit_leftovers(uploader) or playlists:
                 for playlist in playlists:
                     uploader.submit_playlist(playlist)
                 log.info("storing the files recording %s left in the spool", recordid)

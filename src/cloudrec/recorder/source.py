@@ -113,6 +113,7 @@ class SourceRecording(Recording):
     def _push(self, frame: EncodedFrame) -> None:
         assert self.recorder is not None
         self.recorder.push(frame)
+        self.outputs.on_frame(frame, self._subscription)  # snapshots: key frames only
         if not self._recording and self.recorder.duration > 0:
             self._started()
 

@@ -14,6 +14,7 @@ CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
     ".ts": "video/mp2t",
     ".mp4": "video/mp4",
+    ".jpg": "image/jpeg",
 }
 
 

@@ -142,7 +142,8 @@ class Worker:
 
     async def stop(self, appid: int, body: str) -> dict[str, Any]:
         req = parse_request(StopRecordRequest, body, appid)
-        return {"recordid": await self.service.stop(appid, req)}
+        recordid = await self.service.stop(appid, req)
+        return {"recordid": recordid, "files": self.service.files(recordid)}
 
     async def update(self, appid: int, body: str) -> dict[str, Any]:
         req = parse_request(UpdateMixRecordRequest, body, appid)
