@@ -106,7 +106,10 @@ def test_valid_outputs_and_none() -> None:
     assert _parse(source_body("r", "room", "u")).outputs is None
     req = _parse(source_body("r", "room", "u", outputs={"mp4": True, "snapshotinterval": 5}))
     assert req.outputs is not None and req.outputs.mp4 and req.outputs.snapshotinterval == 5
-    assert _parse(source_body("r", "room", "u", outputs={})).outputs.mp4 is False  # type: ignore[union-attr]
+    empty = _parse(source_body("r", "room", "u", outputs={})).outputs
+    assert empty is not None and empty.mp4 is False and empty.snapshotinterval is None
+    no_push = _parse({**SEED_START_MIXED, "outputs": {"pushurl": []}}).outputs
+    assert no_push is not None and no_push.pushurl is None
     mixed = _parse({**SEED_START_MIXED, "outputs": {
         "mp4": False, "snapshotinterval": 3600,
         "pushurl": ["rtmp://live.example.com/app/key", "srt://127.0.0.1:9000?streamid=x"]}})

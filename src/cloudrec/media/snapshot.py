@@ -162,6 +162,8 @@ class KeyframeSnapshots:
         _executor().submit(self._make, frame.codec, data, unixms)
 
     def _make(self, codec: str, data: bytes, unixms: int) -> None:
+        """In a pool thread. ``on_snapshot`` is scheduled before the job counts as done, so
+        whoever :meth:`wait` ed for it finds it queued on the loop."""
         try:
             picture = decode_keyframe(codec, data)
             if picture is None:
@@ -169,17 +171,16 @@ class KeyframeSnapshots:
                 log.warning("snapshot of %s: the key frame did not decode", self.basename)
                 return
             info = write_jpeg(picture, self.directory, self.basename, unixms)
+            self.taken += 1
+            try:
+                self._call_soon(self._on_snapshot, info)
+            except RuntimeError:  # the loop is closed: the spool keeps the file for a restart
+                pass
         except Exception as exc:  # a full disk, a closed spool: skip this one
             self.failed += 1
             log.error("snapshot of %s failed: %s", self.basename, exc)
-            return
         finally:
             self._busy.release()
-        self.taken += 1
-        try:
-            self._call_soon(self._on_snapshot, info)
-        except RuntimeError:  # the loop is closed: the spool keeps the file for a restart
-            pass
 
     def wait(self, timeout: float = 5.0) -> None:
         """Block until the snapshot being made (if any) is written."""
