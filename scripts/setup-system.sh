@@ -4,7 +4,8 @@
 #   serve: fonts-noto-cjk (NotoSansCJK, the font of mixed recordings' text and timestamp
 #          watermarks, so Chinese renders; without it they fall back to Pillow's default font).
 #   test:  also ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the
-#          benchmark reference; PyAV wheels bundle their own FFmpeg, so the service does not need
+#          benchmark reference and, in listen mode, the RTMP server and reader of the live-push
+#          test, tests/test_pause_push.py; PyAV wheels bundle their own FFmpeg, so the service does not need
 #          it), chromium (a real browser publishes through the /publish page in the tests),
 #          chromium-driver (selenium drives chromium through the console in tests/test_console.py),
 #          postgresql and redis-server (tests/services.py runs real ones for the cluster paths).

@@ -37,6 +37,7 @@ class Settings:
     query_rate_per_s: int = 10  # per recordid
     stop_timeout_s: float = 15.0  # how long stoprecord waits for the last segment to be stored
     callback_retry_s: float = 3600.0  # how long an undelivered callback is retried
+    pause_timeout_s: float = 3600.0  # a recording paused longer than this stops (reason "paused")
     allow_private_urls: bool = False  # SSRF guard: may picture URLs point at private addresses
     public_url: str = ""  # how publishers reach this server; default http://{host}:{port}
     log_level: str = "info"

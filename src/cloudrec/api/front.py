@@ -32,7 +32,7 @@ from cloudrec.cluster import ClusterFull, Directory, WorkerInfo
 from cloudrec.config import Settings, node_name, worker_count
 from cloudrec.errors import CapacityError, RecordingError
 from cloudrec.recorder import RecordingService
-from cloudrec.recorder.mixed import mix_rooms
+from cloudrec.recorder.mixed import check_push_urls, mix_rooms
 from cloudrec.rooms import RoomHub
 from cloudrec.tasks import Status, TaskStore
 from cloudrec.workers import HttpWorkerClient, LocalWorkerClient, Worker, WorkerClient
@@ -224,6 +224,7 @@ class Front:
     # -- the API's verbs ------------------------------------------------------------------------
 
     async def start(self, appid: int, req: Any, body: str) -> str:
+        check_push_urls(getattr(req, "outputs", None))  # 2101 comes before the resid's codes
         named = [req.roomid]
         if req.streamtype == 1 and req.mixconfig is not None:
             named = mix_rooms(req.roomid, req.mixconfig)
@@ -260,6 +261,16 @@ class Front:
             return {"recordid": recordid, "files": self.orphans.files(recordid)}
         result = await self.client_for(owner).call("stop", appid=appid, body=body)
         return {"recordid": str(result["recordid"]), "files": list(result.get("files") or [])}
+
+    async def pause(self, appid: int, req: Any, body: str, *, resume: bool = False
+                    ) -> dict[str, Any]:
+        """pauserecord / resumerecord, routed like stoprecord; ``{"recordid", "paused",
+        "pausetime", ...}``."""
+        owner = await self._owner_of(appid, req.roomid)
+        if owner is None:
+            return await (self.orphans.resume if resume else self.orphans.pause)(appid, req)
+        return dict(await self.client_for(owner).call("resume" if resume else "pause",
+                                                      appid=appid, body=body))
 
     async def update(self, appid: int, req: Any, body: str) -> str:
         owner = await self._owner_of(appid, req.roomid)

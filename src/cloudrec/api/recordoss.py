@@ -1,6 +1,7 @@
-"""The seed's five endpoints, and ``listrecord`` beyond the seed. Thin: authenticate,
-rate-limit, validate, call the front (which runs the verb on the worker that owns the room),
-and shape the seed's envelope ``{"code", "message", "traceId", ...}``.
+"""The seed's five endpoints, and ``listrecord``, ``pauserecord`` and ``resumerecord`` beyond
+the seed. Thin: authenticate, rate-limit, validate, call the front (which runs the verb on the
+worker that owns the room), and shape the seed's envelope ``{"code", "message", "traceId",
+...}``.
 
 Checks run in the order SPEC §1 fixes: auth → rate limit → validation → the service's own
 checks (resid, room, recordid, task type). Every answer is counted for ``/metrics`` by endpoint
@@ -146,6 +147,22 @@ def recordoss_router(settings: Settings, service: Front,
             return {"recordid": stopped["recordid"], "files": stopped["files"]}
 
         return await handle(request, appid, "stoprecord", work)
+
+    def pause_route(endpoint: str, resume: bool) -> Callable[..., Awaitable[JSONResponse]]:
+        """pauserecord / resumerecord (beyond the seed): stoprecord's body, auth, limits and
+        codes; 4004 names the state when the task is paused already, or not paused."""
+        async def route(appid: str, request: Request) -> JSONResponse:
+            async def work(app: int) -> dict[str, Any]:
+                raw = await body_of(request)
+                req = parse_request(StopRecordRequest, raw, app)
+                return await service.pause(app, req, raw.decode(), resume=resume)
+
+            return await handle(request, appid, endpoint, work)
+
+        return route
+
+    router.post(BASE + "/pauserecord")(pause_route("pauserecord", resume=False))
+    router.post(BASE + "/resumerecord")(pause_route("resumerecord", resume=True))
 
     @router.post(BASE + "/updatemixrecord")
     async def updatemixrecord(appid: str, request: Request) -> JSONResponse:

@@ -189,7 +189,13 @@ class AudioTrack:
         self._next_rtp = 0  # RTP timestamp the next packet should carry
         self._last_arrival = 0.0
         self._flag_gap = False  # the next packet out starts after a break
+        self._rebase = False  # re-anchor the next packet on arrival (after a pauserecord)
         self.dropped = 0
+
+    def rebase(self) -> None:
+        """Anchor the next packet on its arrival, as after a pause of the publisher: used
+        when the recording itself was paused (the recording clock moved on meanwhile)."""
+        self._rebase = True
 
     @property
     def encoder_name(self) -> str | None:
@@ -213,7 +219,7 @@ class AudioTrack:
                 self.dropped += 1
                 return []
             late = frame.arrival - self._last_arrival
-            if missing > self._pause_s * SAMPLE_RATE or late > self._pause_s:
+            if missing > self._pause_s * SAMPLE_RATE or late > self._pause_s or self._rebase:
                 self._anchor(frame.arrival, to_ticks, gap=True)
             elif missing > SAMPLE_RATE // 400:  # a lost packet (> 2.5 ms): keep time with silence
                 codec.silence(missing)
@@ -235,6 +241,7 @@ class AudioTrack:
 
     def _anchor(self, arrival: float, to_ticks: Callable[[float], int], *, gap: bool) -> None:
         assert self._codec is not None
+        self._rebase = False
         sample = self._codec.align()
         ticks = to_ticks(arrival)
         if self._anchors:  # never before the end of what the previous anchor timed

@@ -33,6 +33,12 @@ a new layout, background, watermarks, patch or SEI keep the encoder; a new size,
 bit rate or GOP opens a new encoder, and its first frame starts a new segment marked
 ``#EXT-X-DISCONTINUITY``. Timestamps stay continuous either way.
 
+Pause (:meth:`MixedHlsRecorder.pause`, ``pauserecord``) closes the open segment and stops the
+clock; :meth:`~MixedHlsRecorder.resume` moves the clock's anchor by the paused time, so the
+recording goes on without a gap, after ``#EXT-X-DISCONTINUITY``. Packet sinks
+(:meth:`~MixedHlsRecorder.add_sink`: the live pushes of :mod:`cloudrec.media.push`) get every
+encoded packet too.
+
 Not thread-safe: one thread owns a recorder (see :mod:`cloudrec.recorder.mixed`).
 """
 
@@ -43,6 +49,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import av
 from av.video.frame import PictureType
@@ -82,6 +89,17 @@ def picture_urls(mixconfig: MixConfig) -> list[str]:
     if out.watermark is not None:
         urls += [wm.url for wm in out.watermark.imageList or []]
     return list(dict.fromkeys(urls))
+
+
+class PacketSink(Protocol):
+    """Where encoded packets also go: H.264 Annex B access units and raw AAC frames, with
+    their 90 kHz PTS."""
+
+    def video(self, data: bytes, pts: int, key: bool) -> None: ...
+
+    def audio(self, data: bytes, pts: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -162,6 +180,8 @@ class MixedHlsRecorder:
                                   segment_seconds=segment_seconds, on_segment=on_segment,
                                   resume=resume)
         self._closed = False
+        self._paused_at: float | None = None  # pauserecord: when the pause began
+        self._sinks: list[PacketSink] = []  # live pushes: every encoded packet, too
 
     # -- state -------------------------------------------------------------------------------
 
@@ -240,7 +260,7 @@ class MixedHlsRecorder:
         """Render what is due at wall-clock ``now`` (``time.monotonic()``); returns frames made.
 
         The clock starts at the first call after some input media arrived."""
-        if self._closed:
+        if self._closed or self._paused_at is not None:
             return 0
         if self._t0 is None:
             if not self._inputs.has_media:
@@ -315,6 +335,8 @@ class MixedHlsRecorder:
         if self._sei is not None:
             data = self._sei(data)
         self._out.video(data, pts, bool(packet.is_keyframe), end)
+        for sink in self._sinks:
+            sink.video(data, pts, bool(packet.is_keyframe))
 
     def _switch_encoder(self) -> None:
         """Drain and drop the encoder and end the segment before an output change; the next
@@ -344,6 +366,8 @@ class MixedHlsRecorder:
             end = pts + (packet.duration or 1024) * TS_CLOCK // SAMPLE_RATE
             self.stats.audio_frames_out += 1
             self._out.audio(adts_header(len(payload), 2) + payload, pts, end)
+            for sink in self._sinks:
+                sink.audio(payload, pts)
 
     # -- updates -----------------------------------------------------------------------------
 
@@ -375,6 +399,38 @@ class MixedHlsRecorder:
         if name not in self.stats.encoders:
             self.stats.encoders.append(name)
 
+    # -- pause and live push -----------------------------------------------------------------
+
+    def pause(self, now: float) -> None:
+        """``pauserecord``: nothing is composed, encoded or written until :meth:`resume`; the
+        open segment ends now (so it is stored during the pause). The caller stops feeding
+        input frames meanwhile."""
+        if self._closed or self._paused_at is not None:
+            return
+        self._paused_at = now
+        self._out.cut()
+
+    def resume(self, now: float) -> None:
+        """``resumerecord``: the clock goes on where the pause began (its anchor moves by the
+        paused time), so the next frame follows the last one without a gap; its IDR starts a
+        segment after #EXT-X-DISCONTINUITY. Inputs decode again from their next key frame."""
+        if self._paused_at is None:
+            return
+        if self._t0 is not None:
+            self._t0 += max(0.0, now - self._paused_at)
+        self._paused_at = None
+        for key in self._inputs.keys:
+            self._inputs.resync(key)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
+    def add_sink(self, sink: PacketSink) -> None:
+        """Hand every encoded packet to ``sink`` as well (a live push, which must not block:
+        see :mod:`cloudrec.media.push`); it is closed with the recorder."""
+        self._sinks.append(sink)
+
     def close(self) -> SegmentInfo | None:
         """Drain the encoders, close the last segment, end the playlist with #EXT-X-ENDLIST."""
         if self._closed:
@@ -383,9 +439,13 @@ class MixedHlsRecorder:
         if self._encoder is not None:
             for packet in self._encoder.ctx.encode(None):
                 self._video_packet(packet, self._encoder, self._out.end or 0)
-        if self._aac is not None and self.started:
+        if self._aac is not None and self.started and self._paused_at is None:
             end = self._out.end
             if self._video and end is not None:
                 self._mix_to(end - PTS_ORIGIN - self._out.base)
             self._aac_packets(self._aac.encode(None))
-        return self._out.close()
+        try:
+            return self._out.close()
+        finally:
+            for sink in self._sinks:
+                sink.close()

@@ -18,6 +18,8 @@ Commands (loop → worker)::
     ("unpublished", key)                   key = (roomid, uid)
     ("resync", key)                        frames of key were dropped before the worker
     ("update", mixconfig, pictures, token) answered by ("updated", token, error or None)
+    ("pause",) / ("resume",)               pauserecord / resumerecord (see MixedHlsRecorder)
+    ("push", urls)                         also push the encoded stream live to these URLs
     ("stop",)                              close the last segment, #EXT-X-ENDLIST, report done
     ("taken",)                             the loop queued the last segment's upload
 
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudrec.media import MixedHlsRecorder, SegmentInfo
+from cloudrec.media.push import PushFanout
 from cloudrec.media.snapshot import CanvasSnapshots
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
@@ -96,6 +99,7 @@ class Progress:
     frames_out: int = 0
     duration: float = 0.0  # seconds written, the open segment included
     wanted: list[Key] = field(default_factory=list)
+    push: list[dict[str, Any]] = field(default_factory=list)  # each live push's state
 
 
 def pack_frame(key: Key, f: EncodedFrame) -> tuple[Any, ...]:
@@ -119,6 +123,7 @@ class MixWorker:
         self.taken = threading.Event()  # set by the transport when the loop took a segment
         self._listening = True
         self._progress = Progress()
+        self._push: PushFanout | None = None
 
     def report(self, message: Message) -> bool:
         if self._listening and not self._send(message):
@@ -202,6 +207,14 @@ class MixWorker:
             rec.unpublished(command[1])
         elif kind == "resync":
             rec.resync(command[1])
+        elif kind == "pause":
+            rec.pause(time.monotonic())
+        elif kind == "resume":
+            rec.resume(time.monotonic())
+        elif kind == "push" and self._push is None:
+            self._push = PushFanout(list(command[1]), video=self.spec.video,
+                                    audio=self.spec.audio)
+            rec.add_sink(self._push)
         elif kind == "update":
             _, mixconfig, pictures, token = command
             try:
@@ -217,6 +230,7 @@ class MixWorker:
         p.frames_in, p.frames_out = rec.stats.frames_in, rec.stats.frames_out
         p.duration = rec.duration
         p.wanted = sorted(rec.wanted)
+        p.push = self._push.states() if self._push is not None else []
         self.report(("progress", Progress(**vars(p))))
 
     def _segment(self, segment: SegmentInfo) -> None:

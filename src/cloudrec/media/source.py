@@ -71,6 +71,7 @@ class _VideoClock:
         self.last_arrival = 0.0
         self.last_pts: int | None = None
         self.interval = TS_CLOCK // 30  # last frame spacing, to time a segment's end
+        self.rebase = False  # re-anchor the next frame on arrival (after pauserecord)
 
     def place(
         self, frame: EncodedFrame, to_ticks: Callable[[float], int]
@@ -81,6 +82,8 @@ class _VideoClock:
         if self.epoch is not None:
             if frame.epoch != self.epoch:
                 brk = "epoch"
+            elif self.rebase:
+                brk = "pause"
             else:
                 step = frame.timestamp - self.last_rtp
                 if step <= 0:
@@ -97,6 +100,7 @@ class _VideoClock:
             self.interval = min(max(pts - self.last_pts, TS_CLOCK // 100), TS_CLOCK // 5)
         self.epoch, self.last_rtp, self.last_arrival = frame.epoch, frame.timestamp, frame.arrival
         self.last_pts = pts
+        self.rebase = False
         return pts, brk
 
 
@@ -172,6 +176,7 @@ class SourceHlsRecorder:
         self._last_video_arrival = 0.0
         self._pending: deque[AudioPacket] = deque()  # audio waiting for video to pass it
         self._run_start = 0  # PTS where the queued audio last resumed after a break
+        self._paused_at: float | None = None  # pauserecord: when the pause began
 
     # -- public ------------------------------------------------------------------------------
 
@@ -201,11 +206,38 @@ class SourceHlsRecorder:
         else:
             self.stats.frames_dropped += 1
 
+    def pause(self, now: float) -> None:
+        """``pauserecord``: end the open segment where its media ends (it is stored now, not
+        after the pause); frames must not be pushed until :meth:`resume`."""
+        if self._closed or self._paused_at is not None:
+            return
+        self._paused_at = now
+        self._flush_pending(None)
+        if self._seg is not None:
+            self._finish(self._seg.end)
+        self._next_disc = True
+
+    def resume(self, now: float) -> None:
+        """``resumerecord``: the next segment follows #EXT-X-DISCONTINUITY and the timeline
+        goes on where the pause began. The recording clock is moved forward by the paused
+        time and both tracks re-anchor on their next frame, so the pause leaves no gap."""
+        if self._paused_at is None:
+            return
+        if self._t0 is not None:
+            self._t0 += max(0.0, now - self._paused_at)
+        self._paused_at = None
+        self._vclock.rebase = True
+        self._atrack.rebase()
+        self._force_idr = True  # our own encoder (VP8 input): start on a key frame
+
     def close(self) -> SegmentInfo | None:
         """Flush everything, close the last segment, end the playlist with #EXT-X-ENDLIST."""
         if self._closed:
             return None
         self._closed = True
+        if self._paused_at is not None:  # stopped while paused: what the encoders hold is
+            self._playlist.write(self.segments, ended=True)  # from before the pause; dropped
+            return None
         if self._transcoder is not None:
             for data, pts, key in self._transcoder.flush():
                 self._video_au(data, pts, key)

@@ -38,6 +38,7 @@ from cloudrec.diskfull import DiskFullError, is_disk_full, is_disk_full_text
 from cloudrec.media import SegmentInfo
 from cloudrec.media.hls import HlsPlaylist
 from cloudrec.recorder.outputs import RecordingOutputs
+from cloudrec.recorder.pause import PauseState, check_not_stopping
 from cloudrec.storage import ObjectStore, SpoolUploader
 from cloudrec.tasks import Status, StopReason, Task, TaskStore
 
@@ -105,6 +106,7 @@ class Recording:
         on_finished: Callable[[str], None],
         emit: Callable[[str, dict[str, Any]], None] | None = None,
         resumed: bool = False,
+        pause_timeout_s: float = 3600.0,
     ) -> None:
         self.task = task
         self.tasks = tasks
@@ -134,6 +136,44 @@ class Recording:
         self._held = asyncio.Event()  # the end of the recording waits for room on the disk
         self._held_by: str | None = None
         self.outputs = RecordingOutputs(self)  # MP4, snapshots and the file list
+        self.pause_timeout_s = pause_timeout_s
+        self.pause_state = PauseState.from_progress(task.progress)  # paused before a restart
+
+    # -- pause and resume (see cloudrec.recorder.pause) ------------------------------------------
+
+    def pause(self) -> dict[str, Any]:
+        """pauserecord: 4004 when paused already or stopping."""
+        check_not_stopping(self.task.recordid, self._stop_requested.is_set())
+        self.pause_state.pause(self.task.recordid)
+        self._pause_media()
+        self._save_progress()
+        log.info("recording %s paused", self.task.recordid)
+        return self.pause_state.progress()
+
+    def resume(self) -> dict[str, Any]:
+        """resumerecord: 4004 when not paused or stopping."""
+        check_not_stopping(self.task.recordid, self._stop_requested.is_set())
+        lasted = self.pause_state.resume(self.task.recordid)
+        self._resume_media()
+        self._save_progress()
+        log.info("recording %s resumed after %.1f s paused", self.task.recordid, lasted)
+        return self.pause_state.progress()
+
+    def _pause_media(self) -> None:
+        """Close the open segment and write nothing more; subclasses."""
+
+    def _resume_media(self) -> None:
+        """Write again, after #EXT-X-DISCONTINUITY, with no gap in time; subclasses."""
+
+    def _pause_expired(self) -> bool:
+        """Paused longer than ``pause_timeout_s``: the recording stops with reason paused."""
+        if not self.pause_state.expired(self.pause_timeout_s):
+            return False
+        log.info("recording %s: paused for more than %.0f s, stopping", self.task.recordid,
+                 self.pause_timeout_s)
+        if self.stop_reason is None:
+            self.stop_reason = StopReason.PAUSED
+        return True
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -416,6 +456,7 @@ class Recording:
             "storedbytes": self.uploader.stored_bytes,
             "pendingfiles": self.uploader.pending,
             "storageerror": self.storage_error,
+            **self.pause_state.progress(),
             **self._media_progress(),
         }
         if self.outputs.warnings:

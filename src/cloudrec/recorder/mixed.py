@@ -29,6 +29,12 @@ A child that dies (a crash, SIGKILL, out of memory) ends the recording with reas
 and ``recording.failed``; the segments it closed stay and are stored, and the playlist is
 ended with ``#EXT-X-ENDLIST`` here. The API and other recordings go on.
 
+Pause (``pauserecord``): frames are dropped here, before the worker, which composes and
+writes nothing until ``resumerecord`` (see :mod:`cloudrec.recorder.pause`). Live push
+(``outputs.pushurl``): the worker also pushes its encoded packets, from threads of its own
+(:mod:`cloudrec.media.push`); ``queryrecord`` lists each push's state under ``push`` (URLs
+redacted) and a push that is failing under ``warnings``.
+
 The recording stops on ``stop()`` (reason api), after ``idle_timeout_s`` with no media from
 any input it uses (idle; error when it was resumed after a restart and no input came back),
 or when the worker fails (error). Callback events and progress are those of a source recording.
@@ -44,13 +50,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloudrec.errors import RecordingError
+from cloudrec.errors import InvalidParameter, RecordingError
 from cloudrec.fetch import FetchError, fetch_bytes
 from cloudrec.media import HlsPlaylist, SegmentInfo, picture_urls
 from cloudrec.media.mixworker import Message, MixSpec, Progress, pack_frame
+from cloudrec.media.push import push_warnings
+from cloudrec.media.push import unsupported as unsupported_push
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.recorder.base import Recording
 from cloudrec.recorder.mixproc import MixProcess, MixThread
+from cloudrec.recorder.outputs import outputs_of
 from cloudrec.rooms import PublisherEvent, RoomHub, Subscription, SubscriptionClosed
 from cloudrec.tasks import Status, StopReason
 
@@ -78,6 +87,16 @@ def mix_rooms(roomid: str, mixconfig: MixConfig) -> list[str]:
     if mixconfig.inputs:
         return list(dict.fromkeys(i.roomid for i in mixconfig.inputs))
     return [roomid]
+
+
+def check_push_urls(outputs: Any) -> None:
+    """2101 naming ``outputs.pushurl[i]`` for a URL this server cannot push to: an
+    ``srt://`` one when the FFmpeg inside PyAV has no SRT (see
+    :func:`cloudrec.media.push.unsupported`)."""
+    for i, url in enumerate(getattr(outputs, "pushurl", None) or []):
+        why = unsupported_push(url)
+        if why is not None:
+            raise InvalidParameter(f"outputs.pushurl[{i}]", why)
 
 
 class MixMedia:
@@ -189,6 +208,11 @@ class MixedRecording(Recording):
             self.recorder = MixMedia(self.spool_dir / f"{self.basename}.m3u8", segments)
             if resume:
                 self.uploader.submit_pending(self.recorder.playlist_path)
+            if self.pause_state.paused:  # paused before a restart (or while starting)
+                self._send(("pause",))
+            push = outputs_of(self.task.request).get("pushurl")
+            if push:
+                self._send(("push", list(push)))
             self._sync_rooms(self.mixconfig)
             self._worker_started.set()
             await self._watch()
@@ -211,6 +235,10 @@ class MixedRecording(Recording):
             assert self.worker is not None and self.recorder is not None
             if self.worker.done.done():
                 return
+            if self.pause_state.paused:  # no idle stop while paused: pause_timeout_s instead
+                self.last_media = time.monotonic()
+                if self._pause_expired():
+                    return
             # the worker's clock is time.monotonic() too: CLOCK_MONOTONIC is system-wide
             last_media = max(self.last_media, self.recorder.progress.last_media)
             if time.monotonic() - last_media > self.idle_timeout_s:
@@ -281,6 +309,8 @@ class MixedRecording(Recording):
                                     [p.uid for p in pubs if "video" in p.kinds]))
                     continue
                 key = (roomid, item[0])
+                if self.pause_state.paused:
+                    continue  # nothing is written while paused; the worker resyncs on resume
                 if self._backlog() > MAX_BACKLOG:
                     self.frames_dropped += 1
                     if key not in behind:
@@ -363,6 +393,12 @@ class MixedRecording(Recording):
         for applied in self._updates.values():
             _settle(applied, RecordingError("the mixed recording stopped", 4014))
 
+    def _pause_media(self) -> None:
+        self._send(("pause",))  # after the frames batched before it
+
+    def _resume_media(self) -> None:
+        self._send(("resume",))
+
     def _close_media(self) -> None:
         """After a worker that did not finish its files: store the segments it closed (some
         may not have been reported) and end the spool's playlist with #EXT-X-ENDLIST."""
@@ -385,7 +421,8 @@ class MixedRecording(Recording):
             "inputs": [f"{r}/{u}" for r, u in rec.progress.wanted] if rec else [],
             "framesskipped": rec.progress.frames_skipped if rec else 0,
             "framesdropped": self.frames_dropped,
-            "warnings": list(self.warnings),
+            "warnings": [*self.warnings, *push_warnings(rec.progress.push if rec else [])],
+            "push": list(rec.progress.push) if rec else [],  # outputs.pushurl, redacted
             # the layout in force, so a restart resumes with the latest updatemixrecord
             "mixconfig": self.mixconfig.model_dump(mode="json", by_alias=True,
                                                    exclude_none=True),

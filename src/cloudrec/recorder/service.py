@@ -22,6 +22,7 @@ from cloudrec.models.mixconfig import MixConfig
 from cloudrec.recorder.mixed import MixedRecording, mix_rooms, mixed_kinds
 from cloudrec.media.hls import atomic_write_text
 from cloudrec.recorder.base import basename_for
+from cloudrec.recorder.pause import PauseState
 from cloudrec.recorder.outputs import submit_leftovers
 from cloudrec.recorder.source import SourceRecording, prefix_for
 from cloudrec.rooms import RoomHub
@@ -124,6 +125,32 @@ class RecordingService:
         await recording.stop(StopReason.API, timeout=self.settings.stop_timeout_s)
         return task.recordid
 
+    async def pause(self, appid: int, req: Any) -> dict[str, Any]:
+        """pauserecord (stoprecord's body and codes; 4004 when already paused)."""
+        return self._pause_or_resume(appid, req, resume=False)
+
+    async def resume(self, appid: int, req: Any) -> dict[str, Any]:
+        """resumerecord (stoprecord's body and codes; 4004 when not paused)."""
+        return self._pause_or_resume(appid, req, resume=True)
+
+    def _pause_or_resume(self, appid: int, req: Any, *, resume: bool) -> dict[str, Any]:
+        """A task that is active in the store but not running here (its worker is gone and
+        no publisher came back yet) has the state written into its progress: it resumes
+        paused, or not, wherever it runs next."""
+        task = self._active_task(appid, req.roomid, req.recordid, req.resid)
+        recording = self.recordings.get(task.recordid)
+        if recording is not None:
+            state = recording.resume() if resume else recording.pause()
+        else:
+            pause = PauseState.from_progress(task.progress)
+            if resume:
+                pause.resume(task.recordid)
+            else:
+                pause.pause(task.recordid)
+            state = pause.progress()
+            self.tasks.set_progress(task.recordid, {**task.progress, **state})
+        return {"recordid": task.recordid, **state}
+
     async def update(self, appid: int, req: Any) -> str:
         task = self._active_task(appid, req.roomid, req.recordid, req.resid)
         if task.streamtype != 1:
@@ -205,6 +232,7 @@ class RecordingService:
             "idle_timeout_s": self.settings.idle_timeout_s,
             "segment_seconds": self.settings.segment_seconds,
             "stop_timeout_s": self.settings.stop_timeout_s,
+            "pause_timeout_s": self.settings.pause_timeout_s,
             "on_finished": self._finished,
             "emit": lambda event_type, data: self._emit(task, event_type, data),
             "resumed": resume,

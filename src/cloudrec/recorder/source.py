@@ -89,14 +89,19 @@ class SourceRecording(Recording):
         frame keeps the per-frame cost of the loop near zero (recording needs no low latency)."""
         last_media = time.monotonic()
         while not self._stop_requested.is_set():
+            paused = self.pause_state.paused
             while True:
                 try:
                     item = sub.get_nowait()
                 except asyncio.QueueEmpty:
                     break
-                if isinstance(item, tuple):
+                if isinstance(item, tuple) and not paused:  # paused: nothing is written
                     self._push(item[1])
                     last_media = time.monotonic()
+            if paused:  # no auto-stop for lack of media while paused; pause_timeout_s instead
+                last_media = time.monotonic()
+                if self._pause_expired():
+                    return
             if time.monotonic() - last_media > self.idle_timeout_s:
                 log.info("recording %s: no media for %.0f s, stopping",
                          self.task.recordid, self.idle_timeout_s)
@@ -116,6 +121,23 @@ class SourceRecording(Recording):
         self.outputs.on_frame(frame, self._subscription)  # snapshots: key frames only
         if not self._recording and self.recorder.duration > 0:
             self._started()
+
+    def _pause_media(self) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.pause(time.monotonic())
+        except Exception as exc:  # closing the segment failed (a full disk): end with error
+            log.exception("recording %s: pausing failed", self.task.recordid)
+            self._fail(exc)
+            self._stop_requested.set()
+            self._on_stop_requested()
+
+    def _resume_media(self) -> None:
+        if self.recorder is not None:
+            self.recorder.resume(time.monotonic())
+        if self._subscription is not None:
+            self._subscription.request_keyframe(self.task.uid or "")
 
     def _close_media(self) -> None:
         if self.recorder is not None:

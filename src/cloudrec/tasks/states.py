@@ -23,6 +23,7 @@ class StopReason(StrEnum):
     IDLE = "idle"
     ERROR = "error"
     SHUTDOWN = "shutdown"
+    PAUSED = "paused"  # paused longer than pause_timeout_s
 
 
 ACTIVE = (Status.INIT, Status.STARTING, Status.RECORDING, Status.STOPPING)

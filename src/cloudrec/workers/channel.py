@@ -22,8 +22,8 @@ from cloudrec.errors import CloudrecError, InternalError, InvalidParameter
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Cloudrec-Internal"
-OPS = ("publish", "unpublish", "start", "stop", "update", "query", "adopt", "status",
-       "publications")
+OPS = ("publish", "unpublish", "start", "stop", "pause", "resume", "update", "query", "adopt",
+       "status", "publications")
 
 
 class WorkerUnavailable(InternalError):

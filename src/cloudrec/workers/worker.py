@@ -145,6 +145,14 @@ class Worker:
         recordid = await self.service.stop(appid, req)
         return {"recordid": recordid, "files": self.service.files(recordid)}
 
+    async def pause(self, appid: int, body: str) -> dict[str, Any]:
+        req = parse_request(StopRecordRequest, body, appid)  # the same body as stoprecord
+        return await self.service.pause(appid, req)
+
+    async def resume(self, appid: int, body: str) -> dict[str, Any]:
+        req = parse_request(StopRecordRequest, body, appid)
+        return await self.service.resume(appid, req)
+
     async def update(self, appid: int, body: str) -> dict[str, Any]:
         req = parse_request(UpdateMixRecordRequest, body, appid)
         return {"recordid": await self.service.update(appid, req)}
