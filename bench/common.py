@@ -58,7 +58,8 @@ class ServerProcess:
             self.proc.kill()
 
 
-def start_server(data_dir: Path, **settings: object) -> ServerProcess:
+def start_server(data_dir: Path, quiet: bool = False, **settings: object) -> ServerProcess:
+    """``quiet``: the server's stderr goes to ``data_dir/server.log``, not to ours."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     lines = [f'data_dir = "{data_dir}"', f"port = {port}", 'log_level = "warning"']
@@ -67,7 +68,8 @@ def start_server(data_dir: Path, **settings: object) -> ServerProcess:
     config = data_dir / "bench.toml"
     config.write_text("\n".join(lines) + "\n")
     proc = subprocess.Popen([sys.executable, "-m", "cloudrec.cli", "serve", "--config", str(config)],
-                            stdout=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL,
+                            stderr=open(data_dir / "server.log", "wb") if quiet else None)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -79,12 +81,14 @@ def start_server(data_dir: Path, **settings: object) -> ServerProcess:
     raise RuntimeError("cloudrec did not start")
 
 
-def start_publishers(server: ServerProcess, room: str, uids: list[str], clip: Path) -> subprocess.Popen[bytes]:
-    """Publishers run in their own process so their CPU is not counted as cloudrec's."""
+def start_publishers(server: ServerProcess, room: str, uids: list[str], clip: Path,
+                     nice: int = 0) -> subprocess.Popen[bytes]:
+    """Publishers run in their own process so their CPU is not counted as cloudrec's; with
+    ``nice`` (e.g. 19) at that lower priority, so that they yield the CPU to the server."""
     return subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("publishers.py")), server.base, str(APPID),
          SECRET, room, str(clip), *uids],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE, preexec_fn=(lambda: os.nice(nice)) if nice else None,
     )
 
 

@@ -8,6 +8,10 @@ merely receives the K streams (the floor), then while it records all K (WebRTC r
 + Opus→AAC + HLS + local storage). Goal: ≤ 0.03 cores per recording, and ≤ 10 % above the floor.
 Mixed recording (bench_mixed.py, last): decode + compose + encode of pre-encoded inputs, against
 a bare libx264 encode and the ffmpeg CLI in the same run. Goal: ≤ 0.12 cores for 4 → 640x480.
+Capacity (bench_capacity.py): the most source recordings one node holds with ≥ 99 % of the sent
+frames recorded, workers=1 and workers=2, and their ratio (goal ≥ 1.8× on 2 cores).
+Cluster (bench_cluster.py): startrecord p50/p99 on 3 nodes on PostgreSQL + Redis, against one
+node. ``BENCH_QUICK=1`` shortens both (shorter holds, fewer cycles).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_api  # noqa: E402
+import bench_capacity  # noqa: E402
+import bench_cluster  # noqa: E402
 import bench_mixed  # noqa: E402
 import bench_storage  # noqa: E402
 import bench_load  # noqa: E402
@@ -112,6 +118,8 @@ def main() -> None:
                 print(load_line, flush=True)
         finally:
             server.stop()
+        print("\n".join(bench_capacity.run(clip)), flush=True)
+        print("\n".join(bench_cluster.run(clip)), flush=True)
     print("\n".join(bench_storage.run()), flush=True)
     print("\n".join(bench_mixed.run()), flush=True)
 
