@@ -73,8 +73,17 @@ class Moto:
                 "fileprefix": ["test1", "test2"], **overrides}
 
 
+_running: Moto | None = None  # moto's backends are global to the process: one server per run
+
+
 @pytest.fixture(scope="session")
 def moto() -> Iterator[Moto]:
+    """The fixture may be imported by other test modules (each import is a fixture of its
+    own); they all share the one server, whose users and buckets exist only once."""
+    global _running
+    if _running is not None:
+        yield _running
+        return
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     store = Moto(free_port())
     store.start()
@@ -92,9 +101,11 @@ def moto() -> Iterator[Moto]:
         s3.create_bucket(Bucket=bucket)
     # from here on every request must carry a valid signature of a known access key
     httpx.post(f"{store.url}/moto-api/reset-auth", content=b"0").raise_for_status()
+    _running = store
     try:
         yield store
     finally:
+        _running = None
         if store.server is not None:
             httpx.post(f"{store.url}/moto-api/reset-auth", content=b"inf")  # auth off again
             store.stop()
