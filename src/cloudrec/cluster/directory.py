@@ -19,6 +19,7 @@ from cloudrec.errors import CapacityError
 RoomKey = tuple[int, str]
 
 DEFAULT_COST = 0.05  # cores a recording is expected to cost before a worker has measured one
+MAX_COST = 0.25  # at most this much is reserved for one start (a big mix shows in the CPU soon)
 
 
 def room_name(key: RoomKey) -> str:
@@ -46,9 +47,14 @@ class WorkerInfo:
 
     @property
     def cost_per_recording(self) -> float:
-        if self.recordings <= 0:
+        """What one more recording is expected to cost: this worker's measured CPU shared
+        over what it carries (its publishers' receiving and its recordings alike), bounded so
+        that a worker with many publishers and few recordings does not count its receiving as
+        the cost of every recording it starts."""
+        units = self.recordings + self.publishers
+        if units <= 0:
             return DEFAULT_COST
-        return max(self.cpu / self.recordings, 0.005)
+        return min(max(self.cpu / units, 0.005), MAX_COST)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
