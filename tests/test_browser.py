@@ -53,3 +53,45 @@ async def test_browser_page_publishes_and_is_recorded(tmp_path: Path) -> None:
     assert probe.video_codec == "h264" and probe.width and probe.height
     assert probe.audio_codec == "aac" and probe.audio_frames > 50
     assert abs(probe.duration - (t1 - t0)) <= 1.5
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+async def test_browser_keeps_a_steady_bitrate(tmp_path: Path) -> None:
+    """Chrome sizes its bitrate from the receiver's RTCP (receiver reports, REMB): over 20 s the
+    bitrate received from its fake camera climbs and stays up, it does not collapse."""
+    settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100)
+    async with running_server(settings) as server:
+        hub = server.app.state.hub
+        query = urlencode({"appid": APPID, "roomid": "rate", "uid": "browser", "autostart": 1,
+                           "token": make_token(APPID, "rate", "browser", SECRET)})
+        browser = subprocess.Popen(
+            [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             f"--user-data-dir={tmp_path / 'chromium'}", f"{server.base}/publish?{query}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not hub.is_publishing(APPID, "rate"):
+                assert time.monotonic() < deadline, "the page did not publish"
+                assert browser.poll() is None, "chromium exited"
+                await asyncio.sleep(0.2)
+            kbps: list[float] = []
+            bytes_at = None
+            for _ in range(22):
+                await asyncio.sleep(1.0)
+                pubs = [p for p in hub.publications() if p["roomid"] == "rate"]
+                video_bytes = pubs[0].get("video", {}).get("bytes", 0) if pubs else 0
+                if bytes_at is not None:
+                    kbps.append((video_bytes - bytes_at) * 8 / 1000)
+                bytes_at = video_bytes
+        finally:
+            browser.terminate()
+            browser.wait(10)
+    print("received video kbps per second:", [round(k) for k in kbps])
+    settled = sorted(kbps[5:])
+    median = settled[len(settled) // 2]
+    assert median > 150, kbps
+    last = kbps[-10:]
+    assert sum(last) / len(last) >= 0.6 * median, kbps  # no collapse in the last 10 s
+    assert min(sum(kbps[i:i + 3]) / 3 for i in range(5, len(kbps) - 2)) >= 0.3 * median, kbps

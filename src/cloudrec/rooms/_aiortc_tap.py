@@ -21,6 +21,11 @@ frame; Opus: one packet) and ``.timestamp`` (RTP timestamp already unwrapped by 
 ``TimestampMapper``, starting at 0). ``codec`` is an ``RTCRtpCodecParameters`` (RTX already
 unwrapped to the media codec).
 
+For the lean receive path (:mod:`cloudrec.rooms.lean`), :func:`receive_parameters` reads what
+was negotiated from ``transceiver._codecs`` and ``transceiver._headerExtensions`` (set by
+``setRemoteDescription``) and the SSRC aiortc gave the transceiver's sender (``sender._ssrc``),
+which the lean path's RTCP is sent from.
+
 Keyframe requests use ``receiver._send_rtcp_pli(ssrc)`` with the ssrc from the public
 ``getSynchronizationSources()``. Codec negotiation results are read from
 ``transceiver._codecs``.
@@ -38,13 +43,14 @@ tests/test_rooms.py checks every internal named here, so a move in aiortc fails 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 from collections.abc import Callable
 from typing import Any
 
 import aiortc
-from aiortc import RTCRtpReceiver, RTCRtpTransceiver
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 
 from cloudrec.media.h264 import join_annexb, nal_types, split_annexb
 
@@ -58,8 +64,11 @@ __all__ = [
     "is_tapped",
     "keyframe_detector",
     "negotiated_codec",
+    "receive_parameters",
     "request_keyframe",
 ]
+
+ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 AIORTC_VERSION = "1.16.0"
 
@@ -122,6 +131,11 @@ def check_internals() -> None:
     ):
         if not callable(getattr(cls, name, None)):
             raise TapError(f"aiortc {cls.__name__}.{name} is gone")
+    source = inspect.getsource(RTCRtpTransceiver.__init__)
+    if "self._codecs" not in source or "self._headerExtensions" not in source:
+        raise TapError("aiortc RTCRtpTransceiver._codecs/_headerExtensions are gone")
+    if "self._ssrc = random32()" not in inspect.getsource(RTCRtpSender.__init__):
+        raise TapError("aiortc RTCRtpSender._ssrc is gone")
 
 
 def install_tap(receiver: RTCRtpReceiver, callback: FrameCallback) -> None:
@@ -156,6 +170,21 @@ def negotiated_codec(transceiver: RTCRtpTransceiver) -> str | None:
         if name not in ("rtx", "red", "ulpfec", "flexfec-03"):
             return name
     return None
+
+
+def receive_parameters(transceiver: RTCRtpTransceiver) -> tuple[
+        list[tuple[str, int, int, int | None, bool]], int | None, int]:
+    """What the answer negotiated for ``transceiver``: ``(codecs, abs_send_time_id, ssrc)``,
+    each codec ``(lower-case name, payload type, clock rate, RTX apt or None, goog-remb)``."""
+    codecs = []
+    for codec in getattr(transceiver, "_codecs", None) or ():
+        apt = codec.parameters.get("apt") if codec.name.lower() == "rtx" else None
+        remb = any(fb.type == "goog-remb" for fb in codec.rtcpFeedback or ())
+        codecs.append((codec.name.lower(), int(codec.payloadType), int(codec.clockRate),
+                       int(apt) if apt is not None else None, remb))
+    abs_send_time = next((ext.id for ext in getattr(transceiver, "_headerExtensions", ())
+                          if ext.uri == ABS_SEND_TIME), None)
+    return codecs, abs_send_time, int(transceiver.sender._ssrc)
 
 
 def conformant_access_unit(data: bytes) -> bytes:

@@ -38,6 +38,15 @@ Candidates (announced addresses, a port range)
     Announced addresses add a host candidate per gathered host candidate of the same family,
     with the same port and a slightly lower priority (a peer that can reach both prefers the
     direct path). They appear in the answer only: aioice pairs by socket, not by candidate.
+
+Media (the lean receive path, :mod:`cloudrec.rooms.lean`)
+    :func:`attach_media` registers, per ICE connection of a peer connection, a handler that the
+    same ``datagram_received`` wrapper calls for every SRTP/SRTCP datagram (first byte
+    128-191) from a nominated pair, before aioice tries it as STUN and queues it for the DTLS
+    task. The handler reads the DTLS transport's libsrtp sessions (``_rx_srtp``/``_tx_srtp``,
+    set when the handshake completes) and answers through the pair's datagram transport. Until the
+    handshake is done it declines, and the datagram goes aiortc's way. DTLS and STUN always
+    go aiortc's and aioice's way.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ import random
 import socket
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import aioice
@@ -64,8 +74,8 @@ from aiortc.rtcicetransport import RTCIceGatherer
 
 from cloudrec.rooms.ice import IceOptions
 
-__all__ = ["AIOICE_VERSION", "AIORTC_VERSION", "DTLS_CIPHERS", "TransportInternalsError",
-           "check_internals", "prepare"]
+__all__ = ["AIOICE_VERSION", "AIORTC_VERSION", "DTLS_CIPHERS", "MediaHandler",
+           "TransportInternalsError", "attach_media", "check_internals", "prepare"]
 
 AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
@@ -91,6 +101,10 @@ _LOCAL_CERTIFICATE = "_RTCDtlsTransport__local_certificate"
 _CONSENT_INTERVAL = aioice_ice.CONSENT_INTERVAL
 
 _prepared: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+# (datagram, time.monotonic(), send_data(data, addr), addr) -> True when it took the datagram
+MediaHandler = Callable[[bytes, float, Callable[[bytes, Any], None], Any], bool]
+_media: weakref.WeakKeyDictionary[Connection, MediaHandler] = weakref.WeakKeyDictionary()
 
 
 class TransportInternalsError(RuntimeError):
@@ -120,6 +134,17 @@ def prepare(pc: RTCPeerConnection, options: IceOptions) -> None:
         if connection not in _prepared:
             _prepared.add(connection)
             _hook_connection(connection, options)
+
+
+def attach_media(pc: RTCPeerConnection,
+                 make_handler: Callable[[Callable[[], tuple[Any, Any]]], MediaHandler]) -> None:
+    """Give every SRTP/SRTCP datagram of ``pc``'s transports to a handler: ``make_handler``
+    gets, per DTLS transport, a function returning its ``(rx, tx)`` libsrtp sessions (``None``
+    before the handshake). Call between ``setRemoteDescription`` and ``setLocalDescription``."""
+    transports = {t.receiver.transport for t in pc.getTransceivers()}
+    for dtls in transports:
+        connection = dtls.transport.iceGatherer._connection
+        _media[connection] = make_handler(lambda d=dtls: (d._rx_srtp, d._tx_srtp))
 
 
 # -- ICE ---------------------------------------------------------------------------------------
@@ -157,9 +182,10 @@ def _hook_connection(connection: Connection, options: IceOptions) -> None:
 class _Liveness:
     """When something last came from a nominated pair's remote address."""
 
-    __slots__ = ("heard", "peers", "watched")
+    __slots__ = ("heard", "peers", "watched", "media")
 
-    def __init__(self) -> None:
+    def __init__(self, media: MediaHandler | None = None) -> None:
+        self.media = media
         self.heard = time.monotonic()
         self.peers: set[tuple[Any, ...]] = set()
         self.watched: set[int] = set()
@@ -177,18 +203,23 @@ class _Liveness:
 
     def _watch(self, protocol: Any) -> None:
         received = protocol.datagram_received
+        send = protocol.transport.sendto  # what aioice's (async) send_data calls
         peers_of, monotonic = self, time.monotonic
 
         def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
             if (addr[0], addr[1]) in peers_of.peers:
-                peers_of.heard = monotonic()
+                peers_of.heard = now = monotonic()
+                media = peers_of.media
+                if media is not None and data and 127 < data[0] < 192 and media(
+                        data, now, send, addr):
+                    return
             received(data, addr)
 
         protocol.datagram_received = datagram_received
 
 
 async def _keep_alive(connection: Connection, timeout_s: float) -> None:
-    live = _Liveness()
+    live = _Liveness(_media.get(connection))
     live.follow(connection)
     interval = min(_CONSENT_INTERVAL, timeout_s / 3)
     assert connection.remote_password is not None
@@ -322,6 +353,11 @@ def check_internals() -> None:
     _require("self.receiver.data_received(" in source(aioice_ice.StunProtocol.datagram_received)
              and callable(getattr(aioice_ice.StunProtocol, "request", None)),
              "aioice StunProtocol")
+    _require("self.transport.sendto(data, addr)" in source(aioice_ice.StunProtocol.send_data),
+             "aioice StunProtocol.send_data")
+    _require("self._rx_srtp = Session(rx_policy)" in source(RTCDtlsTransport._setup_srtp)
+             and "self._tx_srtp = Session(tx_policy)" in source(RTCDtlsTransport._setup_srtp),
+             "RTCDtlsTransport._rx_srtp/_tx_srtp")
     _require(isinstance(getattr(aioice_ice.CandidatePair, "remote_addr", None), property),
              "aioice CandidatePair.remote_addr")
     _require(callable(getattr(aioice_ice, "server_reflexive_candidate", None))

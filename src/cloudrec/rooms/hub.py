@@ -5,6 +5,12 @@ tapped (:mod:`cloudrec.rooms._aiortc_tap`): received H.264 access units, VP8 fra
 packets go, still encoded, synchronously from the event loop to every matching
 :class:`Subscription`. Nothing is decoded and no thread is involved.
 
+Receive path: by default (``receive_path="lean"``) aiortc only negotiates, connects and does
+the DTLS handshake; every SRTP packet is then taken by :mod:`cloudrec.rooms.lean`, which
+assembles frames, NACKs, and sends receiver reports, PLI and REMB itself at about half the CPU
+(see its docstring for the profile). ``receive_path="aiortc"`` (or ``CLOUDREC_RECEIVE_PATH=
+aiortc``) keeps aiortc's own receiver with the tap: the reference the benchmark compares with.
+
 Presence: a uid publishes at most one audio and one video track; a second publish for the same
 uid replaces the first (the old peer connection is closed, subscribers see ``unpublished`` then
 ``published`` with a new ``epoch``) and keeps the uid's place in join order and its
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -49,6 +56,7 @@ from cloudrec.mediatypes import EncodedFrame
 from cloudrec.rooms import _aiortc_tap as tap
 from cloudrec.rooms import _aiortc_transport as transport
 from cloudrec.rooms.ice import IceOptions
+from cloudrec.rooms.lean import CodecInfo, LeanReceiver
 from cloudrec.rooms.stats import PublicationStats
 from cloudrec.rooms.subscription import (
     PublisherEvent,
@@ -83,6 +91,10 @@ class _Publication:
     last_arrival: float = 0.0
     watchdog: asyncio.TimerHandle | None = None
     stats: PublicationStats = field(default_factory=PublicationStats)
+    lean: LeanReceiver | None = None
+
+
+RECEIVE_PATHS = ("lean", "aiortc")
 
 
 @dataclass(eq=False)
@@ -181,9 +193,16 @@ class RoomHub:
         announced_addresses: list[str] | tuple[str, ...] = (),
         port_range: tuple[int, int] | None = None,
         liveness_timeout_s: float = 30.0,
+        receive_path: str | None = None,
     ) -> None:
         """``announced_addresses``, ``port_range`` and ``liveness_timeout_s`` are the ICE
-        settings described in :mod:`cloudrec.rooms.ice`; ValueError when one is invalid."""
+        settings described in :mod:`cloudrec.rooms.ice`; ValueError when one is invalid.
+        ``receive_path``: ``"lean"`` or ``"aiortc"`` (default: ``CLOUDREC_RECEIVE_PATH``, else
+        ``"lean"``)."""
+        path = receive_path or os.environ.get("CLOUDREC_RECEIVE_PATH", "") or "lean"
+        if path not in RECEIVE_PATHS:
+            raise ValueError(f"receive_path must be one of {RECEIVE_PATHS}, not {path!r}")
+        self.receive_path = path
         # No STUN by default: a server reachable by its host address needs none, and aiortc's
         # default (a public STUN server) stalls gathering where there is no internet.
         self._configuration = RTCConfiguration(iceServers=list(ice_servers or []))
@@ -287,10 +306,11 @@ class RoomHub:
         pub = _Publication(key, uid, secrets.token_urlsafe(18), next(self._epochs), pc)
         try:
             transceivers = {}
+            sinks = {kind: self._sink(pub, kind) for kind in kinds}
             for kind in kinds:
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
                 transceiver.setCodecPreferences(_codec_preferences(kind))
-                tap.install_tap(transceiver.receiver, self._sink(pub, kind))
+                tap.install_tap(transceiver.receiver, _tap_callback(sinks[kind]))
                 pub.receivers[kind] = transceiver.receiver
                 transceivers[kind] = transceiver
             try:
@@ -302,10 +322,16 @@ class RoomHub:
                     "codecs taken: H.264 (packetization-mode 1), VP8, Opus"
                 ) from exc
             transport.prepare(pc, self._ice)  # DTLS ciphers, ICE candidates and liveness
+            if self.receive_path == "lean":
+                pub.lean = _lean_receiver(transceivers, sinks)
+                transport.attach_media(pc, pub.lean.port)
+                pub.lean.start()
             await pc.setLocalDescription(answer)  # gathers ICE candidates first
             if self._closed:
                 raise RuntimeError("RoomHub is closed")
         except BaseException:
+            if pub.lean is not None:
+                pub.lean.close()
             await pc.close()
             raise
         codecs = {k: tap.negotiated_codec(t) for k, t in transceivers.items()}
@@ -453,6 +479,8 @@ class RoomHub:
             pub.watchdog.cancel()
             pub.watchdog = None
         self._sessions.pop(pub.session_id, None)
+        if isinstance(pub, _Publication) and pub.lean is not None:
+            pub.lean.close()
         if isinstance(pub, _Publication):  # keep its frames in frames_received()
             for kind, stats in pub.stats.kinds.items():
                 self._frames_ended[kind] = self._frames_ended.get(kind, 0) + stats.frames
@@ -469,23 +497,22 @@ class RoomHub:
         logger.info("unpublish %s/%s uid=%s epoch=%d: %s", *pub.key, pub.uid, pub.epoch, reason)
         self._spawn(pub.pc.close())
 
-    def _sink(self, pub: _Publication, kind: str) -> tap.FrameCallback:
-        """The per-receiver callback: wrap each encoded frame once, hand it to subscribers."""
+    def _sink(self, pub: _Publication, kind: str) -> Callable[[str, int, bytes, int], None]:
+        """The per-kind callback ``(codec name, clock rate, data, unwrapped RTP timestamp)``:
+        wrap each encoded frame once, hand it to subscribers."""
         uid, epoch, monotonic = pub.uid, pub.epoch, time.monotonic
-        cached_codec: Any = None
-        name, clock_rate, keyframe = "", 0, tap.keyframe_detector("")
+        name, keyframe = "", tap.keyframe_detector("")
         room: _Room | None = None
         # Until the first video keyframe, ask for one (at most every 0.5 s): frames lost before
         # the receiver was registered would otherwise leave subscribers waiting a whole GOP.
         need_key, asked_at = kind == "video", -1.0
 
-        def on_frame(codec: Any, jitter_frame: Any) -> None:
-            nonlocal cached_codec, name, clock_rate, keyframe, room, need_key, asked_at
+        def on_frame(codec: str, clock_rate: int, data: bytes, timestamp: int) -> None:
+            nonlocal name, keyframe, room, need_key, asked_at
             if not pub.active:
                 return
-            if codec is not cached_codec:
-                cached_codec = codec
-                name, clock_rate = codec.name.lower(), codec.clockRate
+            if codec != name:
+                name = codec
                 keyframe = tap.keyframe_detector(name)
             if room is None:
                 room = self._rooms.get(pub.key)
@@ -494,7 +521,6 @@ class RoomHub:
             now = monotonic()
             pub.frames += 1
             pub.last_arrival = now
-            data = jitter_frame.data
             is_key = keyframe(data)
             pub.stats.add(kind, name, data, is_key, now)
             if need_key:
@@ -506,8 +532,7 @@ class RoomHub:
             subs = room.subscriptions
             if not subs:
                 return
-            frame = EncodedFrame(kind, name, data, jitter_frame.timestamp, clock_rate, now,
-                                 is_key, epoch)
+            frame = EncodedFrame(kind, name, data, timestamp, clock_rate, now, is_key, epoch)
             for sub in subs:
                 if sub.uid is None or sub.uid == uid:
                     sub._push_frame(uid, frame)
@@ -522,6 +547,8 @@ class RoomHub:
                 pub.request_keyframe()
             return
         if pub is None or not pub.active or "video" not in pub.receivers:
+            return
+        if pub.lean is not None and pub.lean.request_keyframe():
             return
         self._spawn(tap.request_keyframe(pub.receivers["video"]))
 
@@ -547,3 +574,36 @@ class RoomHub:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.warning("room task failed: %r", task.exception())
+
+
+def _tap_callback(sink: Callable[[str, int, bytes, int], None]) -> tap.FrameCallback:
+    """aiortc's ``(codec, JitterFrame)`` to the sink's plain arguments."""
+
+    def on_frame(codec: Any, jitter_frame: Any) -> None:
+        sink(codec.name.lower(), codec.clockRate, jitter_frame.data, jitter_frame.timestamp)
+
+    return on_frame
+
+
+def _lean_receiver(transceivers: dict[str, Any],
+                   sinks: dict[str, Callable[[str, int, bytes, int], None]]) -> LeanReceiver:
+    """A lean receiver for what the answer negotiated, feeding the same sinks as the tap."""
+    codecs: list[CodecInfo] = []
+    abs_send_time = None
+    remb = False
+    rtcp_ssrc = 0
+    for kind, transceiver in transceivers.items():
+        negotiated, ast_id, ssrc = tap.receive_parameters(transceiver)
+        rtcp_ssrc = rtcp_ssrc or ssrc
+        if kind == "video":
+            abs_send_time = ast_id
+            remb = any(c[4] for c in negotiated)
+        codecs += [CodecInfo(kind, name, pt, clock, apt) for name, pt, clock, apt, _ in negotiated]
+
+    def on_frame(kind: str, name: str, clock_rate: int, data: bytes, timestamp: int) -> None:
+        sink = sinks.get(kind)
+        if sink is not None:
+            sink(name, clock_rate, data, timestamp)
+
+    return LeanReceiver(codecs, on_frame, rtcp_ssrc=rtcp_ssrc, abs_send_time_id=abs_send_time,
+                        remb=remb)

@@ -1,0 +1,96 @@
+"""RTP payloads to the bytes of an access unit: H.264 (RFC 6184) and VP8 (RFC 7741).
+
+Each function turns one packet's payload into its piece of the frame, so a frame is the
+``b"".join`` of its packets' pieces in sequence order, made once when the frame is complete.
+H.264 pieces carry 4-byte Annex B start codes (what :class:`~cloudrec.mediatypes.EncodedFrame`
+promises); aggregation and fragmentation types that WebRTC does not use (STAP-B, MTAP, FU-B)
+give an empty piece. Opus needs nothing: a packet is a frame.
+"""
+
+from __future__ import annotations
+
+__all__ = ["h264_piece", "h264_starts_frame", "piece_for", "starts_frame_for", "vp8_piece",
+           "vp8_starts_frame"]
+
+_START = b"\x00\x00\x00\x01"
+
+
+def h264_piece(payload: bytes) -> bytes:
+    if not payload:
+        return b""
+    nal_type = payload[0] & 0x1F
+    if nal_type < 24:  # a single NAL unit
+        return _START + payload
+    if nal_type == 28:  # FU-A
+        if len(payload) < 2:
+            return b""
+        header = payload[1]
+        if header & 0x80:  # start of the fragmented NAL unit: rebuild its header
+            return _START + bytes(((payload[0] & 0xE0) | (header & 0x1F),)) + payload[2:]
+        return payload[2:]
+    if nal_type == 24:  # STAP-A: 16-bit sizes, each followed by a NAL unit
+        parts = []
+        pos, end = 1, len(payload)
+        while pos + 2 <= end:
+            size = (payload[pos] << 8) | payload[pos + 1]
+            pos += 2
+            if size == 0 or pos + size > end:
+                break
+            parts.append(_START)
+            parts.append(payload[pos:pos + size])
+            pos += size
+        return b"".join(parts)
+    return b""
+
+
+def vp8_piece(payload: bytes) -> bytes:
+    """The VP8 payload after its descriptor (X, then I/L/T/K extensions)."""
+    if not payload:
+        return b""
+    pos = 1
+    if payload[0] & 0x80:  # X: extension byte
+        if len(payload) < 2:
+            return b""
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:  # I: picture id, 7 or 15 bits
+            if pos >= len(payload):
+                return b""
+            pos += 2 if payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T and/or K: one byte
+            pos += 1
+    return payload[pos:]
+
+
+def piece_for(codec: str):  # type: ignore[no-untyped-def]
+    """The piece function of a codec name; Opus (and anything else): the payload itself."""
+    return {"h264": h264_piece, "vp8": vp8_piece}.get(codec)
+
+
+def h264_starts_frame(payload: bytes) -> bool:
+    """Whether the packet can be the first of an access unit: an AUD, SEI or parameter set, an
+    aggregate (WebRTC senders put SPS/PPS in STAP-A), or the start of a slice whose
+    ``first_mb_in_slice`` is 0 (its ue(v) code is a single 1 bit)."""
+    if len(payload) < 2:
+        return False
+    nal_type = payload[0] & 0x1F
+    if nal_type == 28:
+        if not payload[1] & 0x80 or len(payload) < 3:
+            return False
+        nal_type, first = payload[1] & 0x1F, payload[2]
+    else:
+        first = payload[1]
+    if nal_type in (6, 7, 8, 9, 24):
+        return True
+    return nal_type in (1, 5) and bool(first & 0x80)
+
+
+def vp8_starts_frame(payload: bytes) -> bool:
+    """S bit set and partition 0."""
+    return bool(payload) and payload[0] & 0x1F == 0x10
+
+
+def starts_frame_for(codec: str):  # type: ignore[no-untyped-def]
+    return {"h264": h264_starts_frame, "vp8": vp8_starts_frame}.get(codec)

@@ -1,0 +1,86 @@
+"""The RTCP a receive-only recorder sends, and the little it reads (RFC 3550, 4585, REMB draft).
+
+Built as bytes with ``struct``: a receiver report, a PLI, a generic NACK and a REMB are a few
+fixed fields each, and a recorder sends a handful per second per publication, so no packet
+objects are made. Of what a publisher sends, only the sender report's NTP time is read (for the
+receiver report's LSR/DLSR, from which the publisher computes its round-trip time).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+
+__all__ = ["ReportBlock", "is_rtcp", "nack", "pli", "receiver_report", "remb",
+           "sender_reports"]
+
+RTCP_SR, RTCP_RR, RTCP_RTPFB, RTCP_PSFB = 200, 201, 205, 206
+_FMT_NACK, _FMT_PLI, _FMT_REMB = 1, 1, 15
+
+
+def is_rtcp(data: bytes) -> bool:
+    """RTCP and RTP on one port (RFC 5761): RTCP packet types 192-223 sit where RTP has the
+    marker bit and payload types 64-95, which WebRTC never negotiates."""
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+ReportBlock = tuple[int, int, int, int, int, int, int]
+# (ssrc, fraction_lost 0-255, cumulative lost, extended highest seq, jitter, lsr, dlsr)
+
+
+def receiver_report(sender_ssrc: int, blocks: Iterable[ReportBlock]) -> bytes:
+    body = b"".join(
+        struct.pack("!IIIIII", ssrc, (fraction << 24) | (max(-0x800000, min(lost, 0x7FFFFF))
+                                                          & 0xFFFFFF),
+                    highest & 0xFFFFFFFF, jitter & 0xFFFFFFFF, lsr, dlsr)
+        for ssrc, fraction, lost, highest, jitter, lsr, dlsr in blocks)
+    count = len(body) // 24
+    return struct.pack("!BBHI", 0x80 | count, RTCP_RR, 1 + len(body) // 4, sender_ssrc) + body
+
+
+def pli(sender_ssrc: int, media_ssrc: int) -> bytes:
+    return struct.pack("!BBHII", 0x80 | _FMT_PLI, RTCP_PSFB, 2, sender_ssrc, media_ssrc)
+
+
+def nack(sender_ssrc: int, media_ssrc: int, lost: Iterable[int]) -> bytes:
+    """A generic NACK (RFC 4585 6.2.1) for 16-bit sequence numbers, packed as PID + bitmask."""
+    fci = []
+    pid = -1
+    mask = 0
+    for seq in sorted(s & 0xFFFF for s in lost):
+        if pid >= 0 and 0 < (seq - pid) & 0xFFFF <= 16:
+            mask |= 1 << (((seq - pid) & 0xFFFF) - 1)
+            continue
+        if pid >= 0:
+            fci.append(struct.pack("!HH", pid, mask))
+        pid, mask = seq, 0
+    if pid >= 0:
+        fci.append(struct.pack("!HH", pid, mask))
+    body = b"".join(fci)
+    return struct.pack("!BBHII", 0x80 | _FMT_NACK, RTCP_RTPFB, 2 + len(body) // 4, sender_ssrc,
+                       media_ssrc) + body
+
+
+def remb(sender_ssrc: int, bitrate: int, ssrcs: list[int]) -> bytes:
+    """Receiver Estimated Maximum Bitrate (draft-alvestrand-rmcat-remb): PSFB fmt 15."""
+    bitrate = max(0, int(bitrate))
+    exp = 0
+    while bitrate >= 1 << 18:
+        bitrate >>= 1
+        exp += 1
+    fci = (b"REMB" + struct.pack("!BBH", len(ssrcs), (exp << 2) | (bitrate >> 16),
+                                 bitrate & 0xFFFF)
+           + b"".join(struct.pack("!I", s) for s in ssrcs))
+    return struct.pack("!BBHII", 0x80 | _FMT_REMB, RTCP_PSFB, 2 + len(fci) // 4, sender_ssrc,
+                       0) + fci
+
+
+def sender_reports(data: bytes) -> Iterator[tuple[int, int]]:
+    """``(ssrc, lsr)`` of each sender report in a compound RTCP packet; the rest is skipped."""
+    pos, end = 0, len(data)
+    while pos + 8 <= end:
+        length = (int.from_bytes(data[pos + 2:pos + 4], "big") + 1) * 4
+        if data[pos + 1] == RTCP_SR and pos + 16 <= end:
+            ssrc, msw, lsw = struct.unpack_from("!III", data, pos + 4)
+            yield ssrc, ((msw & 0xFFFF) << 16) | (lsw >> 16)
+        pos += length
