@@ -311,9 +311,8 @@ def _read_commands(channel: Channel, worker: MixWorker,
                    commands: queue.SimpleQueue[Message]) -> None:
     while True:
         message = channel.recv()
-        if message is None:  # the parent is gone: finish the files as on a stop
-            commands.put(("stop",))
-            return
+        if message is None:  # the parent is gone (killed): go with it, see child_main
+            os._exit(0)
         if message[0] == "taken":  # read on after a stop: the last segment is handed over
             worker.taken.set()
         else:
@@ -325,8 +324,11 @@ def child_main(fd: int) -> int:
     ``("open", MixSpec)``.
 
     Signals: SIGINT is ignored (the child runs in its own session anyway; the server stops its
-    mixes in order). SIGTERM finishes the files as a stop does. The parent gone (EOF) does the
-    same: the playlist then lists the last segment, and a restarted service resumes the task.
+    mixes in order). SIGTERM finishes the files as a stop does. The parent gone (EOF: it was
+    killed) ends the child at once, writing nothing more: the task is still active and a
+    restarted service resumes it into the same spool directory, which a child still finishing
+    its files would race with. The segment it was writing is lost, as an in-process
+    recording's would be.
 
     Priority: the child lowers its own by ``MIX_NICE``. Under CPU overload the kernel then lets
     the server's receive path run first: packets not read in time are lost for every recording
