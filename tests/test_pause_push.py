@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import replace
@@ -435,6 +436,33 @@ async def test_push_to_rtmp_survives_the_server_going_away(server: Server, tmp_p
     playlist = server.storage_root() / "test1" / "test2" / f"{APPID}_room6_{recordid}.m3u8"
     probe = probe_playlist(playlist)
     assert probe.duration > 10.0 and max(pts_jumps(playlist)) < 1.0
+
+
+async def test_a_push_server_that_never_answers_does_not_hold_the_mix(server: Server) -> None:
+    """A server that accepts the connection and then says nothing (FFmpeg's RTMP connect would
+    wait for it with the GIL held): the push is killed and retried, the mix records on."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections are accepted by the kernel and never read
+    port = silent.getsockname()[1]
+    pub = await publish(server, "room8", "hank", RED)
+    try:
+        resid = await server.apply()
+        body = mixed_body(resid, "room8", {"templateid": 1, "output": dict(OUT)})
+        body["outputs"] = {"pushurl": [f"rtmp://127.0.0.1:{port}/live/k"]}
+        data = await startrecord(server.call, body)
+        assert data["code"] == 0, data
+        recordid = data["recordid"]
+        await asyncio.sleep(8.0)
+        state = (await query(server, "room8", recordid))["data"]
+        assert state["push"][0]["state"] in ("retrying", "connecting"), state["push"]
+        assert state["push"][0]["attempts"] >= 1 and "no progress" in str(state["push"])
+        assert state["segments"] >= 2 and state["duration"] >= 5.0, state
+        assert state["framesskipped"] <= 15, "the mix kept real time"
+        assert (await server.call("stoprecord", ids(resid, "room8", recordid)))["code"] == 0
+    finally:
+        await pub.stop()
+        silent.close()
 
 
 async def test_push_url_checks(server: Server) -> None:

@@ -1,27 +1,29 @@
 """Live push of a mix: the encoded H.264 + AAC packets the HLS segments get, also sent to up
 to two ``rtmp://`` (FLV) or ``srt://`` (MPEG-TS) URLs while the mix records.
 
-No second encode: :class:`LivePush` muxes the very packets of the mix's encoders. H.264 goes
-in as Annex B (with SPS/PPS before every IDR, as the mix encodes it): PyAV takes the FLV
-sequence header from the first key frame (its ``extract_extradata``) and FFmpeg's FLV muxer
-turns Annex B into length-prefixed NAL units. AAC goes in raw (no ADTS); its
-AudioSpecificConfig comes from an unopened AAC codec context on the stream, which PyAV opens
-when the header is written (it encodes nothing: no frame ever goes to it).
+No second encode: the very packets of the mix's encoders are muxed. H.264 goes in as Annex B
+(with SPS/PPS before every IDR, as the mix encodes it): PyAV takes the FLV sequence header from
+a session's first key frame (its ``extract_extradata``) and FFmpeg's FLV muxer turns Annex B
+into length-prefixed NAL units. AAC goes in raw (no ADTS); its AudioSpecificConfig comes from
+an unopened AAC codec context on the stream, which PyAV opens when the header is written (it
+encodes nothing: no frame ever goes to it). The muxing is :mod:`cloudrec.media.pushproc`'s.
 
 It never stops or slows the recording:
 
 - The encode path only calls :meth:`LivePush.video` / :meth:`LivePush.audio`, which put the
   packet on a bounded queue (``MAX_QUEUE``) and return; a full queue drops the packet and the
-  push resynchronises on the next key frame. Connecting, muxing and network writes happen in
-  the push's own thread (FFmpeg releases the GIL while it waits on the network).
-- A URL that cannot be reached, or a connection that drops, ends the session; the thread waits
-  ``BACKOFF_S`` (1 s, doubling to 30 s) and connects again. Meanwhile the queue is drained, so
-  a reconnect starts from the next key frame, never from stale media. Each session's
-  timestamps start at 0 at its first key frame.
-- Network I/O has a timeout (``IO_TIMEOUT_S``), so a server that stops reading ends the
-  session instead of blocking the thread for ever.
+  push resynchronises on the next key frame.
+- Connecting, muxing and network writes happen in a child process per URL
+  (:mod:`cloudrec.media.pushproc`), fed by a supervisor thread of :class:`LivePush`. Not a
+  thread of the mix's process: FFmpeg's RTMP connect runs inside a PyAV call that holds the
+  GIL with no timeout, so a server that accepts and never answers would stop the mix's
+  encoder with it.
+- A URL that cannot be reached, a connection that drops, or a child that makes no progress for
+  ``IO_TIMEOUT_S`` (it is killed) ends the session; the supervisor waits ``BACKOFF_S`` (1 s,
+  doubling to 30 s) and starts again. The queue is drained first, so a new session starts
+  from the next key frame, never from stale media, with timestamps from 0.
 - A new encoder (``updatemixrecord`` changing size, rate or bit rate) brings new SPS/PPS: the
-  session is closed and a new one starts at once, with the new sequence header.
+  child closes the session and opens a new one at once, with the new sequence header.
 
 State (``state()``): ``connecting``, ``live``, ``retrying`` (with the last ``error`` and when
 the next attempt is due) or ``stopped``, and counters; URLs appear redacted (:func:`redact`),
@@ -30,29 +32,32 @@ since the path and query of a push URL usually hold its stream key.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
+import select
+import subprocess
+import sys
 import threading
 import time
-from fractions import Fraction
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import av
 
-from cloudrec.media import h264
-from cloudrec.media.hls import TS_CLOCK
+from cloudrec.media.pushproc import AUDIO, CONFIG, FORMATS, GAP, VIDEO, frame
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"rtmp": "flv", "srt": "mpegts"}  # URL scheme -> FFmpeg muxer
 MAX_URLS = 2
 MAX_QUEUE = 600  # packets (~6 s of 30 fps video and its audio) before the push drops
 BACKOFF_S = 1.0  # first pause before a reconnect; doubles up to
 MAX_BACKOFF_S = 30.0
-IO_TIMEOUT_S = 5.0  # a connect or a write that takes longer ends the session
-CLOSE_TIMEOUT_S = 2.0  # how long closing waits for the push thread
-_TIME_BASE = Fraction(1, TS_CLOCK)
+IO_TIMEOUT_S = 5.0  # a child with packets to take that says nothing this long is killed
+STARTUP_TIMEOUT_S = 30.0  # a child's imports (PyAV) on a busy machine
+CLOSE_TIMEOUT_S = 2.0  # how long a stopping child may take to finish its stream
 
 
 def ffmpeg_protocols() -> frozenset[str]:
@@ -93,26 +98,23 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{netloc}{path}" + ("/***" if hidden else "")
 
 
-class _SessionEnd(Exception):
-    """End the session and start a new one at once, from ``item`` (a key frame with new
-    parameter sets)."""
-
-    def __init__(self, item: tuple[str, bytes, int, bool]) -> None:
-        super().__init__("new parameter sets")
-        self.item = item
-
-
 class LivePush:
-    """Push one URL from its own thread; :meth:`video` and :meth:`audio` never block."""
+    """Push one URL through a child process; :meth:`video` and :meth:`audio` never block.
+
+    A supervisor thread feeds the child from the bounded queue (non-blocking writes to its
+    pipe, so the thread itself never hangs), reads its reports, and ends a session when the
+    child exits (an error), or when it has packets to take and says nothing for
+    ``IO_TIMEOUT_S`` (a server that does not answer or stopped reading): the child is killed.
+    Then it waits ``BACKOFF_S`` (doubling to ``MAX_BACKOFF_S``; back to the start after a
+    session that went live) and starts a new child."""
 
     def __init__(self, url: str, *, video: bool, audio: bool) -> None:
         if not (video or audio):
             raise ValueError("a push needs audio, video or both")
         self.url = url
         self.name = redact(url)
-        self.format = FORMATS[urlsplit(url).scheme.lower()]
         self._video, self._audio = video, audio
-        self._queue: queue.Queue[tuple[str, bytes, int, bool]] = queue.Queue(MAX_QUEUE)
+        self._queue: queue.Queue[tuple[int, bytes, int, bool]] = queue.Queue(MAX_QUEUE)
         self._gap = threading.Event()  # the queue overflowed: resync on a key frame
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -127,14 +129,14 @@ class LivePush:
     def video(self, data: bytes, pts: int, key: bool) -> None:
         """One Annex B access unit at ``pts`` (90 kHz)."""
         if self._video:
-            self._offer(("video", data, pts, key))
+            self._offer((VIDEO, data, pts, key))
 
     def audio(self, data: bytes, pts: int) -> None:
         """One raw AAC-LC frame (no ADTS header) at ``pts`` (90 kHz)."""
         if self._audio:
-            self._offer(("audio", data, pts, False))
+            self._offer((AUDIO, data, pts, False))
 
-    def _offer(self, item: tuple[str, bytes, int, bool]) -> None:
+    def _offer(self, item: tuple[int, bytes, int, bool]) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -149,140 +151,161 @@ class LivePush:
             return dict(self._state)
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        """Stop the push (what is queued is sent within ``timeout`` if the server takes it)."""
+        """Stop the push: the child finishes the stream (what is queued goes out if the
+        server takes it within ``timeout``) or is killed."""
         self._stop.set()
-        self._thread.join(timeout)
+        self._thread.join(timeout + 1.0)
         self._set(state="stopped", retryat=None)
 
     def _set(self, **changes: Any) -> None:
         with self._lock:
             self._state.update(changes)
 
-    # -- the push thread --------------------------------------------------------------------
+    # -- the supervisor thread --------------------------------------------------------------
 
     def _run(self) -> None:
         delay = BACKOFF_S
-        first: tuple[str, bytes, int, bool] | None = None
         while not self._stop.is_set():
             self._set(state="connecting", retryat=None)
             try:
-                start, first = first, None
-                if self._session(start):
-                    delay = BACKOFF_S  # it was live: the next failure starts the backoff anew
-            except _SessionEnd as end:
-                first = end.item
-                continue
-            except Exception as exc:  # the URL failed or dropped: retry with backoff
-                self._failed(exc, delay)
-                if self._stop.wait(delay):
-                    break
-                delay = min(delay * 2, MAX_BACKOFF_S)
-                continue
+                went_live, error = _Child(self).run()
+            except Exception as exc:  # the child could not even be started
+                went_live, error = False, f"{type(exc).__name__}: {exc}"
+            if self._stop.is_set():
+                break
+            if went_live:
+                delay = BACKOFF_S  # it was live: this failure starts the backoff anew
+            self._failed(error or "the push process ended", delay)
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, MAX_BACKOFF_S)
         self._set(state="stopped", retryat=None)
 
-    def _failed(self, exc: BaseException, delay: float) -> None:
-        error = f"{type(exc).__name__}: {exc}".replace(self.url, self.name)  # FFmpeg names it
+    def _failed(self, error: str, delay: float) -> None:
+        error = error.replace(self.url, self.name).replace("<url>", self.name)
         with self._lock:
             self._state.update(state="retrying", error=error, attempts=self._state["attempts"] + 1,
                                retryat=int((time.time() + delay) * 1000))
         log.warning("push %s failed (%s); retrying in %.0f s", self.name, error, delay)
 
-    def _drain(self) -> None:
-        """Forget what was queued while no session ran: a session starts on fresh media."""
-        while True:
+    def _went_live(self) -> None:
+        with self._lock:
+            self._state.update(state="live", error=None, retryat=None,
+                               sessions=self._state["sessions"] + 1)
+        log.info("push %s is live", self.name)
+
+
+class _Child:
+    """One push process and the session it runs (see :class:`LivePush`)."""
+
+    def __init__(self, push: LivePush) -> None:
+        self.push = push
+        self.heard = time.monotonic()  # the child's last report
+        self.ready = False
+        self.live = False
+        self.taken = 0
+        self.error: str | None = None
+
+    def run(self) -> tuple[bool, str | None]:
+        """(whether the session went live, why it ended: None after a stop)."""
+        push = self.push
+        while True:  # a session starts on fresh media: forget what waited for it
             try:
-                self._queue.get_nowait()
+                push._queue.get_nowait()
             except queue.Empty:
                 break
-        self._gap.clear()
-
-    def _session(self, first: tuple[str, bytes, int, bool] | None) -> bool:
-        """One connection, from ``first`` or else the next key frame, until stop (True when
-        it went live) or an error (raises)."""
-        if first is None:
-            self._drain()
-        container: av.container.OutputContainer | None = None
-        streams: dict[str, Any] = {}
-        origin: int | None = None
-        params: tuple[bytes | None, bytes | None] | None = None
-        live = False
-        waiting = self._video  # for a key frame (video), else for the first packet
+        push._gap.clear()
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[2])  # this very cloudrec
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudrec.media.pushproc"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True,
+            start_new_session=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        reader = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True,
+                                  name=f"push {push.name} reports")
+        reader.start()
+        fd = proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        config = json.dumps({"url": push.url, "video": push._video, "audio": push._audio})
+        pending = bytearray(frame(CONFIG, config.encode()))
+        sent = 0
+        stopping_at: float | None = None
         try:
             while True:
-                if first is not None:
-                    (kind, data, pts, key), first = first, None
-                else:
+                if proc.poll() is not None:
+                    return self.live, self.error or f"the push process {_exit(proc.returncode)}"
+                if push._stop.is_set():
+                    stopping_at = stopping_at or time.monotonic()
+                    if time.monotonic() - stopping_at > CLOSE_TIMEOUT_S:
+                        return self.live, None  # what it has not taken yet is given up
+                if not pending:
+                    if push._stop.is_set():
+                        proc.stdin.close()  # EOF: the child finishes the stream and exits
+                        try:
+                            proc.wait(CLOSE_TIMEOUT_S)
+                        except subprocess.TimeoutExpired:
+                            pass
+                        return self.live, None
                     try:
-                        kind, data, pts, key = self._queue.get(timeout=0.2)
+                        kind, data, pts, key = push._queue.get(timeout=0.1)
                     except queue.Empty:
-                        if self._stop.is_set():
-                            return live
                         continue
-                if self._gap.is_set():  # packets were dropped: wait for the next key frame
-                    self._gap.clear()
-                    waiting = self._video
-                if kind == "video" and key:
-                    found = h264.parameter_sets(data)
-                    if params is not None and found[0] is not None and found != params:
-                        log.info("push %s: new encoder parameters, new session", self.name)
-                        raise _SessionEnd((kind, data, pts, key))
-                    params = params or (found if found[0] is not None else None)
-                if waiting:
-                    if self._video and not (kind == "video" and key):
-                        continue
-                    waiting = False
-                if container is None:
-                    container, streams = self._open(data if self._video else None)
-                    origin = pts
-                assert origin is not None
-                if pts < origin:
-                    continue  # audio from before the session's first key frame
-                packet = av.Packet(data)
-                packet.stream = streams[kind]
-                packet.time_base = _TIME_BASE
-                packet.pts = packet.dts = pts - origin
-                packet.is_keyframe = key
-                container.mux(packet)  # the first one connects and writes the header
-                if not live:
-                    live = True
-                    with self._lock:
-                        self._state.update(state="live", error=None, retryat=None,
-                                           sessions=self._state["sessions"] + 1)
-                    log.info("push %s is live", self.name)
-                with self._lock:
-                    self._state["packets"] += 1
+                    if push._gap.is_set():
+                        push._gap.clear()
+                        pending += frame(GAP, b"")
+                        sent += 1
+                    pending += frame(kind, data, pts, key)
+                    sent += 1
+                _, writable, _ = select.select([], [fd], [], 0.1)
+                if writable:
+                    try:
+                        written = os.write(fd, pending)
+                    except BlockingIOError:
+                        written = 0
+                    except OSError as exc:  # the child is gone: its exit says why
+                        proc.wait(CLOSE_TIMEOUT_S)
+                        return self.live, self.error or f"{type(exc).__name__}: {exc}"
+                    del pending[:written]
+                behind = bool(pending) or sent > self.taken
+                limit = IO_TIMEOUT_S if self.ready else STARTUP_TIMEOUT_S  # imports take long
+                if behind and time.monotonic() - self.heard > limit:
+                    what = "connecting" if not self.live else "sending"
+                    return self.live, (f"no progress {what} for {IO_TIMEOUT_S:.0f} s (the "
+                                       "server does not answer or does not read)")
         finally:
-            if container is not None:
-                try:
-                    container.close()
-                except Exception:  # the connection is gone already
-                    pass
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join(1.0)
 
-    def _open(self, keyframe: bytes | None) -> tuple[av.container.OutputContainer,
-                                                       dict[str, Any]]:
-        """The container of a session (it connects on the first packet); ``keyframe``, the
-        session's first video access unit, gives the picture size muxers want up front."""
-        size = picture_size(keyframe) if keyframe is not None else None
-        container = av.open(self.url, "w", format=self.format, timeout=IO_TIMEOUT_S)
-        streams: dict[str, Any] = {}
-        if self._video:
-            width, height = size or (0, 0)
-            streams["video"] = container.add_mux_stream("h264", width=width, height=height)
-        if self._audio:
-            streams["audio"] = container.add_stream("aac", rate=48_000, layout="stereo")
-        return container, streams
+    def _read(self, stdout: Any) -> None:
+        """The child's reports (JSON lines) until it closes its end."""
+        for line in stdout:
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            self.heard = time.monotonic()
+            if report.get("ready"):
+                self.ready = True
+            if "taken" in report:
+                taken = int(report["taken"])
+                with self.push._lock:
+                    self.push._state["packets"] += taken - self.taken
+                self.taken = taken
+            if report.get("live"):
+                self.live = True
+                self.push._went_live()
+            if "error" in report:
+                self.error = str(report["error"])
 
 
-def picture_size(keyframe: bytes) -> tuple[int, int] | None:
-    """Width and height of an H.264 key frame (with its SPS/PPS), by decoding it: once per
-    session, in the push thread, so no SPS parser is needed here."""
-    decoder = av.CodecContext.create("h264", "r")
-    decoder.thread_count = 1
-    try:
-        frames = list(decoder.decode(av.Packet(keyframe))) + list(decoder.decode(None))
-    except av.FFmpegError:
-        return None
-    return (frames[0].width, frames[0].height) if frames else None
+def _exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 class PushFanout:

@@ -31,9 +31,9 @@ ended with ``#EXT-X-ENDLIST`` here. The API and other recordings go on.
 
 Pause (``pauserecord``): frames are dropped here, before the worker, which composes and
 writes nothing until ``resumerecord`` (see :mod:`cloudrec.recorder.pause`). Live push
-(``outputs.pushurl``): the worker also pushes its encoded packets, from threads of its own
-(:mod:`cloudrec.media.push`); ``queryrecord`` lists each push's state under ``push`` (URLs
-redacted) and a push that is failing under ``warnings``.
+(``outputs.pushurl``): the worker also pushes its encoded packets, through a small process
+per URL (:mod:`cloudrec.media.push`); ``queryrecord`` lists each push's state under ``push``
+(URLs redacted) and a push that is failing under ``warnings``.
 
 The recording stops on ``stop()`` (reason api), after ``idle_timeout_s`` with no media from
 any input it uses (idle; error when it was resumed after a restart and no input came back),
