@@ -10,6 +10,9 @@ Mixed recording (bench_mixed.py, last): decode + compose + encode of pre-encoded
 a bare libx264 encode and the ffmpeg CLI in the same run. Goal: ≤ 0.12 cores for 4 → 640x480.
 Capacity (bench_capacity.py): the most source recordings one node holds with ≥ 99 % of the sent
 frames recorded, workers=1 and workers=2, and their ratio (goal ≥ 1.8× on 2 cores).
+Receive (bench_receive.py): source recording at 16 publishers on the lean receive path, beside
+stock aiortc's receive-only cost on the same streams in the same run (goals ≤ 0.5× and ≤ 0.015
+cores per recording).
 Cluster (bench_cluster.py): startrecord p50/p99 on 3 nodes on PostgreSQL + Redis, against one
 node. ``BENCH_QUICK=1`` shortens both (shorter holds, fewer cycles).
 """
@@ -30,6 +33,7 @@ import bench_api  # noqa: E402
 import bench_capacity  # noqa: E402
 import bench_cluster  # noqa: E402
 import bench_mixed  # noqa: E402
+import bench_receive  # noqa: E402
 import bench_storage  # noqa: E402
 import bench_load  # noqa: E402
 from common import APPID, HEADERS, ServerProcess, measure_cores, start_publishers, start_server, wait_ready  # noqa: E402
@@ -118,6 +122,7 @@ def main() -> None:
                 print(load_line, flush=True)
         finally:
             server.stop()
+        print("\n".join(bench_receive.run(clip)), flush=True)
         print("\n".join(bench_capacity.run(clip)), flush=True)
         print("\n".join(bench_cluster.run(clip)), flush=True)
     print("\n".join(bench_storage.run()), flush=True)
