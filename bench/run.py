@@ -94,7 +94,9 @@ def main() -> None:
         clip = Path(make_clip(str(tmp_path / "clip.mkv"), seconds=6, width=640, height=480,
                               fps=15, bitrate=1_000_000, voice=True,
                               audio_channels=1))
-        server = start_server(tmp_path / "data", write_rate_per_s=1_000_000,
+        # workers = 1: one process whose CPU is all of the receiving and recording (with
+        # worker processes the front's own CPU would be measured, not theirs)
+        server = start_server(tmp_path / "data", workers=1, write_rate_per_s=1_000_000,
                               query_rate_per_s=1_000_000, idle_timeout_s=60)
         lines = []
         try:
