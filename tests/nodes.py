@@ -20,7 +20,9 @@ class Node:
     def __init__(self, data_dir: Path, port: int | None = None, **settings: Any) -> None:
         self.data_dir, self.port = data_dir, port or free_port()
         self.settings = {"data_dir": str(data_dir), "port": self.port, "idle_timeout_s": 6,
-                         "segment_seconds": 1.0, "log_level": "warning", **settings}
+                         "segment_seconds": 1.0, "log_level": "warning",
+                         "max_cpu": 64.0,  # as in helpers.make_settings; tests may lower it
+                         **settings}
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config = data_dir / "cloudrec.toml"
         lines = [f"{k} = {_toml(v)}" for k, v in self.settings.items()]
