@@ -182,7 +182,9 @@ def _start(client: httpx.Client, server: ServerProcess, room: str) -> tuple[str,
 def run_step(workers: int, n: int, clip: Path, tmp: Path) -> Step:
     step = Step(workers, n)
     data = tmp / f"w{workers}n{n}"
-    server = start_server(data, quiet=True, workers=workers, idle_timeout_s=300,
+    # max_cpu high: admission is off, so a step finds where frames start to be lost (in
+    # service, max_cpu refuses new work before that point)
+    server = start_server(data, quiet=True, workers=workers, idle_timeout_s=300, max_cpu=64.0,
                           write_rate_per_s=1_000_000, query_rate_per_s=1_000_000)
     rooms = [f"cap{i}" for i in range(n)]
     pubs = Publishers(server, rooms, clip)
