@@ -385,3 +385,30 @@ async def test_large_mp4_goes_up_to_s3_in_parts(moto: Moto, tmp_path: Path,  # n
         Bucket="rec-s3", Key=f"{PREFIX}{base}.m3u8")["Body"].read())
     check_mp4(local / PREFIX / f"{base}.mp4", local / PREFIX / f"{base}.m3u8",
               ["audio", "video"])
+
+
+async def test_mp4_across_a_pause(server: Server) -> None:
+    """A recording paused and resumed: the MP4 covers both runs, with the HLS's duration (the
+    paused time is in neither) and timestamps that only rise."""
+    pub = await publish(server, "o5", "carol", RED)
+    try:
+        resid = await server.apply()
+        started = await startrecord(server.call, source_body(resid, "o5", "carol",
+                                                             outputs={"mp4": True}))
+        assert started["code"] == 0, started
+        recordid = started["recordid"]
+        ids = {"resid": resid, "appid": APPID, "roomid": "o5", "recordid": recordid}
+        await asyncio.sleep(3.0)
+        assert (await server.call("pauserecord", ids))["code"] == 0
+        await asyncio.sleep(3.0)
+        assert (await server.call("resumerecord", ids))["code"] == 0
+        await asyncio.sleep(3.0)
+        await stop(server.call, "o5", resid, recordid)
+    finally:
+        await pub.stop()
+    root = server.storage_root()
+    base = f"{APPID}_o5_{recordid}_carol"
+    playlist = root / PREFIX / f"{base}.m3u8"
+    assert "#EXT-X-DISCONTINUITY" in playlist_lines(playlist)
+    duration = check_mp4(root / PREFIX / f"{base}.mp4", playlist, ["audio", "video"])
+    assert 4.5 < duration < 7.5, duration  # 9 s of wall time, 3 of them paused
