@@ -5,59 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
-import httpx
 import pytest
 
-from cloudrec.publisher import Publisher
-from cloudrec.rooms import make_token
-from tests.helpers import APPID, HEADERS, KEY, LOCAL_STORAGE, SECRET, free_port, source_body, startrecord
+from tests.helpers import APPID, LOCAL_STORAGE, free_port, source_body, startrecord
 from tests.media_check import playlist_lines, probe_playlist
+from tests.nodes import Node
 
 
-class Proc:
+class Proc(Node):
+    """``cloudrec serve`` as one process (``workers = 1``) on ``port``, started at once: the
+    same port and data directory again after a kill is a restart."""
+
     def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir, self.port = data_dir, port
-        config = data_dir / "cloudrec.toml"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        config.write_text(
-            f'data_dir = "{data_dir}"\nport = {port}\nworkers = 1\nidle_timeout_s = 6\nsegment_seconds = 1.0\n'
-            f'log_level = "warning"\n[[apps]]\nappid = {APPID}\nkey = "{KEY}"\nsecret = "{SECRET}"\n'
-        )
-        self.proc = subprocess.Popen([sys.executable, "-m", "cloudrec.cli", "serve", "--config", str(config)],
-                                     stdout=subprocess.DEVNULL)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def ready(self) -> None:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                try:
-                    if (await client.get(f"{self.base}/healthz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise RuntimeError("server did not start")
-
-    async def call(self, what: str, body: Any = None) -> dict[str, Any]:
-        url = f"{self.base}/app/{APPID}/v1/recordoss/{what}"
-        async with httpx.AsyncClient(headers=HEADERS, timeout=30) as client:
-            r = await (client.get(url) if body is None else client.post(url, json=body))
-        return dict(r.json())
-
-    async def publisher(self, room: str, uid: str) -> Publisher:
-        pub = Publisher(f"{self.base}/whip/{APPID}/{room}/{uid}", make_token(APPID, room, uid, SECRET))
-        await pub.start()
-        await pub.wait_connected()
-        return pub
+        super().__init__(data_dir, port, workers=1)
+        self.start()
 
 
 @pytest.fixture
