@@ -33,9 +33,10 @@ class WhipServer:
 
 
 @pytest.fixture
-async def whip_server() -> AsyncIterator[WhipServer]:
+async def whip_server(request: pytest.FixtureRequest) -> AsyncIterator[WhipServer]:
+    """WHIP routes over a RoomHub; an indirect parameter gives the hub's keyword arguments."""
     appid, secret = 10034, "test-secret"
-    hub = RoomHub()
+    hub = RoomHub(**getattr(request, "param", {}))
     app = FastAPI()
     app.include_router(whip_router(hub, {appid: secret}.get))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -20,18 +20,15 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from fastapi import FastAPI
 
 from cloudrec.media.h264 import join_annexb, split_annexb
 from cloudrec.publisher import TestPatternTrack, _Pacer
-from cloudrec.rooms import RoomHub, make_token, whip_router
+from cloudrec.rooms import RoomHub, make_token
 from cloudrec.rooms import _aiortc_tap as tap
 from cloudrec.rooms import _aiortc_transport as transport
 from tests.conftest import WhipServer
@@ -65,10 +62,24 @@ def _ffmpeg_with_whip() -> str | None:
 
 GSTREAMER = _gstreamer_ready()
 FFMPEG = _ffmpeg_with_whip()
-needs_gstreamer = pytest.mark.skipif(not GSTREAMER, reason="GStreamer webrtcbin + python3-gi "
-                                     "are not installed (scripts/setup-system.sh test)")
-needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="imageio-ffmpeg with the whip muxer "
-                                  "is not installed (pip install -e '.[test]')")
+
+
+@pytest.fixture
+def gstreamer() -> None:
+    """These clients are installed by the project's setup: missing, the test fails, loudly."""
+    if not GSTREAMER:
+        pytest.fail("GStreamer webrtcbin + python3-gi are not installed "
+                    "(scripts/setup-system.sh test installs them)")
+
+
+@pytest.fixture
+def ffmpeg_whip() -> None:
+    if FFMPEG is None:
+        pytest.fail("imageio-ffmpeg with the whip muxer is not installed (pip install -e '.[test]')")
+
+
+needs_gstreamer = pytest.mark.usefixtures("gstreamer")
+needs_ffmpeg = pytest.mark.usefixtures("ffmpeg_whip")
 
 # A WHIP publisher on webrtcbin: videotestsrc -> x264enc, audiotestsrc -> opusenc. webrtcbin
 # makes an RSA-2048 certificate and, answered `a=setup:active`, is the DTLS server.
@@ -230,30 +241,6 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
     await proc.wait()
 
 
-@pytest.fixture
-async def ice_server(request) -> AsyncIterator[WhipServer]:
-    """WHIP routes over a RoomHub built with the test's keyword arguments (indirect param)."""
-    appid, secret = 10034, "test-secret"
-    hub = RoomHub(**getattr(request, "param", {}))
-    app = FastAPI()
-    app.include_router(whip_router(hub, {appid: secret}.get))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield WhipServer(f"http://127.0.0.1:{sock.getsockname()[1]}", hub, appid, secret)
-    finally:
-        await hub.close()
-        server.should_exit = True
-        await task
-        sock.close()
-
-
 # -- GStreamer webrtcbin -------------------------------------------------------------------------
 
 
@@ -341,13 +328,13 @@ async def test_ffmpeg_whip_publisher_is_recorded_for_a_minute(tmp_path: Path) ->
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("ice_server", [{"liveness_timeout_s": 2.0}], indirect=True)
+@pytest.mark.parametrize("whip_server", [{"liveness_timeout_s": 2.0}], indirect=True)
 async def test_silent_publisher_is_dropped_and_sending_one_is_kept(
-    ice_server: WhipServer, tmp_path: Path
+    whip_server: WhipServer, tmp_path: Path
 ) -> None:
     """With a 2 s liveness timeout, FFmpeg (which never answers consent checks) stays published
     for 7 s while it sends; killed, it sends nothing more and is dropped within seconds."""
-    s, room, uid = ice_server, "live", "ffmpeg"
+    s, room, uid = whip_server, "live", "ffmpeg"
     clip = _make_clip(tmp_path / "clip.mkv", 30)
     log = tmp_path / "ffmpeg.log"
     sub = s.hub.subscribe(s.appid, room, uid)
@@ -415,11 +402,11 @@ PORTS = _free_udp_range(8)
 
 
 @pytest.mark.parametrize(
-    "ice_server", [{"announced_addresses": ["203.0.113.7"], "port_range": PORTS}], indirect=True)
-async def test_announced_address_and_port_range(ice_server: WhipServer) -> None:
+    "whip_server", [{"announced_addresses": ["203.0.113.7"], "port_range": PORTS}], indirect=True)
+async def test_announced_address_and_port_range(whip_server: WhipServer) -> None:
     """The answer offers the announced address beside the interface ones, every host
     candidate's socket is bound inside the port range, and loopback publishing still works."""
-    s = ice_server
+    s = whip_server
     low, high = PORTS
     sub = s.hub.subscribe(s.appid, "nat", "u")
     pc, answer = await _publish_raw(s, "nat", "u")
