@@ -20,7 +20,7 @@ from cloudrec.rooms import make_token
 from cloudrec.storage import SpoolUploader
 from cloudrec.storage.local import LocalStore
 from tests.helpers import (
-    APPID, Server, free_port, make_settings, running_server, source_body, startrecord,
+    APPID, free_port, make_settings, running_server, source_body, startrecord,
 )
 from tests.media_check import playlist_lines, probe_playlist
 from tests.test_callbacks import Receiver, serving

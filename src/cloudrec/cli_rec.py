@@ -61,7 +61,7 @@ def _client(ctx: typer.Context) -> Iterator[RecordClient]:
 @rec_app.callback()
 def _options(
     ctx: typer.Context,
-    server: Optional[str] = typer.Option(None, help=f"the server's URL (CLOUDREC_SERVER; "
+    server: Optional[str] = typer.Option(None, help="the server's URL (CLOUDREC_SERVER; "
                                          "default http://127.0.0.1:8080)"),
     appid: Optional[int] = typer.Option(None, help="the app's id (CLOUDREC_APPID)"),
     key: Optional[str] = typer.Option(None, help="the app's key (CLOUDREC_KEY)"),
