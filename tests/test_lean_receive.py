@@ -3,7 +3,9 @@
 A real publisher (aiortc, over loopback) whose DTLS transport drops 5 % of its outgoing RTP,
 retransmissions included (the sender keeps its history, so a NACK can still be answered):
 the hub's NACKs must bring the video back, frame for frame, into the subscription and into a
-recording. Unit tests cover the RTCP wire format and the frame assembler on their own.
+recording. A publisher whose media moves to another source address mid-stream (a candidate
+pair the server has not nominated yet, a NAT rebinding) must stay on the lean path, frame for
+frame. Unit tests cover the RTCP wire format and the frame assembler on their own.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 import av
 import pytest
 
+from aioice import ice as aioice_ice
+
 from cloudrec.publisher import Publisher
 from cloudrec.rooms import make_token, rtcp
 from cloudrec.rooms.depacketize import h264_piece, h264_starts_frame
+from cloudrec.rooms.lean import CodecInfo, LeanReceiver
 from cloudrec.rooms.rtpstream import VideoStream
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import playlist_lines
@@ -104,6 +109,76 @@ async def test_nack_recovers_video_under_five_percent_loss(tmp_path: Path) -> No
     assert len(lengths) >= 3 and all(abs(x - 2.0) <= 0.5 for x in lengths[:-1])
 
 
+async def move_source(pub: Publisher) -> None:
+    """From now on the publisher's packets leave from a new UDP port, to the same server address:
+    what the server sees when the publisher sends on a pair it has not nominated (yet), or after
+    a NAT rebinding. The old socket stays open and still answers the server's consent checks."""
+    loop = asyncio.get_running_loop()
+    for dtls in {sender.transport for sender in pub.pc.getSenders()}:
+        connection = dtls.transport.iceGatherer._connection
+        pair = connection._nominated[1]
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda c=connection: aioice_ice.StunProtocol(c),
+            local_addr=(pair.local_candidate.host, 0))
+        protocol.local_candidate = pair.local_candidate
+        connection._protocols.append(protocol)  # closed with the connection
+        connection._nominated[1] = aioice_ice.CandidatePair(protocol, pair.remote_candidate)
+
+
+async def test_media_from_a_new_source_address_stays_on_the_lean_path(tmp_path: Path) -> None:
+    """Every frame sent reaches the subscription and the recording once, on one clock, across
+    the move: none goes to aiortc's receiver, whose own timestamp origin (the first frame it
+    sees) would step the clock back by everything received so far."""
+    settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100)
+    async with running_server(settings) as server:
+        hub = server.app.state.hub
+        assert hub.receive_path == "lean"
+        sub = hub.subscribe(APPID, "moved", "alice")
+        pub = Publisher(server.whip_url("moved", "alice"),
+                        make_token(APPID, "moved", "alice", SECRET), width=160, height=120)
+        await pub.start()
+        await pub.wait_connected()
+        frames = []
+
+        async def collect() -> None:
+            async for item in sub:
+                if isinstance(item, tuple) and item[1].kind == "video":
+                    frames.append(item[1])
+
+        collector = asyncio.create_task(collect())
+        try:
+            resid, recordid, _ = await start(server, "moved", "alice", 0)
+            await asyncio.sleep(2.5)
+            before = len(frames)
+            await move_source(pub)
+            await asyncio.sleep(4.0)
+            sent = pub.stats.video_frames
+            await asyncio.sleep(1.0)
+            received = len(frames)
+            sent_later = pub.stats.video_frames
+            await stop(server, "moved", resid, recordid)
+            lean = hub._sessions[next(iter(hub._sessions))].lean.stats()
+        finally:
+            collector.cancel()
+            sub.close()
+            await pub.stop()
+    print(f"sent {sent}..{sent_later} frames, received {received} ({before} before the move), "
+          f"lean {lean}")
+    assert before > 20 and received - before > 50
+    assert sent * 0.99 <= received <= sent_later
+    assert lean["frames"] >= received  # all of them through the lean path
+    steps = {b.timestamp - a.timestamp for a, b in zip(frames, frames[1:])}
+    assert steps == {6000}  # 15 fps at 90 kHz, one clock: no frame missing or repeated
+    pts = []
+    with av.open(str(playlist_of(server, "moved", recordid, "alice"))) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            pts.append(frame.pts)
+    expected = round((pts[-1] - pts[0]) * stream.time_base * 15) + 1
+    print(f"recorded {len(pts)} frames of {expected}")
+    assert len(pts) >= 0.99 * expected and len(pts) > 80
+
+
 # -- the pieces on their own -------------------------------------------------------------------
 
 
@@ -122,6 +197,33 @@ def test_rtcp_packets_parse_as_rtcp() -> None:
     assert ssrcs == [2] and abs(bitrate - 1_500_000) / 1_500_000 < 0.001
     sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, 9, 0x11223344, 0x55667788, 0, 0, 0)
     assert list(rtcp.sender_reports(sr + rtcp.pli(1, 2))) == [(9, 0x33445566)]
+
+
+def test_srtp_before_the_handshake_is_done_here_is_held_for_the_keys() -> None:
+    """The peer may finish the DTLS handshake first and send at once: what comes before this
+    side has its SRTP keys is taken, in order, once it has them (not left to aiortc)."""
+    from pylibsrtp import Policy, Session
+
+    key = bytes(range(30))
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    keys: list[tuple[object, object]] = [(None, None)]
+    frames: list[tuple[bytes, int]] = []
+    receiver = LeanReceiver([CodecInfo("audio", "opus", 111, 48000)],
+                            lambda kind, name, rate, data, ts: frames.append((data, ts)),
+                            rtcp_ssrc=1)
+    port = receiver.port(lambda: keys[0])
+    packets = [tx.protect(struct.pack("!BBHII", 0x80, 111, 100 + i, 960 * i, 42) + bytes([i]))
+               for i in range(6)]
+    for i, packet in enumerate(packets):
+        if i == 3:  # the handshake completes here
+            keys[0] = (Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)), tx)
+        assert port(packet, float(i), lambda data, addr: None, ("192.0.2.1", 5000))
+        assert len(frames) == (0 if i < 3 else i + 1)
+    assert frames == [(bytes([i]), 960 * i) for i in range(6)]
+    forged = bytearray(tx.protect(struct.pack("!BBHII", 0x80, 111, 106, 960 * 6, 42) + b"x"))
+    forged[-1] ^= 1
+    assert port(bytes(forged), 7.0, lambda data, addr: None, ("203.0.113.9", 1))
+    assert len(frames) == 6 and port.addr == ("192.0.2.1", 5000)  # RTCP still goes back there
 
 
 def _packets(frames: int, per_frame: int) -> list[tuple[int, int, int, bytes]]:

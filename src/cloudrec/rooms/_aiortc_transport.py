@@ -42,11 +42,19 @@ Candidates (announced addresses, a port range)
 Media (the lean receive path, :mod:`cloudrec.rooms.lean`)
     :func:`attach_media` registers, per ICE connection of a peer connection, a handler that the
     same ``datagram_received`` wrapper calls for every SRTP/SRTCP datagram (first byte
-    128-191) from a nominated pair, before aioice tries it as STUN and queues it for the DTLS
-    task. The handler reads the DTLS transport's libsrtp sessions (``_rx_srtp``/``_tx_srtp``,
-    set when the handshake completes) and answers through the pair's datagram transport. Until the
-    handshake is done it declines, and the datagram goes aiortc's way. DTLS and STUN always
-    go aiortc's and aioice's way.
+    128-191), before aioice tries it as STUN and queues it for the DTLS task. The wrapper is on
+    *every* socket of the connection from the moment ``connect()`` returns (before the DTLS
+    handshake, so before any media), and media is taken from any source address, as aioice
+    takes it: libsrtp authenticates each packet, and a forgery is dropped. Taking media only
+    from the nominated pair's address is not enough: the pair the publisher sends on can be one
+    this side nominates seconds later (seen with 16 publishers, each with an IPv4 and an IPv6
+    candidate: this side's first nominated pair was IPv4, the media came over IPv6), or a NAT
+    may rebind the publisher's port; those packets went aiortc's way, its receiver emitted
+    frames on a timestamp origin of its own, and when the lean path took over the recording's
+    clock stepped back by seconds, which cost the recording the frames until it caught up. The
+    handler reads the DTLS transport's libsrtp sessions (``_rx_srtp``/``_tx_srtp``, set when
+    the handshake completes) and answers through the socket the datagram came in on, to its
+    source address. DTLS and STUN always go aiortc's and aioice's way.
 """
 
 from __future__ import annotations
@@ -155,11 +163,14 @@ def _hook_connection(connection: Connection, options: IceOptions) -> None:
 
     async def connect_then_watch() -> None:
         await connect()
+        # watched now, not from the task: the DTLS handshake (then media) may follow at once
+        live = _Liveness(_media.get(connection))
+        live.follow(connection)
         aioice_consent = connection._query_consent_task
         if aioice_consent is not None:
             aioice_consent.cancel()
         connection._query_consent_task = asyncio.create_task(
-            _keep_alive(connection, options.liveness_timeout_s))
+            _keep_alive(connection, live, options.liveness_timeout_s))
 
     connection.connect = connect_then_watch  # type: ignore[method-assign]
     if options.port_range is None and not options.announced_addresses:
@@ -180,7 +191,8 @@ def _hook_connection(connection: Connection, options: IceOptions) -> None:
 
 
 class _Liveness:
-    """When something last came from a nominated pair's remote address."""
+    """When something last came from a nominated pair's remote address; and the media hook,
+    on every socket of the connection."""
 
     __slots__ = ("heard", "peers", "watched", "media")
 
@@ -191,36 +203,40 @@ class _Liveness:
         self.watched: set[int] = set()
 
     def follow(self, connection: Connection) -> None:
-        """Track the currently nominated pairs (aioice may nominate again after connecting)."""
+        """Track the currently nominated pairs (aioice may nominate again after connecting);
+        every socket is watched, a nominated pair's socket included."""
         peers = set()
+        protocols = list(connection._protocols)
         for pair in connection._nominated.values():
             peers.add(tuple(pair.remote_addr))
-            protocol = pair.protocol
+            protocols.append(pair.protocol)
+        for protocol in protocols:
             if id(protocol) not in self.watched:
                 self.watched.add(id(protocol))
                 self._watch(protocol)
         self.peers = peers
 
     def _watch(self, protocol: Any) -> None:
+        if getattr(protocol, "transport", None) is None:
+            return  # closed (or never opened): nothing comes in on it
         received = protocol.datagram_received
         send = protocol.transport.sendto  # what aioice's (async) send_data calls
         peers_of, monotonic = self, time.monotonic
 
         def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+            now = monotonic()
             if (addr[0], addr[1]) in peers_of.peers:
-                peers_of.heard = now = monotonic()
-                media = peers_of.media
-                if media is not None and data and 127 < data[0] < 192 and media(
-                        data, now, send, addr):
-                    return
+                peers_of.heard = now
+            media = peers_of.media
+            if media is not None and data and 127 < data[0] < 192 and media(
+                    data, now, send, addr):
+                return
             received(data, addr)
 
         protocol.datagram_received = datagram_received
 
 
-async def _keep_alive(connection: Connection, timeout_s: float) -> None:
-    live = _Liveness(_media.get(connection))
-    live.follow(connection)
+async def _keep_alive(connection: Connection, live: _Liveness, timeout_s: float) -> None:
     interval = min(_CONSENT_INTERVAL, timeout_s / 3)
     assert connection.remote_password is not None
     key = connection.remote_password.encode("utf8")

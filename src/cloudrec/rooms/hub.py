@@ -8,8 +8,11 @@ packets go, still encoded, synchronously from the event loop to every matching
 Receive path: by default (``receive_path="lean"``) aiortc only negotiates, connects and does
 the DTLS handshake; every SRTP packet is then taken by :mod:`cloudrec.rooms.lean`, which
 assembles frames, NACKs, and sends receiver reports, PLI and REMB itself at about half the CPU
-(see its docstring for the profile). ``receive_path="aiortc"`` (or ``CLOUDREC_RECEIVE_PATH=
-aiortc``) keeps aiortc's own receiver with the tap: the reference the benchmark compares with.
+(see its docstring for the profile). It is the publication's only source of frames: aiortc's
+receiver stays tapped, so it decodes nothing, but what its tap yields is not passed on (it would
+count timestamps from an origin of its own). ``receive_path="aiortc"`` (or
+``CLOUDREC_RECEIVE_PATH=aiortc``) keeps aiortc's own receiver with the tap: the reference the
+benchmark compares with.
 
 Presence: a uid publishes at most one audio and one video track; a second publish for the same
 uid replaces the first (the old peer connection is closed, subscribers see ``unpublished`` then
@@ -310,7 +313,8 @@ class RoomHub:
             for kind in kinds:
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
                 transceiver.setCodecPreferences(_codec_preferences(kind))
-                tap.install_tap(transceiver.receiver, _tap_callback(sinks[kind]))
+                tap.install_tap(transceiver.receiver, _tap_callback(sinks[kind])
+                                if self.receive_path == "aiortc" else _idle_tap(pub, kind))
                 pub.receivers[kind] = transceiver.receiver
                 transceivers[kind] = transceiver
             try:
@@ -581,6 +585,21 @@ def _tap_callback(sink: Callable[[str, int, bytes, int], None]) -> tap.FrameCall
 
     def on_frame(codec: Any, jitter_frame: Any) -> None:
         sink(codec.name.lower(), codec.clockRate, jitter_frame.data, jitter_frame.timestamp)
+
+    return on_frame
+
+
+def _idle_tap(pub: _Publication, kind: str) -> tap.FrameCallback:
+    """aiortc's receiver on the lean path: it gets no SRTP, so no frames; should one come, it
+    is dropped (and said once) rather than mixed with the lean path's on another clock."""
+    said = False
+
+    def on_frame(codec: Any, jitter_frame: Any) -> None:
+        nonlocal said
+        if not said:
+            said = True
+            logger.warning("%s/%s uid=%s: a %s frame came through aiortc's receiver on the lean "
+                           "path; dropped", *pub.key, pub.uid, kind)
 
     return on_frame
 

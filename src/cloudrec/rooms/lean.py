@@ -41,8 +41,18 @@ ICE/DTLS implementation to keep compatible with every publisher the interop test
 What is kept: receiver reports (loss, jitter, LSR/DLSR), PLI on request (aiortc does not
 negotiate ``ccm fir``, so FIR is never due), NACK with retries for video, REMB
 (:mod:`cloudrec.rooms.bwe`), RTX unwrapping, H.264/VP8 depacketisation into whole frames, Opus
-passed through. Packets that do not come through a watched socket (a pair aioice nominates
-later) still take aiortc's path and its tap, so nothing is lost, only slower.
+passed through.
+
+One publication, one receiver: every SRTP datagram of the connection comes here, whichever of
+its sockets and source addresses it arrives on, and none goes to aiortc's receiver. Two
+receivers feeding one publication would each count RTP timestamps from the first frame *it*
+saw, so a hand-over between them steps the clock back, and a recorder drops everything until
+the clock has caught up (seconds of video). Datagrams that arrive before this side has finished
+the DTLS handshake (the peer finished first and started sending) are held, up to
+``EARLY_LIMIT``, and taken in order once the SRTP keys exist; aiortc's DTLS task would otherwise
+hand them to its receiver after the handshake. The tap on aiortc's receiver stays installed
+(it keeps aiortc's decoder idle); :mod:`cloudrec.rooms.hub` does not pass its frames on for a
+publication on this path.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ __all__ = ["CodecInfo", "LeanReceiver", "OnFrame"]
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!BBHII").unpack_from
+EARLY_LIMIT = 256  # datagrams held per transport before its SRTP keys exist (~2 s at 1 Mbps)
 
 # (kind, codec name, clock rate, data, unwrapped RTP timestamp) -> None
 OnFrame = Callable[[str, str, int, bytes, int], None]
@@ -99,7 +110,7 @@ class _Slot:
 class _Port:
     """The receive side of one DTLS transport: called for every SRTP/SRTCP datagram."""
 
-    __slots__ = ("owner", "sessions", "rx", "tx", "send", "addr")
+    __slots__ = ("owner", "sessions", "rx", "tx", "send", "addr", "early")
 
     def __init__(self, owner: LeanReceiver, sessions: Sessions) -> None:
         self.owner = owner
@@ -108,32 +119,50 @@ class _Port:
         self.tx: Any = None
         self.send: Callable[[bytes, Any], None] | None = None
         self.addr: Any = None
+        self.early: list[tuple[bytes, float, Callable[[bytes, Any], None], Any]] = []
 
     def __call__(self, data: bytes, now: float, send: Callable[[bytes, Any], None],
                  addr: Any) -> bool:
-        rx = self.rx
-        if rx is None:
-            rx, tx = self.sessions()
-            if rx is None:
-                return False  # DTLS not done yet: aiortc drops it as it always did
-            self.rx, self.tx = rx, tx
-        owner = self.owner
-        if owner.closed:
+        if self.owner.closed:
             return True
+        if self.rx is None:
+            rx, tx = self.sessions()
+            if rx is None:  # the handshake is not done here yet: keep it for the keys
+                if len(self.early) < EARLY_LIMIT:
+                    self.early.append((data, now, send, addr))
+                return True
+            self.rx, self.tx = rx, tx
+            early, self.early = self.early, []
+            for args in early:
+                self._take(*args)
+        self._take(data, now, send, addr)
+        return True
+
+    def _take(self, data: bytes, now: float, send: Callable[[bytes, Any], None],
+              addr: Any) -> None:
+        owner = self.owner
+        rx = self.rx
+        try:
+            if 192 <= data[1] <= 223:
+                data = rx.unprotect_rtcp(data)
+                rtp = False
+            else:
+                data = rx.unprotect(data)
+                rtp = True
+        except pylibsrtp.Error:
+            return  # a replay or a forgery, as aiortc treats it
+        # authentic: RTCP goes back the way the peer sends from now
         owner._port = self
         self.send, self.addr = send, addr
         try:
-            if 192 <= data[1] <= 223:
-                owner._on_rtcp(rx.unprotect_rtcp(data), now)
+            if rtp:
+                owner._on_rtp(data, now)
             else:
-                owner._on_rtp(rx.unprotect(data), now)
-        except pylibsrtp.Error:
-            pass  # a replay or a forgery, as aiortc treats it
+                owner._on_rtcp(data, now)
         except Exception:
             if not owner._failed:
                 owner._failed = True
                 logger.exception("lean receive path failed on a packet")
-        return True
 
 
 class LeanReceiver:
