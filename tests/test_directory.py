@@ -78,3 +78,14 @@ async def test_a_node_that_leaves_frees_its_rooms_at_once(directory: Directory) 
     await directory.heartbeat("a", [worker("a", 0, rooms=("1/r",))])
     await directory.forget_node("a")
     assert await directory.owner((1, "r")) is None and await directory.workers() == []
+
+
+async def test_a_stopped_recording_gives_its_reservation_back(directory: Directory) -> None:
+    await directory.heartbeat("a", [worker("a", 0)])
+    await directory.reserve("a/w0", 0.3)
+    await directory.reserve("a/w0", 0.2)
+    await directory.unreserve("a/w0")
+    assert await directory.reserved("a/w0") == pytest.approx(0.2)
+    await directory.unreserve("a/w0")
+    await directory.unreserve("a/w0")  # nothing left: no error
+    assert await directory.reserved("a/w0") == 0

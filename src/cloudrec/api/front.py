@@ -260,6 +260,7 @@ class Front:
             recordid = await self.orphans.stop(appid, req)
             return {"recordid": recordid, "files": self.orphans.files(recordid)}
         result = await self.client_for(owner).call("stop", appid=appid, body=body)
+        await self.directory.unreserve(owner.id)  # if its start was recent, it never shows
         return {"recordid": str(result["recordid"]), "files": list(result.get("files") or [])}
 
     async def pause(self, appid: int, req: Any, body: str, *, resume: bool = False

@@ -62,6 +62,11 @@ class LocalDirectory:
     async def reserve(self, worker_id: str, cost: float) -> None:
         self._reservations.setdefault(worker_id, []).append((time.time() + RESERVATION_S, cost))
 
+    async def unreserve(self, worker_id: str) -> None:
+        live = self._reservations.get(worker_id)
+        if live:
+            live.pop(0)
+
     async def reserved(self, worker_id: str) -> float:
         now = time.time()
         live = [(t, c) for t, c in self._reservations.get(worker_id, []) if t > now]

@@ -120,6 +120,9 @@ class RedisDirectory:
         await self._redis.zadd(key, {member: time.time() + RESERVATION_S})
         await self._redis.pexpire(key, int(RESERVATION_S * 2000))
 
+    async def unreserve(self, worker_id: str) -> None:
+        await self._redis.zpopmin(PREFIX + "reserve:" + worker_id)
+
     async def reserved(self, worker_id: str) -> float:
         key = PREFIX + "reserve:" + worker_id
         now = time.time()
