@@ -115,7 +115,8 @@ async def test_a_source_recording_through_the_cli(tmp_path: Path) -> None:
         assert playlist_lines(playlist)[-1] == "#EXT-X-ENDLIST"
         probe = probe_playlist(playlist)
         assert probe.video_codec == "h264" and probe.audio_codec == "aac"
-        assert probe.duration >= 3 and probe.video_frames > 30
+        # at least what was recorded when the files were seen stored (the stop came after)
+        assert probe.duration >= data["duration"] >= 1.5 and probe.video_frames > 15 * 1.5
 
         published = stop_publisher(pub)
         pub = None
