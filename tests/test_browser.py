@@ -1,7 +1,7 @@
 """A real browser publishes through the /publish page (getUserMedia + WHIP) and is recorded.
 
-Headless Chromium with its fake camera and microphone; skipped where Chromium is not installed
-(`apt-get install chromium`)."""
+Headless Chromium with its fake camera and microphone (`make test` installs Debian's chromium;
+without it these tests fail, they are not skipped)."""
 
 from __future__ import annotations
 
@@ -9,73 +9,66 @@ import asyncio
 import shutil
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
-import pytest
-
 from cloudrec.rooms import make_token
-from tests.helpers import APPID, SECRET, make_settings, running_server
+from tests.helpers import APPID, SECRET, Server, make_settings, running_server
 from tests.media_check import probe_playlist
 from tests.test_recording import playlist_of, start, stop
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+@asynccontextmanager
+async def publishing_page(server: Server, tmp_path: Path, room: str) -> AsyncIterator[None]:
+    """Chromium opens /publish for ``room`` (uid ``browser``); entered once it publishes."""
+    assert CHROMIUM is not None, "chromium is not installed (make test installs it)"
+    query = urlencode({"appid": APPID, "roomid": room, "uid": "browser", "autostart": 1,
+                       "token": make_token(APPID, room, "browser", SECRET)})
+    browser = subprocess.Popen(
+        [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+         f"--user-data-dir={tmp_path / 'chromium'}", f"{server.base}/publish?{query}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not server.app.state.hub.is_publishing(APPID, room):
+            assert time.monotonic() < deadline, "the page did not publish"
+            assert browser.poll() is None, "chromium exited"
+            await asyncio.sleep(0.2)
+        yield
+    finally:
+        browser.terminate()
+        browser.wait(10)
+
+
 async def test_browser_page_publishes_and_is_recorded(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100)
     async with running_server(settings) as server:
-        query = urlencode({"appid": APPID, "roomid": "web", "uid": "browser", "autostart": 1,
-                           "token": make_token(APPID, "web", "browser", SECRET)})
-        browser = subprocess.Popen(
-            [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-             f"--user-data-dir={tmp_path / 'chromium'}", f"{server.base}/publish?{query}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 30
-            while not server.app.state.hub.is_publishing(APPID, "web"):
-                assert time.monotonic() < deadline, "the page did not publish"
-                assert browser.poll() is None, "chromium exited"
-                await asyncio.sleep(0.2)
+        async with publishing_page(server, tmp_path, "web"):
             publisher = server.app.state.hub.publishers(APPID, "web")[0]
             assert publisher.kinds == frozenset({"audio", "video"})
             print("browser sends", publisher.video_codec, publisher.audio_codec)
             resid, recordid, t0 = await start(server, "web", "browser", 0)
             await asyncio.sleep(4.0)
             t1 = await stop(server, "web", resid, recordid)
-        finally:
-            browser.terminate()
-            browser.wait(10)
     probe = probe_playlist(playlist_of(server, "web", recordid, "browser"))
     assert probe.video_codec == "h264" and probe.width and probe.height
     assert probe.audio_codec == "aac" and probe.audio_frames > 50
     assert abs(probe.duration - (t1 - t0)) <= 1.5
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 async def test_browser_keeps_a_steady_bitrate(tmp_path: Path) -> None:
     """Chrome sizes its bitrate from the receiver's RTCP (receiver reports, REMB): over 20 s the
     bitrate received from its fake camera climbs and stays up, it does not collapse."""
     settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100)
     async with running_server(settings) as server:
         hub = server.app.state.hub
-        query = urlencode({"appid": APPID, "roomid": "rate", "uid": "browser", "autostart": 1,
-                           "token": make_token(APPID, "rate", "browser", SECRET)})
-        browser = subprocess.Popen(
-            [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-             f"--user-data-dir={tmp_path / 'chromium'}", f"{server.base}/publish?{query}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 30
-            while not hub.is_publishing(APPID, "rate"):
-                assert time.monotonic() < deadline, "the page did not publish"
-                assert browser.poll() is None, "chromium exited"
-                await asyncio.sleep(0.2)
+        async with publishing_page(server, tmp_path, "rate"):
             kbps: list[float] = []
             bytes_at = None
             for _ in range(22):
@@ -85,9 +78,6 @@ async def test_browser_keeps_a_steady_bitrate(tmp_path: Path) -> None:
                 if bytes_at is not None:
                     kbps.append((video_bytes - bytes_at) * 8 / 1000)
                 bytes_at = video_bytes
-        finally:
-            browser.terminate()
-            browser.wait(10)
     print("received video kbps per second:", [round(k) for k in kbps])
     settled = sorted(kbps[5:])
     median = settled[len(settled) // 2]
