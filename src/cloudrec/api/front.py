@@ -249,13 +249,10 @@ class Front:
         await self.directory.reserve(target.id, target.cost_per_recording)
         return str(result["recordid"])
 
-    async def _owner_of(self, appid: int, roomid: str) -> WorkerInfo | None:
-        return await self.directory.owner((appid, roomid))
-
     async def stop(self, appid: int, req: Any, body: str) -> dict[str, Any]:
         """``{"recordid", "files"}``: the task's file list as it ended (or as it is, when it
         had not finished storing its files within ``stop_timeout_s``)."""
-        owner = await self._owner_of(appid, req.roomid)
+        owner = await self.directory.owner((appid, req.roomid))
         if owner is None:
             recordid = await self.orphans.stop(appid, req)
             return {"recordid": recordid, "files": self.orphans.files(recordid)}
@@ -267,21 +264,21 @@ class Front:
                     ) -> dict[str, Any]:
         """pauserecord / resumerecord, routed like stoprecord; ``{"recordid", "paused",
         "pausetime", ...}``."""
-        owner = await self._owner_of(appid, req.roomid)
+        owner = await self.directory.owner((appid, req.roomid))
         if owner is None:
             return await (self.orphans.resume if resume else self.orphans.pause)(appid, req)
         return dict(await self.client_for(owner).call("resume" if resume else "pause",
                                                       appid=appid, body=body))
 
     async def update(self, appid: int, req: Any, body: str) -> str:
-        owner = await self._owner_of(appid, req.roomid)
+        owner = await self.directory.owner((appid, req.roomid))
         if owner is None:
             return await self.orphans.update(appid, req)
         result = await self.client_for(owner).call("update", appid=appid, body=body)
         return str(result["recordid"])
 
     async def query(self, appid: int, roomid: str, recordid: str) -> dict[str, Any]:
-        owner = await self._owner_of(appid, roomid)
+        owner = await self.directory.owner((appid, roomid))
         if owner is None:
             return self.orphans.query(appid, roomid, recordid)
         result = await self.client_for(owner).call("query", appid=appid, roomid=roomid,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, Awaitable, Callable
 
 import httpx
@@ -180,7 +181,7 @@ class Worker:
     async def status(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "pid": _pid(),
+            "pid": os.getpid(),
             "cpu": round(self.cpu.sample(), 4),
             "recordings": len(self.service.recordings),
             "publishers": self.hub.publisher_count(),
@@ -200,9 +201,3 @@ def hub_options(settings: Settings) -> dict[str, Any]:
     if settings.ice_port_min and settings.ice_port_max:
         options["port_range"] = (settings.ice_port_min, settings.ice_port_max)
     return options
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
