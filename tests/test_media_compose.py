@@ -229,6 +229,32 @@ def test_timestamp_watermark_redrawn_when_the_text_changes() -> None:
     assert (np.abs(a - b).max(axis=2) > 30).sum() > 10
 
 
+def test_an_unchanged_canvas_is_not_composed_again() -> None:
+    """The same source frames in the same places and the same watermark: the last canvas is
+    handed back (a 5 fps input in a 15 fps mix is drawn 5 times a second, not 15)."""
+    wm = TimestampWatermark.model_validate({"x": 0, "y": 0, "size": 20, "format": "%H:%M:%S"})
+    comp = Compositor(320, 180, overlays=[TimestampOverlay(wm)])
+    left, right = place(Rect(0, 0, 160, 180), "a"), place(Rect(160, 0, 160, 180), "b")
+    red, blue = solid(RED, 160, 180), solid(BLUE, 160, 180)
+    t0 = float(int(time.time()))
+    first = comp.compose([(left, red), (right, blue)], now=t0 + 0.1)
+    again = comp.compose([(left, red), (right, blue)], now=t0 + 0.5)
+    assert again is first and comp.reused == 1
+    # a new frame of one input, a moved input, a new second of the clock: composed anew
+    green = solid(GREEN, 160, 180)
+    changed = comp.compose([(left, green), (right, blue)], now=t0 + 0.6)
+    assert changed is not first and near(rgb(changed)[90, 80], GREEN)
+    moved = comp.compose([(place(Rect(0, 0, 160, 180), "b"), blue), (right, green)],
+                         now=t0 + 0.7)
+    assert moved is not changed and near(rgb(moved)[90, 80], BLUE)
+    ticked = comp.compose([(place(Rect(0, 0, 160, 180), "b"), blue), (right, green)],
+                          now=t0 + 1.1)
+    assert ticked is not moved and comp.reused == 1
+    # an input gone with patch 0 (nothing drawn) shows the background again
+    gone = comp.compose([(right, green)], now=t0 + 1.2)
+    assert gone is not ticked and near(rgb(gone)[90, 80], BLACK)
+
+
 def _png(colour: tuple[int, int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGBA", size, colour).save(buf, format="PNG")

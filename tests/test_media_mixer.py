@@ -137,3 +137,74 @@ def test_inputs_change_and_rate_changes() -> None:
     assert sorted(mixer.inputs) == ["b", "c"] and mixer.buffered("a") == 0
     mixer.remove_input("b")
     assert mixer.inputs == ["c"]
+
+
+def test_decoded_float_frames_are_taken_as_they_are() -> None:
+    """48 kHz fltp (what the Opus decoder gives) skips the resampler: the mix is the input's
+    samples exactly; a mono input is heard in both channels."""
+    stereo = tone(700, 48_000, 0.2, 0.5)
+    mono = tone(300, 48_000, 0.2, 0.25, layout="mono")
+    mixer = AudioMixer()
+    for f in stereo:
+        mixer.push("s", f)
+    out = output(mixer.mix_until(8192))
+    assert np.array_equal(out, output(stereo)[:, :8192])
+    mixer = AudioMixer()
+    for f in mono:
+        mixer.push("m", f)
+    out = output(mixer.mix_until(8192))
+    expected = output(mono)[0, :8192]
+    assert np.array_equal(out[0], expected) and np.array_equal(out[1], expected)
+
+
+def quiet(samples: int, peak: float, frames: int) -> list[av.AudioFrame]:
+    """Noise of the given peak, 48 kHz mono fltp, as a muted microphone's Opus decodes."""
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(frames):
+        data = rng.uniform(-peak, peak, (1, samples)).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(data, format="fltp", layout="mono")
+        frame.sample_rate = 48_000
+        out.append(frame)
+    return out
+
+
+def test_silent_inputs_are_not_summed_and_change_nothing() -> None:
+    voice = tone(440, 48_000, 0.5, 0.4)
+    alone = AudioMixer()
+    for f in voice:
+        alone.push("speaker", f)
+    expected = output(alone.mix_until(20_480))
+
+    mixer = AudioMixer()
+    for f in voice:
+        mixer.push("speaker", f)
+    # two muted inputs: exact zeros, and the 1-LSB noise a muted microphone decodes to
+    for f in quiet(960, 0.0, 25):
+        mixer.push("zeros", f)
+    for f in quiet(960, 1 / 32768, 25):
+        mixer.push("muted", f)
+    assert mixer.buffered("zeros") == mixer.buffered("muted") == 24_000
+    out = output(mixer.mix_until(20_480))
+    assert np.array_equal(out, expected)
+    assert mixer.silent_frames == 50 and mixer.summed == 0
+
+    # a quiet but audible input (-60 dBFS) is mixed
+    mixer = AudioMixer()
+    for f in voice:
+        mixer.push("speaker", f)
+    for f in quiet(960, 0.001, 25):
+        mixer.push("whisper", f)
+    out = output(mixer.mix_until(20_480))
+    assert mixer.silent_frames == 0 and mixer.summed == 20
+    assert 0 < np.abs(out - expected).max() <= 0.001
+
+
+def test_nothing_audible_gives_zeros_on_the_clock() -> None:
+    mixer = AudioMixer()
+    for f in quiet(960, 1 / 32768, 10):
+        mixer.push("muted", f)
+    mixer.push_silence("lost", 5000)
+    frames = mixer.mix_until(9000)
+    assert [f.pts for f in frames] == [i * FRAME_SIZE for i in range(8)]
+    assert not output(frames).any() and mixer.buffered("muted") == 9600 - 8192

@@ -30,6 +30,7 @@ from cloudrec.media.layout import Placement, Rect
 from cloudrec.media.overlay import (
     Overlay,
     Planes,
+    YuvaPatch,
     build_overlays,
     decode_picture,
     fit_picture,
@@ -158,6 +159,9 @@ class Compositor:
         self._last: dict[Key, av.VideoFrame] = {}
         self._tiles: dict[Key, _Tile] = {}
         self._scalers: dict[Key, VideoReformatter] = {}
+        self._canvas: av.VideoFrame | None = None  # the last canvas, and what it shows
+        self._shown: list[object] = []
+        self.reused = 0  # calls that returned the last canvas again
 
     @classmethod
     def from_output(
@@ -222,12 +226,13 @@ class Compositor:
     ) -> av.VideoFrame:
         """One canvas frame (yuv420p, no pts) from the inputs' current frames.
 
-        ``now`` is the wall-clock time (epoch seconds) the timestamp watermark shows.
+        ``now`` is the wall-clock time (epoch seconds) the timestamp watermark shows. When
+        nothing drawn changed since the last call (the same source frames in the same places,
+        the same watermark pictures), the last canvas is returned again, not composed anew: an
+        input slower than the mix, a patch picture or an idle room costs nothing to draw. The
+        caller must not write into a canvas it got.
         """
-        out = av.VideoFrame(self.width, self.height, "yuv420p")
-        planes = frame_planes(out)
-        for dst, src in zip(planes, self._background):
-            dst[...] = src
+        drawn: list[tuple[Placement, Rect, av.VideoFrame | None]] = []
         present = set()
         for placement, frame in sorted(inputs, key=lambda item: item[0].z):
             key = placement.key
@@ -240,23 +245,35 @@ class Compositor:
                 frame = self._last.get(key)
             elif self.patch_mode == PATCH_PICTURE:
                 frame = self._patch_frame
-            rect = placement.rect.fit(self.width, self.height)
-            if frame is None:
-                self._fill(planes, rect, BLACK, placement.alpha)
-            else:
-                self._draw(planes, placement, rect, frame)
+            drawn.append((placement, placement.rect.fit(self.width, self.height), frame))
         for stale in set(self._tiles) - present:
             del self._tiles[stale]
         for stale in set(self._last) - present:
             del self._last[stale]
         for stale in set(self._scalers) - present:
             del self._scalers[stale]
+        patches: list[YuvaPatch | None] = []
         if self.overlays:
             now = time.time() if now is None else now
-            for overlay in self.overlays:
-                patch = overlay.patch(now)
-                if patch is not None:
-                    patch.blend(planes)
+            patches = [overlay.patch(now) for overlay in self.overlays]
+        # what this canvas shows, by identity (the list holds the objects, so no id is reused)
+        shown = [item for placement, _, frame in drawn for item in (placement, frame)] + patches
+        if self._canvas is not None and _same(shown, self._shown):
+            self.reused += 1
+            return self._canvas
+        out = av.VideoFrame(self.width, self.height, "yuv420p")
+        planes = frame_planes(out)
+        for dst, src in zip(planes, self._background):
+            dst[...] = src
+        for placement, rect, frame in drawn:
+            if frame is None:
+                self._fill(planes, rect, BLACK, placement.alpha)
+            else:
+                self._draw(planes, placement, rect, frame)
+        for patch in patches:
+            if patch is not None:
+                patch.blend(planes)
+        self._canvas, self._shown = out, shown
         return out
 
     def _fill(self, planes: Planes, rect: Rect, yuv: tuple[int, int, int], alpha: float) -> None:
@@ -334,6 +351,13 @@ def _scale_into(
     tile[1][oy // 2 : (oy + fh) // 2, ox // 2 : (ox + fw) // 2] = scaled[1]
     tile[2][oy // 2 : (oy + fh) // 2, ox // 2 : (ox + fw) // 2] = scaled[2]
     return tile
+
+
+def _same(a: Sequence[object], b: Sequence[object]) -> bool:
+    """Element by element the same objects (placements compare by value)."""
+    return len(a) == len(b) and all(
+        x is y or (isinstance(x, Placement) and x == y) for x, y in zip(a, b)
+    )
 
 
 def _black_tile(w: int, h: int) -> Planes:
