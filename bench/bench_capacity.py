@@ -42,7 +42,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import (  # noqa: E402
-    APPID, CLK_TCK, HEADERS, ServerProcess, cpu_seconds, start_publishers, start_server, wait_ready)
+    APPID, CLK_TCK, HEADERS, ServerProcess, cpu_seconds, headline, start_publishers,
+    start_server, wait_ready)
 
 from cloudrec.publisher import make_clip  # noqa: E402
 from cloudrec.workers.load import tree_cpu_seconds  # noqa: E402
@@ -301,6 +302,8 @@ def run(clip: Path | None = None) -> list[str]:
              f"capacity workers=2: {cap2} recordings at >= 99 % of frames ({at(at2)})",
              f"capacity ratio workers=2 / workers=1: {ratio:.2f}x (goal >= 1.8x on 2 cores); "
              f"to {GRID} recordings, {len(steps)} steps in {elapsed:.0f} s"]
+    headline(f"capacity: {cap1} source recordings (workers=1), {cap2} (workers=2) held with "
+             f">= 99 % of sent frames recorded, ratio {ratio:.2f}x")
     over = next((s for s in steps if s.workers == 2 and s.n == cap2 + GRID), None)
     cores = os.cpu_count() or 1
     busy = over.server_cores + over.publisher_cores + over.other_cores if over else 0.0

@@ -24,7 +24,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import APPID, HEADERS, ServerProcess, measure_cores, start_publishers, start_server, wait_ready  # noqa: E402
+from common import (  # noqa: E402
+    APPID, HEADERS, ServerProcess, headline, measure_cores, start_publishers, start_server,
+    wait_ready)
 
 PUBLISHERS = int(os.environ.get("BENCH_RECEIVE_PUBLISHERS", "16"))
 MEASURE_S = float(os.environ.get("BENCH_SECONDS", "10"))
@@ -83,6 +85,9 @@ def run(clip: Path) -> list[str]:
             lean.append(receive)
             recording.append(rec or 0.0)
     s, l, r = (statistics.median(x) for x in (stock, lean, recording))
+    headline(f"source recording at {PUBLISHERS} publishers: {r:.4f} cores/recording (goal <= "
+             f"0.015), receive {l:.4f} cores/stream = {l / s:.2f}x stock aiortc's receive-only "
+             f"{s:.4f} in the same run (goal <= 0.5x)")
     return [
         f"receive x{PUBLISHERS}: lean {l:.4f} cores/stream vs stock aiortc receive-only "
         f"{s:.4f}: {l / s:.2f}x (goal <= 0.5x)   [rounds: lean "

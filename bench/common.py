@@ -17,6 +17,12 @@ import httpx
 APPID, KEY, SECRET = 10034, "bench-key", "bench-secret"
 HEADERS = {"AppID": str(APPID), "Token": base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+HEADLINES: list[str] = []  # the figures `make bench` repeats at its end
+
+
+def headline(text: str) -> None:
+    """Keep ``text`` for the summary that ``bench/run.py`` prints last."""
+    HEADLINES.append(text)
 
 
 def free_port() -> int:

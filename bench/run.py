@@ -36,7 +36,9 @@ import bench_mixed  # noqa: E402
 import bench_receive  # noqa: E402
 import bench_storage  # noqa: E402
 import bench_load  # noqa: E402
-from common import APPID, HEADERS, ServerProcess, measure_cores, start_publishers, start_server, wait_ready  # noqa: E402
+from common import (  # noqa: E402
+    APPID, HEADLINES, HEADERS, ServerProcess, measure_cores, start_publishers, start_server,
+    wait_ready)
 
 from cloudrec.publisher import make_clip  # noqa: E402
 
@@ -129,6 +131,8 @@ def main() -> None:
         print("\n".join(bench_cluster.run(clip)), flush=True)
     print("\n".join(bench_storage.run()), flush=True)
     print("\n".join(bench_mixed.run()), flush=True)
+    print("\nsummary (the cost per recording, the mix against libx264, the capacity):")
+    print("\n".join(f"  {line}" for line in HEADLINES), flush=True)
 
 
 if __name__ == "__main__":
