@@ -13,6 +13,8 @@ frames recorded, workers=1 and workers=2, and their ratio (goal ≥ 1.8× on 2 c
 Receive (bench_receive.py): source recording at 16 publishers on the lean receive path, beside
 stock aiortc's receive-only cost on the same streams in the same run (goals ≤ 0.5× and ≤ 0.015
 cores per recording).
+Audio codecs (bench_audio.py): each AAC encoder setting's CPU, bit rate and SNR on voice-like,
+music-like and silent signals, mono 64 kbps and stereo 128 kbps, and the two Opus decoders.
 Cluster (bench_cluster.py): startrecord p50/p99 on 3 nodes on PostgreSQL + Redis, against one
 node. ``BENCH_QUICK=1`` shortens both (shorter holds, fewer cycles).
 """
@@ -30,6 +32,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_api  # noqa: E402
+import bench_audio  # noqa: E402
 import bench_capacity  # noqa: E402
 import bench_cluster  # noqa: E402
 import bench_mixed  # noqa: E402
@@ -130,6 +133,7 @@ def main() -> None:
         print("\n".join(bench_capacity.run(clip)), flush=True)
         print("\n".join(bench_cluster.run(clip)), flush=True)
     print("\n".join(bench_storage.run()), flush=True)
+    print("\n".join(bench_audio.run()), flush=True)
     print("\n".join(bench_mixed.run()), flush=True)
     print("\nsummary (the cost per recording, the mix against libx264, the capacity):")
     print("\n".join(f"  {line}" for line in HEADLINES), flush=True)
