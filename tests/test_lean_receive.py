@@ -179,6 +179,56 @@ async def test_media_from_a_new_source_address_stays_on_the_lean_path(tmp_path: 
     assert len(pts) >= 0.99 * expected and len(pts) > 80
 
 
+async def test_a_publisher_that_takes_only_fir_gets_fir(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publisher whose offer lists ``ccm fir`` but not ``nack pli`` (some SIP gateways and
+    older stacks): the answer takes ``ccm fir``, and every keyframe request is a FIR naming its
+    SSRC, with a sequence number counting up; its keyframes cut the segments on time."""
+    from aiortc import codecs as aiortc_codecs
+    from aiortc.rtcrtpparameters import RTCRtcpFeedback
+    from aiortc.rtp import RtcpPsfbPacket
+
+    for codec in aiortc_codecs.CODECS["video"]:  # what this process offers (the publisher)
+        feedback = [fb for fb in codec.rtcpFeedback if fb.parameter != "pli"]
+        monkeypatch.setattr(codec, "rtcpFeedback",
+                            feedback + [RTCRtcpFeedback(type="ccm", parameter="fir")])
+    settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100,
+                             segment_seconds=2.0)
+    async with running_server(settings) as server:
+        pub = Publisher(server.whip_url("fir", "alice"),
+                        make_token(APPID, "fir", "alice", SECRET), width=160, height=120)
+        await pub.start()
+        answer = pub.pc.remoteDescription.sdp
+        requests: list[tuple[int, bytes]] = []
+        sender = next(t.sender for t in pub.pc.getTransceivers() if t.kind == "video")
+        handle = sender._handle_rtcp_packet
+
+        async def spy(packet):  # type: ignore[no-untyped-def]
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (1, 4):
+                requests.append((packet.fmt, packet.fci))
+            await handle(packet)
+
+        sender._handle_rtcp_packet = spy
+        await pub.wait_connected()
+        try:
+            resid, recordid, _ = await start(server, "fir", "alice", 1)
+            await asyncio.sleep(7.0)
+            await stop(server, "fir", resid, recordid)
+        finally:
+            await pub.stop()
+    assert "ccm fir" in answer and "nack pli" not in answer
+    print("keyframe requests", requests)
+    assert requests and {fmt for fmt, _ in requests} == {4}  # FIR only, never a PLI
+    entries = [struct.unpack("!IB3x", fci) for _, fci in requests]
+    assert {ssrc for ssrc, _ in entries} == {sender._ssrc}
+    seqs = [seq for _, seq in entries]
+    assert seqs == [n & 0xFF for n in range(seqs[0], seqs[0] + len(seqs))]
+    lengths = [float(line[8:].split(",")[0]) for line in playlist_lines(
+        playlist_of(server, "fir", recordid, "alice")) if line.startswith("#EXTINF:")]
+    print("segments", lengths)
+    assert len(lengths) >= 3 and all(abs(x - 2.0) <= 0.5 for x in lengths[:-1])
+
+
 # -- the pieces on their own -------------------------------------------------------------------
 
 
@@ -192,6 +242,9 @@ def test_rtcp_packets_parse_as_rtcp() -> None:
     assert rr.reports[0].packets_lost == 30 and rr.reports[0].highest_sequence == 70000
     assert rr.reports[0].lsr == 0x1234 and rr.reports[0].dlsr == 99
     assert (pli.fmt, pli.media_ssrc) == (1, 2)
+    (fir,) = RtcpPacket.parse(rtcp.fir(1, 2, 300))
+    assert (fir.fmt, fir.ssrc, fir.media_ssrc) == (4, 1, 2)
+    assert fir.fci == struct.pack("!IB3x", 2, 300 & 0xFF)
     assert nack.media_ssrc == 2 and sorted(nack.lost) == [0, 3, 40, 65535]
     bitrate, ssrcs = unpack_remb_fci(remb.fci)
     assert ssrcs == [2] and abs(bitrate - 1_500_000) / 1_500_000 < 0.001

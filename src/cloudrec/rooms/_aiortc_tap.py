@@ -26,7 +26,12 @@ was negotiated from ``transceiver._codecs`` and ``transceiver._headerExtensions`
 ``setRemoteDescription``) and the SSRC aiortc gave the transceiver's sender (``sender._ssrc``),
 which the lean path's RTCP is sent from.
 
-Keyframe requests use ``receiver._send_rtcp_pli(ssrc)`` with the ssrc from the public
+aiortc negotiates ``nack pli`` but never ``ccm fir``: :func:`accept_fir` adds ``ccm fir`` to
+the answer of a video codec whose offer lists it (``transceiver._codecs`` after
+``setRemoteDescription``, before ``createAnswer``), so the lean path can ask a publisher that
+takes only FIR for a keyframe.
+
+Keyframe requests on aiortc's own receive path use ``receiver._send_rtcp_pli(ssrc)`` with the ssrc from the public
 ``getSynchronizationSources()``. Codec negotiation results are read from
 ``transceiver._codecs``.
 
@@ -51,11 +56,14 @@ from typing import Any
 
 import aiortc
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import sdp as aiortc_sdp
+from aiortc.rtcrtpparameters import RTCRtcpFeedback
 
 from cloudrec.media.h264 import join_annexb, nal_types, split_annexb
 
 __all__ = [
     "AIORTC_VERSION",
+    "accept_fir",
     "TapError",
     "FrameCallback",
     "check_internals",
@@ -172,16 +180,39 @@ def negotiated_codec(transceiver: RTCRtpTransceiver) -> str | None:
     return None
 
 
+_FIR = RTCRtcpFeedback(type="ccm", parameter="fir")
+_FEEDBACK = {("goog-remb", None): "goog-remb", ("nack", "pli"): "pli", ("ccm", "fir"): "fir"}
+
+
+def accept_fir(transceiver: RTCRtpTransceiver, offer_sdp: str) -> None:
+    """Answer ``ccm fir`` for each negotiated codec whose offer (same payload type) lists it.
+
+    Call between ``setRemoteDescription`` and ``createAnswer``: the answer is written from
+    ``transceiver._codecs``, whose feedback aiortc reduced to what it knows (no FIR)."""
+    offered = {
+        codec.payloadType
+        for media in aiortc_sdp.SessionDescription.parse(offer_sdp).media
+        if media.kind == transceiver.kind
+        for codec in media.rtp.codecs
+        if _FIR in (codec.rtcpFeedback or ())
+    }
+    for codec in getattr(transceiver, "_codecs", None) or ():
+        if codec.payloadType in offered and _FIR not in codec.rtcpFeedback:
+            codec.rtcpFeedback.append(_FIR)
+
+
 def receive_parameters(transceiver: RTCRtpTransceiver) -> tuple[
-        list[tuple[str, int, int, int | None, bool]], int | None, int]:
+        list[tuple[str, int, int, int | None, frozenset[str]]], int | None, int]:
     """What the answer negotiated for ``transceiver``: ``(codecs, abs_send_time_id, ssrc)``,
-    each codec ``(lower-case name, payload type, clock rate, RTX apt or None, goog-remb)``."""
+    each codec ``(lower-case name, payload type, clock rate, RTX apt or None, feedback)`` with
+    the feedback it takes among ``"goog-remb"``, ``"pli"`` and ``"fir"``."""
     codecs = []
     for codec in getattr(transceiver, "_codecs", None) or ():
         apt = codec.parameters.get("apt") if codec.name.lower() == "rtx" else None
-        remb = any(fb.type == "goog-remb" for fb in codec.rtcpFeedback or ())
+        feedback = frozenset(_FEEDBACK[kind] for fb in codec.rtcpFeedback or ()
+                             if (kind := (fb.type, fb.parameter)) in _FEEDBACK)
         codecs.append((codec.name.lower(), int(codec.payloadType), int(codec.clockRate),
-                       int(apt) if apt is not None else None, remb))
+                       int(apt) if apt is not None else None, feedback))
     abs_send_time = next((ext.id for ext in getattr(transceiver, "_headerExtensions", ())
                           if ext.uri == ABS_SEND_TIME), None)
     return codecs, abs_send_time, int(transceiver.sender._ssrc)

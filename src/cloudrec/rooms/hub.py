@@ -319,6 +319,8 @@ class RoomHub:
                 transceivers[kind] = transceiver
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+                if "video" in transceivers:
+                    tap.accept_fir(transceivers["video"], offer_sdp)
                 answer = await pc.createAnswer()
             except Exception as exc:
                 raise InvalidParameter(
@@ -616,8 +618,9 @@ def _lean_receiver(transceivers: dict[str, Any],
         rtcp_ssrc = rtcp_ssrc or ssrc
         if kind == "video":
             abs_send_time = ast_id
-            remb = any(c[4] for c in negotiated)
-        codecs += [CodecInfo(kind, name, pt, clock, apt) for name, pt, clock, apt, _ in negotiated]
+            remb = any("goog-remb" in c[4] for c in negotiated)
+        codecs += [CodecInfo(kind, name, pt, clock, apt, fir="fir" in fb and "pli" not in fb)
+                   for name, pt, clock, apt, fb in negotiated]
 
     def on_frame(kind: str, name: str, clock_rate: int, data: bytes, timestamp: int) -> None:
         sink = sinks.get(kind)

@@ -38,8 +38,9 @@ no task, no coroutine per packet; RTCP goes out synchronously from a once-a-seco
 REMB) or when needed (NACK, PLI). A native WebRTC stack would cut further but brings a second
 ICE/DTLS implementation to keep compatible with every publisher the interop tests cover.
 
-What is kept: receiver reports (loss, jitter, LSR/DLSR), PLI on request (aiortc does not
-negotiate ``ccm fir``, so FIR is never due), NACK with retries for video, REMB
+What is kept: receiver reports (loss, jitter, LSR/DLSR), a keyframe request when one is
+needed (PLI; a FIR to a publisher whose codec negotiated ``ccm fir`` but not ``nack pli``, see
+:func:`cloudrec.rooms._aiortc_tap.accept_fir`), NACK with retries for video, REMB
 (:mod:`cloudrec.rooms.bwe`), RTX unwrapping, H.264/VP8 depacketisation into whole frames, Opus
 passed through.
 
@@ -63,6 +64,7 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pylibsrtp
@@ -95,13 +97,14 @@ class CodecInfo:
     payload_type: int
     clock_rate: int
     apt: int | None = None  # RTX: the payload type it retransmits
+    fir: bool = False  # keyframes are asked for with FIR (the codec took ``ccm fir``, no PLI)
 
 
 class _Slot:
-    __slots__ = ("kind", "name", "clock_rate", "stream", "target", "make")
+    __slots__ = ("kind", "name", "clock_rate", "fir", "stream", "target", "make")
 
-    def __init__(self, kind: str, name: str, clock_rate: int) -> None:
-        self.kind, self.name, self.clock_rate = kind, name, clock_rate
+    def __init__(self, kind: str, name: str, clock_rate: int, fir: bool = False) -> None:
+        self.kind, self.name, self.clock_rate, self.fir = kind, name, clock_rate, fir
         self.stream: Any = None
         self.target: _Slot | None = None  # RTX: the media slot
         self.make: Callable[[int], Any] | None = None
@@ -178,9 +181,10 @@ class LeanReceiver:
         self._port: _Port | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._slots: dict[int, _Slot] = {}
+        self._fir_seq: dict[int, int] = {}  # media SSRC: the last FIR's sequence number
         for codec in codecs:
             if codec.name != "rtx":
-                slot = _Slot(codec.kind, codec.name, codec.clock_rate)
+                slot = _Slot(codec.kind, codec.name, codec.clock_rate, codec.fir)
                 slot.make = self._stream_factory(slot)
                 self._slots[codec.payload_type] = slot
         for codec in codecs:
@@ -207,11 +211,12 @@ class LeanReceiver:
             self._timer = None
 
     def request_keyframe(self) -> int:
-        """Send a PLI for each video stream heard; returns how many were sent."""
+        """Ask each video stream heard for a keyframe (PLI, or FIR where that is what the
+        publisher took); returns how many requests were sent."""
         sent = 0
         for slot in self._slots.values():
             if slot.kind == "video" and slot.stream is not None:
-                self._send(rtcp.pli(self._rtcp_ssrc, slot.stream.ssrc))
+                self._ask_keyframe(slot.fir, slot.stream.ssrc)
                 sent += 1
         return sent
 
@@ -240,7 +245,7 @@ class LeanReceiver:
         def make_video(ssrc: int) -> VideoStream:
             return VideoStream(ssrc, clock_rate, piece, keyframe_detector(name),
                                on_frame(kind, name, clock_rate), self._send_nack,
-                               self._send_pli, starts_frame_for(name))
+                               partial(self._ask_keyframe, slot.fir), starts_frame_for(name))
         return make_video
 
     def _on_frame_of(self, kind: str, name: str, clock_rate: int) -> Callable[[bytes, int], None]:
@@ -327,8 +332,12 @@ class LeanReceiver:
     def _send_nack(self, ssrc: int, lost: list[int]) -> None:
         self._send(rtcp.nack(self._rtcp_ssrc, ssrc, lost))
 
-    def _send_pli(self, ssrc: int) -> None:
-        self._send(rtcp.pli(self._rtcp_ssrc, ssrc))
+    def _ask_keyframe(self, fir: bool, ssrc: int) -> None:
+        if fir:  # each request is a new command: its sequence number counts up (RFC 5104)
+            seq = self._fir_seq[ssrc] = (self._fir_seq.get(ssrc, -1) + 1) & 0xFF
+            self._send(rtcp.fir(self._rtcp_ssrc, ssrc, seq))
+        else:
+            self._send(rtcp.pli(self._rtcp_ssrc, ssrc))
 
     def _tick(self) -> None:
         """Receiver reports and the REMB, about once a second (randomised, RFC 3550 6.2)."""

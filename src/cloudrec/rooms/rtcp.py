@@ -1,6 +1,6 @@
 """The RTCP a receive-only recorder sends, and the little it reads (RFC 3550, 4585, REMB draft).
 
-Built as bytes with ``struct``: a receiver report, a PLI, a generic NACK and a REMB are a few
+Built as bytes with ``struct``: a receiver report, a PLI, a FIR, a generic NACK and a REMB are a few
 fixed fields each, and a recorder sends a handful per second per publication, so no packet
 objects are made. Of what a publisher sends, only the sender report's NTP time is read (for the
 receiver report's LSR/DLSR, from which the publisher computes its round-trip time).
@@ -11,11 +11,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 
-__all__ = ["ReportBlock", "is_rtcp", "nack", "pli", "receiver_report", "remb",
+__all__ = ["ReportBlock", "fir", "is_rtcp", "nack", "pli", "receiver_report", "remb",
            "sender_reports"]
 
 RTCP_SR, RTCP_RR, RTCP_RTPFB, RTCP_PSFB = 200, 201, 205, 206
-_FMT_NACK, _FMT_PLI, _FMT_REMB = 1, 1, 15
+_FMT_NACK, _FMT_PLI, _FMT_FIR, _FMT_REMB = 1, 1, 4, 15
 
 
 def is_rtcp(data: bytes) -> bool:
@@ -40,6 +40,17 @@ def receiver_report(sender_ssrc: int, blocks: Iterable[ReportBlock]) -> bytes:
 
 def pli(sender_ssrc: int, media_ssrc: int) -> bytes:
     return struct.pack("!BBHII", 0x80 | _FMT_PLI, RTCP_PSFB, 2, sender_ssrc, media_ssrc)
+
+
+def fir(sender_ssrc: int, media_ssrc: int, seq: int) -> bytes:
+    """Full Intra Request (RFC 5104 4.3.1): PSFB fmt 4 with one FCI entry naming ``media_ssrc``
+    and the request's sequence number (a new request counts up).
+
+    RFC 5104 leaves the header's media source field unused ("SHALL be set to 0"); it carries
+    ``media_ssrc`` here too, since some stacks (aiortc among them) route feedback by that field
+    alone and would drop a FIR with 0 there, while the RFC's receivers ignore it."""
+    return struct.pack("!BBHIIIB3x", 0x80 | _FMT_FIR, RTCP_PSFB, 4, sender_ssrc, media_ssrc,
+                       media_ssrc, seq & 0xFF)
 
 
 def nack(sender_ssrc: int, media_ssrc: int, lost: Iterable[int]) -> bytes:
