@@ -55,7 +55,7 @@ from common import (
 )
 
 from cloudrec.media import MixedHlsRecorder
-from cloudrec.media.compose import Compositor
+from cloudrec.media.compose import Compositor, frame_from_planes, frame_planes
 from cloudrec.media.layout import placements_from_config, template_rects
 from cloudrec.media.mixout import (
     VideoParams,
@@ -168,8 +168,9 @@ def composed_frames(case: Case, paths: list[str]) -> list[av.VideoFrame]:
             decoded.append([f for _, f in zip(range(int(MEDIA_S * FPS)), c.decode(video=0))])
     out = []
     for n in range(int(MEDIA_S * FPS)):
-        out.append(comp.compose([(p, decoded[i][min(n, len(decoded[i]) - 1)])
-                                 for i, p in enumerate(placements)]))
+        canvas = comp.compose([(p, decoded[i][min(n, len(decoded[i]) - 1)])
+                               for i, p in enumerate(placements)])
+        out.append(frame_from_planes(*frame_planes(canvas)))  # the compositor keeps its canvas
     return out
 
 

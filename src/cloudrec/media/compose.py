@@ -159,9 +159,15 @@ class Compositor:
         self._last: dict[Key, av.VideoFrame] = {}
         self._tiles: dict[Key, _Tile] = {}
         self._scalers: dict[Key, VideoReformatter] = {}
-        self._canvas: av.VideoFrame | None = None  # the last canvas, and what it shows
-        self._shown: list[object] = []
-        self.reused = 0  # calls that returned the last canvas again
+        self._fitted: dict[Rect, Rect] = {}  # placement rects clamped to the canvas
+        # the canvas, kept between calls, and what is drawn on it
+        self._canvas: av.VideoFrame | None = None
+        self._planes: Planes = self._background
+        self._layers: list[tuple[Placement, Rect, av.VideoFrame | None]] = []
+        self._patches: list[YuvaPatch] = []
+        self._disjoint = False  # the layers are opaque and do not overlap
+        self.reused = 0  # calls that drew nothing
+        self.tiles_only = 0  # calls that drew only the tiles of inputs with a new frame
 
     @classmethod
     def from_output(
@@ -224,15 +230,20 @@ class Compositor:
         inputs: Sequence[tuple[Placement, av.VideoFrame | None]],
         now: float | None = None,
     ) -> av.VideoFrame:
-        """One canvas frame (yuv420p, no pts) from the inputs' current frames.
+        """The canvas (yuv420p, no pts) showing the inputs' current frames.
 
-        ``now`` is the wall-clock time (epoch seconds) the timestamp watermark shows. When
-        nothing drawn changed since the last call (the same source frames in the same places,
-        the same watermark pictures), the last canvas is returned again, not composed anew: an
-        input slower than the mix, a patch picture or an idle room costs nothing to draw. The
-        caller must not write into a canvas it got.
+        ``now`` is the wall-clock time (epoch seconds) the timestamp watermark shows.
+
+        The canvas is one frame, kept and updated in place: the caller reads it (encodes it,
+        saves a snapshot) before the next call and never writes into it. Only what changed is
+        drawn again. The same source frames in the same places under the same watermark
+        pictures: nothing is drawn (an input slower than the mix, a patch picture, an idle
+        room). New frames of opaque inputs that overlap neither each other nor a watermark
+        (the templates' tiles): only their tiles are copied. Anything else (a new layout,
+        alpha, overlapping inputs, a watermark over a changed input, a new second of the
+        clock): the whole canvas is drawn again.
         """
-        drawn: list[tuple[Placement, Rect, av.VideoFrame | None]] = []
+        layers: list[tuple[Placement, Rect, av.VideoFrame | None]] = []
         present = set()
         for placement, frame in sorted(inputs, key=lambda item: item[0].z):
             key = placement.key
@@ -245,36 +256,71 @@ class Compositor:
                 frame = self._last.get(key)
             elif self.patch_mode == PATCH_PICTURE:
                 frame = self._patch_frame
-            drawn.append((placement, placement.rect.fit(self.width, self.height), frame))
-        for stale in set(self._tiles) - present:
-            del self._tiles[stale]
-        for stale in set(self._last) - present:
-            del self._last[stale]
-        for stale in set(self._scalers) - present:
-            del self._scalers[stale]
-        patches: list[YuvaPatch | None] = []
+            layers.append((placement, self._fit(placement.rect), frame))
+        for cache in (self._tiles, self._last, self._scalers):
+            if len(cache) > len(present):
+                for stale in set(cache) - present:
+                    del cache[stale]
+        patches: list[YuvaPatch] = []
         if self.overlays:
             now = time.time() if now is None else now
-            patches = [overlay.patch(now) for overlay in self.overlays]
-        # what this canvas shows, by identity (the list holds the objects, so no id is reused)
-        shown = [item for placement, _, frame in drawn for item in (placement, frame)] + patches
-        if self._canvas is not None and _same(shown, self._shown):
+            patches = [p for p in (overlay.patch(now) for overlay in self.overlays) if p]
+        changed = self._changed(layers, patches)
+        if changed is not None and not changed:
             self.reused += 1
-            return self._canvas
-        out = av.VideoFrame(self.width, self.height, "yuv420p")
-        planes = frame_planes(out)
-        for dst, src in zip(planes, self._background):
-            dst[...] = src
-        for placement, rect, frame in drawn:
-            if frame is None:
-                self._fill(planes, rect, BLACK, placement.alpha)
-            else:
-                self._draw(planes, placement, rect, frame)
-        for patch in patches:
-            if patch is not None:
+            return self._canvas  # type: ignore[return-value]
+        if self._canvas is None:
+            self._canvas = av.VideoFrame(self.width, self.height, "yuv420p")
+            self._planes = frame_planes(self._canvas)
+        planes = self._planes
+        if changed is not None:  # only the tiles of inputs with a new frame
+            for i in changed:
+                placement, rect, frame = layers[i]
+                self._draw(planes, placement, rect, frame)  # type: ignore[arg-type]
+            self.tiles_only += 1
+        else:
+            for dst, src in zip(planes, self._background):
+                dst[...] = src
+            for placement, rect, frame in layers:
+                if frame is None:
+                    self._fill(planes, rect, BLACK, placement.alpha)
+                else:
+                    self._draw(planes, placement, rect, frame)
+            for patch in patches:
                 patch.blend(planes)
-        self._canvas, self._shown = out, shown
-        return out
+            self._disjoint = _opaque_and_disjoint(layers)
+        self._layers, self._patches = layers, patches
+        return self._canvas
+
+    def _fit(self, rect: Rect) -> Rect:
+        fitted = self._fitted.get(rect)
+        if fitted is None:
+            fitted = self._fitted[rect] = rect.fit(self.width, self.height)
+        return fitted
+
+    def _changed(self, layers: list[tuple[Placement, Rect, av.VideoFrame | None]],
+                 patches: list[YuvaPatch]) -> list[int] | None:
+        """The layers to draw again on the kept canvas (empty: none), or None when the whole
+        canvas must be drawn again."""
+        old = self._layers
+        if (self._canvas is None or len(old) != len(layers) or len(patches) != len(self._patches)
+                or any(a is not b for a, b in zip(patches, self._patches))):
+            return None
+        changed = []
+        for i, ((placement, _, frame), (was, _, shown)) in enumerate(zip(layers, old)):
+            if placement != was or (frame is None) != (shown is None):
+                return None
+            if frame is not shown:
+                changed.append(i)
+        if not changed:
+            return changed
+        if not self._disjoint:
+            return None
+        for i in changed:  # a watermark over a changed tile would be lost: draw it all
+            rect = layers[i][1]
+            if any(_overlaps(rect, patch) for patch in patches):
+                return None
+        return changed
 
     def _fill(self, planes: Planes, rect: Rect, yuv: tuple[int, int, int], alpha: float) -> None:
         a = round(alpha * 256)
@@ -353,11 +399,21 @@ def _scale_into(
     return tile
 
 
-def _same(a: Sequence[object], b: Sequence[object]) -> bool:
-    """Element by element the same objects (placements compare by value)."""
-    return len(a) == len(b) and all(
-        x is y or (isinstance(x, Placement) and x == y) for x, y in zip(a, b)
-    )
+def _opaque_and_disjoint(layers: Sequence[tuple[Placement, Rect, object]]) -> bool:
+    """Whether every layer is drawn opaque and no two of them overlap."""
+    if any(placement.alpha < 1.0 for placement, _, _ in layers):
+        return False
+    rects = [rect for _, rect, _ in layers]
+    return not any(_intersect(a, b) for i, a in enumerate(rects) for b in rects[i + 1:])
+
+
+def _intersect(a: Rect, b: Rect) -> bool:
+    return a.x < b.right and b.x < a.right and a.y < b.bottom and b.y < a.bottom
+
+
+def _overlaps(rect: Rect, patch: YuvaPatch) -> bool:
+    w, h = patch.size
+    return _intersect(rect, Rect(patch.x, patch.y, w, h))
 
 
 def _black_tile(w: int, h: int) -> Planes:
