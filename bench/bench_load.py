@@ -63,7 +63,10 @@ def run(server: ServerProcess, clip: Path, cycles: int = 50, rooms: int = 10, re
         wall = time.perf_counter() - t0
         import httpx
 
-        running = httpx.get(f"{server.base}/healthz").json()["recordings"]
+        # the task store's word (a worker's count in /healthz is as of its last status report)
+        active = httpx.get(server.api("listrecord"), params={"state": "active", "limit": 1000},
+                           headers=HEADERS).json()
+        running = len(active["data"]["records"])
     finally:
         pubs.terminate()
         pubs.wait(10)

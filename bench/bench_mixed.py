@@ -236,7 +236,7 @@ def run_floor(case: Case, clips: list[list[tuple[int, EncodedFrame]]], bare: flo
                                            format="fltp", layout="stereo")
         frame.sample_rate, frame.pts = 48000, start
         aac_frames.append(frame)
-    enc = open_aac_encoder()
+    enc = open_aac_encoder().context  # FFmpeg's encoder itself, nothing skipped
     c0 = _cpu()
     for frame in aac_frames:
         enc.encode(frame)

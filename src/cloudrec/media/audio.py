@@ -5,6 +5,15 @@ The AAC keeps the channel count the publisher sends: stereo Opus becomes stereo 
 64 kbps. Encoding a mono source as stereo would double the encoder's cost, the largest part of
 a source recording's CPU, for two identical channels.
 
+:class:`AacEncoder` is FFmpeg's ``aac`` (fast coder) that does not encode silence. Once it has
+been fed a few silent frames (peak below 2 LSB of 16-bit audio, fed as exact zeros) and its
+output has settled on the one packet it gives for digital silence, further silent frames are
+not encoded: that packet is written for them, with the timestamps the encoder would have
+given. The first frame with sound goes to the encoder again, whose state is what all those
+zeros would have left (its buffers hold zeros either way); its first packets are restamped to
+follow on. A muted microphone, or a mix of a silent room, costs a comparison per frame instead
+of an encode (measured in ``bench/bench_audio.py``).
+
 
 :class:`OpusToAac` is the codec chain (PyAV's ``opus`` decoder → ``AudioResampler`` to fltp
 stereo 48 kHz in 1024-sample frames → FFmpeg's ``aac`` encoder); it counts samples and never
@@ -49,6 +58,115 @@ def adts_header(payload_size: int, channels: int = 2) -> bytes:
     )
 
 
+SILENCE_PEAK = 2 / 32768  # below this peak, an encoder input frame is silence (-84 dBFS)
+_SETTLE_FRAMES = 3  # silent frames fed before the encoder's output can have settled
+
+
+def open_aac(channels: int, bit_rate: int) -> av.AudioCodecContext:
+    """FFmpeg's ``aac``: AAC-LC 48 kHz fltp, ``channels`` 1 or 2, the fast coder."""
+    enc = av.CodecContext.create("aac", "w")
+    assert isinstance(enc, av.AudioCodecContext)
+    enc.sample_rate = SAMPLE_RATE
+    enc.layout = "stereo" if channels == 2 else "mono"
+    enc.format = "fltp"
+    enc.bit_rate = bit_rate
+    enc.time_base = _SAMPLE_TB
+    # The "fast" coder costs ~7 ms CPU per second of stereo audio against ~19 ms for the
+    # default "twoloop" at 128 kbps, with no lower SNR (bench/bench_audio.py). It is what keeps
+    # a source recording cheap.
+    enc.options = {"aac_coder": "fast"}
+    enc.open()
+    return enc
+
+
+_SILENT_PACKETS: dict[tuple[int, int], bytes] = {}
+
+
+def silent_packet(channels: int, bit_rate: int) -> bytes:
+    """The raw AAC frame the encoder settles on for digital silence (made once per setting)."""
+    key = (channels, bit_rate)
+    if key not in _SILENT_PACKETS:
+        enc = open_aac(channels, bit_rate)
+        packets = []
+        for i in range(8):
+            frame = _silence(AAC_FRAME, enc.layout.name)
+            frame.pts, frame.time_base = i * AAC_FRAME, _SAMPLE_TB
+            packets += [bytes(p) for p in enc.encode(frame)]
+        _SILENT_PACKETS[key] = packets[-1]
+    return _SILENT_PACKETS[key]
+
+
+class AacEncoder:
+    """AAC-LC 48 kHz that writes a stored packet for silence instead of encoding it (see the
+    module docstring). :meth:`encode` takes 1024-sample fltp frames with ``pts`` in samples
+    and returns ``(raw AAC frame, pts, duration)``, pts rising by the duration, as FFmpeg's
+    encoder would (the first packet, its priming, is at -1024)."""
+
+    def __init__(self, channels: int, bit_rate: int) -> None:
+        self.channels = channels
+        self.context = open_aac(channels, bit_rate)
+        self._silent = silent_packet(channels, bit_rate)
+        self._zeros = np.zeros((channels, AAC_FRAME), np.float32)
+        self._quiet = 0  # silent frames in a row fed to the encoder
+        self._last = b""  # the encoder's last packet
+        self._gated = False  # silent frames are skipped now
+        self._fed: list[int] = []  # pts of the last two frames in (the encoder's delay)
+        self._next: int | None = None  # the next packet's pts
+        self.skipped = 0  # frames not encoded
+
+    def encode(self, frame: av.AudioFrame | None) -> list[tuple[bytes, int, int]]:
+        if frame is None:
+            return self._flush()
+        pts = frame.pts if frame.pts is not None else 0
+        planes = frame.to_ndarray()
+        silent = bool(planes.max() < SILENCE_PEAK and planes.min() > -SILENCE_PEAK)
+        self._fed = [*self._fed[-1:], pts]
+        if silent and self._gated:
+            self.skipped += 1
+            return self._stored(1)
+        self._gated = False
+        if silent:
+            self._quiet += 1
+            frame = av.AudioFrame.from_ndarray(self._zeros, format="fltp",
+                                               layout=self.context.layout.name)
+            frame.sample_rate, frame.pts, frame.time_base = SAMPLE_RATE, pts, _SAMPLE_TB
+        else:
+            self._quiet = 0
+        out = self._packets(self.context.encode(frame))
+        if self._quiet >= _SETTLE_FRAMES and self._last == self._silent:
+            self._gated = True
+        return out
+
+    def _stored(self, count: int) -> list[tuple[bytes, int, int]]:
+        """``count`` silent packets where the encoder's next ones would be."""
+        out = []
+        for _ in range(count):
+            assert self._next is not None
+            out.append((self._silent, self._next, AAC_FRAME))
+            self._next += AAC_FRAME
+        return out
+
+    def _packets(self, packets: list[av.Packet]) -> list[tuple[bytes, int, int]]:
+        out = []
+        for packet in packets:
+            data = bytes(packet)
+            pts = packet.pts if packet.pts is not None else self._next
+            if pts is None:
+                pts = -AAC_FRAME
+            elif self._next is not None:  # after skipped frames the encoder's own pts lag
+                pts = max(pts, self._next)
+            duration = packet.duration or AAC_FRAME
+            out.append((data, pts, duration))
+            self._next = pts + duration
+            self._last = data
+        return out
+
+    def _flush(self) -> list[tuple[bytes, int, int]]:
+        if self._gated:  # the encoder holds two stale frames: their packets are silence too
+            return self._stored(len(self._fed))
+        return self._packets(self.context.encode(None))
+
+
 def _silence(samples: int, layout: str = "stereo") -> av.AudioFrame:
     channels = 2 if layout == "stereo" else 1
     frame = av.AudioFrame.from_ndarray(
@@ -74,19 +192,7 @@ class OpusToAac:
         self._resampler = av.AudioResampler(
             format="fltp", layout=self.layout, rate=SAMPLE_RATE, frame_size=AAC_FRAME
         )
-        enc = av.CodecContext.create("aac", "w")
-        enc.sample_rate = SAMPLE_RATE
-        enc.layout = self.layout
-        bit_rate = bit_rate or AAC_BIT_RATE * channels // 2
-        enc.format = "fltp"
-        enc.bit_rate = bit_rate
-        enc.time_base = _SAMPLE_TB
-        # The "fast" coder costs ~8.5 ms CPU per second of stereo audio against ~30 ms for the
-        # default "twoloop" (measured with PyAV 18's FFmpeg, see bench/), at 128 kbps where the
-        # quality difference is small. It is what keeps a source recording cheap.
-        enc.options = {"aac_coder": "fast"}
-        enc.open()
-        self._encoder = enc
+        self._encoder = AacEncoder(channels, bit_rate or AAC_BIT_RATE * channels // 2)
         self.fed = 0
         self._framed = 0  # samples handed to the encoder
         self._out: list[tuple[bytes, int]] = []
@@ -135,10 +241,13 @@ class OpusToAac:
             self._framed += framed.samples
             self._encode(framed)
 
+    @property
+    def skipped(self) -> int:
+        """AAC frames of silence written without encoding."""
+        return self._encoder.skipped
+
     def _encode(self, frame: av.AudioFrame | None) -> None:
-        for packet in self._encoder.encode(frame):
-            payload = bytes(packet)
-            pts = packet.pts if packet.pts is not None else self._framed - AAC_FRAME
+        for payload, pts, _ in self._encoder.encode(frame):
             self._out.append((adts_header(len(payload), self.channels) + payload, pts))
 
     def packets(self) -> list[tuple[bytes, int]]:

@@ -358,12 +358,10 @@ class MixedHlsRecorder:
             self._aac_packets(self._aac.encode(frame))
         self.stats.audio_s += time.perf_counter() - t
 
-    def _aac_packets(self, packets: list[av.Packet]) -> None:
-        for packet in packets:
-            payload = bytes(packet)
-            sample = packet.pts if packet.pts is not None else 0
+    def _aac_packets(self, packets: list[tuple[bytes, int, int]]) -> None:
+        for payload, sample, duration in packets:
             pts = self._pts(sample * TS_CLOCK // SAMPLE_RATE)
-            end = pts + (packet.duration or 1024) * TS_CLOCK // SAMPLE_RATE
+            end = pts + duration * TS_CLOCK // SAMPLE_RATE
             self.stats.audio_frames_out += 1
             self._out.audio(adts_header(len(payload), 2) + payload, pts, end)
             for sink in self._sinks:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import av
 
+from cloudrec.media.audio import AacEncoder
 from cloudrec.media.hls import (
     TS_CLOCK,
     HlsPlaylist,
@@ -81,18 +82,10 @@ def open_h264_encoder(params: VideoParams, threads: int | None = None) -> av.Vid
     return enc
 
 
-def open_aac_encoder() -> av.AudioCodecContext:
-    """AAC-LC 48 kHz stereo 128 kbps (FFmpeg's ``aac`` with the fast coder, as source audio)."""
-    enc = av.CodecContext.create("aac", "w")
-    assert isinstance(enc, av.AudioCodecContext)
-    enc.sample_rate = SAMPLE_RATE
-    enc.layout = "stereo"
-    enc.format = "fltp"
-    enc.bit_rate = AAC_BIT_RATE
-    enc.time_base = Fraction(1, SAMPLE_RATE)
-    enc.options = {"aac_coder": "fast"}
-    enc.open()
-    return enc
+def open_aac_encoder() -> AacEncoder:
+    """AAC-LC 48 kHz stereo 128 kbps: FFmpeg's ``aac`` with the fast coder, as source audio,
+    and silence written without encoding (see :class:`~cloudrec.media.audio.AacEncoder`)."""
+    return AacEncoder(2, AAC_BIT_RATE)
 
 
 @dataclass(slots=True)
