@@ -135,8 +135,8 @@ def decode_opus(packets: list[bytes], decoder: str, layout: str) -> float:
 
 
 def run() -> list[str]:
-    lines = [f"audio codecs, {SECONDS:.0f} s of each signal (ms CPU per second of audio, kbps, "
-             "SNR of the decoded AAC; * = what cloudrec uses)"]
+    lines = [(f"audio codecs, {SECONDS:.0f} s of each signal (ms CPU per second of audio, "
+              "kbps, SNR of the decoded AAC; * = what cloudrec uses)")]
     sigs = signals()
     for channels, bit_rate, use in ((1, 64_000, "source recording of a microphone"),
                                     (2, 128_000, "mix")):

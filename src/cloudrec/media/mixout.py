@@ -31,7 +31,6 @@ from cloudrec.media.hls import (
     resume_base,
     segment_name,
 )
-from cloudrec.media.mixer import SAMPLE_RATE
 from cloudrec.models.mixconfig import MixOutput
 
 AAC_BIT_RATE = 128_000
