@@ -11,8 +11,13 @@ the room plane would hand them over. Then, in the same run:
     (all threads) per second of media = cores per recording at real time;
   - bare encode: libx264 with the same settings on the same canvas frames, composed beforehand
     (what the encoder alone costs: the floor of any mixer);
+  - codec floor: the codec calls no mix can do without, by PyAV with nothing around them:
+    every input's H.264 and Opus decoded, the mixed audio encoded to AAC, plus the bare encode
+    (:class:`Floor`); cloudrec's cost over it is what composing, mixing and segmenting add;
   - ffmpeg CLI: Debian's ``ffmpeg`` decoding the same files, ``scale``/``crop`` + ``xstack`` and
     ``amix``, libx264 with the same settings, AAC 128 kbps, HLS (what a user would script).
+cloudrec, the bare encode and the floor run ``BENCH_MIXED_ROUNDS`` (3) alternated rounds and
+the medians are printed, so one busy moment of a shared box does not decide a ratio.
 
 Then the starvation check (issue 10): a cloudrec server (one process) receives K real WebRTC
 publishers (K = 20, pre-encoded 640x480@15 ~1 Mbps clips, in their own process), records each

@@ -7,7 +7,8 @@ is not counted). We measure the server process's CPU while it
 merely receives the K streams (the floor), then while it records all K (WebRTC receive + remux
 + Opus→AAC + HLS + local storage). Goal: ≤ 0.03 cores per recording, and ≤ 10 % above the floor.
 Mixed recording (bench_mixed.py, last): decode + compose + encode of pre-encoded inputs, against
-a bare libx264 encode and the ffmpeg CLI in the same run. Goal: ≤ 0.12 cores for 4 → 640x480.
+a bare libx264 encode, the codec floor (the decodes and encodes alone) and the ffmpeg CLI in the
+same run. Goals: ≤ 0.12 cores for 4 → 640x480, and ≤ 1.3× the bare libx264 encode.
 Capacity (bench_capacity.py): the most source recordings one node holds with ≥ 99 % of the sent
 frames recorded, workers=1 and workers=2, and their ratio (goal ≥ 1.8× on 2 cores).
 Receive (bench_receive.py): source recording at 16 publishers on the lean receive path, beside
