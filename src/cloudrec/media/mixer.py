@@ -139,9 +139,9 @@ def _float_samples(frame: av.AudioFrame) -> np.ndarray | None:
     planes = frame.planes
     if len(planes) == 1:  # a view of the frame's buffer (it keeps the frame alive)
         return np.frombuffer(planes[0], np.float32, n).reshape(1, n)
-    out = np.empty((len(planes), n), np.float32)
-    for row, plane in zip(out, planes):
-        row[...] = np.frombuffer(plane, np.float32, n)
+    out = np.empty((2, n), np.float32)
+    out[0] = np.frombuffer(planes[0], np.float32, n)
+    out[1] = np.frombuffer(planes[1], np.float32, n)
     return out
 
 
