@@ -110,9 +110,9 @@ def _is_silent(frame: av.AudioFrame) -> bool:
 
 class AacEncoder:
     """AAC-LC 48 kHz that writes a stored packet for silence instead of encoding it (see the
-    module docstring). :meth:`encode` takes 1024-sample fltp frames with ``pts`` in samples
-    and returns ``(raw AAC frame, pts, duration)``, pts rising by the duration, as FFmpeg's
-    encoder would (the first packet, its priming, is at -1024)."""
+    module docstring). :meth:`encode` takes 1024-sample fltp frames whose ``pts`` (in samples)
+    follow on without gaps, and returns ``(raw AAC frame, pts, duration)``, pts rising by the
+    duration, as FFmpeg's encoder would (the first packet, its priming, is at -1024)."""
 
     def __init__(self, channels: int, bit_rate: int) -> None:
         self.channels = channels
