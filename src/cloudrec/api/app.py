@@ -56,8 +56,10 @@ def create_app(settings: Settings) -> FastAPI:
             await stores.close()
 
     # FastAPI's /docs and /redoc load from CDNs: the console serves /docs from bundled files.
+    # No redirect to the path without its trailing slash: a path parameter holding an encoded
+    # '/' would get a bodyless 307 instead of the seed's 2101 (or WHIP's 404).
     app = FastAPI(title="cloudrec", version="0.1.0", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.settings = settings
     app.state.front = front
     app.state.outbox = outbox
