@@ -58,7 +58,7 @@ def adts_header(payload_size: int, channels: int = 2) -> bytes:
     )
 
 
-SILENCE_PEAK = 2 / 32768  # below this peak, an encoder input frame is silence (-84 dBFS)
+SILENCE_PEAK = 2 / 32768  # below this peak audio is silence (2 LSB of 16-bit, -84 dBFS)
 _SETTLE_FRAMES = 3  # silent frames fed before the encoder's output can have settled
 
 
@@ -96,16 +96,27 @@ def silent_packet(channels: int, bit_rate: int) -> bytes:
     return _SILENT_PACKETS[key]
 
 
-def _is_silent(frame: av.AudioFrame) -> bool:
-    """Whether every sample of a fltp frame is below ``SILENCE_PEAK`` in magnitude. Sound is
-    usually told at a glance: every 32nd sample's energy, more than 32 samples at the peak
-    could hold, means one of them is above it."""
+def planar_samples(frame: av.AudioFrame) -> np.ndarray:
+    """A ``fltp`` frame's samples as ``(channels, n)`` float32: a view of a mono frame's
+    buffer (it keeps the frame alive), a copy of a stereo frame's two planes."""
     n = frame.samples
-    planes = [np.frombuffer(plane, np.float32, n) for plane in frame.planes]
-    sparse = planes[0][::32]
-    if float(np.dot(sparse, sparse)) > sparse.size * SILENCE_PEAK * SILENCE_PEAK:
+    planes = frame.planes
+    if len(planes) == 1:
+        return np.frombuffer(planes[0], np.float32, n).reshape(1, n)
+    out = np.empty((len(planes), n), np.float32)
+    for i, plane in enumerate(planes):
+        out[i] = np.frombuffer(plane, np.float32, n)
+    return out
+
+
+def is_silent(samples: np.ndarray) -> bool:
+    """Whether every sample's magnitude is below ``SILENCE_PEAK``. Sound is usually told at a
+    glance: every 32nd sample's energy, more than those samples could hold at the peak, means
+    one of them is above it; only what passes that is read whole."""
+    sparse = samples[..., ::32]
+    if float(np.vdot(sparse, sparse)) > sparse.size * SILENCE_PEAK * SILENCE_PEAK:
         return False
-    return all(x.max() < SILENCE_PEAK and x.min() > -SILENCE_PEAK for x in planes)
+    return bool(samples.max() < SILENCE_PEAK and samples.min() > -SILENCE_PEAK)
 
 
 class AacEncoder:
@@ -130,7 +141,7 @@ class AacEncoder:
         if frame is None:
             return self._flush()
         pts = frame.pts if frame.pts is not None else 0
-        silent = _is_silent(frame)
+        silent = is_silent(planar_samples(frame))
         self._fed = (self._fed[-1], pts) if self._fed else (pts,)
         if silent and self._gated:
             self.skipped += 1

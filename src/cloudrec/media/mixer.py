@@ -9,7 +9,7 @@ that is short (or absent) with silence, sums them and soft-clips the sum, giving
 ``fltp`` frame ready for the AAC encoder with ``pts`` = the clock (time base 1/48000). Nothing
 accumulates float time. A mono input is heard in both channels.
 
-Work that changes nothing is skipped. A frame whose peak is below ``SILENCE_PEAK`` (2 LSB of
+Work that changes nothing is skipped. A frame whose peak is below ``audio.SILENCE_PEAK`` (2 LSB of
 16-bit audio, -84 dBFS: what a muted microphone's Opus decodes to) is queued as a run of
 silence, not as samples, and silence is never added. When one input alone has sound in a
 frame, its samples are the mix (no sum); when none has, the frame is zeros.
@@ -35,15 +35,14 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from cloudrec.media.audio import is_silent, planar_samples
+
 SAMPLE_RATE = 48_000
 CHANNELS = 2
 FRAME_SIZE = 1024  # one AAC-LC frame
 TIME_BASE = Fraction(1, SAMPLE_RATE)
 KNEE = 0.8
 CEILING = 0.98
-
-
-SILENCE_PEAK = 2 / 32768  # below this peak a frame is silence (2 LSB of 16-bit, -84 dBFS)
 
 
 def soft_clip(x: np.ndarray, knee: float = KNEE, ceiling: float = CEILING) -> np.ndarray:
@@ -58,11 +57,6 @@ def soft_clip(x: np.ndarray, knee: float = KNEE, ceiling: float = CEILING) -> np
     span = ceiling - knee
     out[over] = np.sign(x[over]) * (knee + span * np.tanh((mag[over] - knee) / span))
     return out
-
-
-def is_silent(samples: np.ndarray) -> bool:
-    """Whether every sample's magnitude is below ``SILENCE_PEAK``."""
-    return bool(samples.max() < SILENCE_PEAK and samples.min() > -SILENCE_PEAK)
 
 
 class _Fifo:
@@ -135,14 +129,7 @@ def _float_samples(frame: av.AudioFrame) -> np.ndarray | None:
     if (frame.sample_rate != SAMPLE_RATE or frame.format.name != "fltp"
             or len(frame.layout.channels) > CHANNELS):
         return None
-    n = frame.samples
-    planes = frame.planes
-    if len(planes) == 1:  # a view of the frame's buffer (it keeps the frame alive)
-        return np.frombuffer(planes[0], np.float32, n).reshape(1, n)
-    out = np.empty((2, n), np.float32)
-    out[0] = np.frombuffer(planes[0], np.float32, n)
-    out[1] = np.frombuffer(planes[1], np.float32, n)
-    return out
+    return planar_samples(frame)
 
 
 class AudioMixer:
