@@ -133,7 +133,6 @@ class AacEncoder:
         self._quiet = 0  # silent frames in a row fed to the encoder
         self._last = b""  # the encoder's last packet
         self._gated = False  # silent frames are skipped now
-        self._fed: tuple[int, ...] = ()  # pts of the last two frames in (the encoder's delay)
         self._next: int | None = None  # the next packet's pts
         self.skipped = 0  # frames not encoded
 
@@ -142,7 +141,6 @@ class AacEncoder:
             return self._flush()
         pts = frame.pts if frame.pts is not None else 0
         silent = is_silent(planar_samples(frame))
-        self._fed = (self._fed[-1], pts) if self._fed else (pts,)
         if silent and self._gated:
             self.skipped += 1
             return self._stored(1)
@@ -184,8 +182,8 @@ class AacEncoder:
         return out
 
     def _flush(self) -> list[tuple[bytes, int, int]]:
-        if self._gated:  # the encoder holds two stale frames: their packets are silence too
-            return self._stored(len(self._fed))
+        if self._gated:  # the encoder holds its last two frames (its delay), silent ones
+            return self._stored(2)
         return self._packets(self.context.encode(None))
 
 
