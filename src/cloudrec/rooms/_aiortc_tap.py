@@ -31,8 +31,8 @@ the answer of a video codec whose offer lists it (``transceiver._codecs`` after
 ``setRemoteDescription``, before ``createAnswer``), so the lean path can ask a publisher that
 takes only FIR for a keyframe.
 
-Keyframe requests on aiortc's own receive path use ``receiver._send_rtcp_pli(ssrc)`` with the ssrc from the public
-``getSynchronizationSources()``. Codec negotiation results are read from
+Keyframe requests on aiortc's own receive path use ``receiver._send_rtcp_pli(ssrc)`` with the
+ssrc from the public ``getSynchronizationSources()``. Codec negotiation results are read from
 ``transceiver._codecs``.
 
 H.264 access units are made conformant before the callback sees them
@@ -184,14 +184,14 @@ _FIR = RTCRtcpFeedback(type="ccm", parameter="fir")
 _FEEDBACK = {("goog-remb", None): "goog-remb", ("nack", "pli"): "pli", ("ccm", "fir"): "fir"}
 
 
-def accept_fir(transceiver: RTCRtpTransceiver, offer_sdp: str) -> None:
+def accept_fir(transceiver: RTCRtpTransceiver, offer: aiortc_sdp.SessionDescription) -> None:
     """Answer ``ccm fir`` for each negotiated codec whose offer (same payload type) lists it.
 
     Call between ``setRemoteDescription`` and ``createAnswer``: the answer is written from
     ``transceiver._codecs``, whose feedback aiortc reduced to what it knows (no FIR)."""
     offered = {
         codec.payloadType
-        for media in aiortc_sdp.SessionDescription.parse(offer_sdp).media
+        for media in offer.media
         if media.kind == transceiver.kind
         for codec in media.rtp.codecs
         if _FIR in (codec.rtcpFeedback or ())

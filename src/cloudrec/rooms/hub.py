@@ -157,8 +157,9 @@ def _codec_preferences(kind: str) -> list[Any]:
     return sorted((c for c in caps if rank(c) < 9), key=rank)
 
 
-def _offer_kinds(offer_sdp: str) -> list[str]:
-    """Kinds the offer sends, in m-line order; InvalidParameter when it is not a usable offer."""
+def _offer_kinds(offer_sdp: str) -> tuple[aiortc_sdp.SessionDescription, list[str]]:
+    """The parsed offer and the kinds it sends, in m-line order; InvalidParameter when it is
+    not a usable offer."""
     try:
         description = aiortc_sdp.SessionDescription.parse(offer_sdp)
     except Exception as exc:
@@ -174,7 +175,7 @@ def _offer_kinds(offer_sdp: str) -> list[str]:
         kinds.append(media.kind)
     if not kinds:
         raise InvalidParameter("sdp", "the offer sends neither audio nor video")
-    return kinds
+    return description, kinds
 
 
 class RoomHub:
@@ -303,7 +304,7 @@ class RoomHub:
         """
         if self._closed:
             raise RuntimeError("RoomHub is closed")
-        kinds = _offer_kinds(offer_sdp)
+        offer, kinds = _offer_kinds(offer_sdp)
         key = (appid, str(roomid))
         pc = RTCPeerConnection(self._configuration)
         pub = _Publication(key, uid, secrets.token_urlsafe(18), next(self._epochs), pc)
@@ -320,7 +321,7 @@ class RoomHub:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
                 if "video" in transceivers:
-                    tap.accept_fir(transceivers["video"], offer_sdp)
+                    tap.accept_fir(transceivers["video"], offer)
                 answer = await pc.createAnswer()
             except Exception as exc:
                 raise InvalidParameter(

@@ -1,7 +1,7 @@
 """The RTCP a receive-only recorder sends, and the little it reads (RFC 3550, 4585, REMB draft).
 
-Built as bytes with ``struct``: a receiver report, a PLI, a FIR, a generic NACK and a REMB are a few
-fixed fields each, and a recorder sends a handful per second per publication, so no packet
+Built as bytes with ``struct``: a receiver report, a PLI, a FIR, a generic NACK and a REMB are a
+few fixed fields each, and a recorder sends a handful per second per publication, so no packet
 objects are made. Of what a publisher sends, only the sender report's NTP time is read (for the
 receiver report's LSR/DLSR, from which the publisher computes its round-trip time).
 """
