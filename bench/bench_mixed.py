@@ -62,12 +62,8 @@ from common import (
 from cloudrec.media import MixedHlsRecorder
 from cloudrec.media.compose import Compositor, frame_from_planes, frame_planes
 from cloudrec.media.layout import placements_from_config, template_rects
-from cloudrec.media.mixout import (
-    VideoParams,
-    default_threads,
-    open_aac_encoder,
-    open_h264_encoder,
-)
+from cloudrec.media.audio import open_aac
+from cloudrec.media.mixout import AAC_BIT_RATE, VideoParams, default_threads, open_h264_encoder
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.publisher import make_clip
@@ -241,7 +237,7 @@ def run_floor(case: Case, clips: list[list[tuple[int, EncodedFrame]]], bare: flo
                                            format="fltp", layout="stereo")
         frame.sample_rate, frame.pts = 48000, start
         aac_frames.append(frame)
-    enc = open_aac_encoder().context  # FFmpeg's encoder itself, nothing skipped
+    enc = open_aac(2, AAC_BIT_RATE)  # FFmpeg's encoder with the mix's settings, nothing skipped
     c0 = _cpu()
     for frame in aac_frames:
         enc.encode(frame)
