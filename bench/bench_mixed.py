@@ -60,9 +60,9 @@ from common import (
 )
 
 from cloudrec.media import MixedHlsRecorder
+from cloudrec.media.audio import open_aac
 from cloudrec.media.compose import Compositor, frame_from_planes, frame_planes
 from cloudrec.media.layout import placements_from_config, template_rects
-from cloudrec.media.audio import open_aac
 from cloudrec.media.mixout import AAC_BIT_RATE, VideoParams, default_threads, open_h264_encoder
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
