@@ -26,10 +26,9 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from cloudrec.media.h264 import join_annexb, split_annexb
+from cloudrec.media.codecs.h264 import conformant_access_unit, join_annexb, split_annexb
 from cloudrec.publisher import TestPatternTrack, _Pacer
 from cloudrec.rooms import RoomHub, make_token
-from cloudrec.rooms import _aiortc_tap as tap
 from cloudrec.rooms import _aiortc_transport as transport
 from tests.conftest import WhipServer
 from tests.helpers import APPID, SECRET, make_settings, running_server
@@ -289,9 +288,9 @@ def test_parameter_sets_between_slices_are_moved_in_front() -> None:
     aud, sps, pps = b"\x09\xf0", b"\x67\x42\xc0\x0c\xda", b"\x68\xce\x3c\x80"
     top, bottom = b"\x65\x88\x84\x21", b"\x65\x00\xa0\x88\x42"
     sliced = join_annexb([aud, sps, pps, top, sps, pps, bottom])
-    assert split_annexb(tap.conformant_access_unit(sliced)) == [aud, sps, pps, top, bottom]
+    assert split_annexb(conformant_access_unit(sliced)) == [aud, sps, pps, top, bottom]
     for fine in (join_annexb([sps, pps, top, bottom]), join_annexb([b"\x41\x9a", b"\x41\x9b"])):
-        assert tap.conformant_access_unit(fine) is fine
+        assert conformant_access_unit(fine) is fine
 
 
 # -- FFmpeg's WHIP muxer -----------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cloudrec.media import h264
+from cloudrec.media.codecs import h264
 from cloudrec.media.compose import Compositor
 from cloudrec.media.layout import Placement, Rect, template_rects
 from cloudrec.media.overlay import (

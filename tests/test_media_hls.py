@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from cloudrec.media import h264
+from cloudrec.media.codecs import h264
 from cloudrec.media.audio import AAC_TICKS, OpusToAac, adts_header
 from cloudrec.media.hls import (
     HlsPlaylist,
@@ -131,8 +131,8 @@ def test_segment_writer_is_durable_and_opens_no_codec(tmp_path: Path) -> None:
 def test_nal_helpers() -> None:
     au = b"\x00\x00\x00\x01" + SPS + b"\x00\x00\x01" + PPS + b"\x00\x00\x00\x01" + IDR
     assert h264.split_annexb(au) == [SPS, PPS, IDR]
-    assert h264.nal_types(au) == [7, 8, 5] and h264.is_idr(au)
-    assert not h264.is_idr(h264.join_annexb([SLICE]))
+    assert h264.nal_types(au) == [7, 8, 5] and h264.is_keyframe(au)
+    assert not h264.is_keyframe(h264.join_annexb([SLICE]))
     assert h264.parameter_sets(au) == (SPS, PPS)
     # an IDR sent without SPS/PPS gets the cached ones, after a leading AUD
     bare = h264.join_annexb([b"\x09\xf0", IDR])

@@ -121,7 +121,7 @@ def publish(
             t = i / FPS
             if video_off and video_off[0] <= t < video_off[1]:
                 continue
-            key = h264.is_idr(data) if codec == "h264" else not data[0] & 1
+            key = h264.is_keyframe(data) if codec == "h264" else not data[0] & 1
             add("video", codec, data, t, 90000, key, 0.030 + 0.004 * (i % 3))
     if audio:
         for j, data in enumerate(opus_packets(seconds)):

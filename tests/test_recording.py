@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from cloudrec.media.h264 import parameter_sets
+from cloudrec.media.codecs.h264 import parameter_sets
 from cloudrec.publisher import Publisher
 from cloudrec.rooms import make_token
 from tests.helpers import APPID, SECRET, Server, make_settings, running_server, source_body, startrecord

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cloudrec.publisher import Publisher
-from cloudrec.rooms.stats import picture_size
+from cloudrec.media.codecs import picture_size
 from tests.conftest import WhipServer
 
 

@@ -18,6 +18,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from cloudrec.errors import AuthError, InvalidParameter
+from cloudrec.media.codecs import keyframe_detector
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.publisher import Publisher, TestPatternTrack, _Pacer, publish
 from cloudrec.rooms import PublisherEvent, RoomHub, SubscriptionClosed, make_token, verify_token
@@ -113,16 +114,16 @@ def test_tap_refuses_a_started_receiver() -> None:
 
 
 def test_keyframe_detection() -> None:
-    h264 = tap.keyframe_detector("h264")
+    h264 = keyframe_detector("h264")
     sps_pps_idr = (b"\x00\x00\x00\x01\x67\x42" + b"\x00\x00\x00\x01\x68\xce"
                    + b"\x00\x00\x01\x65\x88")
     assert h264(sps_pps_idr)
     assert not h264(b"\x00\x00\x00\x01\x41\x9a\x00")
     assert not h264(b"\x00\x00\x00\x01\x06\x05" + b"\x00\x00\x00\x01\x41\x9a")
     assert not h264(b"") and not h264(b"\x00\x00\x01")
-    vp8 = tap.keyframe_detector("vp8")
+    vp8 = keyframe_detector("vp8")
     assert vp8(b"\x10\x02\x00\x9d\x01\x2a") and not vp8(b"\x31\x02\x00") and not vp8(b"")
-    assert tap.keyframe_detector("opus")(b"\xfc")
+    assert keyframe_detector("opus")(b"\xfc")
 
 
 # -- subscriptions ---------------------------------------------------------------------------

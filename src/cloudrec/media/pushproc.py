@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import av
 
-from cloudrec.media import h264
+from cloudrec.media.codecs import h264
 
 HEADER = struct.Struct("!BBqI")
 CONFIG, VIDEO, AUDIO, GAP = 0, 1, 2, 3
@@ -47,18 +47,6 @@ TICKS = Fraction(1, 90_000)
 def frame(kind: int, data: bytes, pts: int = 0, key: bool = False) -> bytes:
     """One message of the parent → child wire."""
     return HEADER.pack(kind, int(key), pts, len(data)) + data
-
-
-def picture_size(keyframe: bytes) -> tuple[int, int] | None:
-    """Width and height of an H.264 key frame (with its SPS/PPS), by decoding it: once per
-    session (muxers want the size in the header), so no SPS parser is needed."""
-    decoder = av.CodecContext.create("h264", "r")
-    decoder.thread_count = 1
-    try:
-        frames = list(decoder.decode(av.Packet(keyframe))) + list(decoder.decode(None))
-    except av.FFmpegError:
-        return None
-    return (frames[0].width, frames[0].height) if frames else None
 
 
 class Pusher:
@@ -109,7 +97,7 @@ class Pusher:
             self.report(live=True)
 
     def _open(self, keyframe: bytes | None) -> None:
-        size = picture_size(keyframe) if keyframe is not None else None
+        size = h264.picture_size(keyframe) if keyframe is not None else None
         self._container = av.open(self.url, "w", format=self.format)
         self._streams = {}
         self._live = False

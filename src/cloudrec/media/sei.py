@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 
-from cloudrec.media.h264 import NAL_SEI, join_annexb, nal_type, split_annexb
+from cloudrec.media.codecs.h264 import NAL_SEI, join_annexb, nal_type, split_annexb
 
 SEI_UUID = uuid.UUID("6c1f0e5a-8d3b-4c7e-9a21-c10dec0de5e1").bytes  # cloudrec's user data
 USER_DATA_UNREGISTERED = 5

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import av
 
-from cloudrec.media import h264
+from cloudrec.media.codecs import h264
 from cloudrec.media.hls import fsync_dir
 from cloudrec.mediatypes import EncodedFrame
 
@@ -141,12 +141,7 @@ class KeyframeSnapshots:
         key = frame.keyframe
         data = frame.data
         if frame.codec == "h264" and key:
-            types = h264.nal_types(data)
-            key = h264.NAL_IDR in types
-            if h264.NAL_SPS in types or h264.NAL_PPS in types:
-                self._params.update(data)
-            if key:
-                data = self._params.repair(data)
+            data, key = self._params.take(data)
         if not key:
             if self._asked_at is None or self._clock() - self._asked_at >= KEYFRAME_RETRY_S:
                 self._asked_at = self._clock()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudrec.media import h264
+from cloudrec.media.codecs import h264
 from cloudrec.media.audio import AudioPacket, AudioTrack
 from cloudrec.media.hls import (
     PTS_ORIGIN,
@@ -269,13 +269,7 @@ class SourceHlsRecorder:
         if brk is not None:
             self._video_break(brk)
         if frame.codec == "h264":
-            data = frame.data
-            types = h264.nal_types(data)
-            key = h264.NAL_IDR in types
-            if h264.NAL_SPS in types or h264.NAL_PPS in types:
-                self._params.update(data)
-            if key and (h264.NAL_SPS not in types or h264.NAL_PPS not in types):
-                data = self._params.repair(data)
+            data, key = self._params.take(frame.data)
             self._video_au(data, pts, key)
             return
         if self._transcoder is None:

@@ -18,11 +18,6 @@ GOP_TICKS = 2 * 90_000  # an IDR at least every 2 s of media
 _DECODERS = {"vp8": "vp8", "vp9": "vp9", "av1": "libdav1d", "h265": "hevc"}
 
 
-def vp8_is_keyframe(data: bytes) -> bool:
-    """VP8 frame tag: bit 0 of the first byte is 0 on a key frame (RFC 6386 §9.1)."""
-    return bool(data) and not data[0] & 1
-
-
 class VideoTranscoder:
     """Decode one publisher's video and encode it to H.264 Annex B access units."""
 

@@ -36,7 +36,7 @@ ssrc from the public ``getSynchronizationSources()``. Codec negotiation results 
 ``transceiver._codecs``.
 
 H.264 access units are made conformant before the callback sees them
-(:func:`conformant_access_unit`): aiortc joins every NAL unit of an RTP timestamp in arrival
+(:func:`cloudrec.media.codecs.h264.conformant_access_unit`): aiortc joins every NAL unit of an RTP timestamp in arrival
 order, and a sender that repeats SPS/PPS before *each* IDR slice of a multi-slice picture
 (GStreamer's ``x264enc tune=zerolatency`` slices frames, ``rtph264pay config-interval=-1``
 repeats the parameter sets per IDR NAL) yields parameter sets between slices, which decoders
@@ -59,7 +59,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtcpFeedback
 
-from cloudrec.media.h264 import join_annexb, nal_types, split_annexb
+from cloudrec.media.codecs.h264 import conformant_access_unit
 
 __all__ = [
     "AIORTC_VERSION",
@@ -67,10 +67,8 @@ __all__ = [
     "TapError",
     "FrameCallback",
     "check_internals",
-    "conformant_access_unit",
     "install_tap",
     "is_tapped",
-    "keyframe_detector",
     "negotiated_codec",
     "receive_parameters",
     "request_keyframe",
@@ -216,65 +214,3 @@ def receive_parameters(transceiver: RTCRtpTransceiver) -> tuple[
     abs_send_time = next((ext.id for ext in getattr(transceiver, "_headerExtensions", ())
                           if ext.uri == ABS_SEND_TIME), None)
     return codecs, abs_send_time, int(transceiver.sender._ssrc)
-
-
-def conformant_access_unit(data: bytes) -> bytes:
-    """An Annex B access unit whose AUD, SEI, SPS and PPS NAL units all precede its first slice
-    (H.264 7.4.1.2.3), repeats dropped; ``data`` itself when it already is (the common case,
-    decided from NAL headers without copying)."""
-    seen_slice = False
-    for kind in nal_types(data):
-        if 1 <= kind <= 5:
-            seen_slice = True
-        elif seen_slice and 6 <= kind <= 9:
-            break
-    else:
-        return data
-    aud: list[bytes] = []
-    head: list[bytes] = []
-    body: list[bytes] = []
-    for nal in split_annexb(data):
-        kind = nal[0] & 0x1F
-        if kind == 9:
-            if not aud:
-                aud.append(nal)
-        elif 6 <= kind <= 8:
-            if nal not in head:
-                head.append(nal)
-        else:
-            body.append(nal)
-    return join_annexb(aud + head + body)
-
-
-def _h264_keyframe(data: bytes) -> bool:
-    # Annex B: find each start code and look at the NAL type; the first slice decides.
-    find = data.find
-    i = find(b"\x00\x00\x01")
-    while i >= 0:
-        i += 3
-        if i >= len(data):
-            return False
-        nal_type = data[i] & 0x1F
-        if nal_type == 5:
-            return True
-        if nal_type == 1:
-            return False
-        i = find(b"\x00\x00\x01", i)
-    return False
-
-
-def _vp8_keyframe(data: bytes) -> bool:
-    return bool(data) and not data[0] & 1
-
-
-def _always(data: bytes) -> bool:
-    return True
-
-
-def keyframe_detector(codec_name: str) -> Callable[[bytes], bool]:
-    """The keyframe test for a codec name (``"h264"``, ``"vp8"``, anything else: always)."""
-    if codec_name == "h264":
-        return _h264_keyframe
-    if codec_name == "vp8":
-        return _vp8_keyframe
-    return _always

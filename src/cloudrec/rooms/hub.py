@@ -55,6 +55,7 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 
 from cloudrec.errors import InvalidParameter
+from cloudrec.media.codecs import keyframe_detector
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.rooms import _aiortc_tap as tap
 from cloudrec.rooms import _aiortc_transport as transport
@@ -508,7 +509,7 @@ class RoomHub:
         """The per-kind callback ``(codec name, clock rate, data, unwrapped RTP timestamp)``:
         wrap each encoded frame once, hand it to subscribers."""
         uid, epoch, monotonic = pub.uid, pub.epoch, time.monotonic
-        name, keyframe = "", tap.keyframe_detector("")
+        name, keyframe = "", keyframe_detector("")
         room: _Room | None = None
         # Until the first video keyframe, ask for one (at most every 0.5 s): frames lost before
         # the receiver was registered would otherwise leave subscribers waiting a whole GOP.
@@ -520,7 +521,7 @@ class RoomHub:
                 return
             if codec != name:
                 name = codec
-                keyframe = tap.keyframe_detector(name)
+                keyframe = keyframe_detector(name)
             if room is None:
                 room = self._rooms.get(pub.key)
                 if room is None:

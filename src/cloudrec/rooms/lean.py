@@ -69,8 +69,9 @@ from typing import Any
 
 import pylibsrtp
 
+from cloudrec.media.codecs import keyframe_detector
+from cloudrec.media.codecs.h264 import conformant_access_unit
 from cloudrec.rooms import rtcp
-from cloudrec.rooms._aiortc_tap import conformant_access_unit, keyframe_detector
 from cloudrec.rooms.bwe import RembEstimate
 from cloudrec.rooms.depacketize import piece_for, starts_frame_for
 from cloudrec.rooms.rtpstream import AudioStream, VideoStream
