@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from cloudrec.media.codecs import h264
 from cloudrec.media.audio import AAC_TICKS, OpusToAac, adts_header
+from cloudrec.media.codecs import h264
 from cloudrec.media.hls import (
     HlsPlaylist,
     SegmentInfo,

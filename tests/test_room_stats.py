@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from cloudrec.publisher import Publisher
 from cloudrec.media.codecs import picture_size
+from cloudrec.publisher import Publisher
 from tests.conftest import WhipServer
 
 

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudrec.media.codecs import h264
 from cloudrec.media.audio import AudioPacket, AudioTrack
+from cloudrec.media.codecs import h264
 from cloudrec.media.hls import (
     PTS_ORIGIN,
     TS_CLOCK,
