@@ -59,11 +59,11 @@ from common import (
     wait_ready,
 )
 
-from cloudrec.media import MixedHlsRecorder
 from cloudrec.media.audio import open_aac
-from cloudrec.media.compose import Compositor, frame_from_planes, frame_planes
-from cloudrec.media.layout import placements_from_config, template_rects
-from cloudrec.media.mixout import AAC_BIT_RATE, VideoParams, default_threads, open_h264_encoder
+from cloudrec.media.mix.compose import Compositor, frame_from_planes, frame_planes
+from cloudrec.media.mix.layout import placements_from_config, template_rects
+from cloudrec.media.mix.output import AAC_BIT_RATE, VideoParams, default_threads, open_h264_encoder
+from cloudrec.media.mix.recorder import MixedHlsRecorder
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.publisher import make_clip
@@ -364,7 +364,7 @@ def _mix_children(pid: int) -> list[int]:
     found = []
     for child in _children(pid):
         try:
-            if b"cloudrec.media.mixworker" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if b"cloudrec.media.mix.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(child)
         except OSError:
             pass

@@ -11,9 +11,9 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cloudrec.media.compose import Compositor
-from cloudrec.media.layout import Placement, template_rects
-from cloudrec.media.overlay import load_font
+from cloudrec.media.mix.compose import Compositor
+from cloudrec.media.mix.layout import Placement, template_rects
+from cloudrec.media.mix.overlay import load_font
 
 W, H = 384, 216  # each canvas (16:9)
 COLOURS = [(214, 69, 65), (67, 160, 71), (30, 136, 229), (251, 192, 45), (142, 36, 170),

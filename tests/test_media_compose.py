@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from cloudrec.media.codecs import h264
-from cloudrec.media.compose import Compositor
-from cloudrec.media.layout import Placement, Rect, template_rects
-from cloudrec.media.overlay import (
+from cloudrec.media.mix.compose import Compositor
+from cloudrec.media.mix.layout import Placement, Rect, template_rects
+from cloudrec.media.mix.overlay import (
     FONT_PATH,
     StaticOverlay,
     TimestampOverlay,
@@ -29,7 +29,7 @@ from cloudrec.media.overlay import (
     render_text,
     text_patch,
 )
-from cloudrec.media.sei import (
+from cloudrec.media.mix.sei import (
     SeiInserter,
     escape_rbsp,
     find_sei_payloads,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cloudrec.media.layout import Placement, Rect, placements_from_config, template_rects
+from cloudrec.media.mix.layout import Placement, Rect, placements_from_config, template_rects
 from cloudrec.models.mixconfig import MixConfig
 
 W, H = 1280, 720

@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from cloudrec.media.mixer import FRAME_SIZE, SAMPLE_RATE, AudioMixer, soft_clip
+from cloudrec.media.mix.mixer import FRAME_SIZE, SAMPLE_RATE, AudioMixer, soft_clip
 
 
 def tone(

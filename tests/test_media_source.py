@@ -16,7 +16,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from cloudrec.media import SegmentInfo, SourceHlsRecorder, h264
+from cloudrec.media.codecs import h264
+from cloudrec.media.hls import SegmentInfo
+from cloudrec.media.source import SourceHlsRecorder
 from cloudrec.mediatypes import EncodedFrame
 
 FPS = 15

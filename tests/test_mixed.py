@@ -22,9 +22,9 @@ import av
 import numpy as np
 import pytest
 
-from cloudrec.media import MixedHlsRecorder
-from cloudrec.media.layout import Rect, template_rects
-from cloudrec.media.sei import find_sei_payloads
+from cloudrec.media.mix.layout import Rect, template_rects
+from cloudrec.media.mix.recorder import MixedHlsRecorder
+from cloudrec.media.mix.sei import find_sei_payloads
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.publisher import Publisher, TestPatternTrack
@@ -493,7 +493,7 @@ async def test_a_worker_far_behind_drops_frames_and_recovers(
     loop drops frames before the worker instead of queueing them without limit, the input
     resyncs on a keyframe, and the recording goes on whole."""
     import cloudrec.recorder.mixed as mixed_recorder
-    from cloudrec.media import MixedHlsRecorder
+    from cloudrec.media.mix.recorder import MixedHlsRecorder
 
     monkeypatch.setattr(mixed_recorder, "MAX_BACKLOG", 5)
     real_tick = MixedHlsRecorder.tick

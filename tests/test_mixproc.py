@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import pytest
 
-from cloudrec.media.mixworker import MixSpec
+from cloudrec.media.mix.worker import MixSpec
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.publisher import make_clip
 from cloudrec.recorder.mixed import MixedRecording
@@ -90,7 +90,7 @@ async def test_the_mix_runs_in_its_own_process_and_takes_a_new_size(server: Serv
         pid = child_pid(server, recordid)
         assert pid != os.getpid()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"cloudrec.media.mixworker" in cmdline
+        assert b"cloudrec.media.mix.worker" in cmdline
         assert sockets_of(os.getpid()) > 3  # the server: HTTP listener, aiortc, ...
         assert sockets_of(pid) == 1  # the child: its channel, nothing inherited
         body = {"resid": resid, "appid": APPID, "roomid": "own", "recordid": recordid}

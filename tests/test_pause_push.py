@@ -19,8 +19,10 @@ import av
 import numpy as np
 import pytest
 
-from cloudrec.media import MixedHlsRecorder, SegmentInfo, SourceHlsRecorder
-from cloudrec.media.push import ffmpeg_protocols
+from cloudrec.media.hls import SegmentInfo
+from cloudrec.media.mix.recorder import MixedHlsRecorder
+from cloudrec.media.push.fanout import ffmpeg_protocols
+from cloudrec.media.source import SourceHlsRecorder
 from cloudrec.models.mixconfig import MixConfig
 from tests.helpers import (
     APPID,

@@ -1,24 +1,15 @@
 """Pure media: encoded frames in, files out. Never imports ``cloudrec.rooms`` or anything HTTP.
 
-    SourceHlsRecorder   one publisher's EncodedFrames → HLS (remux H.264, Opus → AAC)
-    MixedHlsRecorder    many inputs' EncodedFrames → composed, mixed, encoded HLS
-    picture_urls        the picture URLs a mixconfig draws (to fetch before mixing)
-                        (mixinputs: decoding the inputs; mixout: encoders and segments)
-    SegmentInfo         a closed segment as listed in the playlist
-    RecorderStats       counters of a recorder
+Import the module you use; this package imports nothing.
+
+    codecs/     each codec's bitstream helpers (H.264, VP8): pure Python, no PyAV
+    hls         the playlist and its segment list (no PyAV)
+    segmenter   MPEG-TS segments and their life cycle (``.part``, fsync, rename, listing)
+    source      one publisher's frames → HLS (remux H.264, transcode the rest, Opus → AAC)
+    transcode   video that MPEG-TS cannot carry as it is → H.264
+    audio       Opus → AAC, ADTS framing
+    mp4         HLS → one MP4 file
+    snapshot    JPEG snapshots of a publisher's key frames or a mix's canvas
+    mix/        many inputs → one composed, mixed, encoded HLS recording, and its process
+    push/       live push of a mix to RTMP/SRT URLs, one process per URL
 """
-
-from cloudrec.media.hls import HlsPlaylist, SegmentInfo, parse_playlist
-from cloudrec.media.mixed import MixedHlsRecorder, MixedStats, picture_urls
-from cloudrec.media.source import RecorderStats, SourceHlsRecorder
-
-__all__ = [
-    "HlsPlaylist",
-    "MixedHlsRecorder",
-    "MixedStats",
-    "RecorderStats",
-    "SegmentInfo",
-    "SourceHlsRecorder",
-    "parse_playlist",
-    "picture_urls",
-]

@@ -35,8 +35,7 @@ from typing import Any, Callable, Protocol
 
 from cloudrec import metrics
 from cloudrec.diskfull import DiskFullError, is_disk_full, is_disk_full_text
-from cloudrec.media import SegmentInfo
-from cloudrec.media.hls import HlsPlaylist
+from cloudrec.media.hls import HlsPlaylist, SegmentInfo
 from cloudrec.recorder.outputs import RecordingOutputs
 from cloudrec.recorder.pause import PauseState, check_not_stopping
 from cloudrec.storage import ObjectStore, SpoolUploader

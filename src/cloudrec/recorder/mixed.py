@@ -14,12 +14,12 @@ Where the media runs: decoding, composing and encoding run in the mix's own chil
 default (:class:`~cloudrec.recorder.mixproc.MixProcess`), or, with
 ``CLOUDREC_MIX_WORKER=thread``, in a worker thread of this process
 (:class:`~cloudrec.recorder.mixproc.MixThread`). The child owns the
-:class:`~cloudrec.media.MixedHlsRecorder` and writes the HLS files into the spool dir; this
-side keeps the rooms, the uploads, the task and the API. The two only exchange messages (see
-:mod:`cloudrec.media.mixworker`): frames in batches (``FLUSH_S``: one write per batch, not one
-per frame), presence and updates in; started, closed segments, key-frame requests, counters
-and warnings out. A closed segment is handed over synchronously (the worker waits until the
-loop queued its upload), so uploads keep the order segment → playlist.
+:class:`~cloudrec.media.mix.recorder.MixedHlsRecorder` and writes the HLS files into the spool
+dir; this side keeps the rooms, the uploads, the task and the API. The two only exchange
+messages (see :mod:`cloudrec.media.mix.worker`): frames in batches (``FLUSH_S``: one write per
+batch, not one per frame), presence and updates in; started, closed segments, key-frame
+requests, counters and warnings out. A closed segment is handed over synchronously (the worker
+waits until the loop queued its upload), so uploads keep the order segment → playlist.
 
 Backpressure: the loop counts the frames it sent and the worker reports how many it took after
 each batch. Past ``MAX_BACKLOG`` frames in between, frames are dropped before the worker
@@ -32,7 +32,7 @@ ended with ``#EXT-X-ENDLIST`` here. The API and other recordings go on.
 Pause (``pauserecord``): frames are dropped here, before the worker, which composes and
 writes nothing until ``resumerecord`` (see :mod:`cloudrec.recorder.pause`). Live push
 (``outputs.pushurl``): the worker also pushes its encoded packets, through a small process
-per URL (:mod:`cloudrec.media.push`); ``queryrecord`` lists each push's state under ``push``
+per URL (:mod:`cloudrec.media.push.fanout`); ``queryrecord`` lists each push's state under ``push``
 (URLs redacted) and a push that is failing under ``warnings``.
 
 The recording stops on ``stop()`` (reason api), after ``idle_timeout_s`` with no media from
@@ -52,10 +52,11 @@ from typing import Any
 
 from cloudrec.errors import InvalidParameter, RecordingError
 from cloudrec.fetch import FetchError, fetch_bytes
-from cloudrec.media import HlsPlaylist, SegmentInfo, picture_urls
-from cloudrec.media.mixworker import Message, MixSpec, Progress, pack_frame
-from cloudrec.media.push import push_warnings
-from cloudrec.media.push import unsupported as unsupported_push
+from cloudrec.media.hls import HlsPlaylist, SegmentInfo
+from cloudrec.media.mix.recorder import picture_urls
+from cloudrec.media.mix.worker import Message, MixSpec, Progress, pack_frame
+from cloudrec.media.push.fanout import push_warnings
+from cloudrec.media.push.fanout import unsupported as unsupported_push
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.recorder.base import Recording
 from cloudrec.recorder.mixproc import MixProcess, MixThread
@@ -92,7 +93,7 @@ def mix_rooms(roomid: str, mixconfig: MixConfig) -> list[str]:
 def check_push_urls(outputs: Any) -> None:
     """2101 naming ``outputs.pushurl[i]`` for a URL this server cannot push to: an
     ``srt://`` one when the FFmpeg inside PyAV has no SRT (see
-    :func:`cloudrec.media.push.unsupported`)."""
+    :func:`cloudrec.media.push.fanout.unsupported`)."""
     for i, url in enumerate(getattr(outputs, "pushurl", None) or []):
         why = unsupported_push(url)
         if why is not None:

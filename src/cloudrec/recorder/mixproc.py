@@ -4,14 +4,14 @@ Why a process: the server receives every WebRTC stream in pure Python on its eve
 decoding, composing and encoding in a thread of the same process competes with it for the GIL
 (livekit/egress runs each recording as its own process for the same reason, and so that a crash
 in media code cannot take the service down). Both transports below run the same
-:class:`~cloudrec.media.mixworker.MixWorker` and offer the same five calls: ``open`` (the ready
+:class:`~cloudrec.media.mix.worker.MixWorker` and offer the same five calls: ``open`` (the ready
 handshake, returns the segments a resume found), ``send``, ``take_segment``, ``stop`` and the
 ``done`` future (the error text of an abnormal end, or None). Reports reach the recording
 through ``on_report`` on the event loop, in order.
 
 :class:`MixProcess`
 
-- Start: ``python -m cloudrec.media.mixworker FD`` through ``asyncio.create_subprocess_exec``,
+- Start: ``python -m cloudrec.media.mix.worker FD`` through ``asyncio.create_subprocess_exec``,
   never ``fork``: a fresh interpreter that inherits only its end of a ``socketpair``
   (``close_fds``: no aiortc UDP socket, no HTTP listener, no lock another thread held), in a
   session of its own so that a terminal's Ctrl-C reaches only the server, which then stops its
@@ -20,7 +20,7 @@ through ``on_report`` on the event loop, in order.
   blocks the loop; what the child has not read yet waits in the socket and the transport's
   buffer, bounded by the recording's backlog accounting (``MAX_BACKLOG`` in
   :mod:`cloudrec.recorder.mixed`).
-- Handshake: the parent sends the :class:`~cloudrec.media.mixworker.MixSpec`; the child opens
+- Handshake: the parent sends the :class:`~cloudrec.media.mix.worker.MixSpec`; the child opens
   the recorder and answers ``ready`` within ``READY_TIMEOUT_S``, else it is killed and the
   recording fails.
 - Stop: ``("stop",)`` over the channel; the child drains its encoders, closes the last
@@ -49,8 +49,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cloudrec
-from cloudrec.media import SegmentInfo
-from cloudrec.media.mixworker import (
+from cloudrec.media.hls import SegmentInfo
+from cloudrec.media.mix.worker import (
     HEADER_SIZE,
     Message,
     MixSpec,
@@ -98,7 +98,7 @@ class MixProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cloudrec.media.mixworker", str(theirs.fileno()),
+                sys.executable, "-m", "cloudrec.media.mix.worker", str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, env=env, start_new_session=True)
         finally:

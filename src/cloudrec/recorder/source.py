@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from cloudrec.media import SourceHlsRecorder
+from cloudrec.media.source import SourceHlsRecorder
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.recorder.base import Recording, basename_for, prefix_for
 from cloudrec.rooms import RoomHub, Subscription, SubscriptionClosed

@@ -2,9 +2,9 @@
 
 Pure media, no rooms: inputs are keyed by ``(roomid, uid)`` and get
 :class:`~cloudrec.mediatypes.EncodedFrame` objects, decoded by
-:class:`~cloudrec.media.mixinputs.MixInputs` (video per input, Opus into the
-:class:`~cloudrec.media.mixer.AudioMixer`); the encoders and segments are
-:mod:`cloudrec.media.mixout`'s.
+:class:`~cloudrec.media.mix.inputs.MixInputs` (video per input, Opus into the
+:class:`~cloudrec.media.mix.mixer.AudioMixer`); the encoders and segments are
+:mod:`cloudrec.media.mix.output`'s.
 
 Clock: everything is an integer. Output video frame ``n`` lies at ``n * 90000 // fps`` ticks
 (90 kHz) from the clock's anchor; audio is the mixer's sample count (``s * 90000 // 48000``).
@@ -14,7 +14,7 @@ caller fell more than ``MAX_LAG_S`` behind, the missed frames are dropped (the n
 its real-time PTS), so the recording never drifts from real time. :meth:`advance_to` takes
 media time instead (tests, benchmarks: as fast as possible). Each output frame composes the
 *latest* decoded frame of each input (duplicated or dropped to the output rate) with
-:class:`~cloudrec.media.compose.Compositor`, then libx264 (``veryfast``, ``zerolatency``, no
+:class:`~cloudrec.media.mix.compose.Compositor`, then libx264 (``veryfast``, ``zerolatency``, no
 B-frames, ``videobitrate``, GOP ``videogop``) encodes it and :class:`SeiInserter` adds
 ``base64seidata``. An input with no frame for 2 s counts as having no video (patch).
 
@@ -36,7 +36,7 @@ bit rate or GOP opens a new encoder, and its first frame starts a new segment ma
 Pause (:meth:`MixedHlsRecorder.pause`, ``pauserecord``) closes the open segment and stops the
 clock; :meth:`~MixedHlsRecorder.resume` moves the clock's anchor by the paused time, so the
 recording goes on without a gap, after ``#EXT-X-DISCONTINUITY``. Packet sinks
-(:meth:`~MixedHlsRecorder.add_sink`: the live pushes of :mod:`cloudrec.media.push`) get every
+(:meth:`~MixedHlsRecorder.add_sink`: the live pushes of :mod:`cloudrec.media.push.fanout`) get every
 encoded packet too.
 
 Not thread-safe: one thread owns a recorder (see :mod:`cloudrec.recorder.mixed`).
@@ -55,18 +55,18 @@ import av
 from av.video.frame import PictureType
 
 from cloudrec.media.audio import adts_header
-from cloudrec.media.compose import Compositor
 from cloudrec.media.hls import PTS_ORIGIN, TS_CLOCK, SegmentInfo
-from cloudrec.media.layout import Placement, placements_from_config
-from cloudrec.media.mixer import SAMPLE_RATE, AudioMixer
-from cloudrec.media.mixinputs import Key, MixedStats, MixInputs
-from cloudrec.media.mixout import (
+from cloudrec.media.mix.compose import Compositor
+from cloudrec.media.mix.inputs import Key, MixedStats, MixInputs
+from cloudrec.media.mix.layout import Placement, placements_from_config
+from cloudrec.media.mix.mixer import SAMPLE_RATE, AudioMixer
+from cloudrec.media.mix.output import (
     MixedSegments,
     VideoParams,
     open_aac_encoder,
     open_h264_encoder,
 )
-from cloudrec.media.sei import SeiInserter
+from cloudrec.media.mix.sei import SeiInserter
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
 
@@ -426,7 +426,7 @@ class MixedHlsRecorder:
 
     def add_sink(self, sink: PacketSink) -> None:
         """Hand every encoded packet to ``sink`` as well (a live push, which must not block:
-        see :mod:`cloudrec.media.push`); it is closed with the recorder."""
+        see :mod:`cloudrec.media.push.fanout`); it is closed with the recorder."""
         self._sinks.append(sink)
 
     def close(self) -> SegmentInfo | None:

@@ -1,11 +1,11 @@
 """The media side of one mixed recording, driven by messages only, and its process entry.
 
-:class:`MixWorker` owns a :class:`~cloudrec.media.MixedHlsRecorder` (per-input decoders,
-compositor, encoders, the HLS writer into the spool dir). It takes commands from a queue and
-reports back through one ``send(message)`` function, so the same loop runs in the mix's own
-process (``python -m cloudrec.media.mixworker FD``, see :func:`child_main`; the parent's side
-is :mod:`cloudrec.recorder.mixproc`) or in a thread of the server. Nothing else is shared with
-the recording on the event loop; every message is a tuple of picklable values.
+:class:`MixWorker` owns a :class:`~cloudrec.media.mix.recorder.MixedHlsRecorder` (per-input
+decoders, compositor, encoders, the HLS writer into the spool dir). It takes commands from a
+queue and reports back through one ``send(message)`` function, so the same loop runs in the
+mix's own process (``python -m cloudrec.media.mix.worker FD``, see :func:`child_main`; the
+parent's side is :mod:`cloudrec.recorder.mixproc`) or in a thread of the server. Nothing else
+is shared with the recording on the event loop; every message is a tuple of picklable values.
 
 This module lives in ``media`` (not ``recorder``) so that the child imports only the media
 pipeline: ``cloudrec.recorder`` pulls in the service, the rooms (aiortc) and storage clients,
@@ -57,8 +57,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudrec.media import MixedHlsRecorder, SegmentInfo
-from cloudrec.media.push import PushFanout
+from cloudrec.media.hls import SegmentInfo
+from cloudrec.media.mix.recorder import MixedHlsRecorder
+from cloudrec.media.push.fanout import PushFanout
 from cloudrec.media.snapshot import CanvasSnapshots
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
@@ -356,7 +357,7 @@ def child_main(fd: int) -> int:
 
 if __name__ == "__main__":
     # run the importable copy of this module, so what it pickles names
-    # cloudrec.media.mixworker.Progress rather than __main__.Progress
-    from cloudrec.media.mixworker import child_main as _child_main
+    # cloudrec.media.mix.worker.Progress rather than __main__.Progress
+    from cloudrec.media.mix.worker import child_main as _child_main
 
     sys.exit(_child_main(int(sys.argv[1])))

@@ -6,7 +6,7 @@ No second encode: the very packets of the mix's encoders are muxed. H.264 goes i
 a session's first key frame (its ``extract_extradata``) and FFmpeg's FLV muxer turns Annex B
 into length-prefixed NAL units. AAC goes in raw (no ADTS); its AudioSpecificConfig comes from
 an unopened AAC codec context on the stream, which PyAV opens when the header is written (it
-encodes nothing: no frame ever goes to it). The muxing is :mod:`cloudrec.media.pushproc`'s.
+encodes nothing: no frame ever goes to it). The muxing is :mod:`cloudrec.media.push.pusher`'s.
 
 It never stops or slows the recording:
 
@@ -14,7 +14,7 @@ It never stops or slows the recording:
   packet on a bounded queue (``MAX_QUEUE``) and return; a full queue drops the packet and the
   push resynchronises on the next key frame.
 - Connecting, muxing and network writes happen in a child process per URL
-  (:mod:`cloudrec.media.pushproc`), fed by a supervisor thread of :class:`LivePush`. Not a
+  (:mod:`cloudrec.media.push.pusher`), fed by a supervisor thread of :class:`LivePush`. Not a
   thread of the mix's process: FFmpeg's RTMP connect runs inside a PyAV call that holds the
   GIL with no timeout, so a server that accepts and never answers would stop the mix's
   encoder with it.
@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 import av
 
-from cloudrec.media.pushproc import AUDIO, CONFIG, FORMATS, GAP, VIDEO, frame
+from cloudrec.media.push.pusher import AUDIO, CONFIG, FORMATS, GAP, VIDEO, frame
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class _Child:
         src = str(Path(__file__).resolve().parents[2])  # this very cloudrec
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudrec.media.pushproc"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "cloudrec.media.push.pusher"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True,
             start_new_session=True)
         assert proc.stdin is not None and proc.stdout is not None

@@ -5,7 +5,7 @@ scaled by swscale (``VideoFrame.reformat``) straight into the rect's size, and c
 alpha-blended into the canvas planes with integer numpy arithmetic. What does not change from
 frame to frame is done once: the background canvas (colour or picture), each input's scaled
 tile while its source frame stays the same (a 15 fps publisher in a 30 fps mix is scaled once
-per source frame), and the watermarks (see :mod:`cloudrec.media.overlay`).
+per source frame), and the watermarks (see :mod:`cloudrec.media.mix.overlay`).
 
 Drawing order: background, then the inputs by ``z`` (stable: equal ``z`` keeps list order),
 then the watermarks. An input with no current frame is patched by ``patch_mode``: 0 nothing
@@ -26,8 +26,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from cloudrec.media.layout import Placement, Rect
-from cloudrec.media.overlay import (
+from cloudrec.media.mix.layout import Placement, Rect
+from cloudrec.media.mix.overlay import (
     Overlay,
     Planes,
     YuvaPatch,

@@ -1,11 +1,11 @@
-"""The process that pushes one URL of a mix: ``python -m cloudrec.media.pushproc``.
+"""The process that pushes one URL of a mix: ``python -m cloudrec.media.push.pusher``.
 
 Why a process of its own: FFmpeg connects to an RTMP server (TCP connect, handshake, the
 ``connect``/``publish`` commands) inside ``avio_open``, which PyAV 18 calls holding the GIL and
 without the open timeout it applies to inputs. A server that accepts and never answers would
 freeze every thread of the process that calls it, the mix's encoder included; and a write that
 a stalled server never takes blocks until TCP gives up, minutes later. Here only this process
-waits, and its parent (:class:`~cloudrec.media.push.LivePush`) kills it when it makes no
+waits, and its parent (:class:`~cloudrec.media.push.fanout.LivePush`) kills it when it makes no
 progress and starts another with backoff.
 
 Wire, both ways over pipes:

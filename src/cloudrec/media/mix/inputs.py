@@ -6,7 +6,7 @@ waits for one asks for it (at most every ``KEYFRAME_RETRY_S``). Only the latest 
 input is kept: the mix samples it at its own rate. An input whose video stopped ``STALE_S`` ago
 counts as having none (the compositor patches it).
 
-Opus is decoded into the :class:`~cloudrec.media.mixer.AudioMixer`. Lost packets (an RTP
+Opus is decoded into the :class:`~cloudrec.media.mix.mixer.AudioMixer`. Lost packets (an RTP
 timestamp jump) become silence so the input keeps its time; an input whose audio starts, or
 restarts after ``AUDIO_PAUSE_S`` or a new epoch, gets ``AUDIO_PRIME`` samples of silence first:
 the jitter buffer that keeps a real-time mix from running dry between packets.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import av
 
-from cloudrec.media.mixer import SAMPLE_RATE, AudioMixer
+from cloudrec.media.mix.mixer import SAMPLE_RATE, AudioMixer
 from cloudrec.mediatypes import EncodedFrame
 
 Key = tuple[str, str]  # (roomid, uid)
