@@ -15,12 +15,11 @@ from cloudrec.media.codecs import h264
 from cloudrec.media.hls import (
     HlsPlaylist,
     SegmentInfo,
-    TsSegmentWriter,
     atomic_write_text,
-    last_pts,
     parse_playlist,
     segment_name,
 )
+from cloudrec.media.segmenter import TsSegmentWriter, last_pts
 
 SPS = bytes.fromhex("6742c00cda0507e84000000300400000078a3c50aa80")
 PPS = bytes.fromhex("68ce0fc8")

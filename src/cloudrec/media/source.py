@@ -19,7 +19,6 @@ video comes (camera off, no IDR yet) for a while, audio leads: segments are cut 
 
 from __future__ import annotations
 
-import glob
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,17 +27,8 @@ from pathlib import Path
 
 from cloudrec.media.audio import AudioPacket, AudioTrack
 from cloudrec.media.codecs import h264
-from cloudrec.media.hls import (
-    PTS_ORIGIN,
-    TS_CLOCK,
-    HlsPlaylist,
-    SegmentInfo,
-    TsSegmentWriter,
-    add_segment,
-    close_segment,
-    resume_base,
-    segment_name,
-)
+from cloudrec.media.hls import PTS_ORIGIN, TS_CLOCK, SegmentInfo
+from cloudrec.media.segmenter import HlsSegmenter, OpenSegment
 from cloudrec.media.transcode import VideoTranscoder
 from cloudrec.mediatypes import EncodedFrame
 
@@ -105,16 +95,11 @@ class _VideoClock:
 
 
 @dataclass(slots=True)
-class _Open:
-    """The segment being written."""
+class _Open(OpenSegment):
+    """The segment being written, and what the cut policy keeps of it."""
 
-    seq: int
-    writer: TsSegmentWriter
-    start: int  # ticks
-    led: str  # "video" or "audio": the track whose time cuts it
-    discontinuity: bool
-    end: int  # end of the latest packet written, any track
-    lead_end: int  # end of the latest packet of the leading track
+    led: str = "video"  # "video" or "audio": the track whose time cuts it
+    lead_end: int = 0  # end of the latest packet of the leading track
     asked: bool = False  # a key frame was requested for its cut
     fresh: bool = False  # started from nothing (recording start, after a break): no audio before it
 
@@ -139,31 +124,18 @@ class SourceHlsRecorder:
             raise ValueError("a recording needs audio, video or both")
         if segment_seconds <= KEYFRAME_LEAD_S:
             raise ValueError("segment_seconds too short")
-        self._dir = Path(spool_dir)
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._basename = basename
         self._audio, self._video = audio, video
-        self._on_segment = on_segment
         self._request_keyframe = request_keyframe
         self._clock = clock
         self._seg_ticks = round(segment_seconds * TS_CLOCK)
         self._cut_ticks = self._seg_ticks - round(KEYFRAME_LEAD_S * TS_CLOCK)
-        self.playlist_path = self._dir / f"{basename}.m3u8"
-        self._playlist = HlsPlaylist(self.playlist_path, segment_seconds)
-        self.segments: list[SegmentInfo] = self._playlist.load() if resume else []
+        self._segs = HlsSegmenter(spool_dir, basename, video=video, audio=audio,
+                                  segment_seconds=segment_seconds, segment_type=_Open,
+                                  on_segment=on_segment, resume=resume)
         self.stats = RecorderStats()
-        self._base = 0  # ticks added to every timestamp (after a resume: past the old ones)
-        self._next_disc = bool(self.segments)
-        if self.segments:
-            # the old segments are often stored and gone from the spool by now
-            self._base = resume_base(self.segments)
-        self._seq = self.segments[-1].index + 1 if self.segments else 0
-        for stale in self._dir.glob(f"{glob.escape(basename)}_*.ts.part"):
-            stale.unlink(missing_ok=True)
-        self._playlist.write(self.segments)  # valid from the start, even with no segment yet
+        self._base = self._segs.base  # ticks added to every timestamp (past a resumed one's)
 
         self._t0: float | None = None
-        self._seg: _Open | None = None
         self._closed = False
         self._vclock = _VideoClock(PAUSE_S)
         self._atrack = AudioTrack(PAUSE_S)
@@ -181,11 +153,18 @@ class SourceHlsRecorder:
     # -- public ------------------------------------------------------------------------------
 
     @property
+    def playlist_path(self) -> Path:
+        return self._segs.playlist_path
+
+    @property
+    def segments(self) -> list[SegmentInfo]:
+        """The closed segments, in order (a resume starts with those it found)."""
+        return self._segs.segments
+
+    @property
     def duration(self) -> float:
         """Seconds recorded so far (closed segments plus the open one)."""
-        seg = self._seg  # read once: a monitoring thread may ask while push() runs
-        open_ticks = seg.end - seg.start if seg is not None else 0
-        return sum(s.duration for s in list(self.segments)) + open_ticks / TS_CLOCK
+        return self._segs.duration
 
     def push(self, frame: EncodedFrame) -> None:
         """Take one encoded frame; may close a segment (and call ``on_segment``) on the way."""
@@ -213,9 +192,9 @@ class SourceHlsRecorder:
             return
         self._paused_at = now
         self._flush_pending(None)
-        if self._seg is not None:
-            self._finish(self._seg.end)
-        self._next_disc = True
+        if self._segs.open is not None:
+            self._finish(self._segs.open.end)
+        self._segs.next_discontinuity = True
 
     def resume(self, now: float) -> None:
         """``resumerecord``: the next segment follows #EXT-X-DISCONTINUITY and the timeline
@@ -236,7 +215,7 @@ class SourceHlsRecorder:
             return None
         self._closed = True
         if self._paused_at is not None:  # stopped while paused: what the encoders hold is
-            self._playlist.write(self.segments, ended=True)  # from before the pause; dropped
+            self._segs.end_playlist()  # from before the pause; dropped
             return None
         if self._transcoder is not None:
             for data, pts, key in self._transcoder.flush():
@@ -244,13 +223,13 @@ class SourceHlsRecorder:
         if self._audio:
             for packet in self._atrack.flush():
                 self._audio_packet(packet, self._last_video_arrival)
-            if self._pending and self._seg is None:
+            if self._pending and self._segs.open is None:
                 self._lead_with_audio()
             self._flush_pending(None)
-        if self._seg is None:
-            self._playlist.write(self.segments, ended=True)
+        if self._segs.open is None:
+            self._segs.end_playlist()
             return None
-        return self._finish(self._seg.end, final=True)
+        return self._finish(self._segs.open.end, final=True)
 
     # -- video -------------------------------------------------------------------------------
 
@@ -275,7 +254,7 @@ class SourceHlsRecorder:
         if self._transcoder is None:
             self._transcoder = VideoTranscoder(frame.codec)
             self.stats.video_transcoded = True
-        seg = self._seg
+        seg = self._segs.open
         due = seg is not None and seg.led == "video" and pts - seg.start >= self._seg_ticks
         force, self._force_idr = self._force_idr or due, False  # our encoder cuts on time
         units = self._transcoder.transcode(frame.data, pts, force_idr=force)
@@ -293,21 +272,21 @@ class SourceHlsRecorder:
             if reason == "epoch":
                 self._transcoder.reset()
             self._force_idr = True
-        seg = self._seg
+        seg = self._segs.open
         if seg is not None and seg.led == "video":
             self._flush_pending(seg.lead_end)
             self._finish(seg.lead_end)
-        self._next_disc = True
+        self._segs.next_discontinuity = True
 
     def _video_au(self, data: bytes, pts: int, key: bool) -> None:
-        seg = self._seg
+        seg = self._segs.open
         if seg is None or seg.led == "audio":
             if not key:  # a segment (and the recording) starts on an IDR
                 self.stats.frames_dropped += 1
                 self._want_idr(urgent=False)
                 return
             self._flush_pending(pts)
-            disc, fresh = self._next_disc, seg is None
+            disc, fresh = self._segs.next_discontinuity, seg is None
             if seg is not None:
                 self._finish(pts)
                 disc = True  # video joins an audio-led stretch: players should reset
@@ -346,7 +325,7 @@ class SourceHlsRecorder:
     # -- audio -------------------------------------------------------------------------------
 
     def _audio_packet(self, packet: AudioPacket, arrival: float) -> None:
-        seg = self._seg
+        seg = self._segs.open
         if not self._video or (seg is not None and seg.led == "audio"):
             self._audio_led(packet)
             return
@@ -367,7 +346,7 @@ class SourceHlsRecorder:
             # video stopped while audio goes on: end the video stretch, let audio lead
             self._flush_pending(seg.lead_end)
             self._finish(seg.lead_end)
-            self._next_disc = True
+            self._segs.next_discontinuity = True
             self._lead_with_audio()
         else:
             while self._pending and self._pending_span() > MAX_AUDIO_QUEUE_S * TS_CLOCK:
@@ -387,10 +366,11 @@ class SourceHlsRecorder:
         pending = self._pending
         while pending and (limit is None or pending[0].pts < limit):
             packet = pending.popleft()
-            if self._seg is None or (self._seg.fresh and packet.pts < self._seg.start):
+            seg = self._segs.open
+            if seg is None or (seg.fresh and packet.pts < seg.start):
                 self.stats.frames_dropped += 1  # audio from before the IDR that starts video
             else:
-                self._write(self._seg, "audio", packet.data, packet.pts, False, packet.end)
+                self._write(seg, "audio", packet.data, packet.pts, False, packet.end)
 
     def _lead_with_audio(self) -> None:
         pending, self._pending = self._pending, deque()
@@ -398,7 +378,7 @@ class SourceHlsRecorder:
             self._audio_led(packet)
 
     def _audio_led(self, packet: AudioPacket) -> None:
-        seg = self._seg
+        seg = self._segs.open
         if seg is not None and packet.gap:
             self._finish(seg.end)
             seg = None
@@ -406,7 +386,8 @@ class SourceHlsRecorder:
             self._finish(packet.pts)
             seg = None
         if seg is None:
-            seg = self._start(packet.pts, "audio", self._next_disc or packet.gap)
+            seg = self._start(packet.pts, "audio",
+                              self._segs.next_discontinuity or packet.gap)
         self._write(seg, "audio", packet.data, packet.pts, False, packet.end, lead=True)
 
     # -- segments ----------------------------------------------------------------------------
@@ -416,12 +397,9 @@ class SourceHlsRecorder:
             self.stats.encoders.append(name)
 
     def _start(self, pts: int, led: str, discontinuity: bool) -> _Open:
-        path = self._dir / segment_name(self._basename, self._seq)
-        writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
-        self._seg = _Open(self._seq, writer, pts, led, discontinuity, pts, pts)
-        self._seq += 1
-        self._next_disc = False
-        return self._seg
+        seg = self._segs.start(pts, discontinuity)
+        seg.led, seg.lead_end = led, pts
+        return seg
 
     def _write(
         self, seg: _Open, kind: str, data: bytes, pts: int, key: bool, end: int, lead: bool = False
@@ -433,9 +411,4 @@ class SourceHlsRecorder:
         self.stats.frames_written += 1
 
     def _finish(self, end: int, *, final: bool = False) -> SegmentInfo:
-        seg = self._seg
-        assert seg is not None
-        self._seg = None
-        info = close_segment(seg.writer, seg.seq, seg.start, end, seg.discontinuity)
-        return add_segment(self.segments, self._playlist, info, ended=final,
-                           on_segment=self._on_segment)
+        return self._segs.finish(end, final=final)

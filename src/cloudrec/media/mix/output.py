@@ -2,16 +2,15 @@
 
 :func:`open_h264_encoder` and :func:`open_aac_encoder` are the codec settings of every mix (the
 benchmark opens the same ones). :class:`MixedSegments` writes the encoded output exactly like a
-source recording does (same file names, durability, playlist, resume after
-``#EXT-X-DISCONTINUITY``, all through :mod:`cloudrec.media.hls`): with video, segments are led
-by video and cut on the IDR the mix forces when a segment is due, audio waiting in a queue until
-video has passed its PTS so each packet lands in the segment its time belongs to; audio-only
-segments are cut by audio time.
+source recording does: both are an :class:`~cloudrec.media.segmenter.HlsSegmenter` (same file
+names, durability, playlist, resume after ``#EXT-X-DISCONTINUITY``). With video, segments are
+led by video and cut on the IDR the mix forces when a segment is due, audio waiting in a queue
+until video has passed its PTS so each packet lands in the segment its time belongs to;
+audio-only segments are cut by audio time.
 """
 
 from __future__ import annotations
 
-import glob
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,16 +20,8 @@ from pathlib import Path
 import av
 
 from cloudrec.media.audio import AacEncoder
-from cloudrec.media.hls import (
-    TS_CLOCK,
-    HlsPlaylist,
-    SegmentInfo,
-    TsSegmentWriter,
-    add_segment,
-    close_segment,
-    resume_base,
-    segment_name,
-)
+from cloudrec.media.hls import TS_CLOCK, SegmentInfo
+from cloudrec.media.segmenter import HlsSegmenter, OpenSegment
 from cloudrec.models.mixconfig import MixOutput
 
 AAC_BIT_RATE = 128_000
@@ -87,16 +78,7 @@ def open_aac_encoder() -> AacEncoder:
     return AacEncoder(2, AAC_BIT_RATE)
 
 
-@dataclass(slots=True)
-class _Open:
-    seq: int
-    writer: TsSegmentWriter
-    start: int
-    discontinuity: bool
-    end: int
-
-
-class MixedSegments:
+class MixedSegments(HlsSegmenter[OpenSegment]):
     """The playlist and segments of one mix in ``spool_dir``; timestamps are 90 kHz ticks."""
 
     def __init__(
@@ -110,51 +92,33 @@ class MixedSegments:
         on_segment: Callable[[SegmentInfo], None] | None = None,
         resume: bool = False,
     ) -> None:
-        self._dir = Path(spool_dir)
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._basename = basename
-        self._video, self._audio = video, audio
-        self._on_segment = on_segment
+        super().__init__(spool_dir, basename, video=video, audio=audio,
+                         segment_seconds=segment_seconds, segment_type=OpenSegment,
+                         on_segment=on_segment, resume=resume)
         self.seg_ticks = round(segment_seconds * TS_CLOCK)
-        self.playlist_path = self._dir / f"{basename}.m3u8"
-        self._playlist = HlsPlaylist(self.playlist_path, segment_seconds)
-        self.segments: list[SegmentInfo] = self._playlist.load() if resume else []
-        self.base = resume_base(self.segments)  # PTS offset past a resumed recording's end
-        self._next_disc = bool(self.segments)
-        self._seq = self.segments[-1].index + 1 if self.segments else 0
-        for stale in self._dir.glob(f"{glob.escape(basename)}_*.ts.part"):
-            stale.unlink(missing_ok=True)
-        self._playlist.write(self.segments)  # valid from the start, even with no segment yet
-        self._seg: _Open | None = None
         self._pending: deque[tuple[bytes, int, int]] = deque()  # audio waiting for video
-
-    @property
-    def duration(self) -> float:
-        seg = self._seg  # read once: a monitoring thread may ask while the mix writes
-        open_ticks = seg.end - seg.start if seg is not None else 0
-        return sum(s.duration for s in list(self.segments)) + open_ticks / TS_CLOCK
 
     @property
     def end(self) -> int | None:
         """The end of what the open segment holds (None when none is open)."""
-        return self._seg.end if self._seg is not None else None
+        return self.open.end if self.open is not None else None
 
     def due(self, pts: int) -> bool:
         """Whether a video frame at ``pts`` should be an IDR that starts a segment."""
-        return self._seg is None or pts - self._seg.start >= self.seg_ticks
+        return self.open is None or pts - self.open.start >= self.seg_ticks
 
     def video(self, data: bytes, pts: int, key: bool, end: int) -> None:
         """One access unit; an IDR starts a segment when none is open or one is due."""
-        seg = self._seg
+        seg = self.open
         if seg is None:
             if not key:
                 return
-            seg = self._start(pts)
+            seg = self.start(pts, self.next_discontinuity)
             self.flush_audio(pts)  # audio the AAC encoder held back over an encoder switch
         elif key and pts - seg.start >= self.seg_ticks:
             self.flush_audio(pts)
-            self._finish(pts)
-            seg = self._start(pts)
+            self.finish(pts)
+            seg = self.start(pts, self.next_discontinuity)
         seg.writer.write("video", data, pts, keyframe=key)
         seg.end = max(seg.end, end)
 
@@ -163,51 +127,35 @@ class MixedSegments:
         if self._video:
             self._pending.append((data, pts, end))
             return
-        seg = self._seg
+        seg = self.open
         if seg is not None and end - seg.start > self.seg_ticks:
-            self._finish(pts)
+            self.finish(pts)
             seg = None
         if seg is None:
-            seg = self._start(pts)
+            seg = self.start(pts, self.next_discontinuity)
         seg.writer.write("audio", data, pts)
         seg.end = max(seg.end, end)
 
     def flush_audio(self, limit: int | None) -> None:
         """Write queued audio with PTS below ``limit`` (all when None) to the open segment."""
         pending = self._pending
-        while pending and (limit is None or pending[0][1] < limit) and self._seg is not None:
+        while pending and (limit is None or pending[0][1] < limit) and self.open is not None:
             data, pts, end = pending.popleft()
-            self._seg.writer.write("audio", data, pts)
-            self._seg.end = max(self._seg.end, end)
+            self.open.writer.write("audio", data, pts)
+            self.open.end = max(self.open.end, end)
 
     def cut(self) -> None:
         """End the open segment at its end; the next one follows #EXT-X-DISCONTINUITY."""
-        if self._seg is not None:
-            end = self._seg.end
+        if self.open is not None:
+            end = self.open.end
             self.flush_audio(end)
-            self._finish(end)
-        self._next_disc = True
+            self.finish(end)
+        self.next_discontinuity = True
 
     def close(self) -> SegmentInfo | None:
         """Write what is queued, close the last segment, end the playlist (#EXT-X-ENDLIST)."""
         self.flush_audio(None)
-        if self._seg is None:
-            self._playlist.write(self.segments, ended=True)
+        if self.open is None:
+            self.end_playlist()
             return None
-        return self._finish(self._seg.end, final=True)
-
-    def _start(self, pts: int) -> _Open:
-        path = self._dir / segment_name(self._basename, self._seq)
-        writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
-        self._seg = _Open(self._seq, writer, pts, self._next_disc, pts)
-        self._seq += 1
-        self._next_disc = False
-        return self._seg
-
-    def _finish(self, end: int, *, final: bool = False) -> SegmentInfo:
-        seg = self._seg
-        assert seg is not None
-        self._seg = None
-        info = close_segment(seg.writer, seg.seq, seg.start, end, seg.discontinuity)
-        return add_segment(self.segments, self._playlist, info, ended=final,
-                           on_segment=self._on_segment)
+        return self.finish(self.open.end, final=True)

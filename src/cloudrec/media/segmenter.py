@@ -1,0 +1,223 @@
+"""MPEG-TS segments of an HLS recording, and their life cycle, shared by source and mix.
+
+Durability rules (a crash must never leave a listed segment truncated):
+
+- a segment is written to ``{name}.part``, closed, fsynced, then renamed to ``{name}``;
+- the playlist is rewritten (atomically, see :mod:`cloudrec.media.hls`) only after the file
+  is complete, and a segment is announced (``on_segment``) only once the playlist names it:
+  the order the uploads rely on.
+
+:class:`HlsSegmenter` is that life cycle, written once: the playlist (loaded again on a resume,
+whose timestamps then start 1 s past the old ones behind ``#EXT-X-DISCONTINUITY``), stale
+``.part`` files removed, the open segment, closing and listing it. When to cut is the caller's
+policy (:mod:`cloudrec.media.source`, :mod:`cloudrec.media.mix.output`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import av
+
+from cloudrec.errors import RecordingError
+from cloudrec.media.hls import (
+    PTS_ORIGIN,
+    TS_CLOCK,
+    HlsPlaylist,
+    SegmentInfo,
+    fsync_dir,
+    segment_name,
+)
+
+TS_TIME_BASE = Fraction(1, TS_CLOCK)
+
+
+def last_pts(path: Path) -> int | None:
+    """The largest PTS end (90 kHz) in a TS file, to keep timestamps rising after a resume."""
+    try:
+        with av.open(str(path)) as container:
+            end = None
+            for packet in container.demux():
+                if packet.pts is not None and packet.stream.time_base == TS_TIME_BASE:
+                    stop = packet.pts + (packet.duration or 0)
+                    end = stop if end is None else max(end, stop)
+            return end
+    except (av.FFmpegError, OSError):
+        return None
+
+
+class TsSegmentWriter:
+    """One MPEG-TS segment, muxed by PyAV's ``mpegts`` muxer without any codec context.
+
+    Streams are made with ``add_mux_stream``: the muxer gets codec parameters only, so nothing is
+    encoded or decoded here. H.264 arrives in Annex B with SPS/PPS in band; AAC arrives with ADTS
+    headers, which the TS muxer carries as they are (it needs no extradata then).
+    """
+
+    def __init__(self, path: Path, *, video: bool, audio: bool) -> None:
+        self.path = path
+        self._tmp = path.with_name(path.name + ".part")
+        try:
+            self._container = av.open(str(self._tmp), "w", format="mpegts")
+            self._video = self._container.add_mux_stream("h264") if video else None
+            self._audio = self._container.add_mux_stream("aac", rate=48_000) if audio else None
+        except (av.FFmpegError, OSError) as exc:
+            raise RecordingError(f"cannot open segment {path.name}: {exc}") from exc
+        self._closed = False
+        self.packets = 0
+
+    def write(self, kind: str, data: bytes, pts: int, *, keyframe: bool = False) -> None:
+        """Mux one video access unit or one ADTS audio frame at ``pts`` (90 kHz ticks)."""
+        stream = self._video if kind == "video" else self._audio
+        if stream is None:
+            raise ValueError(f"segment {self.path.name} has no {kind} stream")
+        packet = av.Packet(data)
+        packet.stream = stream
+        packet.time_base = TS_TIME_BASE
+        packet.pts = packet.dts = pts
+        packet.is_keyframe = keyframe
+        try:
+            self._container.mux(packet)
+        except (av.FFmpegError, OSError) as exc:
+            raise RecordingError(f"writing segment {self.path.name} failed: {exc}") from exc
+        self.packets += 1
+
+    def close(self) -> int:
+        """Finish the file, make it durable under its final name; returns its size in bytes."""
+        self._closed = True
+        try:
+            self._container.close()
+            fd = os.open(self._tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self._tmp, self.path)
+            fsync_dir(self.path.parent)
+            return self.path.stat().st_size
+        except (av.FFmpegError, OSError) as exc:
+            raise RecordingError(f"closing segment {self.path.name} failed: {exc}") from exc
+
+    def abort(self) -> None:
+        """Drop the unfinished file."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.close()
+        except (av.FFmpegError, OSError):
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+
+def resume_base(segments: list[SegmentInfo]) -> int:
+    """Ticks to add to the timestamps of a resumed recording so they start 1 s past the old
+    ones. The last segment is read while it is still in the spool; once stored (and removed
+    from the spool) its end is worked out from the playlist: every earlier resume left a 1 s
+    gap, behind a #EXT-X-DISCONTINUITY."""
+    if not segments:
+        return 0
+    old_end = last_pts(segments[-1].path) if segments[-1].path.exists() else None
+    if old_end is None:
+        listed = round(sum(s.duration for s in segments) * TS_CLOCK)
+        gaps = sum(s.discontinuity for s in segments) * TS_CLOCK
+        old_end = PTS_ORIGIN + listed + gaps + TS_CLOCK // 10  # margin for rounded durations
+    return max(0, old_end + TS_CLOCK - PTS_ORIGIN)
+
+
+@dataclass(slots=True)
+class OpenSegment:
+    """The segment being written; timestamps in 90 kHz ticks."""
+
+    seq: int  # media sequence number
+    writer: TsSegmentWriter
+    start: int  # PTS of its first packet
+    discontinuity: bool  # to be listed after #EXT-X-DISCONTINUITY
+    end: int  # end of the latest packet written, any track
+
+
+S = TypeVar("S", bound=OpenSegment)
+
+
+class HlsSegmenter(Generic[S]):
+    """The playlist and segments of one recording in ``spool_dir`` (see the module docstring).
+
+    ``segment_type`` is the class of the open segment (:class:`OpenSegment` or a subclass that
+    keeps the caller's own state of a segment)."""
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        basename: str,
+        *,
+        video: bool,
+        audio: bool,
+        segment_seconds: float,
+        segment_type: type[S],
+        on_segment: Callable[[SegmentInfo], None] | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.directory = Path(spool_dir)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.basename = basename
+        self._video, self._audio = video, audio
+        self._segment_type = segment_type
+        self._on_segment = on_segment
+        self.playlist_path = self.directory / f"{basename}.m3u8"
+        self._playlist = HlsPlaylist(self.playlist_path, segment_seconds)
+        self.segments: list[SegmentInfo] = self._playlist.load() if resume else []
+        self.base = resume_base(self.segments)  # PTS offset past a resumed recording's end
+        self.next_discontinuity = bool(self.segments)  # the next segment starts a new run
+        self._seq = self.segments[-1].index + 1 if self.segments else 0
+        for stale in self.directory.glob(f"{glob.escape(basename)}_*.ts.part"):
+            stale.unlink(missing_ok=True)
+        self._playlist.write(self.segments)  # valid from the start, even with no segment yet
+        self.open: S | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds recorded so far (closed segments plus the open one)."""
+        seg = self.open  # read once: a monitoring thread may ask while the recorder writes
+        open_ticks = seg.end - seg.start if seg is not None else 0
+        return sum(s.duration for s in list(self.segments)) + open_ticks / TS_CLOCK
+
+    def start(self, pts: int, discontinuity: bool) -> S:
+        """Open the next segment (its ``.part`` file) at ``pts``."""
+        path = self.directory / segment_name(self.basename, self._seq)
+        writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
+        seg = self._segment_type(self._seq, writer, pts, discontinuity, pts)
+        self.open = seg
+        self._seq += 1
+        self.next_discontinuity = False
+        return seg
+
+    def finish(self, end: int, *, final: bool = False) -> SegmentInfo:
+        """Close the open segment at ``end`` (past its last packet): fsynced and renamed into
+        place, listed in the playlist (ended with #EXT-X-ENDLIST when ``final``), announced."""
+        seg = self.open
+        assert seg is not None
+        self.open = None
+        size = seg.writer.close()
+        info = SegmentInfo(
+            index=seg.seq,
+            name=seg.writer.path.name,
+            path=seg.writer.path,
+            duration=max(end - seg.start, 0) / TS_CLOCK,
+            discontinuity=seg.discontinuity,
+            size=size,
+        )
+        self.segments.append(info)
+        self._playlist.write(self.segments, ended=final)
+        if self._on_segment is not None:
+            self._on_segment(info)
+        return info
+
+    def end_playlist(self) -> None:
+        """End the playlist with #EXT-X-ENDLIST (no segment open)."""
+        self._playlist.write(self.segments, ended=True)
