@@ -53,7 +53,7 @@ from typing import Any
 from cloudrec.errors import InvalidParameter, RecordingError
 from cloudrec.fetch import FetchError, fetch_bytes
 from cloudrec.media.hls import HlsPlaylist, SegmentInfo
-from cloudrec.media.mix.recorder import picture_urls
+from cloudrec.media.mix.overlay import picture_urls
 from cloudrec.media.mix.worker import Message, MixSpec, Progress, pack_frame
 from cloudrec.media.push.fanout import push_warnings
 from cloudrec.media.push.fanout import unsupported as unsupported_push

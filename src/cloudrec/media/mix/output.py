@@ -72,6 +72,20 @@ def open_h264_encoder(params: VideoParams, threads: int | None = None) -> av.Vid
     return enc
 
 
+@dataclass(slots=True)
+class VideoEncoder:
+    """An open encoder and where its frame clock is anchored."""
+
+    ctx: av.VideoCodecContext
+    params: VideoParams
+    anchor_ticks: int  # clock ticks of frame ``anchor_frame``
+    anchor_frame: int
+
+    def ticks(self, index: int) -> int:
+        return self.anchor_ticks + (index - self.anchor_frame) * TS_CLOCK // self.params.fps
+
+
+
 def open_aac_encoder() -> AacEncoder:
     """AAC-LC 48 kHz stereo 128 kbps: FFmpeg's ``aac`` with the fast coder, as source audio,
     and silence written without encoding (see :class:`~cloudrec.media.audio.AacEncoder`)."""

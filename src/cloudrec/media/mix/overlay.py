@@ -12,6 +12,7 @@ a frame is then three integer multiply-adds over the patch's area, no colour con
     TimestampOverlay    the server's local time; re-rendered only when the text changes
     build_overlays      the overlays of a ``watermark`` object, images given as fetched bytes
     decode_picture      image bytes → RGB array (background and patch pictures)
+    picture_urls        the URLs of the pictures a mixconfig draws (to fetch before mixing)
 
 Colours use BT.601 limited range, as swscale does for yuv420p.
 """
@@ -30,7 +31,13 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from cloudrec.models.mixconfig import ImageWatermark, TextWatermark, TimestampWatermark, Watermark
+from cloudrec.models.mixconfig import (
+    ImageWatermark,
+    MixConfig,
+    TextWatermark,
+    TimestampWatermark,
+    Watermark,
+)
 
 log = logging.getLogger(__name__)
 
@@ -263,3 +270,16 @@ def build_overlays(watermark: Watermark | None, images: Mapping[str, bytes]) -> 
     if watermark.timestamp is not None:
         overlays.append(TimestampOverlay(watermark.timestamp))
     return overlays
+
+
+def picture_urls(mixconfig: MixConfig) -> list[str]:
+    """The URLs of the pictures a mix draws: background image, patch picture, image watermarks."""
+    out = mixconfig.output
+    urls: list[str] = []
+    if out.background is not None and out.background.image is not None:
+        urls.append(out.background.image.url)
+    if out.patch == 3 and out.patchUrl is not None:
+        urls.append(out.patchUrl)
+    if out.watermark is not None:
+        urls += [wm.url for wm in out.watermark.imageList or []]
+    return list(dict.fromkeys(urls))

@@ -47,7 +47,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -62,6 +61,7 @@ from cloudrec.media.mix.layout import Placement, placements_from_config
 from cloudrec.media.mix.mixer import SAMPLE_RATE, AudioMixer
 from cloudrec.media.mix.output import (
     MixedSegments,
+    VideoEncoder,
     VideoParams,
     open_aac_encoder,
     open_h264_encoder,
@@ -72,23 +72,10 @@ from cloudrec.models.mixconfig import MixConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MixedHlsRecorder", "MixedStats", "picture_urls"]
+__all__ = ["MixedHlsRecorder", "MixedStats"]
 
 MAX_LAG_S = 0.5  # a caller this far behind real time drops frames instead of catching up
 AUDIO_ONLY_TICK_HZ = 25  # how often an audio-only recording mixes
-
-
-def picture_urls(mixconfig: MixConfig) -> list[str]:
-    """The URLs of the pictures a mix draws: background image, patch picture, image watermarks."""
-    out = mixconfig.output
-    urls: list[str] = []
-    if out.background is not None and out.background.image is not None:
-        urls.append(out.background.image.url)
-    if out.patch == 3 and out.patchUrl is not None:
-        urls.append(out.patchUrl)
-    if out.watermark is not None:
-        urls += [wm.url for wm in out.watermark.imageList or []]
-    return list(dict.fromkeys(urls))
 
 
 class PacketSink(Protocol):
@@ -102,23 +89,13 @@ class PacketSink(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(slots=True)
-class _Encoder:
-    ctx: av.VideoCodecContext
-    params: VideoParams
-    anchor_ticks: int  # clock ticks of frame ``anchor_frame``
-    anchor_frame: int
-
-    def ticks(self, index: int) -> int:
-        return self.anchor_ticks + (index - self.anchor_frame) * TS_CLOCK // self.params.fps
-
-
 class MixedHlsRecorder:
     """Compose, mix and encode the inputs of one mixed recording into HLS in ``spool_dir``.
 
     ``roomid`` is the task's room (the one a template lays out). ``video``/``audio`` say which
     tracks the recording has (from recordtype and the output's streamtype); they never change.
-    ``pictures`` maps picture URLs to their fetched bytes (see :func:`picture_urls`).
+    ``pictures`` maps picture URLs to their fetched bytes (see
+    :func:`~cloudrec.media.mix.overlay.picture_urls`).
     ``request_keyframe(key)`` is called when an input's decoder needs a key frame.
     """
 
@@ -162,7 +139,7 @@ class MixedHlsRecorder:
             self._compositor = Compositor.from_output(out, self._pictures)
             self._sei = SeiInserter(out.seidata) if out.seidata else None
             self._params = VideoParams.of(out)
-        self._encoder: _Encoder | None = None
+        self._encoder: VideoEncoder | None = None
         self._reopen = False
         self._mixer = AudioMixer() if audio else None
         self._aac = open_aac_encoder() if audio else None
@@ -318,7 +295,7 @@ class MixedHlsRecorder:
         self.stats.compose_s += t1 - t
         if self._encoder is None:
             ctx = open_h264_encoder(self._params, self._threads)
-            self._encoder = _Encoder(ctx, self._params, rel, n)
+            self._encoder = VideoEncoder(ctx, self._params, rel, n)
             self._note_encoder("libx264")
         canvas.pts = n - self._encoder.anchor_frame
         canvas.pict_type = PictureType.I if self._out.due(self._pts(rel)) else PictureType.NONE
@@ -329,7 +306,7 @@ class MixedHlsRecorder:
         for packet in packets:
             self._video_packet(packet, self._encoder, end)
 
-    def _video_packet(self, packet: av.Packet, enc: _Encoder, end: int) -> None:
+    def _video_packet(self, packet: av.Packet, enc: VideoEncoder, end: int) -> None:
         pts = self._pts(enc.ticks((packet.pts or 0) + enc.anchor_frame))
         data = bytes(packet)
         if self._sei is not None:
