@@ -69,9 +69,9 @@ def is_keyframe(data: bytes) -> bool:
         if i >= len(data):
             return False
         kind = data[i] & 0x1F
-        if kind == NAL_IDR:
+        if kind == 5:  # NAL_IDR (literals: this runs for every received access unit)
             return True
-        if kind == NAL_SLICE:
+        if kind == 1:  # NAL_SLICE
             return False
         i = find(b"\x00\x00\x01", i)
     return False
