@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import av
 
@@ -81,8 +82,8 @@ def check_frames(frames: list[EncodedFrame], min_video: int, min_audio: int) -> 
         assert types.index(7) < types.index(5) and types.index(8) < types.index(5)
     for kind in (video, audio):
         stamps = [f.timestamp for f in kind]
-        assert stamps[0] < 90000 * 0.5 and all(b > a for a, b in zip(stamps, stamps[1:]))
-    steps = {b.timestamp - a.timestamp for a, b in zip(video, video[1:])}
+        assert stamps[0] < 90000 * 0.5 and all(b > a for a, b in pairwise(stamps))
+    steps = {b.timestamp - a.timestamp for a, b in pairwise(video)}
     assert all(5900 <= s <= 6100 for s in steps), steps  # 15 fps in 90 kHz, FLV's ms rounding
     decoder = av.CodecContext.create("h264", "r")
     pictures = [p for f in video for p in decoder.decode(av.Packet(f.data))]

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudrec.ingest import IngestRefused, parse_rtmp_name
-from cloudrec.ingest import amf0
+from cloudrec.ingest import IngestRefused, amf0, parse_rtmp_name
 from cloudrec.ingest.bitstream import parse_adts, parse_asc
 from cloudrec.ingest.chunks import MAX_MESSAGE, ChunkReader, RtmpProtocolError
 from cloudrec.ingest.rtmp import RtmpServer
@@ -136,6 +135,52 @@ async def test_rtmps(tmp_path: Path) -> None:
         assert rc == 0, err
         await handler.wait_ended("tls")
         check_frames(handler.frames["tls"], min_video=43, min_audio=130)
+    finally:
+        await server.close()
+
+
+async def test_other_codecs_are_reported_by_name(rtmp: tuple[RtmpServer, Recorder]) -> None:
+    server, handler = rtmp
+    rc, err = await push(url(server, "mp3"), "flv", "-t", "1", "-c:a", "libmp3lame", "-ar",
+                         "44100")
+    assert rc == 0, err
+    await handler.wait_ended("mp3")
+    frames = handler.frames["mp3"]
+    assert {(f.kind, f.codec, f.clock_rate) for f in frames} == {("video", "h264", 90000),
+                                                                 ("audio", "mp3", 44100)}
+
+
+async def test_stalled_connections_are_dropped() -> None:
+    server = RtmpServer(Recorder(), "127.0.0.1", 0, handshake_timeout=0.5, publish_timeout=1.0)
+    await server.start()
+    try:
+        silent = await asyncio.open_connection("127.0.0.1", server.port)
+        shaken = await asyncio.open_connection("127.0.0.1", server.port)
+        shaken[1].write(b"\x03" + bytes(1536))
+        assert len(await shaken[0].readexactly(1 + 2 * 1536)) == 3073
+        shaken[1].write(bytes(1536))
+        for reader, _ in (silent, shaken):
+            assert await asyncio.wait_for(reader.read(-1), 5) == b""
+        assert not server.sessions
+    finally:
+        await server.close()
+
+
+async def test_the_handler_can_drop_a_publisher() -> None:
+    class Dropper(Recorder):
+        def frame(self, conn, frame) -> None:  # type: ignore[no-untyped-def]
+            super().frame(conn, frame)
+            if len(self.frames[conn.uid]) == 10:
+                conn.close("enough")
+
+    handler = Dropper()
+    server = RtmpServer(handler, "127.0.0.1", 0)
+    await server.start()
+    try:
+        rc, _ = await push(url(server, "u1"), "flv")
+        assert rc != 0
+        assert handler.events == [("started", "u1", ""), ("ended", "u1", "enough")]
+        assert len(handler.frames["u1"]) == 10
     finally:
         await server.close()
 

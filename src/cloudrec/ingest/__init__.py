@@ -6,8 +6,14 @@ servers. This package's top level loads neither PyAV nor libsrt: import the serv
 modules.
 """
 
-from .base import (IngestConnection, IngestHandler, IngestRefused, StreamName, parse_rtmp_name,
-                   parse_srt_streamid)
+from .base import (
+                   IngestConnection,
+                   IngestHandler,
+                   IngestRefused,
+                   StreamName,
+                   parse_rtmp_name,
+                   parse_srt_streamid,
+)
 
 __all__ = ["IngestConnection", "IngestHandler", "IngestRefused", "StreamName", "parse_rtmp_name",
            "parse_srt_streamid"]

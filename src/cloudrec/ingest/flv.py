@@ -56,7 +56,8 @@ class FlvDemuxer:
             if codec != "h264":
                 return self._other("video", codec, body[5:], t_ms, frame_type == 1)
             if packet_type == 0:
-                return self._avc_config(body[5:])
+                self._avc_config(body[5:])
+                return None
             if packet_type not in (1, 3):
                 return None
             cts, payload = (_si24(body[5:8]), body[8:]) if packet_type == 1 else (0, body[5:])
@@ -67,7 +68,8 @@ class FlvDemuxer:
         if len(body) < 5:
             raise ValueError("AVC video tag truncated")
         if body[1] == 0:
-            return self._avc_config(body[5:])
+            self._avc_config(body[5:])
+            return None
         if body[1] != 1:
             return None  # end of sequence
         return self._avc_frame(body[5:], t_ms + _si24(body[2:5]), frame_type == 1)

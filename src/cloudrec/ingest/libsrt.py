@@ -111,11 +111,12 @@ def get_string(sock: int, option: int) -> str:
 def sockaddr(host: str, port: int) -> bytes:
     """A ``struct sockaddr_in``/``sockaddr_in6`` for ``host:port``."""
     family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    ip = str(addr[0])
     if family == socket.AF_INET6:
+        scope = int(addr[3]) if len(addr) > 3 else 0
         return (struct.pack("=HH", socket.AF_INET6, socket.htons(port)) + b"\0" * 4
-                + socket.inet_pton(socket.AF_INET6, addr[0]) + struct.pack("=I", addr[3]))
-    return (struct.pack("=HH", socket.AF_INET, socket.htons(port))
-            + socket.inet_aton(addr[0]) + b"\0" * 8)
+                + socket.inet_pton(socket.AF_INET6, ip) + struct.pack("=I", scope))
+    return struct.pack("=HH", socket.AF_INET, socket.htons(port)) + socket.inet_aton(ip) + b"\0" * 8
 
 
 def parse_sockaddr(raw: bytes) -> tuple[str, int]:

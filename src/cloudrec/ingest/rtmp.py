@@ -29,9 +29,25 @@ from typing import Any
 
 from . import amf0
 from .base import IngestConnection, IngestHandler, IngestRefused, parse_rtmp_name
-from .chunks import (ABORT, AGGREGATE, AUDIO, COMMAND_AMF0, COMMAND_AMF3, DATA_AMF0, DATA_AMF3,
-                     SET_CHUNK_SIZE, SET_PEER_BANDWIDTH, USER_CONTROL, VIDEO, WINDOW_ACK_SIZE,
-                     ChunkReader, ChunkWriter, Message, RtmpProtocolError, server_handshake)
+from .chunks import (
+    ABORT,
+    AGGREGATE,
+    AUDIO,
+    COMMAND_AMF0,
+    COMMAND_AMF3,
+    DATA_AMF0,
+    DATA_AMF3,
+    SET_CHUNK_SIZE,
+    SET_PEER_BANDWIDTH,
+    USER_CONTROL,
+    VIDEO,
+    WINDOW_ACK_SIZE,
+    ChunkReader,
+    ChunkWriter,
+    Message,
+    RtmpProtocolError,
+    server_handshake,
+)
 from .flv import FlvDemuxer
 
 logger = logging.getLogger(__name__)
@@ -253,7 +269,7 @@ class _Session:
             return await self._refuse(stream_id, sn.appid, sn.roomid, sn.uid, "missing token")
         try:
             await self.server.handler.authorize(sn.appid, sn.roomid, sn.uid, sn.token)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of authorize refuses
             return await self._refuse(stream_id, sn.appid, sn.roomid, sn.uid,
                                       str(exc) or type(exc).__name__)
         if self.reason is not None:  # dropped while authorizing

@@ -102,7 +102,8 @@ class SrtServer:
                    streamid: bytes | None) -> int:
         """libsrt's listen callback (a libsrt thread): 0 accepts, -1 refuses."""
         name = (streamid or b"").decode(errors="replace")
-        peer = "%s:%d" % libsrt.parse_sockaddr(ctypes.string_at(peeraddr, 28))
+        host, port = libsrt.parse_sockaddr(ctypes.string_at(peeraddr, 28))
+        peer = f"{host}:{port}"
         reject, who = libsrt.REJ_BAD_REQUEST, ("?", "?", "?")
         try:
             sn = parse_srt_streamid(name)
@@ -118,7 +119,7 @@ class SrtServer:
                 self.handler.authorize(sn.appid, sn.roomid, sn.uid, sn.token),
                 self._loop).result(AUTHORIZE_TIMEOUT)
             return 0
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of authorize refuses
             why = str(exc) or type(exc).__name__
             logger.warning("srt publish refused: app=%s room=%s uid=%s from %s: %s", *who,
                            peer, why)
@@ -139,7 +140,8 @@ class SrtServer:
                         logger.warning("srt_accept: %s", libsrt.last_error()[1])
                         time.sleep(0.1)
                     continue
-                self._accepted(sock, "%s:%d" % libsrt.parse_sockaddr(addr.raw))
+                host, port = libsrt.parse_sockaddr(addr.raw)
+                self._accepted(sock, f"{host}:{port}")
         finally:
             epoll.close()
 
@@ -195,7 +197,7 @@ class _Connection:
         reason = "closed"
         try:
             reason = _demux(self)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the peer's bytes can fail PyAV in any way
             reason = f"stream error: {exc}"
             logger.info("srt %s: %s", self.info.peer, reason)
         finally:
@@ -203,6 +205,7 @@ class _Connection:
             self.info._closer = None
             reason = self.reason or reason
             self.post(self.server.handler.ended, reason)
+            assert self.server._loop is not None
             self.server._loop.call_soon_threadsafe(self.server.connections.discard, self)
             logger.info("srt publisher %s/%s/%s left: %s", self.info.appid, self.info.roomid,
                         self.info.uid, reason)
@@ -239,7 +242,7 @@ def _demux(conn: _Connection) -> str:
 
     options = {"probesize": "1000000", "analyzeduration": "1000000", "fpsprobesize": "0"}
     with av.open(conn, mode="r", format="mpegts", options=options) as container:
-        timeline, params = Timeline(90000), {}
+        timeline, params = Timeline(90000), dict[int, bytes]()
         if container.start_time is not None:  # the earliest stream's start, in microseconds
             timeline.origin = container.start_time * 9 // 100
         for packet in container.demux():
@@ -249,6 +252,8 @@ def _demux(conn: _Connection) -> str:
             if t is None:
                 continue
             tb = packet.stream.time_base
+            if tb is None:
+                continue
             t = t * 90000 * tb.numerator // tb.denominator
             ctx = packet.stream.codec_context
             name = CODEC_NAMES.get(ctx.name, ctx.name)
@@ -261,7 +266,7 @@ def _demux(conn: _Connection) -> str:
                     data, keyframe = access_unit(split_annexb(data), keyframe, params[index])
             else:
                 keyframe = True
-                rate = ctx.sample_rate or 90000
+                rate = getattr(ctx, "sample_rate", 0) or 90000
                 if name == "aac":
                     data, rate = _adts(data, ctx.extradata, rate)
             frame = EncodedFrame(packet.stream.type, name, data, timeline.at(t, rate), rate,
