@@ -31,6 +31,7 @@ from . import amf0
 from .base import IngestConnection, IngestHandler, IngestRefused, parse_rtmp_name
 from .chunks import (
     ABORT,
+    ACK,
     AGGREGATE,
     AUDIO,
     COMMAND_AMF0,
@@ -160,7 +161,7 @@ class _Session:
                 await self._on_message(message)
                 if self.chunks.bytes_read - self.acked >= self.peer_window:
                     self.acked = self.chunks.bytes_read
-                    self.out.control(3, (self.acked & 0xFFFFFFFF).to_bytes(4, "big"))
+                    self.out.control(ACK, (self.acked & 0xFFFFFFFF).to_bytes(4, "big"))
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
             self.reason = self.reason or "closed"
         except (RtmpProtocolError, amf0.Amf0Error, ValueError) as exc:
