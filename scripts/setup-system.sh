@@ -2,7 +2,8 @@
 # Installs the Debian packages cloudrec needs, when they are missing.
 #   venv:  python3-venv, when Debian's Python cannot make a virtual environment yet.
 #   serve: fonts-noto-cjk (NotoSansCJK, the font of mixed recordings' text and timestamp
-#          watermarks, so Chinese renders; without it they fall back to Pillow's default font).
+#          watermarks, so Chinese renders; without it they fall back to Pillow's default font),
+#          libsrt1.5-gnutls (the SRT listener of push ingest binds it through ctypes).
 #   test:  also ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the
 #          benchmark reference and, in listen mode, the RTMP server and reader of the live-push
 #          test, tests/test_pause_push.py; PyAV wheels bundle their own FFmpeg, so the service does not need
@@ -18,6 +19,7 @@ if [ "$purpose" = venv ]; then
   need+=(python3-venv "python$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv")
 else
   [ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
+  compgen -G '/usr/lib/*/libsrt*.so.1.5*' >/dev/null || need+=(libsrt1.5-gnutls)
   if [ "$purpose" != serve ]; then
     command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
     command -v chromium >/dev/null 2>&1 || need+=(chromium)

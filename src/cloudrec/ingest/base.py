@@ -1,0 +1,147 @@
+"""What every push listener shares: the handler interface, the connection object, stream names.
+
+A listener (:class:`~cloudrec.ingest.rtmp.RtmpServer`, :class:`~cloudrec.ingest.srt.SrtServer`)
+accepts publishers and reports to one :class:`IngestHandler`:
+
+1. ``await handler.authorize(appid, roomid, uid, token)`` before anything is accepted; raising
+   refuses the publisher (the client sees an error and gives up; a WARNING names app/room/uid);
+2. ``handler.started(conn)`` once the publisher is accepted;
+3. ``handler.frame(conn, frame)`` for every :class:`~cloudrec.mediatypes.EncodedFrame`;
+4. ``handler.ended(conn, reason)`` exactly once after ``started``, whatever ends the connection.
+
+``started``, ``frame`` and ``ended`` are plain functions called on the event loop thread, in
+order, never concurrently. An exception from one of them closes that connection (and is logged);
+it never reaches the listener. ``conn.close()`` lets the handler drop a publisher itself.
+
+Frames: video ``h264`` is one Annex B access unit with SPS/PPS in front of every keyframe,
+timestamps in 90 kHz; audio ``aac`` is one frame with its 7-byte ADTS header, timestamps in its
+sample rate. Both count from the first media of the connection (one origin for both kinds, so
+they stay in sync) and ``epoch`` is unique per connection. Other codecs arrive under their own
+name (``h265``, ``mp3``, ``pcma``, ...) with the data as the container carried it, so that the
+caller can refuse or transcode them; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+from urllib.parse import parse_qs
+
+from ..mediatypes import EncodedFrame
+
+__all__ = ["IngestConnection", "IngestHandler", "IngestRefused", "StreamName", "Timeline",
+           "parse_rtmp_name", "parse_srt_streamid"]
+
+Transport = Literal["rtmp", "srt"]
+_epochs = itertools.count(1)
+
+
+class IngestRefused(Exception):
+    """A publisher that may not publish: a bad stream name, or a token ``authorize`` refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamName:
+    """Who publishes, as the stream name says."""
+
+    appid: int
+    roomid: str
+    uid: str
+    token: str
+
+
+@dataclass(eq=False)
+class IngestConnection:
+    """One accepted publisher. ``codecs`` fills in as media arrives (``{"video": "h264"}``)."""
+
+    transport: Transport
+    appid: int
+    roomid: str
+    uid: str
+    peer: str
+    epoch: int = field(default_factory=lambda: next(_epochs))
+    since: float = field(default_factory=time.time)
+    codecs: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, object] = field(default_factory=dict)  # RTMP onMetaData, as sent
+    bytes_in: int = 0
+    _closer: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def close(self, reason: str = "closed by server") -> None:
+        """Drops the publisher; ``ended`` follows with this reason. Safe to call twice."""
+        if self._closer is not None:
+            self._closer(reason)
+
+
+class IngestHandler(Protocol):
+    """What a listener reports to; the room plane implements it."""
+
+    async def authorize(self, appid: int, roomid: str, uid: str, token: str) -> None:
+        """Returns to accept the publisher; raises (any exception, its text is the reason)."""
+
+    def started(self, conn: IngestConnection) -> None:
+        """A publisher was accepted; frames follow."""
+
+    def frame(self, conn: IngestConnection, frame: EncodedFrame) -> None:
+        """One encoded frame of ``conn``."""
+
+    def ended(self, conn: IngestConnection, reason: str) -> None:
+        """``conn`` is gone: ``"unpublished"``, ``"closed"``, an error, or a ``close`` reason."""
+
+
+def _split_path(path: str, token: str) -> StreamName:
+    parts = path.strip("/").split("/")
+    if len(parts) != 3 or not all(parts):
+        raise IngestRefused(f"stream name {path!r} is not {{appid}}/{{roomid}}/{{uid}}")
+    appid, roomid, uid = parts
+    if not appid.isdigit() or len(appid) > 18:
+        raise IngestRefused(f"appid {appid!r} is not a number")
+    return StreamName(int(appid), roomid, uid, token)
+
+
+def parse_rtmp_name(app: str, name: str) -> StreamName:
+    """The publisher of an RTMP ``connect`` app plus ``publish`` name.
+
+    ``rtmp://H/live/{appid}/{roomid}/{uid}?token=T`` arrives as app ``live`` and name
+    ``{appid}/{roomid}/{uid}?token=T`` (OBS's server + stream key) or, from FFmpeg, as app
+    ``live/{appid}`` and name ``{roomid}/{uid}?token=T``; either way they join into one path.
+    """
+    app, _, app_query = app.partition("?")
+    name, _, name_query = name.partition("?")
+    path = f"{app.strip('/')}/{name.strip('/')}"
+    if not path.startswith("live/"):
+        raise IngestRefused(f"RTMP app {app!r} is not 'live'")
+    query = parse_qs(app_query) | parse_qs(name_query)
+    return _split_path(path[len("live/"):], (query.get("token") or [""])[0])
+
+
+def parse_srt_streamid(streamid: str) -> StreamName:
+    """The publisher of an SRT ``streamid``: ``publish:{appid}/{roomid}/{uid}:{token}``."""
+    mode, sep, rest = streamid.partition(":")
+    if not sep or mode != "publish":
+        raise IngestRefused(f"streamid {streamid[:80]!r} is not publish:{{appid}}/{{roomid}}/"
+                            "{uid}:{token}")
+    path, _, token = rest.rpartition(":")
+    if not path:
+        path, token = rest, ""
+    return _split_path(path, token)
+
+
+class Timeline:
+    """Timestamps counted from the connection's first media, one origin for every kind.
+
+    ``at(t, rate)`` takes a container time ``t`` (in ``1/unit`` seconds) and returns it in
+    ``rate`` units from the origin, never below 0 (the other kind may begin a little earlier).
+    Video timestamps are presentation times: a stream with B-frames gives them out of order.
+    """
+
+    def __init__(self, unit: int) -> None:
+        self.unit = unit
+        self.origin: int | None = None
+
+    def at(self, t: int, rate: int) -> int:
+        if self.origin is None:
+            self.origin = t
+        return max(0, (t - self.origin) * rate // self.unit)

@@ -1,0 +1,121 @@
+"""FLV tag bodies, as RTMP audio and video messages carry them, into EncodedFrames.
+
+H.264 (FLV codec 7, or Enhanced RTMP ``avc1``) becomes Annex B with SPS/PPS in front of
+keyframes; AAC (sound format 10) gets ADTS headers from its AudioSpecificConfig. Every other
+codec is reported by name with the tag body as sent (after the FLV header byte), so the caller
+can refuse or transcode it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..mediatypes import EncodedFrame
+from .base import Timeline
+from .bitstream import AacConfig, AvcConfig, access_unit, parse_asc, parse_avc_config, split_avcc
+
+VIDEO_CODECS = {2: "h263", 3: "screen", 4: "vp6", 5: "vp6a", 6: "screen2", 7: "h264",
+                12: "h265"}
+VIDEO_FOURCC = {b"avc1": "h264", b"hvc1": "h265", b"av01": "av1", b"vp09": "vp9",
+                b"vp08": "vp8"}
+AUDIO_CODECS = {0: "pcm", 1: "adpcm", 2: "mp3", 3: "pcm_le", 4: "nellymoser",
+                5: "nellymoser", 6: "nellymoser", 7: "pcma", 8: "pcmu", 10: "aac", 11: "speex",
+                14: "mp3", 15: "device"}
+AUDIO_FOURCC = {b"Opus": "opus", b"mp4a": "aac", b".mp3": "mp3", b"fLaC": "flac",
+                b"ac-3": "ac3", b"ec-3": "eac3"}
+FLV_RATES = (5512, 11025, 22050, 44100)
+
+
+def _si24(b: bytes) -> int:
+    value = int.from_bytes(b, "big")
+    return value - (1 << 24) if value & 0x800000 else value
+
+
+class FlvDemuxer:
+    """One publisher's FLV state: its codec configurations and its timeline (milliseconds).
+
+    ``video`` and ``audio`` return the frame of one message, or None for a configuration
+    message (or media before its configuration). ``codecs`` names what was seen per kind.
+    """
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.timeline = Timeline(1000)
+        self.codecs: dict[str, str] = {}
+        self.avc: AvcConfig | None = None
+        self.aac: AacConfig | None = None
+
+    def video(self, body: bytes, t_ms: int) -> EncodedFrame | None:
+        if not body:
+            return None
+        head = body[0]
+        frame_type = (head >> 4) & 7
+        if head & 0x80:  # Enhanced RTMP: packet type in the low nibble, then a FourCC
+            packet_type, fourcc = head & 0x0F, body[1:5]
+            codec = VIDEO_FOURCC.get(fourcc, fourcc.decode("latin-1").strip().lower())
+            if codec != "h264":
+                return self._other("video", codec, body[5:], t_ms, frame_type == 1)
+            if packet_type == 0:
+                self._avc_config(body[5:])
+                return None
+            if packet_type not in (1, 3):
+                return None
+            cts, payload = (_si24(body[5:8]), body[8:]) if packet_type == 1 else (0, body[5:])
+            return self._avc_frame(payload, t_ms + cts, frame_type == 1)
+        codec = VIDEO_CODECS.get(head & 0x0F, f"flv-video-{head & 0x0F}")
+        if codec != "h264":
+            return self._other("video", codec, body[1:], t_ms, frame_type == 1)
+        if len(body) < 5:
+            raise ValueError("AVC video tag truncated")
+        if body[1] == 0:
+            self._avc_config(body[5:])
+            return None
+        if body[1] != 1:
+            return None  # end of sequence
+        return self._avc_frame(body[5:], t_ms + _si24(body[2:5]), frame_type == 1)
+
+    def _avc_config(self, record: bytes) -> None:
+        self.avc = parse_avc_config(record)
+        self.codecs["video"] = "h264"
+
+    def _avc_frame(self, payload: bytes, pts_ms: int, keyframe: bool) -> EncodedFrame | None:
+        if not payload:
+            return None
+        length_size = self.avc.length_size if self.avc else 4
+        params = self.avc.annexb if self.avc else b""
+        data, keyframe = access_unit(split_avcc(payload, length_size), keyframe, params)
+        self.codecs["video"] = "h264"
+        return EncodedFrame("video", "h264", data, self.timeline.at(pts_ms, 90000), 90000,
+                            time.monotonic(), keyframe, self.epoch)
+
+    def audio(self, body: bytes, t_ms: int) -> EncodedFrame | None:
+        if not body:
+            return None
+        head = body[0]
+        sound_format = head >> 4
+        if sound_format == 9:  # Enhanced RTMP audio: packet type, then a FourCC
+            fourcc = body[1:5]
+            codec = AUDIO_FOURCC.get(fourcc, fourcc.decode("latin-1").strip().lower())
+            return self._other("audio", codec, body[5:], t_ms, True)
+        if sound_format != 10:
+            codec = AUDIO_CODECS.get(sound_format, f"flv-audio-{sound_format}")
+            rate = 8000 if codec in ("pcma", "pcmu") else FLV_RATES[(head >> 2) & 3]
+            return self._other("audio", codec, body[1:], t_ms, True, rate)
+        if len(body) < 2:
+            raise ValueError("AAC audio tag truncated")
+        if body[1] == 0:
+            self.aac = parse_asc(body[2:])
+            self.codecs["audio"] = "aac"
+            return None
+        if self.aac is None or len(body) == 2:
+            return None
+        rate = self.aac.sample_rate
+        return EncodedFrame("audio", "aac", self.aac.adts(body[2:]), self.timeline.at(t_ms, rate),
+                            rate, time.monotonic(), True, self.epoch)
+
+    def _other(self, kind: str, codec: str, data: bytes, t_ms: int, keyframe: bool,
+               rate: int = 0) -> EncodedFrame:
+        rate = rate or (90000 if kind == "video" else 1000)
+        self.codecs[kind] = codec
+        return EncodedFrame(kind, codec, data, self.timeline.at(t_ms, rate), rate,  # type: ignore[arg-type]
+                            time.monotonic(), keyframe, self.epoch)

@@ -1,0 +1,296 @@
+"""An SRT listener for publishers sending MPEG-TS: libsrt through ctypes, PyAV's demuxer.
+
+``srt://HOST:PORT?streamid=publish:{appid}/{roomid}/{uid}:{token}``. libsrt calls the listen
+callback with the ``streamid`` during the handshake; the callback runs ``handler.authorize`` on
+the event loop and refuses a bad name or token with an SRT reject reason (1400 bad request, 1401
+unauthorized, 1503 when full), so a refused caller never gets a connection (FFmpeg exits with
+"connection rejected") and a WARNING names app/room/uid.
+
+Each accepted connection has one thread: it receives SRT messages (libsrt's buffers are bounded,
+a stalled or vanished peer breaks the connection after ``SRTO_PEERIDLETIMEO``) and PyAV demuxes
+the MPEG-TS from them. H.264 leaves as Annex B access units with SPS/PPS in front of keyframes,
+AAC as ADTS frames; other codecs under FFmpeg's codec name (``hevc`` as ``h265``). Frames reach
+the handler on the event loop, at most :data:`MAX_QUEUED` per connection in flight: a slow loop
+makes the thread wait, and libsrt then drops late packets, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..mediatypes import EncodedFrame
+from . import libsrt
+from .base import IngestConnection, IngestHandler, IngestRefused, Timeline, parse_srt_streamid
+from .bitstream import access_unit, parse_adts, parse_asc, parse_avc_config, split_annexb
+
+logger = logging.getLogger(__name__)
+__all__ = ["SrtServer"]
+
+MAX_QUEUED = 256
+AUTHORIZE_TIMEOUT = 5.0
+CODEC_NAMES = {"hevc": "h265", "mpeg4": "mpeg4", "pcm_alaw": "pcma", "pcm_mulaw": "pcmu"}
+
+
+class SrtServer:
+    """Accepts SRT publishers on ``host:port`` (UDP; ``port=0``: a free one, read ``.port``)."""
+
+    def __init__(self, handler: IngestHandler, host: str = "0.0.0.0", port: int = 8890, *,
+                 max_connections: int = 256, latency_ms: int = 120,
+                 peer_idle_timeout_ms: int = 5000) -> None:
+        self.handler, self.host, self.port = handler, host, port
+        self.max_connections = max_connections
+        self.latency_ms, self.peer_idle_timeout_ms = latency_ms, peer_idle_timeout_ms
+        self.connections: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock = libsrt.INVALID
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._callback = libsrt.ListenCallback(self._on_listen)  # referenced while listening
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open)
+        self._thread = threading.Thread(target=self._accept_loop, name="srt-accept", daemon=True)
+        self._thread.start()
+        logger.info("srt ingest listening on %s:%d", self.host, self.port)
+
+    def _open(self) -> None:
+        so = libsrt.lib()
+        sock = libsrt.check(so.srt_create_socket(), "srt_create_socket")
+        try:
+            # options set on the listener are inherited by the sockets it accepts
+            libsrt.set_int(sock, libsrt.RCVTIMEO, 500)
+            libsrt.set_int(sock, libsrt.LATENCY, self.latency_ms)
+            libsrt.set_int(sock, libsrt.PEERIDLETIMEO, self.peer_idle_timeout_ms)
+            addr = libsrt.sockaddr(self.host, self.port)
+            libsrt.check(so.srt_bind(sock, addr, len(addr)), f"srt_bind {self.host}:{self.port}")
+            libsrt.check(so.srt_listen_callback(sock, self._callback, None), "srt_listen_callback")
+            libsrt.check(so.srt_listen(sock, 64), "srt_listen")
+            self.port = libsrt.local_port(sock)
+        except BaseException:
+            so.srt_close(sock)
+            raise
+        self._sock = sock
+
+    async def close(self) -> None:
+        """Stops listening and drops every connection (each ends with ``"server closed"``)."""
+        self._stop.set()
+        conns = list(self.connections)
+        for conn in conns:
+            conn.reason = conn.reason or "server closed"
+        await asyncio.to_thread(self._close_all, conns)
+        while self.connections:  # their last callbacks are queued on this loop
+            await asyncio.sleep(0.01)
+
+    def _close_all(self, conns: list[_Connection]) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._sock != libsrt.INVALID:
+            libsrt.lib().srt_close(self._sock)
+            self._sock = libsrt.INVALID
+        for conn in conns:
+            libsrt.lib().srt_close(conn.sock)
+            conn.thread.join()
+
+    def _on_listen(self, _opaque: Any, sock: int, _hsversion: int, peeraddr: int,
+                   streamid: bytes | None) -> int:
+        """libsrt's listen callback (a libsrt thread): 0 accepts, -1 refuses."""
+        name = (streamid or b"").decode(errors="replace")
+        host, port = libsrt.parse_sockaddr(ctypes.string_at(peeraddr, 28))
+        peer = f"{host}:{port}"
+        reject, who = libsrt.REJ_BAD_REQUEST, ("?", "?", "?")
+        try:
+            sn = parse_srt_streamid(name)
+            who = (str(sn.appid), sn.roomid, sn.uid)
+            if self._stop.is_set() or len(self.connections) >= self.max_connections:
+                reject = libsrt.REJ_OVERLOAD
+                raise IngestRefused("the server is full or closing")
+            reject = libsrt.REJ_UNAUTHORIZED
+            if not sn.token:
+                raise IngestRefused("missing token")
+            assert self._loop is not None
+            asyncio.run_coroutine_threadsafe(
+                self.handler.authorize(sn.appid, sn.roomid, sn.uid, sn.token),
+                self._loop).result(AUTHORIZE_TIMEOUT)
+            return 0
+        except Exception as exc:  # noqa: BLE001 - any failure of authorize refuses
+            why = str(exc) or type(exc).__name__
+            logger.warning("srt publish refused: app=%s room=%s uid=%s from %s: %s", *who,
+                           peer, why)
+            libsrt.lib().srt_setrejectreason(sock, reject)
+            return -1
+
+    def _accept_loop(self) -> None:
+        so, epoll = libsrt.lib(), libsrt.Epoll()
+        try:
+            epoll.add(self._sock)
+            while not self._stop.is_set():
+                if not epoll.wait(250):
+                    continue
+                addr, size = ctypes.create_string_buffer(128), ctypes.c_int(128)
+                sock = so.srt_accept(self._sock, addr, ctypes.byref(size))
+                if sock == libsrt.INVALID:
+                    if not self._stop.is_set():
+                        logger.warning("srt_accept: %s", libsrt.last_error()[1])
+                        time.sleep(0.1)
+                    continue
+                host, port = libsrt.parse_sockaddr(addr.raw)
+                self._accepted(sock, f"{host}:{port}")
+        finally:
+            epoll.close()
+
+    def _accepted(self, sock: int, peer: str) -> None:
+        try:  # authorized in the callback already: only the name is read again
+            sn = parse_srt_streamid(libsrt.get_string(sock, libsrt.STREAMID))
+        except (IngestRefused, libsrt.SrtError) as exc:
+            logger.warning("srt connection from %s dropped: %s", peer, exc)
+            libsrt.lib().srt_close(sock)
+            return
+        conn = _Connection(self, sock, IngestConnection("srt", sn.appid, sn.roomid, sn.uid, peer))
+        self.connections.add(conn)
+        logger.info("srt publisher %s/%s/%s from %s", sn.appid, sn.roomid, sn.uid, peer)
+        conn.post(self.handler.started)
+        conn.thread.start()
+
+
+class _Connection:
+    """One accepted SRT socket, its receiving and demuxing thread, and its frame hand-off."""
+
+    def __init__(self, server: SrtServer, sock: int, info: IngestConnection) -> None:
+        self.server, self.sock, self.info = server, sock, info
+        self.reason: str | None = None
+        self.done = False  # ended() was called, on the loop
+        self._buf = ctypes.create_string_buffer(2048)
+        self.queued = threading.Semaphore(MAX_QUEUED)
+        self.thread = threading.Thread(target=self._run, name=f"srt-{sock}", daemon=True)
+        info._closer = self.close
+
+    def close(self, reason: str) -> None:
+        """Ends the connection from the handler: the receiving thread sees it closed."""
+        self.reason = self.reason or reason
+        threading.Thread(target=libsrt.lib().srt_close, args=(self.sock,), daemon=True).start()
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Runs ``fn(conn, *args)`` on the loop; a failure there closes the connection."""
+        def call() -> None:
+            if fn is self.server.handler.frame:
+                self.queued.release()
+            if self.done:
+                return
+            self.done = fn is self.server.handler.ended
+            try:
+                fn(self.info, *args)
+            except Exception as exc:
+                logger.exception("srt ingest handler failed")
+                if fn is not self.server.handler.ended:
+                    self.close(f"handler error: {exc!r}")
+        assert self.server._loop is not None
+        self.server._loop.call_soon_threadsafe(call)
+
+    def _run(self) -> None:
+        reason = "closed"
+        try:
+            reason = _demux(self)
+        except Exception as exc:  # noqa: BLE001 - the peer's bytes can fail PyAV in any way
+            reason = f"stream error: {exc}"
+            logger.info("srt %s: %s", self.info.peer, reason)
+        finally:
+            libsrt.lib().srt_close(self.sock)
+            self.info._closer = None
+            reason = self.reason or reason
+            self.post(self.server.handler.ended, reason)
+            assert self.server._loop is not None
+            self.server._loop.call_soon_threadsafe(self.server.connections.discard, self)
+            logger.info("srt publisher %s/%s/%s left: %s", self.info.appid, self.info.roomid,
+                        self.info.uid, reason)
+
+    def read(self, size: int) -> bytes:
+        """The next SRT message (what PyAV's reader asks for); b"" once the connection ended."""
+        buf, so = self._buf, libsrt.lib()
+        while self.reason is None:
+            n = so.srt_recvmsg(self.sock, buf, len(buf))
+            if n > 0:
+                self.info.bytes_in += n
+                return buf.raw[:n]
+            if n == libsrt.ERROR and libsrt.last_error()[0] in (libsrt.E_ASYNCRCV,
+                                                                  libsrt.E_TIMEOUT):
+                continue
+            return b""
+        return b""
+
+    def deliver(self, frame: EncodedFrame) -> bool:
+        """Hands ``frame`` to the loop, waiting while :data:`MAX_QUEUED` are in flight."""
+        while not self.queued.acquire(timeout=0.5):
+            if self.reason is not None:
+                return False
+        if self.reason is not None:
+            return False
+        self.info.codecs[frame.kind] = frame.codec
+        self.post(self.server.handler.frame, frame)
+        return True
+
+
+def _demux(conn: _Connection) -> str:
+    """Reads MPEG-TS from ``conn`` until it ends; returns why it ended."""
+    import av  # PyAV only where SRT media is demuxed
+
+    options = {"probesize": "1000000", "analyzeduration": "1000000", "fpsprobesize": "0"}
+    with av.open(conn, mode="r", format="mpegts", options=options) as container:
+        timeline, params = Timeline(90000), dict[int, bytes]()
+        if container.start_time is not None:  # the earliest stream's start, in microseconds
+            timeline.origin = container.start_time * 9 // 100
+        for packet in container.demux():
+            if packet.size == 0 or packet.stream.type not in ("video", "audio"):
+                continue
+            t = packet.pts if packet.pts is not None else packet.dts
+            if t is None:
+                continue
+            tb = packet.stream.time_base
+            if tb is None:
+                continue
+            t = t * 90000 * tb.numerator // tb.denominator
+            ctx = packet.stream.codec_context
+            name = CODEC_NAMES.get(ctx.name, ctx.name)
+            data, keyframe = bytes(packet), bool(packet.is_keyframe)
+            if packet.stream.type == "video":
+                rate = 90000
+                if name == "h264":
+                    index = packet.stream.index
+                    params[index] = params.get(index) or _annexb_params(ctx.extradata)
+                    data, keyframe = access_unit(split_annexb(data), keyframe, params[index])
+            else:
+                keyframe = True
+                rate = getattr(ctx, "sample_rate", 0) or 90000
+                if name == "aac":
+                    data, rate = _adts(data, ctx.extradata, rate)
+            frame = EncodedFrame(packet.stream.type, name, data, timeline.at(t, rate), rate,
+                                 time.monotonic(), keyframe, conn.info.epoch)
+            if not conn.deliver(frame):
+                break
+    return conn.reason or "closed"
+
+
+def _annexb_params(extradata: bytes | None) -> bytes:
+    """Annex B SPS/PPS from a stream's extradata (Annex B already, or an avcC record)."""
+    if not extradata:
+        return b""
+    if extradata[0] == 1:
+        return parse_avc_config(extradata).annexb
+    return extradata
+
+
+def _adts(data: bytes, extradata: bytes | None, rate: int) -> tuple[bytes, int]:
+    """An AAC frame with its ADTS header (added from the AudioSpecificConfig when missing)."""
+    config = parse_adts(data)
+    if config is not None:
+        return data, config.sample_rate
+    if not extradata:
+        raise ValueError("AAC without ADTS headers or an AudioSpecificConfig")
+    config = parse_asc(extradata)
+    return config.adts(data), config.sample_rate
