@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from cloudrec.publisher import Publisher
 from cloudrec.rooms.stats import picture_size
+from cloudrec.webrtc.whip_client import Publisher
 from tests.conftest import WhipServer
 
 
