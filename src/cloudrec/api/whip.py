@@ -95,8 +95,8 @@ class Publishing(Protocol):
 
 
 def whip_router(hub: Publishing, secret_for: Callable[[int], str | None]) -> APIRouter:
-    """Routes for WHIP publishing into ``hub`` (a :class:`Publishing`); ``secret_for(appid)`` is the app's secret, or
-    None for an unknown app."""
+    """Routes for WHIP publishing into ``hub`` (a :class:`Publishing`); ``secret_for(appid)``
+    is the app's secret, or None for an unknown app."""
     router = APIRouter(tags=["whip"])
 
     @router.post("/whip/{appid}/{roomid}/{uid}")

@@ -14,8 +14,9 @@ pump writes to the socket without waiting either, and when more than ``max_buffe
 still unsent it drops frames instead: audio packets simply, video until the uid's next keyframe
 (asked for at once), counted in :attr:`RelayServer.stats`. A uid's video also starts at a
 keyframe (subscribing asks for one), so the far side never gets frames it cannot decode. The
-bound is in bytes, not frames, so a slow peer costs a bounded delay too. If the event loop itself falls behind, the
-subscription's own bound applies (its drops are added to the same counters).
+bound is in bytes, not frames, so a slow peer costs a bounded delay too. If the event loop
+itself falls behind, the subscription's own bound applies (its drops are added to the same
+counters).
 
 Each end sends a ping every ``heartbeat_s`` and drops a connection silent for ``timeout_s``,
 so a vanished peer (a dead node sends no FIN) is noticed in seconds.

@@ -2,9 +2,9 @@
 
 Written for, and pinned to, **aiortc 1.16.0** and **aioice 0.13.0** (checked at import and by
 :func:`check_internals`, which :class:`~cloudrec.webrtc.ingest.WebRtcIngest` runs and the
-interop tests assert). :func:`prepare` adjusts one answering peer connection between ``setRemoteDescription``
-and ``setLocalDescription``: nothing is patched globally, so other peer connections in the
-process (``cloudrec publish``) keep aiortc's behaviour.
+interop tests assert). :func:`prepare` adjusts one answering peer connection between
+``setRemoteDescription`` and ``setLocalDescription``: nothing is patched globally, so other
+peer connections in the process (``cloudrec publish``) keep aiortc's behaviour.
 
 DTLS ciphers (peers with an RSA certificate)
     ``RTCCertificate._create_ssl_context`` offers only ``ECDHE-ECDSA-*`` suites. aiortc's own
