@@ -45,7 +45,7 @@ from common import (  # noqa: E402
     APPID, CLK_TCK, HEADERS, ServerProcess, cpu_seconds, headline, start_publishers,
     start_server, wait_ready)
 
-from cloudrec.publisher import make_clip  # noqa: E402
+from cloudrec.webrtc.synthetic import make_clip  # noqa: E402
 from cloudrec.workers.load import tree_cpu_seconds  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")

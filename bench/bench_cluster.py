@@ -32,7 +32,7 @@ from common import (  # noqa: E402
     APPID, HEADERS, ServerProcess, start_publishers, start_server, wait_ready)
 from tests.services import start_postgres, start_redis  # noqa: E402
 
-from cloudrec.publisher import make_clip  # noqa: E402
+from cloudrec.webrtc.synthetic import make_clip  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 CYCLES = 60 if QUICK else 150

@@ -66,7 +66,7 @@ from cloudrec.media.mix.output import AAC_BIT_RATE, VideoParams, default_threads
 from cloudrec.media.mix.recorder import MixedHlsRecorder
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
-from cloudrec.publisher import make_clip
+from cloudrec.webrtc.synthetic import make_clip
 
 MEDIA_S = float(os.environ.get("BENCH_MIXED_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_MIXED_ROUNDS", "3"))

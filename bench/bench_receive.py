@@ -4,7 +4,7 @@ Two servers in turn, one worker process each (so one PID holds all the work), ea
 the same 16 clip publishers (pre-encoded 640×480@15 ~1 Mbps H.264 + mono Opus, in another
 process at a lower priority so that they yield the CPU): one on aiortc's own receiver
 (``CLOUDREC_RECEIVE_PATH=aiortc``, the tap keeping frames from its decoder), one on the lean
-path (:mod:`cloudrec.rooms.lean`). Each is measured receiving only; the lean one then records
+path (:mod:`cloudrec.rtp.receiver`). Each is measured receiving only; the lean one then records
 all 16 (remux, Opus→AAC, HLS, local storage). The two paths alternate ``ROUNDS`` times, so a
 noisy neighbour on the shared box hits both alike, and the medians are printed.
 
@@ -99,7 +99,7 @@ def run(clip: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    from cloudrec.publisher import make_clip
+    from cloudrec.webrtc.synthetic import make_clip
 
     with tempfile.TemporaryDirectory(prefix="cloudrec-bench-clip-") as tmp_clip:
         clip_path = Path(make_clip(str(Path(tmp_clip) / "clip.mkv"), seconds=6, width=640,

@@ -16,8 +16,8 @@ import signal
 import sys
 import time
 
-from cloudrec.publisher import PublishError, Publisher
-from cloudrec.rooms import make_token
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.whip_client import Publisher, PublishError
 
 RETRY_S = 30.0
 

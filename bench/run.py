@@ -44,7 +44,7 @@ from common import (  # noqa: E402
     APPID, HEADLINES, HEADERS, ServerProcess, measure_cores, start_publishers, start_server,
     wait_ready)
 
-from cloudrec.publisher import make_clip  # noqa: E402
+from cloudrec.webrtc.synthetic import make_clip  # noqa: E402
 
 MEASURE_S = float(os.environ.get("BENCH_SECONDS", "10"))
 STORAGE = {"vender": 101, "endpoint": "local", "bucket": "bench", "accesskey": "-", "secretkey": "-"}

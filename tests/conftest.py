@@ -11,17 +11,22 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from cloudrec.rooms import RoomHub, make_token, whip_router
+from cloudrec.api.whip import whip_router
+from cloudrec.rooms import RoomHub
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.ingest import WebRtcIngest
 
 pytest_plugins = ["tests.services"]
 
 
 @dataclass
 class WhipServer:
-    """A FastAPI app with the WHIP routes, served by uvicorn on a free loopback port."""
+    """A FastAPI app with the WHIP routes into a WebRTC ingest over a RoomHub, served by
+    uvicorn on a free loopback port."""
 
     base_url: str
     hub: RoomHub
+    webrtc: WebRtcIngest
     appid: int
     secret: str
 
@@ -34,11 +39,13 @@ class WhipServer:
 
 @pytest.fixture
 async def whip_server(request: pytest.FixtureRequest) -> AsyncIterator[WhipServer]:
-    """WHIP routes over a RoomHub; an indirect parameter gives the hub's keyword arguments."""
+    """WHIP routes over a RoomHub; an indirect parameter gives the WebRTC ingest's keyword
+    arguments."""
     appid, secret = 10034, "test-secret"
-    hub = RoomHub(**getattr(request, "param", {}))
+    hub = RoomHub()
+    webrtc = WebRtcIngest(hub, **getattr(request, "param", {}))
     app = FastAPI()
-    app.include_router(whip_router(hub, {appid: secret}.get))
+    app.include_router(whip_router(webrtc, {appid: secret}.get))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -49,8 +56,9 @@ async def whip_server(request: pytest.FixtureRequest) -> AsyncIterator[WhipServe
             task.result()
         await asyncio.sleep(0.01)
     try:
-        yield WhipServer(f"http://127.0.0.1:{port}", hub, appid, secret)
+        yield WhipServer(f"http://127.0.0.1:{port}", hub, webrtc, appid, secret)
     finally:
+        await webrtc.close()
         await hub.close()
         server.should_exit = True
         await task

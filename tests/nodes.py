@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from cloudrec.publisher import Publisher
-from cloudrec.rooms import make_token
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.whip_client import Publisher
 from tests.helpers import APPID, HEADERS, KEY, SECRET, free_port, source_body, startrecord
 
 

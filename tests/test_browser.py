@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
-from cloudrec.rooms import make_token
+from cloudrec.tokens import make_token
 from tests.helpers import APPID, SECRET, Server, make_settings, running_server
 from tests.media_check import probe_playlist
 from tests.test_recording import playlist_of, start, stop

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cloudrec.config import load_settings, with_dev_app
-from cloudrec.rooms import verify_token
+from cloudrec.tokens import verify_token
 from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
 
 

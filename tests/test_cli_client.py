@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cloudrec.client import ClientError, resolve
-from cloudrec.rooms import make_token
+from cloudrec.tokens import make_token
 from tests.helpers import APPID, KEY, SECRET
 from tests.media_check import playlist_lines, probe_playlist
 from tests.nodes import Node

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from cloudrec.console.auth import COOKIE, OperatorAuth
-from cloudrec.rooms import make_token
-from cloudrec.publisher import Publisher
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.whip_client import Publisher
 from tests.helpers import (APPID, KEY, SECRET, Server, free_port, make_settings, running_server,
                            source_body, startrecord)
 from tests.test_callbacks import Receiver, serving

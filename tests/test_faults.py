@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cloudrec.rooms import make_token
 from cloudrec.storage import SpoolUploader
 from cloudrec.storage.local import LocalStore
+from cloudrec.tokens import make_token
 from tests.helpers import (
     APPID, free_port, make_settings, running_server, source_body, startrecord,
 )
@@ -31,9 +31,11 @@ from tests.test_recording import publish
 WHIP_SERVER = """
 import sys, uvicorn
 from fastapi import FastAPI
-from cloudrec.rooms import RoomHub, whip_router
+from cloudrec.api.whip import whip_router
+from cloudrec.rooms import RoomHub
+from cloudrec.webrtc.ingest import WebRtcIngest
 app = FastAPI()
-app.include_router(whip_router(RoomHub(), {10034: "whip-secret"}.get))
+app.include_router(whip_router(WebRtcIngest(RoomHub()), {10034: "whip-secret"}.get))
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 

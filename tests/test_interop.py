@@ -27,9 +27,12 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from cloudrec.media.codecs.h264 import conformant_access_unit, join_annexb, split_annexb
-from cloudrec.publisher import TestPatternTrack, _Pacer
-from cloudrec.rooms import RoomHub, make_token
-from cloudrec.rooms import _aiortc_transport as transport
+from cloudrec.rooms import RoomHub
+from cloudrec.tokens import make_token
+from cloudrec.webrtc import _aiortc_tap as tap
+from cloudrec.webrtc import _aiortc_transport as transport
+from cloudrec.webrtc.ingest import WebRtcIngest
+from cloudrec.webrtc.synthetic import Pacer, TestPatternTrack
 from tests.conftest import WhipServer
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import ffprobe_streams, probe_playlist
@@ -205,10 +208,10 @@ async def _wait_for(predicate, timeout: float, what: str, proc=None, log: Path |
         await asyncio.sleep(0.1)
 
 
-def _has_media(hub: RoomHub, roomid: str, uid: str) -> bool:
-    """True once the hub has received frames from ``uid``'s WebRTC publication."""
+def _has_media(webrtc: WebRtcIngest, roomid: str, uid: str) -> bool:
+    """True once the ingest has received frames from ``uid``'s WebRTC publication."""
     return any(p.uid == uid and p.key == (APPID, roomid) and p.frames > 0
-               for p in hub._sessions.values())
+               for p in webrtc.sessions())
 
 
 def _make_clip(path: Path, seconds: float) -> Path:
@@ -252,15 +255,15 @@ async def test_gstreamer_webrtcbin_publisher_is_recorded(tmp_path: Path) -> None
     settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100)
     room, uid = "gst", "webrtcbin"
     async with running_server(settings) as server:
-        hub = server.app.state.hub
+        webrtc = server.app.state.webrtc
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
                 SYSTEM_PYTHON, str(script), server.whip_url(room, uid),
                 make_token(APPID, room, uid, SECRET), "14", stderr=out)
         try:
-            await _wait_for(lambda: _has_media(hub, room, uid), 30,
+            await _wait_for(lambda: _has_media(webrtc, room, uid), 30,
                             "no media from the webrtcbin publisher", proc, log)
-            pub = next(p for p in hub._sessions.values() if p.uid == uid)
+            pub = next(p for p in webrtc.sessions() if p.uid == uid)
             ssl = pub.pc.getTransceivers()[0].receiver.transport._ssl
             cipher = ssl.get_cipher_name()
             assert cipher.startswith("ECDHE-RSA-"), cipher  # the case that failed before
@@ -306,15 +309,15 @@ async def test_ffmpeg_whip_publisher_is_recorded_for_a_minute(tmp_path: Path) ->
     settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100)
     room, uid = "ff", "ffmpeg"
     async with running_server(settings) as server:
-        hub = server.app.state.hub
+        webrtc = server.app.state.webrtc
         proc = await _ffmpeg_whip(clip, server.whip_url(room, uid),
                                   make_token(APPID, room, uid, SECRET), log)
         try:
-            await _wait_for(lambda: _has_media(hub, room, uid), 20,
+            await _wait_for(lambda: _has_media(webrtc, room, uid), 20,
                             "no media from FFmpeg", proc, log)
             resid, recordid, t0 = await start(server, room, uid, 0)
             await asyncio.sleep(45)
-            assert _has_media(hub, room, uid), "the FFmpeg publication was dropped"
+            assert _has_media(webrtc, room, uid), "the FFmpeg publication was dropped"
             rc = await asyncio.wait_for(proc.wait(), 40)
             t1 = await stop(server, room, resid, recordid)
         finally:
@@ -339,7 +342,7 @@ async def test_silent_publisher_is_dropped_and_sending_one_is_kept(
     sub = s.hub.subscribe(s.appid, room, uid)
     proc = await _ffmpeg_whip(clip, s.url(room, uid), s.token(room, uid), log)
     try:
-        await _wait_for(lambda: _has_media(s.hub, room, uid), 20, "no media from FFmpeg",
+        await _wait_for(lambda: _has_media(s.webrtc, room, uid), 20, "no media from FFmpeg",
                         proc, log)
         await asyncio.sleep(7)
         assert s.hub.is_publishing(s.appid, room) and proc.returncode is None
@@ -368,7 +371,7 @@ def _candidates(sdp: str) -> list[tuple[str, int, str]]:
 
 async def _publish_raw(s: WhipServer, room: str, uid: str) -> tuple[RTCPeerConnection, str]:
     pc = RTCPeerConnection()
-    pc.addTrack(TestPatternTrack(160, 120, 15, _Pacer()))
+    pc.addTrack(TestPatternTrack(160, 120, 15, Pacer()))
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient() as http:
         r = await http.post(s.url(room, uid), content=pc.localDescription.sdp,
@@ -423,7 +426,7 @@ async def test_announced_address_and_port_range(whip_server: WhipServer) -> None
                 with pytest.raises(OSError) as taken:
                     probe.bind((address, port))
                 assert taken.value.errno == errno.EADDRINUSE
-        await _wait_for(lambda: any(p.frames > 0 for p in s.hub._sessions.values()), 10,
+        await _wait_for(lambda: any(p.frames > 0 for p in s.webrtc.sessions()), 10,
                         "no media over loopback with the ICE settings")
     finally:
         await pc.close()
@@ -431,17 +434,17 @@ async def test_announced_address_and_port_range(whip_server: WhipServer) -> None
 
 
 def test_ice_settings_are_checked_and_the_internals_pinned() -> None:
-    """Invalid settings are refused when the hub is built; the aiortc/aioice internals that
+    """Invalid settings are refused when the ingest is built; the aiortc/aioice internals that
     _aiortc_transport reaches into are where it expects them (pinned versions)."""
     for bad in ({"announced_addresses": ["not-an-ip"]}, {"announced_addresses": ["host.example"]},
                 {"port_range": (5000, 4000)}, {"port_range": (0, 10)},
                 {"port_range": (1, 70000)}, {"liveness_timeout_s": 0}):
         with pytest.raises(ValueError):
-            RoomHub(**bad)
-    hub = RoomHub(announced_addresses=[" 203.0.113.7", "2001:db8::1", "203.0.113.7"],
-                  port_range=(40000, 40100))
-    assert hub._ice.announced_addresses == ("203.0.113.7", "2001:db8::1")
-    assert hub._ice.port_range == (40000, 40100) and hub._ice.liveness_timeout_s == 30.0
+            WebRtcIngest(RoomHub(), **bad)
+    webrtc = WebRtcIngest(RoomHub(), port_range=(40000, 40100),
+                          announced_addresses=[" 203.0.113.7", "2001:db8::1", "203.0.113.7"])
+    assert webrtc.ice.announced_addresses == ("203.0.113.7", "2001:db8::1")
+    assert webrtc.ice.port_range == (40000, 40100) and webrtc.ice.liveness_timeout_s == 30.0
     assert (transport.AIORTC_VERSION, transport.AIOICE_VERSION) == ("1.16.0", "0.13.0")
     transport.check_internals()
     assert b"ECDHE-RSA-AES128-GCM-SHA256" in transport.DTLS_CIPHERS

@@ -1,4 +1,4 @@
-"""The lean receive path (cloudrec.rooms.lean): what it sends and what it recovers.
+"""The lean receive path (cloudrec.rtp.receiver): what it sends and what it recovers.
 
 A real publisher (aiortc, over loopback) whose DTLS transport drops 5 % of its outgoing RTP,
 retransmissions included (the sender keeps its history, so a NACK can still be answered):
@@ -17,14 +17,15 @@ from pathlib import Path
 
 import av
 import pytest
-
 from aioice import ice as aioice_ice
 
-from cloudrec.publisher import Publisher
-from cloudrec.rooms import make_token, rtcp
-from cloudrec.rooms.depacketize import h264_piece, h264_starts_frame
-from cloudrec.rooms.lean import CodecInfo, LeanReceiver
-from cloudrec.rooms.rtpstream import VideoStream
+from cloudrec.rtp import rtcp
+from cloudrec.rtp.h264 import piece as h264_piece
+from cloudrec.rtp.h264 import starts_frame as h264_starts_frame
+from cloudrec.rtp.jitter import VideoStream
+from cloudrec.rtp.receiver import CodecInfo, LeanReceiver
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.whip_client import Publisher
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import playlist_lines
 from tests.test_recording import playlist_of, start, stop
@@ -59,8 +60,8 @@ async def test_nack_recovers_video_under_five_percent_loss(tmp_path: Path) -> No
     settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100,
                              segment_seconds=2.0)
     async with running_server(settings) as server:
-        hub = server.app.state.hub
-        assert hub.receive_path == "lean"
+        hub, webrtc = server.app.state.hub, server.app.state.webrtc
+        assert webrtc.receive_path == "lean"
         sub = hub.subscribe(APPID, "lossy", "alice")
         pub = Publisher(server.whip_url("lossy", "alice"),
                         make_token(APPID, "lossy", "alice", SECRET), width=320, height=240)
@@ -83,7 +84,7 @@ async def test_nack_recovers_video_under_five_percent_loss(tmp_path: Path) -> No
             received = len(frames)
             sent_later = pub.stats.video_frames
             await stop(server, "lossy", resid, recordid)
-            lean = hub._sessions[next(iter(hub._sessions))].lean.stats()
+            lean = webrtc.sessions()[0].lean.stats()
         finally:
             collector.cancel()
             sub.close()
@@ -131,8 +132,8 @@ async def test_media_from_a_new_source_address_stays_on_the_lean_path(tmp_path: 
     sees) would step the clock back by everything received so far."""
     settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100)
     async with running_server(settings) as server:
-        hub = server.app.state.hub
-        assert hub.receive_path == "lean"
+        hub, webrtc = server.app.state.hub, server.app.state.webrtc
+        assert webrtc.receive_path == "lean"
         sub = hub.subscribe(APPID, "moved", "alice")
         pub = Publisher(server.whip_url("moved", "alice"),
                         make_token(APPID, "moved", "alice", SECRET), width=160, height=120)
@@ -157,7 +158,7 @@ async def test_media_from_a_new_source_address_stays_on_the_lean_path(tmp_path: 
             received = len(frames)
             sent_later = pub.stats.video_frames
             await stop(server, "moved", resid, recordid)
-            lean = hub._sessions[next(iter(hub._sessions))].lean.stats()
+            lean = webrtc.sessions()[0].lean.stats()
         finally:
             collector.cancel()
             sub.close()

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloudrec.publisher import Publisher
-from cloudrec.rooms import make_token
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.whip_client import Publisher
 from tests.helpers import (APPID, SECRET, free_port, make_settings, running_server, source_body,
                            startrecord)
 from tests.nodes import Node, worker_of

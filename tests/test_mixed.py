@@ -27,8 +27,9 @@ from cloudrec.media.mix.recorder import MixedHlsRecorder
 from cloudrec.media.mix.sei import find_sei_payloads
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
-from cloudrec.publisher import Publisher, TestPatternTrack
-from cloudrec.rooms import make_token
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.synthetic import TestPatternTrack
+from cloudrec.webrtc.whip_client import Publisher
 from tests.helpers import (
     APPID,
     LOCAL_STORAGE,
@@ -55,7 +56,7 @@ SEI = "Y2xvdWRyZWMgbWl4IOS4reaWhw=="  # "cloudrec mix 中文"
 
 
 class SolidPattern:
-    """A :class:`~cloudrec.publisher.TestPattern` stand-in: every frame one solid colour."""
+    """A :class:`~cloudrec.webrtc.synthetic.TestPattern` stand-in: every frame one solid colour."""
 
     def __init__(self, rgb: tuple[int, int, int], width: int, height: int) -> None:
         img = np.empty((height, width, 3), np.uint8)

@@ -22,9 +22,9 @@ import pytest
 
 from cloudrec.media.mix.worker import MixSpec
 from cloudrec.models.mixconfig import MixConfig
-from cloudrec.publisher import make_clip
 from cloudrec.recorder.mixed import MixedRecording
 from cloudrec.recorder.mixproc import MixProcess
+from cloudrec.webrtc.synthetic import make_clip
 from tests.helpers import (
     APPID,
     SECRET,
@@ -216,8 +216,8 @@ async def test_a_stalled_mix_process_makes_the_loop_drop_frames_and_recover(
 
 PUBLISHERS = """
 import asyncio, signal, sys
-from cloudrec.publisher import Publisher
-from cloudrec.rooms import make_token
+from cloudrec.webrtc.whip_client import Publisher
+from cloudrec.tokens import make_token
 
 async def main(base, appid, secret, room, clip, uids):
     pubs = [Publisher(f"{base}/whip/{appid}/{room}/{u}", make_token(appid, room, u, secret),

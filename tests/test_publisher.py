@@ -11,17 +11,16 @@ import pytest
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.opus import OpusEncoder
 
-from cloudrec.publisher import (
+from cloudrec.rooms import PublisherEvent
+from cloudrec.webrtc.synthetic import (
     ClipTrack,
-    PublishError,
+    Pacer,
     TestPattern,
     ToneTrack,
-    _load_clip,
-    _Pacer,
+    load_clip,
     make_clip,
-    publish,
 )
-from cloudrec.rooms import PublisherEvent
+from cloudrec.webrtc.whip_client import PublishError, publish
 
 
 def nal_units(data: bytes) -> list[bytes]:
@@ -50,8 +49,8 @@ async def next_event(sub, timeout: float = 5.0) -> PublisherEvent:
     return item
 
 
-def _no_wait_pacer() -> _Pacer:
-    pacer = _Pacer()
+def _no_wait_pacer() -> Pacer:
+    pacer = Pacer()
     pacer.start = -1e9
     return pacer
 
@@ -90,7 +89,7 @@ def test_make_clip_is_webrtc_friendly(tmp_path) -> None:
         assert len(packets) == 30
         assert [i for i, p in enumerate(packets) if p.is_keyframe] == [0]  # gop = 2 s
         assert all(p.pts == p.dts for p in packets)  # no B-frames
-    streams, period_us = _load_clip(path)
+    streams, period_us = load_clip(path)
     assert period_us == 2_000_000
     first = next(s for s in streams if s.kind == "video").packets[0][0]
     assert {7, 8, 5} <= {n[0] & 0x1F for n in nal_units(first)}  # Annex B, SPS/PPS in band
@@ -98,7 +97,7 @@ def test_make_clip_is_webrtc_friendly(tmp_path) -> None:
 
 async def test_clip_track_loops_with_continuous_timestamps(tmp_path) -> None:
     path = make_clip(str(tmp_path / "clip.mkv"), seconds=1, width=160, height=120, fps=10)
-    streams, period_us = _load_clip(path)
+    streams, period_us = load_clip(path)
     pacer = _no_wait_pacer()
     video = ClipTrack(next(s for s in streams if s.kind == "video"), period_us, pacer)
     pts = [(await video.recv()).pts for _ in range(25)]
@@ -118,7 +117,7 @@ async def test_publish_refused_raises(whip_server) -> None:
 async def test_clip_is_sent_without_encoding(whip_server, tmp_path, monkeypatch) -> None:
     s = whip_server
     path = make_clip(str(tmp_path / "clip.mkv"), seconds=1, width=320, height=240, fps=15)
-    streams, _ = _load_clip(path)
+    streams, _ = load_clip(path)
     clip_video = next(x for x in streams if x.kind == "video").packets
     clip_audio = next(x for x in streams if x.kind == "audio").packets
     encoded = []

@@ -11,8 +11,8 @@ from typing import Any, AsyncIterator
 import pytest
 
 from cloudrec.media.codecs.h264 import parameter_sets
-from cloudrec.publisher import Publisher
-from cloudrec.rooms import make_token
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.whip_client import Publisher
 from tests.helpers import APPID, SECRET, Server, make_settings, running_server, source_body, startrecord
 from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
 
@@ -188,7 +188,7 @@ async def test_mono_opus_publisher_gives_mono_aac(server: Server, tmp_path: Path
     """A pre-encoded clip (sent without encoding) with mono Opus, as browsers send. A clip
     cannot answer a keyframe request, and recording starts at an IDR: a short GOP keeps the
     wait for the first one well inside the test's ±1 s."""
-    from cloudrec.publisher import make_clip
+    from cloudrec.webrtc.synthetic import make_clip
 
     clip = make_clip(str(tmp_path / "clip.mkv"), seconds=2, width=320, height=240, voice=True,
                      audio_channels=1, gop=5)

@@ -11,18 +11,27 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
 
 from cloudrec.mediatypes import EncodedFrame
-from cloudrec.publisher import Publisher
-from cloudrec.relay import RelayLinks, RelayRefused, RelayServer
-from cloudrec.relay import wire
-from cloudrec.rooms import PublisherEvent, PublisherInfo, RoomHub
+from cloudrec.relay import RelayLinks, RelayRefused, RelayServer, wire
+from cloudrec.relay.links import RelayUpstream
+from cloudrec.rooms import Publication, PublisherEvent, PublisherInfo, RoomHub
+from cloudrec.webrtc.whip_client import Publisher
 
 SECRET = "relay-secret"
+
+
+def attach_relayed(hub: RoomHub, key: tuple[int, str], info: PublisherInfo,
+                   ask_keyframe: Callable[[], None]) -> Publication:
+    """What a relay link does on a ``published`` message."""
+    return hub.attach(*key, info.uid, kinds=info.kinds,
+                      codecs={"video": info.video_codec, "audio": info.audio_codec},
+                      upstream=RelayUpstream(ask_keyframe), origin="relay",
+                      joined_at=info.joined_at)
 
 
 @dataclass
@@ -224,7 +233,7 @@ async def test_a_slow_client_drops_video_until_a_keyframe_and_never_blocks_the_h
     hub_a = RoomHub()
     keyframes_asked = []
     info = PublisherInfo("big", frozenset({"audio", "video"}), "h264", "opus", time.time(), 0)
-    pub = hub_a.add_relayed((1, "r"), info, lambda: keyframes_asked.append(time.monotonic()))
+    pub = attach_relayed(hub_a, (1, "r"), info, lambda: keyframes_asked.append(time.monotonic()))
     local = hub_a.subscribe(1, "r")
     server = await RelayServer(hub_a, SECRET, max_buffer_bytes=64 * 1024, timeout_s=60,
                                forward_relayed=True).start()
@@ -241,10 +250,10 @@ async def test_a_slow_client_drops_video_until_a_keyframe_and_never_blocks_the_h
         consumer = asyncio.create_task(drain(local, 5.0, count=600))
         started = time.monotonic()
         for i in range(300):  # ~10 MB, a keyframe every 30 frames
-            hub_a.relayed_frame(pub, EncodedFrame("video", "h264", payload, i * 6000, 90000,
-                                                  time.monotonic(), i % 30 == 0, pub.epoch))
-            hub_a.relayed_frame(pub, EncodedFrame("audio", "opus", b"\xfc" * 80, i * 960,
-                                                  48000, time.monotonic(), True, pub.epoch))
+            pub.forward(EncodedFrame("video", "h264", payload, i * 6000, 90000,
+                                     time.monotonic(), i % 30 == 0, pub.epoch))
+            pub.forward(EncodedFrame("audio", "opus", b"\xfc" * 80, i * 960,
+                                     48000, time.monotonic(), True, pub.epoch))
             sent += 2
             await asyncio.sleep(0)
         assert time.monotonic() - started < 5  # the hub was never held up
@@ -252,7 +261,7 @@ async def test_a_slow_client_drops_video_until_a_keyframe_and_never_blocks_the_h
         assert server.stats.dropped_video > 0 and keyframes_asked
 
         # now read everything the client was sent: video resumes only at keyframes
-        hub_a.remove_relayed(pub)
+        hub_a.detach(pub, "relay ended")
         slots: dict[int, str] = {}
         video = []
         while True:
@@ -287,10 +296,10 @@ async def test_hub_relayed_publications_beside_webrtc_ones(whip_server) -> None:
     asked: list[str] = []
     now = time.time()
     info = PublisherInfo("alice", frozenset({"audio"}), None, "opus", now - 10, 77)
-    alice = hub.add_relayed(key, info, lambda: asked.append("alice"))
+    alice = attach_relayed(hub, key, info, lambda: asked.append("alice"))
     assert alice.epoch != 77 and alice.info.relayed and alice.info.joined_at == now - 10
     early = PublisherInfo("zed", frozenset({"audio"}), None, "opus", now - 20, 78)
-    hub.add_relayed(key, early, lambda: asked.append("zed"))  # joined earlier: goes first
+    attach_relayed(hub, key, early, lambda: asked.append("zed"))  # joined earlier: goes first
     assert [p.uid for p in hub.publishers(*key)] == ["zed", "alice"]
 
     server_side = hub.subscribe(*key, relay=False)
@@ -310,9 +319,9 @@ async def test_hub_relayed_publications_beside_webrtc_ones(whip_server) -> None:
         assert [p.uid for p in hub.publishers(*key)] == ["zed", "alice"]
         assert [p.uid for p in hub.publishers(*key, relayed=False)] == ["alice"]
         # the local publication wins over a late relay of the same uid
-        late = hub.add_relayed(key, info, lambda: None)
+        late = attach_relayed(hub, key, info, lambda: None)
         assert not late.active and hub.publishers(*key)[1] == events[3].info
-        hub.relayed_frame(late, EncodedFrame("audio", "opus", b"x", 0, 48000, 0.0, True, 1))
+        late.forward(EncodedFrame("audio", "opus", b"x", 0, 48000, 0.0, True, 1))
         assert all(f.epoch == events[3].info.epoch for f in await frames_of(sub, "audio", 3))
         other = hub.subscribe(*key)  # a WebRTC publication here: no relay needed
         assert calls == [("subscribed", key)]

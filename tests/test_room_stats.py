@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cloudrec.media.codecs import picture_size
-from cloudrec.publisher import Publisher
+from cloudrec.webrtc.whip_client import Publisher
 from tests.conftest import WhipServer
 
 

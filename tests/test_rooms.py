@@ -20,9 +20,12 @@ from aiortc.mediastreams import MediaStreamError
 from cloudrec.errors import AuthError, InvalidParameter
 from cloudrec.media.codecs import keyframe_detector
 from cloudrec.mediatypes import EncodedFrame
-from cloudrec.publisher import Publisher, TestPatternTrack, _Pacer, publish
-from cloudrec.rooms import PublisherEvent, RoomHub, SubscriptionClosed, make_token, verify_token
-from cloudrec.rooms import _aiortc_tap as tap
+from cloudrec.rooms import PublisherEvent, RoomHub, SubscriptionClosed
+from cloudrec.tokens import make_token, verify_token
+from cloudrec.webrtc import _aiortc_tap as tap
+from cloudrec.webrtc.ingest import WebRtcIngest
+from cloudrec.webrtc.synthetic import Pacer, TestPatternTrack
+from cloudrec.webrtc.whip_client import Publisher, publish
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -132,24 +135,24 @@ def test_keyframe_detection() -> None:
 async def test_subscription_drops_oldest_video_and_resyncs_on_keyframe() -> None:
     hub = RoomHub(queue_size=6)
     sub = hub.subscribe(1, "r")
-    sub._push_frame("a", frame("video", key=True, ts=0))
-    sub._push_frame("a", frame("audio"))
+    sub.push_frame("a", frame("video", key=True, ts=0))
+    sub.push_frame("a", frame("audio"))
     for ts in (1, 2, 3, 4):
-        sub._push_frame("a", frame("video", ts=ts))
+        sub.push_frame("a", frame("video", ts=ts))
     # full: the keyframe and its P frames go, and so does the new P frame
-    sub._push_frame("a", frame("video", ts=5))
+    sub.push_frame("a", frame("video", ts=5))
     assert sub.dropped_video == 6 and sub.dropped_audio == 0
     assert [i[1].kind for i in sub._items] == ["audio"]
-    sub._push_frame("a", frame("video", ts=6))  # still waiting for a keyframe
-    sub._push_frame("a", frame("video", key=True, ts=7))
-    sub._push_frame("a", frame("video", ts=8))
+    sub.push_frame("a", frame("video", ts=6))  # still waiting for a keyframe
+    sub.push_frame("a", frame("video", key=True, ts=7))
+    sub.push_frame("a", frame("video", ts=8))
     assert sub.dropped_video == 7
     assert [(i[1].kind, i[1].timestamp) for i in sub._items] == [
         ("audio", 0), ("video", 7), ("video", 8)]
     for _ in range(10):  # video goes first; audio only once no video is queued
-        sub._push_frame("a", frame("audio"))
+        sub.push_frame("a", frame("audio"))
     assert sub.qsize() == 6 and sub.dropped_video == 9 and sub.dropped_audio == 5
-    sub._push_event(PublisherEvent("unpublished", "a", None))
+    sub.push_event(PublisherEvent("unpublished", "a", None))
     assert sub.qsize() == 7  # events are never dropped
     assert sub.get_nowait()[1].kind == "audio"
     sub.close()
@@ -171,11 +174,13 @@ async def test_hub_close_ends_waiting_subscribers() -> None:
 
 async def test_offer_validation() -> None:
     hub = RoomHub()
+    webrtc = WebRtcIngest(hub)
     for bad in ("", "hello", "v=0\r\nm=audio x\r\n",
                 "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"):
         with pytest.raises(InvalidParameter) as err:
-            await hub.publish(1, "r", "u", bad)
+            await webrtc.publish(1, "r", "u", bad)
         assert err.value.field == "sdp"
+    await webrtc.close()
     await hub.close()
 
 
@@ -263,7 +268,7 @@ async def test_offers_without_a_usable_codec_or_ice_get_400(whip_server) -> None
         for offer in (pcmu_only, no_ice):
             r = await http.post(s.url("r0", "u"), content=offer, headers=headers)
             assert r.status_code == 400 and "sdp" in r.text, r.text
-    assert not s.hub.is_publishing(s.appid, "r0") and not s.hub._sessions
+    assert not s.hub.is_publishing(s.appid, "r0") and not s.webrtc.sessions()
 
 
 async def test_h264_and_opus_reach_a_subscriber_undecoded(whip_server) -> None:
@@ -383,16 +388,18 @@ async def test_publisher_that_vanishes_or_never_connects_is_removed(whip_server)
     assert (event.kind, event.uid) == ("unpublished", "gone")
     await vanishing.stop()
 
-    hub = RoomHub(connect_timeout_s=0.3)
+    hub = RoomHub()
+    webrtc = WebRtcIngest(hub, connect_timeout_s=0.3)
     sub = hub.subscribe(1, "r")
     pc = RTCPeerConnection()
     pc.addTransceiver("audio", direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
-    await hub.publish(1, "r", "ghost", pc.localDescription.sdp)  # answer never applied
+    await webrtc.publish(1, "r", "ghost", pc.localDescription.sdp)  # answer never applied
     assert (await next_event(sub)).kind == "published"
     assert (await next_event(sub, timeout=3)).kind == "unpublished"
     assert not hub.is_publishing(1, "r")
     await pc.close()
+    await webrtc.close()
     await hub.close()
 
 
@@ -401,7 +408,7 @@ async def test_plain_aiortc_client_and_no_decoding(whip_server) -> None:
     s = whip_server
     sub = s.hub.subscribe(s.appid, "r4", "pat")
     pc = RTCPeerConnection()
-    pc.addTrack(TestPatternTrack(320, 240, 15, _Pacer()))
+    pc.addTrack(TestPatternTrack(320, 240, 15, Pacer()))
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient() as http:
         r = await http.post(s.url("r4", "pat"), content=pc.localDescription.sdp,
@@ -412,7 +419,7 @@ async def test_plain_aiortc_client_and_no_decoding(whip_server) -> None:
         assert "a=candidate" in r.text and "a=recvonly" in r.text
         await pc.setRemoteDescription(RTCSessionDescription(r.text, "answer"))
         session_id = r.headers["location"].rsplit("/", 1)[1]
-        receiver = s.hub._sessions[session_id].receivers["video"]
+        receiver = s.webrtc.session(session_id).receivers["video"]
         assert tap.is_tapped(receiver)
         decoders_before = threading.active_count()
         try:

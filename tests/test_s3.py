@@ -23,10 +23,10 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from cloudrec.errors import InvalidParameter, StorageError
-from cloudrec.publisher import Publisher
-from cloudrec.rooms import make_token
 from cloudrec.storage import SpoolUploader
 from cloudrec.storage.s3 import S3Store, close_clients, resolve_endpoint
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.whip_client import Publisher
 from tests.helpers import (
     APPID, SECRET, Server, free_port, make_settings, running_server, startrecord,
 )

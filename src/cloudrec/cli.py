@@ -87,7 +87,7 @@ def token(
     The secret is the server's: an app of ``--config``, or the development app that ``cloudrec
     serve`` created under its data directory. This command never creates an app: a token signed
     with a secret the server does not know would only be refused."""
-    from cloudrec.rooms import make_token
+    from cloudrec.tokens import make_token
 
     if secret is None:
         secret = _server_secret(appid, load_settings(config, data_dir=data_dir))
@@ -134,8 +134,8 @@ def publish(
 ) -> None:
     """Publish a synthetic stream (moving pattern, clock, tone) over WHIP; print the
     connection's state as it changes and what was sent every few seconds."""
-    from cloudrec.publisher import PublishError
-    from cloudrec.publisher import publish as run_publish
+    from cloudrec.webrtc.whip_client import PublishError
+    from cloudrec.webrtc.whip_client import publish as run_publish
 
     def on_state(state: str) -> None:
         typer.echo(f"{time.strftime('%H:%M:%S')} state {state}")

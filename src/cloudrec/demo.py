@@ -11,8 +11,8 @@ import uvicorn
 from cloudrec.api import create_app
 from cloudrec.api.auth import basic_token
 from cloudrec.config import Settings
-from cloudrec.publisher import Publisher
-from cloudrec.rooms import make_token
+from cloudrec.tokens import make_token
+from cloudrec.webrtc.whip_client import Publisher
 
 ROOM, UID = "demoroom", "demouser"
 

@@ -1,7 +1,8 @@
 """What travels from the room plane to recorders: encoded media, never decoded frames.
 
-This module is a leaf: ``rooms`` produces these objects, ``media`` and ``recorder`` consume them,
-and neither side imports the other.
+This module is a leaf (it imports nothing of cloudrec): publishers build these objects through
+``rooms`` (:meth:`cloudrec.rooms.publication.Publication.write`), readers get them from a
+``rooms`` subscription, and ``media`` takes them without importing ``rooms``.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ from starlette.exceptions import HTTPException
 from cloudrec.api.front import Front
 from cloudrec.api.recordoss import envelope, rate_limiters, recordoss_router
 from cloudrec.api.trace import new_trace_id
+from cloudrec.api.whip import whip_router
 from cloudrec.cluster import open_directory
 from cloudrec.config import Settings
 from cloudrec.console import mount_console
 from cloudrec.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cloudrec.metrics import NodeMetrics
-from cloudrec.rooms import whip_router
 from cloudrec.stores import open_stores
 from cloudrec.workers import internal_router
 from cloudrec.workers.channel import SECRET_HEADER
@@ -66,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     if front.local is not None:  # one process: the front is its own worker
         app.state.service = front.local.service
         app.state.hub = front.local.hub
+        app.state.webrtc = front.local.webrtc
     app.include_router(recordoss_router(settings, front, limiters, metrics.api))
     app.include_router(whip_router(front, secret_for))
     mount_console(app, settings, front)  # /, /login, /docs, /console/...

@@ -1,9 +1,10 @@
 """Encoded media between workers and nodes, never decoded.
 
 A room lives on one worker. A recording elsewhere that needs it asks :class:`RelayLinks` to
-``ensure`` a link to the owner's :class:`RelayServer`; the owner's publications then appear in
-the local :class:`~cloudrec.rooms.RoomHub` as relayed publications, and recorders subscribe to
-them as to local ones. The wire format is in :mod:`cloudrec.relay.wire`.
+``ensure`` a link to the owner's :class:`RelayServer`; the owner's publications are then
+attached to the local :class:`~cloudrec.rooms.RoomHub` as relayed publications
+(``origin="relay"``), and recorders subscribe to them as to local ones. The relay server is a
+reader of its hub like a recording. The wire format is in :mod:`cloudrec.relay.wire`.
 """
 
 from cloudrec.relay.links import RelayLink, RelayLinks

@@ -2,7 +2,8 @@
 
 Both ends run in this process over loopback TCP. Each stream is one uid publishing 640×480@15
 H.264 at about 1 Mbit/s (7 KB frames, a 40 KB keyframe every 2 s) and Opus every 20 ms (80 B),
-fed into hub A at real rate through :meth:`RoomHub.add_relayed` (the server forwards it with
+fed into hub A at real rate as relayed publications (:meth:`RoomHub.attach` with
+``origin="relay"``, frames through :meth:`Publication.forward`; the server forwards them with
 ``forward_relayed``; no encoder runs, so only the relay is measured). The same feed is run
 twice: consumed on hub A (the baseline), and consumed on hub B through a relay link. The
 difference in process CPU time, per stream and second, is the relay's cost: server pump,
@@ -16,10 +17,10 @@ import asyncio
 import time
 
 from cloudrec.mediatypes import EncodedFrame
-from cloudrec.relay.links import RelayLinks
+from cloudrec.relay.links import RelayLinks, RelayUpstream
 from cloudrec.relay.server import RelayServer
 from cloudrec.rooms.hub import RoomHub
-from cloudrec.rooms.subscription import PublisherInfo, Subscription, SubscriptionClosed
+from cloudrec.rooms.subscription import Subscription, SubscriptionClosed
 
 SECRET = "bench"
 FPS, AUDIO_MS = 15, 20
@@ -37,9 +38,11 @@ async def _consume(sub: Subscription, counts: list[int]) -> None:
 
 
 async def _feed(hub: RoomHub, streams: int, seconds: float) -> int:
-    handles = [hub.add_relayed((1, f"room{i}"), PublisherInfo(
-        "u", frozenset({"audio", "video"}), "h264", "opus", time.time(), 0), lambda: None)
-        for i in range(streams)]
+    handles = [hub.attach(1, f"room{i}", "u", kinds=frozenset({"audio", "video"}),
+                          codecs={"video": "h264", "audio": "opus"},
+                          upstream=RelayUpstream(lambda: None), origin="relay",
+                          joined_at=time.time())
+               for i in range(streams)]
     p_frame, key_frame, opus = bytes(P_BYTES), bytes(KEY_BYTES), bytes(OPUS_BYTES)
     start = time.monotonic()
     tick, sent = 0, 0
@@ -47,13 +50,12 @@ async def _feed(hub: RoomHub, streams: int, seconds: float) -> int:
         audio_ts = tick * 960
         video_index, due = divmod(tick * AUDIO_MS * FPS, 1000)
         for h in handles:
-            hub.relayed_frame(h, EncodedFrame("audio", "opus", opus, audio_ts, 48000, now,
-                                              True, h.epoch))
+            h.forward(EncodedFrame("audio", "opus", opus, audio_ts, 48000, now, True, h.epoch))
             sent += 1
             if due < AUDIO_MS * FPS:  # a video frame falls in this 20 ms tick
                 key = video_index % (2 * FPS) == 0
-                hub.relayed_frame(h, EncodedFrame("video", "h264", key_frame if key else p_frame,
-                                                  video_index * 6000, 90000, now, key, h.epoch))
+                h.forward(EncodedFrame("video", "h264", key_frame if key else p_frame,
+                                       video_index * 6000, 90000, now, key, h.epoch))
                 sent += 1
         tick += 1
         await asyncio.sleep(max(0.0, start + tick * AUDIO_MS / 1000 - time.monotonic()))

@@ -2,10 +2,10 @@
 
 Shaped after mediasoup's ``Router.pipeToRouter``: one cached link per (address, room), and the
 *pending* connection is what is cached, so concurrent :meth:`RelayLinks.ensure` calls share one
-connection attempt and its outcome. The remote publications appear in the hub as relayed
-publications (:meth:`RoomHub.add_relayed`) under the same uids, so recordings subscribe as they
-would to a local room; their keyframe requests go upstream; an unpublish upstream unpublishes
-here.
+connection attempt and its outcome. The remote publications are attached to the hub like any
+publisher's (:meth:`RoomHub.attach` with ``origin="relay"``, a :class:`RelayUpstream` as
+upstream) under the same uids, so recordings subscribe as they would to a local room; their
+keyframe requests go upstream over the link; an unpublish upstream unpublishes here.
 
 A link whose first connection fails raises from ``ensure`` and is forgotten (the next
 ``ensure`` tries afresh). A link that drops after that reports its uids unpublished at once and
@@ -24,6 +24,7 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Callable
 
 from cloudrec.mediatypes import EncodedFrame, Kind
 from cloudrec.relay.stats import RelayStats
@@ -54,8 +55,9 @@ from cloudrec.relay.wire import (
     secret_bytes,
     server_mac,
 )
-from cloudrec.rooms.hub import RelayedPublication, RoomHub
-from cloudrec.rooms.subscription import PublisherInfo, RoomKey
+from cloudrec.rooms.hub import RoomHub
+from cloudrec.rooms.publication import Publication
+from cloudrec.rooms.subscription import RoomKey
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,25 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"relay address must be host:port, not {address!r}")
     return host.strip("[]"), int(port)
+
+
+class RelayUpstream:
+    """The upstream of a publication that a relay link brings in: keyframe requests go back
+    over the link. Closing it does nothing: the link sees the publication inactive and stops
+    feeding it."""
+
+    __slots__ = ("_ask",)
+
+    state = "connected"
+
+    def __init__(self, ask_keyframe: Callable[[], None]) -> None:
+        self._ask = ask_keyframe
+
+    def request_keyframe(self) -> None:
+        self._ask()
+
+    def close(self) -> None:
+        pass
 
 
 class RelayLinks:
@@ -151,8 +172,8 @@ class RelayLink:
         self._hub = owner.hub
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writer: asyncio.StreamWriter | None = None
-        self._pubs: dict[str, tuple[int, RelayedPublication]] = {}  # uid → (remote epoch, here)
-        self._slots: dict[int, tuple[RelayedPublication | None, Kind, str, int]] = {}
+        self._pubs: dict[str, tuple[int, Publication]] = {}  # uid → (remote epoch, here)
+        self._slots: dict[int, tuple[Publication | None, Kind, str, int]] = {}
         self._last_rx = 0.0
         self._closed = False
         self._task = asyncio.create_task(self._run())
@@ -254,7 +275,7 @@ class RelayLink:
         beat = asyncio.create_task(self._heartbeat(writer))
         readexactly, monotonic = reader.readexactly, time.monotonic
         prefix, fields_of = PREFIX.unpack, FRAME_FIELDS.unpack
-        relayed_frame, slots, stats = self._hub.relayed_frame, self._slots, self.stats
+        slots, stats = self._slots, self.stats
         try:
             while True:
                 length, kind = prefix(await readexactly(5))
@@ -274,7 +295,7 @@ class RelayLink:
                     continue  # a stale slot (the uid republished meanwhile)
                 frame = EncodedFrame(media, codec, data, timestamp, clock_rate,
                                      now - age_us * 1e-6, bool(flags & FLAG_KEY), handle.epoch)
-                relayed_frame(handle, frame)
+                handle.forward(frame)
                 stats.frames += 1
         finally:
             beat.cancel()
@@ -291,18 +312,19 @@ class RelayLink:
             self._slots[slot] = (handle, media, d["codec"], int(d["clock_rate"]))
         elif kind == PUBLISHED:
             d = json.loads(body)
-            info = PublisherInfo(uid=d["uid"], kinds=frozenset(d["kinds"]),
-                                 video_codec=d["video_codec"], audio_codec=d["audio_codec"],
-                                 joined_at=float(d["joined_at"]), epoch=int(d["epoch"]))
-            handle = self._hub.add_relayed(self.key, info,
-                                           functools.partial(self._ask_keyframe, info.uid))
-            self._pubs[info.uid] = (info.epoch, handle)
+            uid = d["uid"]
+            handle = self._hub.attach(
+                *self.key, uid, kinds=frozenset(d["kinds"]),
+                codecs={"video": d["video_codec"], "audio": d["audio_codec"]},
+                upstream=RelayUpstream(functools.partial(self._ask_keyframe, uid)),
+                origin="relay", joined_at=float(d["joined_at"]))
+            self._pubs[uid] = (int(d["epoch"]), handle)
         elif kind == UNPUBLISHED:
             d = json.loads(body)
             entry = self._pubs.get(d["uid"])
             if entry is not None and d.get("epoch") in (None, entry[0]):
                 del self._pubs[d["uid"]]
-                self._hub.remove_relayed(entry[1], "unpublished upstream")
+                self._hub.detach(entry[1], "unpublished upstream")
         else:
             raise RelayError(f"unexpected message {kind!r} from the server")
 
@@ -328,7 +350,7 @@ class RelayLink:
         self._pubs.clear()
         self._slots.clear()
         for _, handle in pubs:
-            self._hub.remove_relayed(handle, reason)
+            self._hub.detach(handle, reason)
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._closed else "connecting"

@@ -7,15 +7,16 @@ is relayed from its owner, so publications that came in here over a relay are no
 (two workers that both believed the other owned a room would otherwise echo it forever), unless
 ``forward_relayed`` asks for a cascade (one link across nodes fanned out to a node's workers).
 The server's subscriptions never call the hub's relay hooks (``relay=False``). The client may
-ask for a keyframe of a uid; it goes to the publisher as an RTCP PLI.
+ask for a keyframe of a uid; it goes upstream to the publisher (an RTCP PLI for a WebRTC one).
 
 Backpressure never reaches the hub. The hub pushes into the subscription without waiting; the
 pump writes to the socket without waiting either, and when more than ``max_buffer_bytes`` are
 still unsent it drops frames instead: audio packets simply, video until the uid's next keyframe
 (asked for at once), counted in :attr:`RelayServer.stats`. A uid's video also starts at a
-keyframe (subscribing asks for one), so the far side never gets frames it cannot decode. The bound is in bytes, not frames,
-so a slow peer costs a bounded delay too. If the event loop itself falls behind, the
-subscription's own bound applies (its drops are added to the same counters).
+keyframe (subscribing asks for one), so the far side never gets frames it cannot decode. The
+bound is in bytes, not frames, so a slow peer costs a bounded delay too. If the event loop
+itself falls behind, the subscription's own bound applies (its drops are added to the same
+counters).
 
 Each end sends a ping every ``heartbeat_s`` and drops a connection silent for ``timeout_s``,
 so a vanished peer (a dead node sends no FIN) is noticed in seconds.

@@ -1,8 +1,9 @@
-"""What a publication sends, measured from the encoded frames the hub already handles: frames
+"""What a publication sends, measured from the encoded frames it already handles: frames
 and bytes per kind, frame rate and bit rate over the last seconds, and the video's picture size
 read from the bitstream's headers (H.264 SPS, VP8 key frame header): nothing is decoded.
 
-The cost on the hub's per-frame path is two additions and, once per second, a rate update.
+The cost on the per-frame path (:meth:`~cloudrec.rooms.publication.Publication.write`) is
+two additions and, once per second, a rate update.
 """
 
 from __future__ import annotations

@@ -1,20 +1,23 @@
-"""What a recorder holds: a subscription to a room's (or one uid's) encoded frames and presence.
+"""What a reader holds: a subscription to a room's (or one uid's) encoded frames and presence.
 
-:class:`RoomHub` feeds subscriptions synchronously from the event loop; a subscription is a
-bounded queue that never blocks the publisher (see :class:`Subscription`).
+Publications feed subscriptions synchronously from the event loop; a subscription is a bounded
+queue that never blocks the publisher (see :class:`Subscription`). It knows its room only
+through two callbacks (ask for a keyframe, say it closed), so this module imports nothing of
+the hub.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from cloudrec.mediatypes import EncodedFrame
 
-if TYPE_CHECKING:
-    from cloudrec.rooms.hub import RoomHub
+__all__ = ["Item", "PublisherEvent", "PublisherInfo", "RoomKey", "Subscription",
+           "SubscriptionClosed"]
 
 RoomKey = tuple[int, str]
 
@@ -58,10 +61,14 @@ class Subscription:
     count the drops. One consumer task per subscription; a cancelled :meth:`get` loses nothing.
     """
 
-    def __init__(self, hub: RoomHub, key: RoomKey, uid: str | None, maxsize: int,
-                 relay: bool = True) -> None:
-        self._hub = hub
-        self._key = key
+    def __init__(self, key: RoomKey, uid: str | None, maxsize: int, relay: bool = True, *,
+                 request_keyframe: Callable[[str], None],
+                 on_close: Callable[[Subscription], None]) -> None:
+        """``request_keyframe(uid)`` asks the room's publication of ``uid`` for a keyframe;
+        ``on_close(subscription)`` takes it out of its room."""
+        self._ask_keyframe = request_keyframe
+        self._on_close = on_close
+        self.key = key
         self.uid = uid
         self.relay = relay  # whether this subscription may make the hub ask for a relay
         self.maxsize = maxsize
@@ -111,18 +118,20 @@ class Subscription:
     def request_keyframe(self, uid: str) -> None:
         """Ask ``uid``'s video sender for a keyframe (RTCP PLI, or upstream over the relay for a
         relayed publication), fire and forget."""
-        self._hub._request_keyframe(self._key, uid)
+        self._ask_keyframe(uid)
 
     def close(self) -> None:
         if self._closed:
             return
         self._items.clear()
-        self._end()
-        self._hub._drop_subscription(self)
+        self.end()
+        self._on_close(self)
 
-    # -- fed by the hub ------------------------------------------------------------------------
+    # -- fed by the room's publications (never by the reader) ----------------------------------
 
-    def _end(self) -> None:
+    def end(self) -> None:
+        """End the subscription from the room's side (the hub closed): :meth:`get` raises
+        :class:`SubscriptionClosed` once the queue is drained."""
         self._closed = True
         self._wake()
 
@@ -131,13 +140,13 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _push_event(self, event: PublisherEvent) -> None:
+    def push_event(self, event: PublisherEvent) -> None:
         if event.kind == "unpublished":
             self._resync.discard(event.uid)
         self._items.append(event)
         self._wake()
 
-    def _push_frame(self, uid: str, frame: EncodedFrame) -> None:
+    def push_frame(self, uid: str, frame: EncodedFrame) -> None:
         # Hot path: called for every received frame, on the event loop.
         if len(self._items) >= self.maxsize:
             self._make_room()

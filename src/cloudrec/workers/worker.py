@@ -1,4 +1,5 @@
-"""One worker: the rooms it owns (a :class:`RoomHub`) and the recordings that read them.
+"""One worker: the rooms it owns (a :class:`RoomHub`), the WebRTC publishers that write into
+them (a :class:`WebRtcIngest`) and the recordings that read them.
 
 The front calls these methods, in process or over :mod:`cloudrec.workers.channel`. The worker
 writes task state and callback events to the node's shared stores itself; it never talks to
@@ -17,12 +18,17 @@ import httpx
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.config import Settings
 from cloudrec.metrics import worker_snapshot
-from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest, parse_request
+from cloudrec.models import (
+    StartRecordRequest,
+    StopRecordRequest,
+    UpdateMixRecordRequest,
+    parse_request,
+)
 from cloudrec.recorder import RecordingService
 from cloudrec.relay import RelayLinks, RelayServer
-from cloudrec.rooms import RoomHub
-from cloudrec.rooms.subscription import RoomKey
+from cloudrec.rooms import RoomHub, RoomKey
 from cloudrec.tasks import TaskStore
+from cloudrec.webrtc.ingest import WebRtcIngest
 from cloudrec.workers.load import CpuMeter
 
 log = logging.getLogger(__name__)
@@ -42,7 +48,8 @@ class Worker:
         self.settings = settings
         self.index = index
         self.id = worker_id(node, index)
-        self.hub = hub or RoomHub(**hub_options(settings))
+        self.hub = hub or RoomHub()
+        self.webrtc = WebRtcIngest(self.hub, **webrtc_options(settings))
         self.tasks = tasks
         self.service = RecordingService(settings, tasks, self.hub, outbox, worker_id=self.id,
                                         claim_unowned=index == 0)
@@ -73,6 +80,7 @@ class Worker:
             self._relay_loop.cancel()
         await self.relays.close()
         await self.relay_server.close()
+        await self.webrtc.close()
         await self.hub.close()
 
     # -- relayed rooms --------------------------------------------------------------------------
@@ -128,11 +136,11 @@ class Worker:
     # -- rooms ----------------------------------------------------------------------------------
 
     async def publish(self, appid: int, roomid: str, uid: str, sdp: str) -> dict[str, Any]:
-        answer, session = await self.hub.publish(appid, roomid, uid, sdp)
+        answer, session = await self.webrtc.publish(appid, roomid, uid, sdp)
         return {"answer": answer, "session": session}
 
     async def unpublish(self, session: str) -> dict[str, Any]:
-        return {"found": await self.hub.unpublish(session)}
+        return {"found": await self.webrtc.unpublish(session)}
 
     # -- recordings -----------------------------------------------------------------------------
 
@@ -192,8 +200,8 @@ class Worker:
         }
 
 
-def hub_options(settings: Settings) -> dict[str, Any]:
-    """The RoomHub's ICE settings from the configuration."""
+def webrtc_options(settings: Settings) -> dict[str, Any]:
+    """The WebRTC ingest's ICE settings from the configuration."""
     options: dict[str, Any] = {}
     announced = [a.strip() for a in settings.ice_announced_addresses.split(",") if a.strip()]
     if announced:

@@ -1,4 +1,7 @@
-"""A receive path that does only what a recorder needs, on aiortc's ICE, DTLS and SRTP.
+"""The SRTP receiver: one connection's SRTP/SRTCP datagrams in, whole encoded frames out.
+
+It does only what a recorder needs, on the ICE, DTLS and SRTP keys that aiortc negotiated
+(:mod:`cloudrec.webrtc`); the name "lean receive path" in settings and logs means this module.
 
 Where aiortc 1.16's receive CPU goes (py-spy, 200 Hz, 20 s, one server process receiving 16
 publishers of the pre-encoded 640×480@15 ~1 Mbps H.264 + mono Opus clip on this 2-core box; the
@@ -31,17 +34,17 @@ The decoder costs nothing already (the tap keeps frames from it); the cost is Py
 packet, most of it a recorder does not use, and the hand-offs between tasks. Decision: keep
 aiortc for what happens once per connection (SDP, ICE, the DTLS handshake and its SRTP keys)
 and take every SRTP/SRTCP datagram synchronously in the UDP protocol's ``datagram_received``
-(:func:`cloudrec.rooms._aiortc_transport.attach_media`), before aioice parses it as STUN or
+(:func:`cloudrec.webrtc._aiortc_transport.attach_media`), before aioice parses it as STUN or
 queues it: unprotect with the DTLS transport's libsrtp session, read the RTP header with one
-``struct`` call, and hand the payload to a stream (:mod:`cloudrec.rooms.rtpstream`). No queue,
+``struct`` call, and hand the payload to a stream (:mod:`cloudrec.rtp.jitter`). No queue,
 no task, no coroutine per packet; RTCP goes out synchronously from a once-a-second timer (RR,
 REMB) or when needed (NACK, PLI). A native WebRTC stack would cut further but brings a second
 ICE/DTLS implementation to keep compatible with every publisher the interop tests cover.
 
 What is kept: receiver reports (loss, jitter, LSR/DLSR), a keyframe request when one is
 needed (PLI; a FIR to a publisher whose codec negotiated ``ccm fir`` but not ``nack pli``, see
-:func:`cloudrec.rooms._aiortc_tap.accept_fir`), NACK with retries for video, REMB
-(:mod:`cloudrec.rooms.bwe`), RTX unwrapping, H.264/VP8 depacketisation into whole frames, Opus
+:func:`cloudrec.webrtc._aiortc_tap.accept_fir`), NACK with retries for video, REMB
+(:mod:`cloudrec.rtp.bwe`), RTX unwrapping, H.264/VP8 depacketisation into whole frames, Opus
 passed through.
 
 One publication, one receiver: every SRTP datagram of the connection comes here, whichever of
@@ -52,8 +55,8 @@ the clock has caught up (seconds of video). Datagrams that arrive before this si
 the DTLS handshake (the peer finished first and started sending) are held, up to
 ``EARLY_LIMIT``, and taken in order once the SRTP keys exist; aiortc's DTLS task would otherwise
 hand them to its receiver after the handshake. The tap on aiortc's receiver stays installed
-(it keeps aiortc's decoder idle); :mod:`cloudrec.rooms.hub` does not pass its frames on for a
-publication on this path.
+(it keeps aiortc's decoder idle); :mod:`cloudrec.webrtc.session` does not pass its frames on
+for a publication on this path.
 """
 
 from __future__ import annotations
@@ -71,10 +74,10 @@ import pylibsrtp
 
 from cloudrec.media.codecs import keyframe_detector
 from cloudrec.media.codecs.h264 import conformant_access_unit
-from cloudrec.rooms import rtcp
-from cloudrec.rooms.bwe import RembEstimate
-from cloudrec.rooms.depacketize import piece_for, starts_frame_for
-from cloudrec.rooms.rtpstream import AudioStream, VideoStream
+from cloudrec.rtp import rtcp
+from cloudrec.rtp.bwe import RembEstimate
+from cloudrec.rtp.depacketize import piece_for, starts_frame_for
+from cloudrec.rtp.jitter import AudioStream, VideoStream
 
 __all__ = ["CodecInfo", "LeanReceiver", "OnFrame"]
 

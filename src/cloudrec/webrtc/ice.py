@@ -1,4 +1,4 @@
-"""ICE settings of a :class:`~cloudrec.rooms.hub.RoomHub`, checked once when the hub is built.
+"""ICE settings of a :class:`~cloudrec.webrtc.ingest.WebRtcIngest`, checked once when it is built.
 
 ``announced_addresses``
     Addresses put in the SDP answer's candidates *besides* the interface addresses: the public

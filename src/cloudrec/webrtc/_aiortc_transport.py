@@ -1,10 +1,10 @@
-"""The one place that reaches into aiortc's DTLS and aioice's ICE internals, per connection.
+"""aiortc's DTLS and aioice's ICE internals, adjusted per connection.
 
 Written for, and pinned to, **aiortc 1.16.0** and **aioice 0.13.0** (checked at import and by
-:func:`check_internals`, which :class:`~cloudrec.rooms.hub.RoomHub` runs and the interop tests
-assert). :func:`prepare` adjusts one answering peer connection between ``setRemoteDescription``
-and ``setLocalDescription``: nothing is patched globally, so other peer connections in the
-process (``cloudrec publish``) keep aiortc's behaviour.
+:func:`check_internals`, which :class:`~cloudrec.webrtc.ingest.WebRtcIngest` runs and the
+interop tests assert). :func:`prepare` adjusts one answering peer connection between
+``setRemoteDescription`` and ``setLocalDescription``: nothing is patched globally, so other
+peer connections in the process (``cloudrec publish``) keep aiortc's behaviour.
 
 DTLS ciphers (peers with an RSA certificate)
     ``RTCCertificate._create_ssl_context`` offers only ``ECDHE-ECDSA-*`` suites. aiortc's own
@@ -39,7 +39,7 @@ Candidates (announced addresses, a port range)
     with the same port and a slightly lower priority (a peer that can reach both prefers the
     direct path). They appear in the answer only: aioice pairs by socket, not by candidate.
 
-Media (the lean receive path, :mod:`cloudrec.rooms.lean`)
+Media (the lean receive path, :mod:`cloudrec.rtp.receiver`)
     :func:`attach_media` registers, per ICE connection of a peer connection, a handler that the
     same ``datagram_received`` wrapper calls for every SRTP/SRTCP datagram (first byte
     128-191), before aioice tries it as STUN and queues it for the DTLS task. The wrapper is on
@@ -80,7 +80,7 @@ from aiortc import RTCCertificate, RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceGatherer
 
-from cloudrec.rooms.ice import IceOptions
+from cloudrec.webrtc.ice import IceOptions
 
 __all__ = ["AIOICE_VERSION", "AIORTC_VERSION", "DTLS_CIPHERS", "MediaHandler",
            "TransportInternalsError", "attach_media", "check_internals", "prepare"]
@@ -91,7 +91,7 @@ AIOICE_VERSION = "0.13.0"
 _FOUND = (aiortc.__version__, aioice.__version__)
 if _FOUND != (AIORTC_VERSION, AIOICE_VERSION):  # pragma: no cover - depends on the environment
     raise ImportError(
-        f"cloudrec.rooms._aiortc_transport was written for aiortc {AIORTC_VERSION} and aioice "
+        f"cloudrec.webrtc._aiortc_transport was written for aiortc {AIORTC_VERSION} and aioice "
         f"{AIOICE_VERSION}, found {aiortc.__version__} and {aioice.__version__}; re-check the "
         "internals it uses before upgrading"
     )

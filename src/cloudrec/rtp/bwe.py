@@ -3,7 +3,7 @@
 A publisher's encoder bitrate is capped by the receiver's REMB (Chrome's congestion control
 takes the lower of its loss-based estimate and the REMB). aiortc's ``RemoteBitrateEstimator``
 (the inter-arrival overuse detector of GCC) runs in Python on every video packet: 10.6 % of the
-receive CPU in the profile of :mod:`cloudrec.rooms.lean`. A recorder needs what it gives a
+receive CPU in the profile of :mod:`cloudrec.rtp.receiver`. A recorder needs what it gives a
 sender: room to climb while the path is clean, and a cut when the path queues or loses.
 
 So the estimate follows the received rate, with the delay signal taken once per *frame* (the

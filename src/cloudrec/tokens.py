@@ -1,7 +1,8 @@
 """Publish tokens: a JWT (HS256, signed with the app's secret) naming appid, roomid and uid.
 
-A WHIP publish is allowed when its bearer token verifies with the app's secret, has not expired
-and names exactly the appid, roomid and uid of the request path.
+The API, the CLI and the ingest listeners check them; this module imports only PyJWT (and
+:mod:`cloudrec.errors`). A WHIP publish is allowed when its bearer token verifies with the
+app's secret, has not expired and names exactly the appid, roomid and uid of the request path.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Received RTP streams as a recorder needs them: statistics for receiver reports, Opus packets
-passed through in order, and video packets assembled into whole frames with NACK recovery.
+"""Ordering and loss recovery of received RTP streams, as a recorder needs them: statistics
+for receiver reports, Opus packets passed through in order, and video packets assembled into
+whole frames with NACK recovery.
 
 Per packet the work is: a sequence-number unwrap, two counters, a jitter update when the RTP
 timestamp changes, and (video) one dict insert and a scan that advances over what is complete.

@@ -1,4 +1,9 @@
-"""WHIP ingest (RFC 9725) over a :class:`~cloudrec.rooms.hub.RoomHub`, and the ``/publish`` page.
+"""WHIP signalling over HTTP (RFC 9725), and the ``/publish`` page.
+
+The routes authenticate (publish tokens, :mod:`cloudrec.tokens`), read the offer and call
+``publish``/``unpublish`` of what they front: a node's front, which routes each room to the
+worker that owns it, or a worker's :class:`~cloudrec.webrtc.ingest.WebRtcIngest` directly.
+They import nothing of WebRTC.
 
     POST    /whip/{appid}/{roomid}/{uid}   application/sdp offer, Authorization: Bearer <token>
                                            -> 201 answer, Location: /whip/session/{id}, ETag
@@ -18,14 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
 from importlib import resources
+from typing import Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from cloudrec.errors import AuthError, CapacityError, InvalidParameter
-from cloudrec.rooms.tokens import verify_token
+from cloudrec.tokens import verify_token
 
 __all__ = ["Publishing", "whip_router"]
 
@@ -81,8 +86,8 @@ async def _read_bounded(request: Request, limit: int) -> bytes | None:
 
 
 class Publishing(Protocol):
-    """What WHIP publishes into: a :class:`RoomHub`, or a node's front that routes each room
-    to the worker (or node) that owns it."""
+    """What WHIP publishes into: a :class:`~cloudrec.webrtc.ingest.WebRtcIngest`, or a node's
+    front that routes each room to the worker (or node) that owns it."""
 
     async def publish(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]: ...
 
@@ -90,8 +95,8 @@ class Publishing(Protocol):
 
 
 def whip_router(hub: Publishing, secret_for: Callable[[int], str | None]) -> APIRouter:
-    """Routes for WHIP publishing into ``hub``; ``secret_for(appid)`` is the app's secret, or
-    None for an unknown app."""
+    """Routes for WHIP publishing into ``hub`` (a :class:`Publishing`); ``secret_for(appid)``
+    is the app's secret, or None for an unknown app."""
     router = APIRouter(tags=["whip"])
 
     @router.post("/whip/{appid}/{roomid}/{uid}")

@@ -1,4 +1,5 @@
-"""The one place that reaches into aiortc internals: encoded frames out of an RTCRtpReceiver.
+"""aiortc's receiver and negotiation internals: encoded frames out of an RTCRtpReceiver, and
+what the answer negotiated.
 
 Written for, and pinned to, **aiortc 1.16.0** (checked at import: another version refuses to
 load, so an upgrade is a deliberate act that re-reads this file and reruns its tests).
@@ -21,7 +22,7 @@ frame; Opus: one packet) and ``.timestamp`` (RTP timestamp already unwrapped by 
 ``TimestampMapper``, starting at 0). ``codec`` is an ``RTCRtpCodecParameters`` (RTX already
 unwrapped to the media codec).
 
-For the lean receive path (:mod:`cloudrec.rooms.lean`), :func:`receive_parameters` reads what
+For the lean receive path (:mod:`cloudrec.rtp.receiver`), :func:`receive_parameters` reads what
 was negotiated from ``transceiver._codecs`` and ``transceiver._headerExtensions`` (set by
 ``setRemoteDescription``) and the SSRC aiortc gave the transceiver's sender (``sender._ssrc``),
 which the lean path's RTCP is sent from.
@@ -80,7 +81,7 @@ AIORTC_VERSION = "1.16.0"
 
 if aiortc.__version__ != AIORTC_VERSION:  # pragma: no cover - depends on the environment
     raise ImportError(
-        f"cloudrec.rooms._aiortc_tap was written for aiortc {AIORTC_VERSION}, "
+        f"cloudrec.webrtc._aiortc_tap was written for aiortc {AIORTC_VERSION}, "
         f"found {aiortc.__version__}; re-check the internals it uses before upgrading"
     )
 
