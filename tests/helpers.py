@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -28,6 +29,19 @@ LOCAL_STORAGE = {
     "secretkey": "sk",
     "fileprefix": ["test1", "test2"],
 }
+
+# A mixed-recording startrecord body in the recordoss API's own form.
+SEED_START_MIXED = json.loads(
+    """{"resid": "RESID", "appid": 10034, "roomid": "abcabc", "recordtype": 0, "streamtype": 1,
+    "mixconfig":{"input":[{"uid":"10266666","roomid":"abcabc","streamtype":0,"zOrder":0,"layoutX":0,
+    "layoutY":0,"layoutH":600,"layoutW":400,"crop":0},{"uid":"10277777","roomid":"efdefd",
+    "streamtype":0,"zOrder":1,"layoutX":400,"layoutY":0,"layoutH":600,"layoutW":400,"crop":0}],
+    "output":{"streamtype":0,"videoheight":600,"videowidth":800,"videobitrate":600,"videofps":24,
+    "videogop":72,"videoencode":100,"audiobitrate":128,"audiosample":48000,"audiochannel":2,
+    "audioformat":2}},"storagecfg": {"vender": 0,"endpoint": "xxxx-test-endpoint",
+    "bucket": "xxxx-test-bucket","accesskey": "xxxx-test-accesskey",
+    "secretkey": "xxxx-test-secretkey","fileprefix": ["test1","test2"]}}"""
+)
 
 
 def free_port() -> int:

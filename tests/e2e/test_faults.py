@@ -23,8 +23,8 @@ from tests.helpers import (
     APPID, free_port, make_settings, running_server, source_body, startrecord,
 )
 from tests.media_check import playlist_lines, probe_playlist
-from tests.test_callbacks import Receiver, serving
-from tests.test_recording import publish
+from tests.e2e.test_callbacks import Receiver, serving
+from tests.e2e.test_recording import publish
 
 # -- WHIP bodies --------------------------------------------------------------------------------
 

@@ -35,8 +35,8 @@ from tests.helpers import (
     startrecord,
 )
 from tests.media_check import playlist_lines
-from tests.test_callbacks import Receiver, serving
-from tests.test_mixed import (
+from tests.e2e.test_callbacks import Receiver, serving
+from tests.e2e.test_mixed import (
     BLUE,
     OUT,
     RED,

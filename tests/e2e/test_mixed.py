@@ -40,8 +40,8 @@ from tests.helpers import (
     startrecord,
 )
 from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
-from tests.test_api import SEED_START_MIXED
-from tests.test_restart import Proc, procs  # noqa: F401 (a fixture)
+from tests.helpers import SEED_START_MIXED
+from tests.e2e.test_restart import Proc, procs  # noqa: F401 (a fixture)
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
@@ -152,7 +152,7 @@ def _thread_worker_where_a_stall_is_injected(request: pytest.FixtureRequest,
     """test_a_worker_far_behind_drops_frames_and_recovers stalls the worker by monkeypatching
     MixedHlsRecorder.tick in this process, which only the in-thread worker runs: it keeps that
     transport. The mix process (the default) is stalled with a real SIGSTOP in
-    tests/test_mixproc.py."""
+    tests/e2e/test_mixproc.py."""
     if request.node.name == "test_a_worker_far_behind_drops_frames_and_recovers":
         monkeypatch.setattr("cloudrec.recorder.mixed.MIX_WORKER", "thread")
 

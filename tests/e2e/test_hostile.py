@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import APPID, HEADERS, SECRET, make_settings, running_server, source_body, startrecord
-from tests.test_recording import publish
+from tests.e2e.test_recording import publish
 
 
 async def test_concurrent_starts_and_stops(tmp_path: Path) -> None:

@@ -32,12 +32,12 @@ from tests.helpers import (
     startrecord,
 )
 from tests.media_check import playlist_lines, probe_playlist
-from tests.test_media_source import T0, FakeClock
-from tests.test_media_source import publish as synthetic_publisher
-from tests.test_mixed import OUT, RED, mixed_body, publish
-from tests.test_mixed import _h264 as mix_h264
-from tests.test_mixed import _opus as mix_opus
-from tests.test_restart import Proc, procs, start_recording, stored_playlist  # noqa: F401
+from tests.unit.test_media_source import T0, FakeClock
+from tests.unit.test_media_source import publish as synthetic_publisher
+from tests.e2e.test_mixed import OUT, RED, mixed_body, publish
+from tests.e2e.test_mixed import _h264 as mix_h264
+from tests.e2e.test_mixed import _opus as mix_opus
+from tests.e2e.test_restart import Proc, procs, start_recording, stored_playlist  # noqa: F401
 
 
 @pytest.fixture

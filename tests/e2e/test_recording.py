@@ -143,7 +143,7 @@ async def test_task_errors_while_recording(server: Server) -> None:
         other = await server.call("startrecord", source_body(await server.apply(), "room4", "nobody"))
         assert other["code"] == 4005 and "nobody" in other["message"]
         body = {"resid": resid, "appid": APPID, "roomid": "room4", "recordid": recordid}
-        from tests.test_api import SEED_START_MIXED
+        from tests.helpers import SEED_START_MIXED
 
         update = await server.call("updatemixrecord", dict(body, mixconfig=SEED_START_MIXED["mixconfig"]))
         assert update["code"] == 4019

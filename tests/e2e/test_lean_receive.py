@@ -27,7 +27,7 @@ from cloudrec.rooms.lean import CodecInfo, LeanReceiver
 from cloudrec.rooms.rtpstream import VideoStream
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import playlist_lines
-from tests.test_recording import playlist_of, start, stop
+from tests.e2e.test_recording import playlist_of, start, stop
 
 LOSS = 0.05
 

@@ -12,7 +12,7 @@ import pytest
 
 from cloudrec.publisher import Publisher
 from cloudrec.rooms.stats import picture_size
-from tests.conftest import WhipServer
+from tests.e2e.conftest import WhipServer
 
 
 def keyframe(codec: str, width: int, height: int) -> bytes:

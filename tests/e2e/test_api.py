@@ -10,18 +10,15 @@ from typing import Any, AsyncIterator
 import pytest
 
 from cloudrec.api.trace import new_trace_id
-from tests.helpers import APPID, HEADERS, LOCAL_STORAGE, Server, make_settings, running_server, source_body
-
-SEED_START_MIXED = json.loads(
-    """{"resid": "RESID", "appid": 10034, "roomid": "abcabc", "recordtype": 0, "streamtype": 1,
-    "mixconfig":{"input":[{"uid":"10266666","roomid":"abcabc","streamtype":0,"zOrder":0,"layoutX":0,
-    "layoutY":0,"layoutH":600,"layoutW":400,"crop":0},{"uid":"10277777","roomid":"efdefd",
-    "streamtype":0,"zOrder":1,"layoutX":400,"layoutY":0,"layoutH":600,"layoutW":400,"crop":0}],
-    "output":{"streamtype":0,"videoheight":600,"videowidth":800,"videobitrate":600,"videofps":24,
-    "videogop":72,"videoencode":100,"audiobitrate":128,"audiosample":48000,"audiochannel":2,
-    "audioformat":2}},"storagecfg": {"vender": 0,"endpoint": "xxxx-test-endpoint",
-    "bucket": "xxxx-test-bucket","accesskey": "xxxx-test-accesskey",
-    "secretkey": "xxxx-test-secretkey","fileprefix": ["test1","test2"]}}"""
+from tests.helpers import (
+    APPID,
+    HEADERS,
+    LOCAL_STORAGE,
+    SEED_START_MIXED,
+    Server,
+    make_settings,
+    running_server,
+    source_body,
 )
 
 

@@ -210,7 +210,7 @@ async def test_a_full_cluster_refuses_at_once(cluster: list[Node], s3: S3) -> No
 
 async def test_a_mix_across_nodes_shows_both_rooms(cluster: list[Node], s3: S3,
                                                    tmp_path: Path) -> None:
-    from tests.test_mixed import BLUE, OUT, RED, at, near, publish, video_frames
+    from tests.e2e.test_mixed import BLUE, OUT, RED, at, near, publish, video_frames
 
     a, b, c = cluster
     pubs = [await publish(a, "mA", "red", RED)]

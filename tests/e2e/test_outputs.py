@@ -31,12 +31,12 @@ from tests.helpers import (
     startrecord,
 )
 from tests.media_check import playlist_lines
-from tests.test_api import SEED_START_MIXED
-from tests.test_callbacks import Receiver, serving
-from tests.test_mixed import BLUE, GREEN, OUT, RED, near, publish
-from tests.test_recording import publish as publish_pattern
-from tests.test_restart import Proc, procs  # noqa: F401 (a fixture)
-from tests.test_s3 import Moto, moto  # noqa: F401 (a fixture)
+from tests.helpers import SEED_START_MIXED
+from tests.e2e.test_callbacks import Receiver, serving
+from tests.e2e.test_mixed import BLUE, GREEN, OUT, RED, near, publish
+from tests.e2e.test_recording import publish as publish_pattern
+from tests.e2e.test_restart import Proc, procs  # noqa: F401 (a fixture)
+from tests.e2e.test_s3 import Moto, moto  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffprobe")
 

@@ -27,7 +27,7 @@ from cloudrec.rooms import make_token
 from cloudrec.publisher import Publisher
 from tests.helpers import (APPID, KEY, SECRET, Server, free_port, make_settings, running_server,
                            source_body, startrecord)
-from tests.test_callbacks import Receiver, serving
+from tests.e2e.test_callbacks import Receiver, serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
