@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from cloudrec.rooms import RoomHub, make_token, whip_router
 
+
 @dataclass
 class WhipServer:
     """A FastAPI app with the WHIP routes, served by uvicorn on a free loopback port."""

@@ -17,8 +17,16 @@ import pytest
 import uvicorn
 
 from cloudrec.callbacks import CallbackOutbox, sign
-from tests.helpers import APPID, SECRET, free_port, make_settings, running_server, source_body, startrecord
 from tests.e2e.test_recording import publish, stop
+from tests.helpers import (
+    APPID,
+    SECRET,
+    free_port,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
 
 
 class Receiver:

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from cloudrec.publisher import PublishError, Publisher
+from cloudrec.publisher import Publisher, PublishError
 from tests.helpers import APPID, free_port, source_body
 from tests.media_check import playlist_lines, probe_playlist
 from tests.nodes import Node, worker_of

@@ -23,11 +23,20 @@ import httpx
 import pytest
 
 from cloudrec.console.auth import COOKIE, OperatorAuth
-from cloudrec.rooms import make_token
 from cloudrec.publisher import Publisher
-from tests.helpers import (APPID, KEY, SECRET, Server, free_port, make_settings, running_server,
-                           source_body, startrecord)
+from cloudrec.rooms import make_token
 from tests.e2e.test_callbacks import Receiver, serving
+from tests.helpers import (
+    APPID,
+    KEY,
+    SECRET,
+    Server,
+    free_port,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -19,12 +19,17 @@ import pytest
 from cloudrec.rooms import make_token
 from cloudrec.storage import SpoolUploader
 from cloudrec.storage.local import LocalStore
-from tests.helpers import (
-    APPID, free_port, make_settings, running_server, source_body, startrecord,
-)
-from tests.media_check import playlist_lines, probe_playlist
 from tests.e2e.test_callbacks import Receiver, serving
 from tests.e2e.test_recording import publish
+from tests.helpers import (
+    APPID,
+    free_port,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
+from tests.media_check import playlist_lines, probe_playlist
 
 # -- WHIP bodies --------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import uvicorn
 from cloudrec.fetch import FetchError, fetch_bytes
 from tests.helpers import free_port
 
-
 SEEN: list[tuple[str, str]] = []  # (path, Host header) of every request the server answered
 
 

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import APPID, HEADERS, SECRET, make_settings, running_server, source_body, startrecord
 from tests.e2e.test_recording import publish
+from tests.helpers import (
+    APPID,
+    HEADERS,
+    SECRET,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
 
 
 async def test_concurrent_starts_and_stops(tmp_path: Path) -> None:

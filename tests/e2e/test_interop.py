@@ -32,9 +32,9 @@ from cloudrec.rooms import RoomHub, make_token
 from cloudrec.rooms import _aiortc_tap as tap
 from cloudrec.rooms import _aiortc_transport as transport
 from tests.e2e.conftest import WhipServer
+from tests.e2e.test_recording import playlist_of, start, stop
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import ffprobe_streams, probe_playlist
-from tests.e2e.test_recording import playlist_of, start, stop
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import av
 import pytest
-
 from aioice import ice as aioice_ice
 
 from cloudrec.publisher import Publisher
@@ -25,9 +24,9 @@ from cloudrec.rooms import make_token, rtcp
 from cloudrec.rooms.depacketize import h264_piece, h264_starts_frame
 from cloudrec.rooms.lean import CodecInfo, LeanReceiver
 from cloudrec.rooms.rtpstream import VideoStream
+from tests.e2e.test_recording import playlist_of, start, stop
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import playlist_lines
-from tests.e2e.test_recording import playlist_of, start, stop
 
 LOSS = 0.05
 

@@ -29,10 +29,12 @@ from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.publisher import Publisher, TestPatternTrack
 from cloudrec.rooms import make_token
+from tests.e2e.test_restart import Proc, procs  # noqa: F401 (a fixture)
 from tests.helpers import (
     APPID,
     LOCAL_STORAGE,
     SECRET,
+    SEED_START_MIXED,
     Server,
     free_port,
     make_settings,
@@ -40,8 +42,6 @@ from tests.helpers import (
     startrecord,
 )
 from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
-from tests.helpers import SEED_START_MIXED
-from tests.e2e.test_restart import Proc, procs  # noqa: F401 (a fixture)
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)

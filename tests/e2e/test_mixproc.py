@@ -25,16 +25,6 @@ from cloudrec.models.mixconfig import MixConfig
 from cloudrec.publisher import make_clip
 from cloudrec.recorder.mixed import MixedRecording
 from cloudrec.recorder.mixproc import MixProcess
-from tests.helpers import (
-    APPID,
-    SECRET,
-    Server,
-    make_settings,
-    running_server,
-    source_body,
-    startrecord,
-)
-from tests.media_check import playlist_lines
 from tests.e2e.test_callbacks import Receiver, serving
 from tests.e2e.test_mixed import (
     BLUE,
@@ -49,6 +39,16 @@ from tests.e2e.test_mixed import (
     stop,
     video_frames,
 )
+from tests.helpers import (
+    APPID,
+    SECRET,
+    Server,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
+from tests.media_check import playlist_lines
 
 
 @pytest.fixture

@@ -26,17 +26,23 @@ from PIL import Image
 from cloudrec.errors import InvalidParameter
 from cloudrec.media.mp4 import atoms
 from cloudrec.models import StartRecordRequest, parse_request
-from tests.helpers import (
-    APPID, LOCAL_STORAGE, Server, free_port, make_settings, running_server, source_body,
-    startrecord,
-)
-from tests.media_check import playlist_lines
-from tests.helpers import SEED_START_MIXED
 from tests.e2e.test_callbacks import Receiver, serving
 from tests.e2e.test_mixed import BLUE, GREEN, OUT, RED, near, publish
 from tests.e2e.test_recording import publish as publish_pattern
 from tests.e2e.test_restart import Proc, procs  # noqa: F401 (a fixture)
 from tests.e2e.test_s3 import Moto, moto  # noqa: F401 (a fixture)
+from tests.helpers import (
+    APPID,
+    LOCAL_STORAGE,
+    SEED_START_MIXED,
+    Server,
+    free_port,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
+from tests.media_check import playlist_lines
 
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffprobe")
 

@@ -22,6 +22,10 @@ import pytest
 from cloudrec.media import MixedHlsRecorder, SegmentInfo, SourceHlsRecorder
 from cloudrec.media.push import ffmpeg_protocols
 from cloudrec.models.mixconfig import MixConfig
+from tests.e2e.test_mixed import OUT, RED, mixed_body, publish
+from tests.e2e.test_mixed import _h264 as mix_h264
+from tests.e2e.test_mixed import _opus as mix_opus
+from tests.e2e.test_restart import Proc, procs, start_recording, stored_playlist  # noqa: F401
 from tests.helpers import (
     APPID,
     Server,
@@ -34,10 +38,6 @@ from tests.helpers import (
 from tests.media_check import playlist_lines, probe_playlist
 from tests.unit.test_media_source import T0, FakeClock
 from tests.unit.test_media_source import publish as synthetic_publisher
-from tests.e2e.test_mixed import OUT, RED, mixed_body, publish
-from tests.e2e.test_mixed import _h264 as mix_h264
-from tests.e2e.test_mixed import _opus as mix_opus
-from tests.e2e.test_restart import Proc, procs, start_recording, stored_playlist  # noqa: F401
 
 
 @pytest.fixture

@@ -13,7 +13,15 @@ import pytest
 from cloudrec.media.h264 import parameter_sets
 from cloudrec.publisher import Publisher
 from cloudrec.rooms import make_token
-from tests.helpers import APPID, SECRET, Server, make_settings, running_server, source_body, startrecord
+from tests.helpers import (
+    APPID,
+    SECRET,
+    Server,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
 from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
 
 

@@ -18,8 +18,7 @@ import pytest
 
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.publisher import Publisher
-from cloudrec.relay import RelayLinks, RelayRefused, RelayServer
-from cloudrec.relay import wire
+from cloudrec.relay import RelayLinks, RelayRefused, RelayServer, wire
 from cloudrec.rooms import PublisherEvent, PublisherInfo, RoomHub
 
 SECRET = "relay-secret"

@@ -27,11 +27,17 @@ from cloudrec.publisher import Publisher
 from cloudrec.rooms import make_token
 from cloudrec.storage import SpoolUploader
 from cloudrec.storage.s3 import S3Store, close_clients, resolve_endpoint
+from tests.e2e.test_fetch import rebinding_dns  # noqa: F401  (a fixture)
 from tests.helpers import (
-    APPID, SECRET, Server, free_port, make_settings, running_server, startrecord,
+    APPID,
+    SECRET,
+    Server,
+    free_port,
+    make_settings,
+    running_server,
+    startrecord,
 )
 from tests.media_check import probe_playlist
-from tests.e2e.test_fetch import rebinding_dns  # noqa: F401  (a fixture)
 
 BUCKETS = {0: "rec-oss", 1: "rec-cos", 2: "rec-kodo", 100: "rec-s3"}
 PREFIX = "test1/test2/"

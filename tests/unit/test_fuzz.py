@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloudrec.api import create_app
-from tests.helpers import APPID, HEADERS, make_settings, source_body
-from tests.helpers import SEED_START_MIXED
+from tests.helpers import APPID, HEADERS, SEED_START_MIXED, make_settings, source_body
 
 SEED_CODES = {0, 1000, 1001, 1002, 2101, 2103, 2104, 2105, 4001, 4004, 4005, 4006, 4007, 4009,
               4011, 4012, 4013, 4014, 4015, 4016, 4017, 4018, 4019}
