@@ -8,7 +8,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -21,7 +21,7 @@ app.add_typer(rec_app, name="rec", help="Drive recordings on a server through it
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML settings file", exists=True, dir_okay=False)
 
 
-def _settings(config: Optional[Path], **overrides: object) -> Settings:
+def _settings(config: Optional[Path], **overrides: Any) -> Settings:
     return with_dev_app(load_settings(config, **overrides))
 
 

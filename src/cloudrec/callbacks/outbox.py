@@ -22,6 +22,7 @@ never loses its lease mid-send.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -236,7 +237,7 @@ class CallbackOutbox:
                         task = asyncio.create_task(self._deliver(client, event))
                         self._deliveries.add(task)
                         task.add_done_callback(self._deliveries.discard)
-                        task.add_done_callback(lambda _t, eid=event.id: self._done(eid))
+                        task.add_done_callback(functools.partial(self._delivered, event.id))
                     sleep_s = self._sleep_s()
                 except Exception:  # the store is unreachable or full: delivery waits, never dies
                     log.exception("callback outbox: reading the outbox failed; retrying")
@@ -245,6 +246,9 @@ class CallbackOutbox:
                     await asyncio.wait_for(self._wake.wait(), timeout=sleep_s)
                 except TimeoutError:
                     pass
+
+    def _delivered(self, event_id: str, _task: asyncio.Task[None]) -> None:
+        self._done(event_id)
 
     def _done(self, event_id: str) -> None:
         self._in_flight.discard(event_id)
