@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 import socket
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import httpx
 import uvicorn
@@ -42,6 +44,48 @@ SEED_START_MIXED = json.loads(
     "bucket": "xxxx-test-bucket","accesskey": "xxxx-test-accesskey",
     "secretkey": "xxxx-test-secretkey","fileprefix": ["test1","test2"]}}"""
 )
+
+T = TypeVar("T")
+
+
+def wait_for_sync(condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.05,
+                  what: str = "") -> T:
+    """Call ``condition`` every ``interval`` seconds until it returns a true value, and return
+    that value; fail the test after ``timeout`` seconds, with ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout} s: {what or condition} "
+                                 f"(last value {value!r})")
+        time.sleep(interval)
+
+
+async def wait_for(condition: Callable[[], T | Awaitable[T]], timeout: float = 30.0,
+                   interval: float = 0.05, what: str = "") -> T:
+    """``wait_for_sync`` in a coroutine: ``condition`` may be a function or a coroutine
+    function; the event loop runs between checks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout} s: {what or condition} "
+                                 f"(last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+def segments_in(playlist: Path) -> list[str]:
+    """The segment names a playlist lists so far; none while it does not exist."""
+    try:
+        return [line for line in playlist.read_text().splitlines() if line.endswith(".ts")]
+    except FileNotFoundError:
+        return []
 
 
 def free_port() -> int:
