@@ -148,7 +148,8 @@ class Server:
 async def running_server(settings: Settings) -> AsyncIterator[Server]:
     app = create_app(settings)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                       lifespan="on")
     )
     serving = asyncio.create_task(server.serve())
     while not server.started:
@@ -163,7 +164,8 @@ async def running_server(settings: Settings) -> AsyncIterator[Server]:
             await serving
 
 
-def source_body(resid: str, roomid: str, uid: str, recordtype: int = 0, **extra: Any) -> dict[str, Any]:
+def source_body(resid: str, roomid: str, uid: str, recordtype: int = 0,
+                **extra: Any) -> dict[str, Any]:
     return {
         "resid": resid,
         "appid": APPID,

@@ -26,8 +26,8 @@ PREFIX = "c/"
 class S3:
     def __init__(self) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]),
-                                         verbose=False)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1",
+                                         port=int(self.url.rsplit(":", 1)[1]), verbose=False)
         self.server.start()
         self.client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
                                    aws_access_key_id="ak", aws_secret_access_key="sk")

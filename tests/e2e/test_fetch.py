@@ -22,7 +22,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"x" * 2048})
     elif path == "/loop":
-        await send({"type": "http.response.start", "status": 302, "headers": [(b"location", b"/loop")]})
+        await send({"type": "http.response.start", "status": 302,
+                    "headers": [(b"location", b"/loop")]})
         await send({"type": "http.response.body", "body": b""})
     elif path == "/slow":
         await asyncio.sleep(5)

@@ -75,7 +75,8 @@ def gstreamer() -> None:
 @pytest.fixture
 def ffmpeg_whip() -> None:
     if FFMPEG is None:
-        pytest.fail("imageio-ffmpeg with the whip muxer is not installed (pip install -e '.[test]')")
+        pytest.fail("imageio-ffmpeg with the whip muxer is not installed "
+                    "(pip install -e '.[test]')")
 
 
 needs_gstreamer = pytest.mark.usefixtures("gstreamer")

@@ -276,7 +276,7 @@ async def test_template_layouts_sei_and_reflow(server: Server) -> None:
     finally:
         for pub in pubs:
             await pub.stop()
-    for (resid, recordid), templateid in zip(started, (1, 3)):
+    for (_resid, recordid), templateid in zip(started, (1, 3)):
         playlist = playlist_of(server, room, recordid)
         frames = video_frames(playlist)
         assert frames[0][1].shape == (240, 320, 3)

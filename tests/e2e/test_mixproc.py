@@ -273,7 +273,7 @@ async def test_webrtc_receive_loses_no_frames_next_to_a_1080p_mix(
         mix_resid, mix = await start_mixed(server, room, {"templateid": 3, "output": out})
         await asyncio.sleep(8.0)
         live = await server.call(f"queryrecord/{room}/{mix}")
-        for uid, resid, recordid in sources:
+        for _uid, resid, recordid in sources:
             await stop(server, room, resid, recordid)
         await stop(server, room, mix_resid, mix)
     finally:

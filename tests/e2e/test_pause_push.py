@@ -241,7 +241,7 @@ async def test_a_pause_longer_than_pause_timeout_stops_the_task(tmp_path: Path) 
     assert playlist_lines(playlist)[-1] == "#EXT-X-ENDLIST"
 
 
-async def test_pause_survives_a_sigkill_restart(tmp_path: Path, procs: list[Proc]) -> None:
+async def test_pause_survives_a_sigkill_restart(tmp_path: Path, procs: list[Proc]) -> None:  # noqa: F811 (the fixture)
     port = free_port()
     first = Proc(tmp_path, port)
     procs.append(first)

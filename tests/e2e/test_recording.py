@@ -116,7 +116,7 @@ async def test_h264_is_remuxed_not_reencoded(server: Server) -> None:
     finally:
         await pub.stop()
     playlist = playlist_of(server, "room2", recordid, "bob")
-    first_segment = playlist.parent / next(l for l in playlist_lines(playlist) if l.endswith(".ts"))
+    first_segment = playlist.parent / next(x for x in playlist_lines(playlist) if x.endswith(".ts"))
     import av
 
     with av.open(str(first_segment)) as container:
@@ -148,12 +148,14 @@ async def test_task_errors_while_recording(server: Server) -> None:
         resid, recordid, _ = await start(server, "room4", "dave")
         again = await server.call("startrecord", source_body(resid, "room4", "dave"))
         assert (again["code"], again["_status"]) == (4011, 409)
-        other = await server.call("startrecord", source_body(await server.apply(), "room4", "nobody"))
+        other = await server.call("startrecord",
+                                  source_body(await server.apply(), "room4", "nobody"))
         assert other["code"] == 4005 and "nobody" in other["message"]
         body = {"resid": resid, "appid": APPID, "roomid": "room4", "recordid": recordid}
         from tests.helpers import SEED_START_MIXED
 
-        update = await server.call("updatemixrecord", dict(body, mixconfig=SEED_START_MIXED["mixconfig"]))
+        update = await server.call("updatemixrecord",
+                                   dict(body, mixconfig=SEED_START_MIXED["mixconfig"]))
         assert update["code"] == 4019
         wrong_resid = await server.call("stoprecord", dict(body, resid=await server.apply()))
         assert wrong_resid["code"] == 4012
@@ -162,16 +164,17 @@ async def test_task_errors_while_recording(server: Server) -> None:
         mixed["storagecfg"] = source_body("", "", "")["storagecfg"]
         mixed_started = await server.call("startrecord", mixed)  # mixed records (test_mixed.py)
         assert mixed_started["code"] == 0, mixed_started
-        assert (await server.call("stoprecord", {"resid": mixed["resid"], "appid": APPID,
-                                                 "roomid": "room4",
-                                                 "recordid": mixed_started["recordid"]}))["code"] == 0
+        stop_mixed = {"resid": mixed["resid"], "appid": APPID, "roomid": "room4",
+                      "recordid": mixed_started["recordid"]}
+        assert (await server.call("stoprecord", stop_mixed))["code"] == 0
         s3 = source_body(await server.apply(), "room4", "dave")
         s3["storagecfg"] = dict(s3["storagecfg"], vender=0, endpoint="http://127.0.0.1:1")
         unreachable = await server.call("startrecord", s3)  # nothing listens on port 1
         assert unreachable["code"] == 4004 and "storagecfg" in unreachable["message"]
         assert (await server.call("stoprecord", body))["code"] == 0
         assert (await server.call("stoprecord", body))["code"] == 4013
-        assert (await server.call("startrecord", source_body(resid, "room4", "dave")))["code"] == 4012
+        again_stopped = await server.call("startrecord", source_body(resid, "room4", "dave"))
+        assert again_stopped["code"] == 4012
     finally:
         await pub.stop()
 

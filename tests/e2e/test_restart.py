@@ -85,7 +85,8 @@ async def test_sigkill_resumes_into_the_same_playlist(tmp_path: Path, procs: lis
     assert probe.video_frames >= 15 * (len(before) + 2)
 
 
-async def test_sigterm_finalises_and_restart_keeps_the_task(tmp_path: Path, procs: list[Proc]) -> None:
+async def test_sigterm_finalises_and_restart_keeps_the_task(tmp_path: Path,
+                                                            procs: list[Proc]) -> None:
     port = free_port()
     first = Proc(tmp_path, port)
     procs.append(first)

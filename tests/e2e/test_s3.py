@@ -240,7 +240,8 @@ async def test_bad_storage_answers_a_clear_error_at_startrecord(
          ["credentials rejected", "InvalidAccessKeyId"]),
         (moto.storagecfg(2, bucket="no-such-bucket"),
          ["bucket 'no-such-bucket' does not exist"]),
-        (moto.storagecfg(100, endpoint=unreachable), ["cannot reach storage endpoint", unreachable]),
+        (moto.storagecfg(100, endpoint=unreachable),
+         ["cannot reach storage endpoint", unreachable]),
         (moto.storagecfg(0, endpoint="http://bad host"), ["storagecfg.endpoint"]),
     ]
     pub = await publish(server, "badroom", "bob")

@@ -289,7 +289,8 @@ class CallbackOutbox:
         if secret is None:
             self._finish(event, "dropped", f"app {event.appid} is no longer configured")
             self.dropped += 1
-            log.warning("callback %s dropped: app %d is no longer configured", event.id, event.appid)
+            log.warning("callback %s dropped: app %d is no longer configured", event.id,
+                        event.appid)
             return
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(event.body, secret)}
         try:
@@ -365,7 +366,8 @@ class CallbackOutbox:
     def _retry(self, event: Event, error: str) -> None:
         self.failures += 1
         attempts = event.attempts + 1
-        delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+        delay = (min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1))
+                 * random.uniform(0.8, 1.2))
         now = now_ms()
         row = self._db.fetchone("SELECT created_ms FROM events WHERE id = ?", (event.id,))
         if row is None:
@@ -385,5 +387,6 @@ class CallbackOutbox:
             "WHERE id = ? AND next_ms = ?",
             (attempts, now + int(delay * 1000), error, event.id, event.lease_ms),
         )
-        log.info("callback %s to %s failed (%s); retry %d in %.1f s", event.id, event.url, error, attempts, delay)
+        log.info("callback %s to %s failed (%s); retry %d in %.1f s", event.id, event.url, error,
+                 attempts, delay)
         self._wake.set()
