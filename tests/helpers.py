@@ -88,6 +88,39 @@ def segments_in(playlist: Path) -> list[str]:
         return []
 
 
+def seconds_in(playlist: Path) -> float:
+    """The media seconds a playlist lists so far (the sum of its ``#EXTINF``); 0 while it
+    does not exist."""
+    try:
+        lines = playlist.read_text().splitlines()
+    except FileNotFoundError:
+        return 0.0
+    return sum(float(line.split(":", 1)[1].split(",")[0]) for line in lines
+               if line.startswith("#EXTINF:"))
+
+
+async def query_until(call: Callable[[str], Awaitable[dict[str, Any]]], room: str,
+                      recordid: str, condition: Callable[[dict[str, Any]], Any],
+                      timeout: float = 30.0, what: str = "") -> dict[str, Any]:
+    """Ask ``queryrecord`` every 0.1 s until ``condition`` holds for its answer; the answer."""
+    last: dict[str, Any] = {}
+
+    async def holds() -> dict[str, Any] | None:
+        nonlocal last
+        last = await call(f"queryrecord/{room}/{recordid}")
+        return last if condition(last) else None
+
+    try:
+        return await wait_for(holds, timeout=timeout, interval=0.1, what=what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last answer {last}") from None
+
+
+def file_kinds(answer: dict[str, Any]) -> list[str]:
+    """The kinds of the files a ``queryrecord`` answer lists, in order."""
+    return [f["kind"] for f in (answer.get("data") or {}).get("files") or []]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
