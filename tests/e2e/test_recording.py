@@ -18,6 +18,7 @@ from tests.helpers import (
     SECRET,
     Server,
     make_settings,
+    query_until,
     running_server,
     source_body,
     startrecord,
@@ -64,10 +65,11 @@ async def test_records_published_stream(server: Server, recordtype: int) -> None
     pub = await publish(server, "room1", "alice")
     try:
         resid, recordid, t0 = await start(server, "room1", "alice", recordtype)
-        await asyncio.sleep(1.0)
-        live = await server.call(f"queryrecord/room1/{recordid}")
+        live = await query_until(server.call, "room1", recordid,
+                                 lambda a: a["data"]["status"] in (1, 2), what="under way")
         assert live["code"] == 0 and live["data"]["status"] in (1, 2)
-        await asyncio.sleep(3.5)
+        await query_until(server.call, "room1", recordid,
+                          lambda a: a["data"]["segments"] >= 2, what="two segments stored")
         t1 = await stop(server, "room1", resid, recordid)
     finally:
         await pub.stop()
@@ -109,8 +111,8 @@ async def test_h264_is_remuxed_not_reencoded(server: Server) -> None:
                 published_sps, published_pps = parameter_sets(item[1].data)
         sub.close()
         resid, recordid, _ = await start(server, "room2", "bob", 1)
-        await asyncio.sleep(2.5)
-        live = await server.call(f"queryrecord/room2/{recordid}")
+        live = await query_until(server.call, "room2", recordid,
+                                 lambda a: a["data"]["segments"] >= 1, what="a segment stored")
         assert live["data"]["videotranscoded"] is False
         await stop(server, "room2", resid, recordid)
     finally:
@@ -130,8 +132,8 @@ async def test_vp8_is_transcoded_to_h264(server: Server) -> None:
     pub = await publish(server, "room3", "carol", video_codec="vp8")
     try:
         resid, recordid, t0 = await start(server, "room3", "carol", 0)
-        await asyncio.sleep(3.0)
-        live = await server.call(f"queryrecord/room3/{recordid}")
+        live = await query_until(server.call, "room3", recordid,
+                                 lambda a: a["data"]["segments"] >= 1, what="a segment stored")
         t1 = await stop(server, "room3", resid, recordid)
     finally:
         await pub.stop()
@@ -182,13 +184,11 @@ async def test_task_errors_while_recording(server: Server) -> None:
 async def test_idle_recording_stops_by_itself(server: Server) -> None:
     pub = await publish(server, "room5", "erin")
     resid, recordid, _ = await start(server, "room5", "erin")
-    await asyncio.sleep(2.5)
+    await query_until(server.call, "room5", recordid,
+                      lambda a: a["data"]["segments"] >= 1, what="a segment stored")
     await pub.stop()
-    for _ in range(100):
-        data = await server.call(f"queryrecord/room5/{recordid}")
-        if data["code"] == 4013:
-            break
-        await asyncio.sleep(0.1)
+    data = await query_until(server.call, "room5", recordid, lambda a: a["code"] == 4013,
+                             timeout=10, what="the idle task stops")
     assert data["code"] == 4013, data
     assert data["data"]["stopreason"] == "idle" and data["data"]["status"] == 4
     lines = playlist_lines(playlist_of(server, "room5", recordid, "erin"))
@@ -206,7 +206,8 @@ async def test_mono_opus_publisher_gives_mono_aac(server: Server, tmp_path: Path
     pub = await publish(server, "room6", "frank", clip=clip)
     try:
         resid, recordid, t0 = await start(server, "room6", "frank", 0)
-        await asyncio.sleep(3.0)
+        await query_until(server.call, "room6", recordid,
+                          lambda a: a["data"]["segments"] >= 1, what="a segment stored")
         t1 = await stop(server, "room6", resid, recordid)
     finally:
         await pub.stop()
