@@ -22,8 +22,16 @@ setup-serve: $(STAMP)
 serve: setup-serve
 	$(VENV)/bin/cloudrec serve $(if $(CONFIG),--config $(CONFIG))
 
+# Two pytest-xdist workers, not `-n auto`: the end-to-end tests publish and record real-time
+# media, and their frame-rate and timing bounds hold while each test has about a core to itself.
+# On this 2-core box auto would be 2 anyway; on a bigger one, TEST_WORKERS=auto is the choice.
+# --dist loadgroup: tests marked xdist_group(name) share one worker, the rest spread.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src/cloudrec
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/run.py

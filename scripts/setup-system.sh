@@ -6,11 +6,11 @@
 #          libsrt1.5-gnutls (the SRT listener of push ingest binds it through ctypes).
 #   test:  also ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the
 #          benchmark reference and, in listen mode, the RTMP server and reader of the live-push
-#          test, tests/test_pause_push.py; PyAV wheels bundle their own FFmpeg, so the service does not need
+#          test, tests/e2e/test_pause_push.py; PyAV wheels bundle their own FFmpeg, so the service does not need
 #          it), chromium (a real browser publishes through the /publish page in the tests),
-#          chromium-driver (selenium drives chromium through the console in tests/test_console.py),
+#          chromium-driver (selenium drives chromium through the console in tests/e2e/test_console.py),
 #          postgresql and redis-server (tests/services.py runs real ones for the cluster paths).
-#          GStreamer's webrtcbin with x264/opus and python3-gi (tests/test_interop.py publishes
+#          GStreamer's webrtcbin with x264/opus and python3-gi (tests/e2e/test_interop.py publishes
 #          from a real webrtcbin pipeline, run with the system Python).
 set -euo pipefail
 purpose=${1:-test}

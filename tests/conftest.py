@@ -1,65 +1,38 @@
-"""Shared fixtures."""
+"""The test tree's top-level conftest.
+
+- ``tests/unit``: fast, in-process tests (no servers, no WebRTC, no external binaries).
+- ``tests/e2e``: end-to-end tests: WebRTC peers, HTTP servers, ``cloudrec serve`` processes,
+  FFmpeg, Chromium, PostgreSQL and Redis, a cluster.
+
+Each test gets the ``unit`` or ``e2e`` marker from its folder, so ``pytest -m unit`` selects the
+same tests as ``pytest tests/unit``. Tests run in parallel (pytest-xdist); each worker is its own
+process with its own PostgreSQL and Redis (session fixtures of ``tests.services``), and nothing
+is written under the repository: a test that leaves a ``data`` dir in the working directory fails
+the run.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
-
-from cloudrec.api.whip import whip_router
-from cloudrec.rooms import RoomHub
-from cloudrec.tokens import make_token
-from cloudrec.webrtc.ingest import WebRtcIngest
 
 pytest_plugins = ["tests.services"]
 
-
-@dataclass
-class WhipServer:
-    """A FastAPI app with the WHIP routes into a WebRTC ingest over a RoomHub, served by
-    uvicorn on a free loopback port."""
-
-    base_url: str
-    hub: RoomHub
-    webrtc: WebRtcIngest
-    appid: int
-    secret: str
-
-    def url(self, roomid: str, uid: str) -> str:
-        return f"{self.base_url}/whip/{self.appid}/{roomid}/{uid}"
-
-    def token(self, roomid: str, uid: str, ttl_s: float = 3600) -> str:
-        return make_token(self.appid, roomid, uid, self.secret, ttl_s=ttl_s)
+TESTS = Path(__file__).resolve().parent
+_DATA = Path.cwd() / "data"
+_DATA_EXISTED = _DATA.exists()
 
 
-@pytest.fixture
-async def whip_server(request: pytest.FixtureRequest) -> AsyncIterator[WhipServer]:
-    """WHIP routes over a RoomHub; an indirect parameter gives the WebRTC ingest's keyword
-    arguments."""
-    appid, secret = 10034, "test-secret"
-    hub = RoomHub()
-    webrtc = WebRtcIngest(hub, **getattr(request, "param", {}))
-    app = FastAPI()
-    app.include_router(whip_router(webrtc, {appid: secret}.get))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield WhipServer(f"http://127.0.0.1:{port}", hub, webrtc, appid, secret)
-    finally:
-        await webrtc.close()
-        await hub.close()
-        server.should_exit = True
-        await task
-        sock.close()
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if path.is_relative_to(TESTS) and path.relative_to(TESTS).parts[0] in ("unit", "e2e"):
+            item.add_marker(path.relative_to(TESTS).parts[0])
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a test wrote the default ``./data`` dir of the working directory."""
+    if not _DATA_EXISTED and _DATA.exists():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nA test created {_DATA}: tests must keep their files in a temporary dir")

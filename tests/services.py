@@ -151,7 +151,8 @@ def start_postgres(tmpdir: Path | None = None) -> tuple[str, Stop]:
             if time.monotonic() > deadline:
                 message = _tail(log)
                 stop()
-                raise ServiceUnavailable(f"postgres did not accept connections:\n{message}")
+                raise ServiceUnavailable(
+                    f"postgres did not accept connections:\n{message}") from None
             time.sleep(0.1)
 
 
@@ -188,7 +189,7 @@ def start_redis(tmpdir: Path | None = None) -> tuple[str, Stop]:
             if time.monotonic() > deadline:
                 message = _tail(log)
                 stop()
-                raise ServiceUnavailable(f"redis-server did not answer:\n{message}")
+                raise ServiceUnavailable(f"redis-server did not answer:\n{message}") from None
             time.sleep(0.05)
 
 

@@ -8,7 +8,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -18,10 +18,11 @@ from cloudrec.config import Settings, load_settings, with_dev_app
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.add_typer(rec_app, name="rec", help="Drive recordings on a server through its API.")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="TOML settings file", exists=True, dir_okay=False)
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML settings file", exists=True,
+                         dir_okay=False)
 
 
-def _settings(config: Optional[Path], **overrides: object) -> Settings:
+def _settings(config: Optional[Path], **overrides: Any) -> Settings:
     return with_dev_app(load_settings(config, **overrides))
 
 
@@ -42,7 +43,8 @@ def _print_app(settings: Settings) -> None:
 
     for app_cfg in settings.apps:
         typer.echo(f"app {app_cfg.appid}: key={app_cfg.key} secret={app_cfg.secret}")
-        typer.echo(f"  headers: AppID: {app_cfg.appid}  Token: {basic_token(app_cfg.key, app_cfg.secret)}")
+        token = basic_token(app_cfg.key, app_cfg.secret)
+        typer.echo(f"  headers: AppID: {app_cfg.appid}  Token: {token}")
     typer.echo(f"API base: {settings.base_url}/app/{{appid}}/v1/recordoss/")
     typer.echo(f"publish page: {settings.base_url}/publish   data: {settings.data_dir.resolve()}")
 
@@ -121,7 +123,8 @@ def _server_secret(appid: int, settings: Settings) -> str:
 def publish(
     url: str = typer.Argument(..., help="WHIP URL, e.g. http://127.0.0.1:8080/whip/10034/room1/u1"),
     token_: str = typer.Option(..., "--token", help="publish token (cloudrec token ...)"),
-    seconds: Optional[float] = typer.Option(None, help="stop after this long (default: run until Ctrl-C)"),
+    seconds: Optional[float] = typer.Option(
+        None, help="stop after this long (default: run until Ctrl-C)"),
     width: int = 640,
     height: int = 480,
     fps: int = 15,
@@ -129,7 +132,8 @@ def publish(
     audio: bool = True,
     video: bool = True,
     tone: float = 440.0,
-    clip: Optional[Path] = typer.Option(None, help="send a pre-encoded file (H.264/Opus) without re-encoding"),
+    clip: Optional[Path] = typer.Option(
+        None, help="send a pre-encoded file (H.264/Opus) without re-encoding"),
     stats_every: float = typer.Option(5.0, help="print what was sent every this many seconds"),
 ) -> None:
     """Publish a synthetic stream (moving pattern, clock, tone) over WHIP; print the
@@ -153,9 +157,9 @@ def publish(
             on_state=on_state, on_report=on_report, report_every_s=stats_every))
     except PublishError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     typer.echo(f"{time.strftime('%H:%M:%S')} published {stats.seconds:.1f} s: "
                f"{stats.video_frames} video frames ({stats.video_codec}), "
                f"{stats.audio_frames} audio frames")

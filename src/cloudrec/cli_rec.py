@@ -17,7 +17,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NoReturn, Optional
 
 import typer
 
@@ -39,7 +39,7 @@ class _Ctx:
             _fail(str(exc), 2)
 
 
-def _fail(message: str, status: int = 1) -> Any:
+def _fail(message: str, status: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(status)
 

@@ -33,8 +33,9 @@ from typing import Any, Mapping
 import httpx
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
-STATUS_NAMES = {0: "init", 1: "starting", 2: "recording", 3: "stopping", 4: "stopped",
-                5: "failed"}
+# Keyed by the status number as a JSON answer gives it (so any value may be looked up).
+STATUS_NAMES: dict[Any, str] = {0: "init", 1: "starting", 2: "recording", 3: "stopping",
+                                4: "stopped", 5: "failed"}
 
 
 class ClientError(Exception):

@@ -42,10 +42,10 @@ class Settings:
     public_url: str = ""  # how publishers reach this server; default http://{host}:{port}
     log_level: str = "info"
     log_format: str = "text"  # "text", or "json": one JSON object per line (cloudrec.logs)
-    # -- every core, and a cluster (SPEC §6) --------------------------------------------------
+    # -- every core, and a cluster ---------------------------------------------------------------
     workers: int = 0  # worker processes of this node; 0: one per core; 1: one process (no workers)
-    database_url: str = ""  # postgresql://... : a cluster's shared task store; "" SQLite in data_dir
-    redis_url: str = ""  # redis://... : a cluster's rooms, nodes and rate limits; "" this node alone
+    database_url: str = ""  # postgresql://...: a cluster's shared task store; "" SQLite in data_dir
+    redis_url: str = ""  # redis://...: a cluster's rooms, nodes and rate limits; "" this node alone
     node_id: str = ""  # this node's name in a cluster; default host:port
     cluster_secret: str = ""  # authenticates calls between nodes and workers; "" a random one
     internal_host: str = ""  # the address other nodes reach this node's workers at; default host
@@ -130,7 +130,8 @@ def with_dev_app(settings: Settings) -> Settings:
     if path.exists():
         data = json.loads(path.read_text())
     else:
-        data = {"appid": DEV_APPID, "key": "dev-" + secrets.token_hex(6), "secret": secrets.token_hex(16)}
+        data = {"appid": DEV_APPID, "key": "dev-" + secrets.token_hex(6),
+                "secret": secrets.token_hex(16)}
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))

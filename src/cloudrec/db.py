@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-class Row(tuple):  # type: ignore[type-arg]
+class Row(tuple):
     """A result row: a tuple that is also addressable by column name."""
 
     _index: Mapping[str, int]
@@ -67,7 +67,7 @@ class Row(tuple):  # type: ignore[type-arg]
         row._index = index
         return row
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._index[key])
         return tuple.__getitem__(self, key)
@@ -194,7 +194,7 @@ class Database:
 
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         with self._lock:
-            return self._run(sql, params).fetchone()  # type: ignore[no-any-return]
+            return self._run(sql, params).fetchone()
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:

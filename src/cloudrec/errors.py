@@ -16,7 +16,7 @@ boundary: ``raise StorageError(...) from exc``.
 
 from __future__ import annotations
 
-# recordoss code -> HTTP status (SPEC §1). Codes not listed answer 400.
+# recordoss code -> HTTP status. Codes not listed answer 400.
 HTTP_STATUS: dict[int, int] = {
     1000: 401,
     1001: 401,

@@ -22,6 +22,7 @@ never loses its lease mid-send.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -236,7 +237,7 @@ class CallbackOutbox:
                         task = asyncio.create_task(self._deliver(client, event))
                         self._deliveries.add(task)
                         task.add_done_callback(self._deliveries.discard)
-                        task.add_done_callback(lambda _t, eid=event.id: self._done(eid))
+                        task.add_done_callback(functools.partial(self._delivered, event.id))
                     sleep_s = self._sleep_s()
                 except Exception:  # the store is unreachable or full: delivery waits, never dies
                     log.exception("callback outbox: reading the outbox failed; retrying")
@@ -245,6 +246,9 @@ class CallbackOutbox:
                     await asyncio.wait_for(self._wake.wait(), timeout=sleep_s)
                 except TimeoutError:
                     pass
+
+    def _delivered(self, event_id: str, _task: asyncio.Task[None]) -> None:
+        self._done(event_id)
 
     def _done(self, event_id: str) -> None:
         self._in_flight.discard(event_id)
@@ -285,7 +289,8 @@ class CallbackOutbox:
         if secret is None:
             self._finish(event, "dropped", f"app {event.appid} is no longer configured")
             self.dropped += 1
-            log.warning("callback %s dropped: app %d is no longer configured", event.id, event.appid)
+            log.warning("callback %s dropped: app %d is no longer configured", event.id,
+                        event.appid)
             return
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(event.body, secret)}
         try:
@@ -361,7 +366,8 @@ class CallbackOutbox:
     def _retry(self, event: Event, error: str) -> None:
         self.failures += 1
         attempts = event.attempts + 1
-        delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+        delay = (min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1))
+                 * random.uniform(0.8, 1.2))
         now = now_ms()
         row = self._db.fetchone("SELECT created_ms FROM events WHERE id = ?", (event.id,))
         if row is None:
@@ -381,5 +387,6 @@ class CallbackOutbox:
             "WHERE id = ? AND next_ms = ?",
             (attempts, now + int(delay * 1000), error, event.id, event.lease_ms),
         )
-        log.info("callback %s to %s failed (%s); retry %d in %.1f s", event.id, event.url, error, attempts, delay)
+        log.info("callback %s to %s failed (%s); retry %d in %.1f s", event.id, event.url, error,
+                 attempts, delay)
         self._wake.set()

@@ -1,6 +1,6 @@
 """Where recordings are stored: object stores behind one small interface, and the durable spool."""
 
-from cloudrec.storage.base import ObjectStore, open_store, object_key
+from cloudrec.storage.base import ObjectStore, object_key, open_store
 from cloudrec.storage.spool import Spool, SpoolUploader
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from cloudrec.errors import StorageError
 
-
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
             errno.EOPNOTSUPP, errno.ENOSYS}
 

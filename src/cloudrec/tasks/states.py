@@ -1,4 +1,4 @@
-"""Task states. 0 and 1 are the seed's; 2..5 are cloudrec's (SPEC §1).
+"""Task states. 0 and 1 are the recordoss API's own; 2..5 are cloudrec's additions.
 
     INIT ──start──► STARTING ──first segment──► RECORDING ──stop/idle/error──► STOPPING ──► STOPPED
        └───────────────────────── failure ─────────────────────────────────────────────► FAILED

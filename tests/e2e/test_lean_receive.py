@@ -26,9 +26,9 @@ from cloudrec.rtp.jitter import VideoStream
 from cloudrec.rtp.receiver import CodecInfo, LeanReceiver
 from cloudrec.tokens import make_token
 from cloudrec.webrtc.whip_client import Publisher
+from tests.e2e.test_recording import playlist_of, start, stop
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import playlist_lines
-from tests.test_recording import playlist_of, start, stop
 
 LOSS = 0.05
 

@@ -26,17 +26,28 @@ from PIL import Image
 from cloudrec.errors import InvalidParameter
 from cloudrec.media.mp4 import atoms
 from cloudrec.models import StartRecordRequest, parse_request
+from tests.e2e.test_callbacks import Receiver, serving
+from tests.e2e.test_mixed import BLUE, GREEN, OUT, RED, near, publish
+from tests.e2e.test_recording import publish as publish_pattern
+from tests.e2e.test_restart import Proc, procs  # noqa: F401 (a fixture)
+from tests.e2e.test_s3 import Moto, moto  # noqa: F401 (a fixture)
 from tests.helpers import (
-    APPID, LOCAL_STORAGE, Server, free_port, make_settings, running_server, source_body,
+    APPID,
+    LOCAL_STORAGE,
+    SEED_START_MIXED,
+    Server,
+    file_kinds,
+    free_port,
+    make_settings,
+    query_until,
+    running_server,
+    seconds_in,
+    segments_in,
+    source_body,
     startrecord,
+    wait_for,
 )
 from tests.media_check import playlist_lines
-from tests.test_api import SEED_START_MIXED
-from tests.test_callbacks import Receiver, serving
-from tests.test_mixed import BLUE, GREEN, OUT, RED, near, publish
-from tests.test_recording import publish as publish_pattern
-from tests.test_restart import Proc, procs  # noqa: F401 (a fixture)
-from tests.test_s3 import Moto, moto  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffprobe")
 
@@ -227,19 +238,21 @@ async def test_source_recording_with_mp4_and_snapshots(server: Server) -> None:
                 outputs={"mp4": True, "snapshotinterval": SNAP_S}))
             assert started["code"] == 0, started
             recordid = started["recordid"]
-            await asyncio.sleep(2.5)
-            live = await server.call(f"queryrecord/o1/{recordid}")
+            live = await query_until(server.call, "o1", recordid,
+                                     lambda a: "snapshot" in file_kinds(a),
+                                     what="a snapshot listed while recording")
             assert live["code"] == 0
             assert [f["kind"] for f in live["data"]["files"]][:1] == ["playlist"]
             assert "snapshot" in {f["kind"] for f in live["data"]["files"]}
-            await asyncio.sleep(9.0)
+            await query_until(server.call, "o1", recordid,
+                              lambda a: file_kinds(a).count("snapshot") >= 2,
+                              what="two snapshots stored")
             stopped = await stop(server.call, "o1", resid, recordid)
         finally:
             await pub.stop()
-        for _ in range(100):
-            if any(e["type"] == "recording.stopped" for e, _, _ in receiver.accepted):
-                break
-            await asyncio.sleep(0.1)
+        await wait_for(lambda: any(e["type"] == "recording.stopped"
+                                   for e, _, _ in receiver.accepted),
+                       timeout=10, interval=0.1, what="the recording.stopped callback")
     root = server.storage_root()
     base = f"{APPID}_o1_{recordid}_alice"
     files = stopped["files"]
@@ -268,7 +281,8 @@ async def test_without_outputs_nothing_more_is_made(server: Server) -> None:
         resid = await server.apply()
         started = await startrecord(server.call, source_body(resid, "o2", "bob"))
         assert started["code"] == 0, started
-        await asyncio.sleep(3.0)
+        playlist = server.storage_root() / PREFIX / f"{APPID}_o2_{started['recordid']}_bob.m3u8"
+        await wait_for(lambda: segments_in(playlist), what="a segment stored")
         stopped = await stop(server.call, "o2", resid, started["recordid"])
     finally:
         await pub.stop()
@@ -290,7 +304,9 @@ async def test_mixed_recording_snapshots_the_canvas_and_makes_an_mp4(server: Ser
                 "outputs": {"mp4": True, "snapshotinterval": SNAP_S}}
         started = await startrecord(server.call, body)
         assert started["code"] == 0, started
-        await asyncio.sleep(11.5)
+        await query_until(server.call, "o3", started["recordid"],
+                          lambda a: file_kinds(a).count("snapshot") >= 2,
+                          what="two snapshots stored")
         stopped = await stop(server.call, "o3", resid, started["recordid"])
     finally:
         await pub.stop()
@@ -315,21 +331,23 @@ async def test_mp4_after_a_sigkill_restart(tmp_path: Path, procs: list[Proc]) ->
                                                         outputs={"mp4": True}))
     assert started["code"] == 0, started
     recordid = started["recordid"]
-    await asyncio.sleep(3.5)
+    root = tmp_path / "storage" / LOCAL_STORAGE["bucket"]
+    base = f"{APPID}_o4_{recordid}_dave"
+    playlist = root / PREFIX / f"{base}.m3u8"
+    await wait_for(lambda: seconds_in(playlist) >= 2.0, what="two seconds stored")
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
     await pub.stop()
+    before = seconds_in(playlist)
 
     second = Proc(tmp_path, port)
     procs.append(second)
     await second.ready()
     pub = await second.publisher("o4", "dave")
-    await asyncio.sleep(3.0)
+    await wait_for(lambda: seconds_in(playlist) >= before + 2.5,
+                   what="2.5 s more stored after the restart")
     stopped = await stop(second.call, "o4", resid, recordid)
     await pub.stop()
-    root = tmp_path / "storage" / LOCAL_STORAGE["bucket"]
-    base = f"{APPID}_o4_{recordid}_dave"
-    playlist = root / PREFIX / f"{base}.m3u8"
     assert "#EXT-X-DISCONTINUITY" in playlist_lines(playlist)
     check_files(stopped["files"], root, base, snapshots=0, mp4=True)
     duration = check_mp4(root / PREFIX / f"{base}.mp4", playlist, ["audio", "video"])
@@ -362,7 +380,13 @@ async def test_large_mp4_goes_up_to_s3_in_parts(moto: Moto, tmp_path: Path,  # n
             started = await startrecord(server.call, body)
             assert started["code"] == 0, started
             recordid = started["recordid"]
-            await asyncio.sleep(4.0)
+            links = server.settings.data_dir / "spool" / recordid / "mp4"
+
+            def linked() -> bool:  # enough segments for an MP4 of more than two parts
+                sizes = [p.stat().st_size for p in links.glob("*.ts")]
+                return len(sizes) >= 3 and sum(sizes) > 3 * PART
+
+            await wait_for(linked, what="segments linked for the MP4")
             shutil.rmtree(server.settings.data_dir / "spool" / recordid / "mp4")
             stopped = await stop(server.call, "o5", resid, recordid)
         finally:

@@ -12,7 +12,6 @@ import uvicorn
 from cloudrec.fetch import FetchError, fetch_bytes
 from tests.helpers import free_port
 
-
 SEEN: list[tuple[str, str]] = []  # (path, Host header) of every request the server answered
 
 
@@ -23,7 +22,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"x" * 2048})
     elif path == "/loop":
-        await send({"type": "http.response.start", "status": 302, "headers": [(b"location", b"/loop")]})
+        await send({"type": "http.response.start", "status": 302,
+                    "headers": [(b"location", b"/loop")]})
         await send({"type": "http.response.body", "body": b""})
     elif path == "/slow":
         await asyncio.sleep(5)

@@ -3,7 +3,6 @@ port; a worker killed mid-recording is restarted and its task resumes in the sam
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from tests.helpers import APPID, LOCAL_STORAGE
+from tests.helpers import APPID, LOCAL_STORAGE, segments_in, wait_for
 from tests.media_check import playlist_lines, probe_playlist
 from tests.nodes import Node, worker_of
 
@@ -31,15 +30,6 @@ def playlist_of(node: Node, room: str, recordid: str, uid: str) -> Path:
             / f"{APPID}_{room}_{recordid}_{uid}.m3u8")
 
 
-async def wait_for(predicate, timeout_s: float = 20.0):  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout_s / 0.2)):
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
 async def test_two_workers_spread_rooms_and_a_killed_worker_resumes(tmp_path: Path,
                                                                     nodes: list[Node]) -> None:
     node = Node(tmp_path, workers=2).start()
@@ -50,16 +40,17 @@ async def test_two_workers_spread_rooms_and_a_killed_worker_resumes(tmp_path: Pa
     assert len({w["pid"] for w in health["workers"]} | {node.proc.pid}) == 3  # type: ignore[union-attr]
 
     pubs = [await node.publisher(room, "alice") for room in ("ra", "rb")]
-    holders = await wait_for(lambda: _holders(node, ("ra", "rb")))
+    holders = await wait_for(lambda: _holders(node, ("ra", "rb")), timeout=20, interval=0.2)
     assert holders["ra"]["id"] != holders["rb"]["id"], "two new rooms go to two idle workers"
 
     resid, recordid = await node.record("ra", "alice")
     _, other = await node.record("rb", "alice")
-    await asyncio.sleep(3.5)
+    playlist = playlist_of(node, "ra", recordid, "alice")
+    await wait_for(lambda: len(segments_in(playlist)) >= 2, timeout=20, interval=0.1,
+                   what="two segments stored before the kill")
     victim = holders["ra"]
     os.kill(victim["pid"], signal.SIGKILL)
     await pubs[0].stop()
-    playlist = playlist_of(node, "ra", recordid, "alice")
     before = [line for line in playlist_lines(playlist) if line.endswith(".ts")]
     assert len(before) >= 2
 
@@ -68,7 +59,7 @@ async def test_two_workers_spread_rooms_and_a_killed_worker_resumes(tmp_path: Pa
         w = worker_of(await node.health(), "ra")
         return w if w and w["pid"] != victim["pid"] else None
 
-    again = await wait_for(restarted)
+    again = await wait_for(restarted, timeout=20, interval=0.2)
     assert again["id"] == victim["id"]
     query = await node.call(f"queryrecord/ra/{recordid}")
     assert query["code"] == 0 and query["data"]["status"] in (1, 2), query
@@ -76,7 +67,13 @@ async def test_two_workers_spread_rooms_and_a_killed_worker_resumes(tmp_path: Pa
         "the other worker's recording was not disturbed"
 
     pubs[0] = await node.publisher("ra", "alice")  # the publisher comes back
-    await asyncio.sleep(3.0)
+
+    async def recorded_since_resume() -> bool:
+        data = (await node.call(f"queryrecord/ra/{recordid}"))["data"]
+        return float(data["duration"]) > len(before) + 2.0
+
+    await wait_for(recorded_since_resume, timeout=30, interval=0.2,
+                   what="more than 2 s recorded after the resume")
     stopped = await node.call("stoprecord", {"resid": resid, "appid": APPID, "roomid": "ra",
                                              "recordid": recordid})
     assert stopped["code"] == 0, stopped

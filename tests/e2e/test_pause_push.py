@@ -24,22 +24,24 @@ from cloudrec.media.mix.recorder import MixedHlsRecorder
 from cloudrec.media.push.fanout import ffmpeg_protocols
 from cloudrec.media.source import SourceHlsRecorder
 from cloudrec.models.mixconfig import MixConfig
+from tests.e2e.test_mixed import OUT, RED, mixed_body, publish
+from tests.e2e.test_mixed import _h264 as mix_h264
+from tests.e2e.test_mixed import _opus as mix_opus
+from tests.e2e.test_restart import Proc, procs, start_recording, stored_playlist  # noqa: F401
 from tests.helpers import (
     APPID,
     Server,
     free_port,
     make_settings,
+    query_until,
     running_server,
+    segments_in,
     source_body,
     startrecord,
 )
 from tests.media_check import playlist_lines, probe_playlist
-from tests.test_media_source import T0, FakeClock
-from tests.test_media_source import publish as synthetic_publisher
-from tests.test_mixed import OUT, RED, mixed_body, publish
-from tests.test_mixed import _h264 as mix_h264
-from tests.test_mixed import _opus as mix_opus
-from tests.test_restart import Proc, procs, start_recording, stored_playlist  # noqa: F401
+from tests.unit.test_media_source import T0, FakeClock
+from tests.unit.test_media_source import publish as synthetic_publisher
 
 
 @pytest.fixture
@@ -228,22 +230,22 @@ async def test_a_pause_longer_than_pause_timeout_stops_the_task(tmp_path: Path) 
             resid = await server.apply()
             data = await startrecord(server.call, source_body(resid, "room3", "carol"))
             recordid = data["recordid"]
-            await asyncio.sleep(2.5)
+            playlist = (server.storage_root() / "test1" / "test2"
+                        / f"{APPID}_room3_{recordid}_carol.m3u8")
+            await query_until(server.call, "room3", recordid,
+                              lambda _: segments_in(playlist), what="a segment stored")
             assert (await server.call("pauserecord", ids(resid, "room3", recordid)))["code"] == 0
-            for _ in range(80):
-                answer = await query(server, "room3", recordid)
-                if answer["code"] == 4013:
-                    break
-                await asyncio.sleep(0.1)
+            answer = await query_until(server.call, "room3", recordid,
+                                       lambda a: a["code"] == 4013, timeout=8,
+                                       what="the paused task stops")
         finally:
             await pub.stop()
     assert answer["code"] == 4013, answer
     assert answer["data"]["stopreason"] == "paused" and answer["data"]["status"] == 4
-    playlist = server.storage_root() / "test1" / "test2" / f"{APPID}_room3_{recordid}_carol.m3u8"
     assert playlist_lines(playlist)[-1] == "#EXT-X-ENDLIST"
 
 
-async def test_pause_survives_a_sigkill_restart(tmp_path: Path, procs: list[Proc]) -> None:
+async def test_pause_survives_a_sigkill_restart(tmp_path: Path, procs: list[Proc]) -> None:  # noqa: F811 (the fixture)
     port = free_port()
     first = Proc(tmp_path, port)
     procs.append(first)
@@ -253,11 +255,13 @@ async def test_pause_survives_a_sigkill_restart(tmp_path: Path, procs: list[Proc
     await asyncio.sleep(3.0)
     assert (await first.call("pauserecord", ids(resid, "room4", recordid)))["code"] == 0
     closed = (await query(first, "room4", recordid))["data"]["segments"]  # the pause's included
-    await asyncio.sleep(1.0)
+    playlist = stored_playlist(tmp_path, "room4", recordid, "dave")
+    await query_until(first.call, "room4", recordid,
+                      lambda _: len(segments_in(playlist)) >= closed,
+                      what="the segments closed by the pause stored")
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
     await pub.stop()
-    playlist = stored_playlist(tmp_path, "room4", recordid, "dave")
 
     second = Proc(tmp_path, port)
     procs.append(second)
@@ -396,7 +400,12 @@ async def test_push_to_rtmp_survives_the_server_going_away(server: Server, tmp_p
             return (await push_state()).get("state") == "live"
 
         await wait_for(live, 15.0, "the push to go live")
-        await asyncio.sleep(3.0)
+
+        async def received() -> bool:
+            video, audio, _ = await asyncio.to_thread(reader.frames)
+            return video >= 15 * 2 and audio > 50
+
+        await wait_for(received, 15.0, "the first reader to receive two seconds")
         reader.kill()  # the server goes away mid-stream
         segments_then = (await query(server, "room6", recordid))["data"]["segments"]
 
@@ -407,8 +416,10 @@ async def test_push_to_rtmp_survives_the_server_going_away(server: Server, tmp_p
         state = await query(server, "room6", recordid)
         assert "secretkey" not in str(state), "push URLs are shown redacted"
         assert any("push rtmp://127.0.0.1" in w for w in state["data"]["warnings"]), state
-        await asyncio.sleep(4.0)
-        during = (await query(server, "room6", recordid))["data"]
+        during = (await query_until(
+            server.call, "room6", recordid,
+            lambda a: a["data"]["segments"] >= segments_then + 1,
+            what="a segment recorded while the push retries"))["data"]
         assert during["segments"] >= segments_then + 1, "the recording goes on"
         assert during["status"] == 2
 
@@ -419,7 +430,17 @@ async def test_push_to_rtmp_survives_the_server_going_away(server: Server, tmp_p
             return s.get("state") == "live" and s["sessions"] >= 2
 
         await wait_for(back, 30.0, "the push to recover")
-        await asyncio.sleep(3.0)
+        assert second is not None
+        again = second
+
+        async def received_again() -> bool:
+            video, audio, _ = await asyncio.to_thread(again.frames)
+            return video >= 15 * 2 and audio > 50
+
+        await wait_for(received_again, 15.0, "the second reader to receive two seconds")
+        await query_until(server.call, "room6", recordid,
+                          lambda a: a["data"]["duration"] > 10.0,
+                          what="more than 10 s recorded")
         stopped = await server.call("stoprecord", ids(resid, "room6", recordid))
         assert stopped["code"] == 0, stopped
     finally:
@@ -455,8 +476,12 @@ async def test_a_push_server_that_never_answers_does_not_hold_the_mix(server: Se
         data = await startrecord(server.call, body)
         assert data["code"] == 0, data
         recordid = data["recordid"]
-        await asyncio.sleep(8.0)
-        state = (await query(server, "room8", recordid))["data"]
+        state = (await query_until(
+            server.call, "room8", recordid,
+            lambda a: a["data"]["push"] and a["data"]["push"][0]["attempts"] >= 1
+            and "no progress" in str(a["data"]["push"])
+            and a["data"]["segments"] >= 2 and a["data"]["duration"] >= 5.0,
+            what="a push given up for no progress while the mix records"))["data"]
         assert state["push"][0]["state"] in ("retrying", "connecting"), state["push"]
         assert state["push"][0]["attempts"] >= 1 and "no progress" in str(state["push"])
         assert state["segments"] >= 2 and state["duration"] >= 5.0, state

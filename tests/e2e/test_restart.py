@@ -11,7 +11,16 @@ from typing import AsyncIterator
 
 import pytest
 
-from tests.helpers import APPID, LOCAL_STORAGE, free_port, source_body, startrecord
+from tests.helpers import (
+    APPID,
+    LOCAL_STORAGE,
+    free_port,
+    seconds_in,
+    segments_in,
+    source_body,
+    startrecord,
+    wait_for,
+)
 from tests.media_check import playlist_lines, probe_playlist
 from tests.nodes import Node
 
@@ -54,11 +63,11 @@ async def test_sigkill_resumes_into_the_same_playlist(tmp_path: Path, procs: lis
     await first.ready()
     pub = await first.publisher("room1", "alice")
     resid, recordid = await start_recording(first, "room1", "alice")
-    await asyncio.sleep(3.5)
+    playlist = stored_playlist(tmp_path, "room1", recordid, "alice")
+    await wait_for(lambda: len(segments_in(playlist)) >= 2, what="two segments stored")
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
     await pub.stop()
-    playlist = stored_playlist(tmp_path, "room1", recordid, "alice")
     before = [line for line in playlist_lines(playlist) if line.endswith(".ts")]
     assert len(before) >= 2, "segments closed before the crash are stored"
     assert "#EXT-X-ENDLIST" not in playlist_lines(playlist)
@@ -69,7 +78,9 @@ async def test_sigkill_resumes_into_the_same_playlist(tmp_path: Path, procs: lis
     resumed = await second.call(f"queryrecord/room1/{recordid}")
     assert resumed["code"] == 0 and resumed["data"]["status"] in (1, 2), resumed
     pub = await second.publisher("room1", "alice")
-    await asyncio.sleep(3.0)
+    # the frames checked below: two seconds more than the segments before the crash
+    await wait_for(lambda: seconds_in(playlist) >= len(before) + 2.5,
+                   what="2.5 s more stored after the restart")
     stopped = await second.call("stoprecord", {"resid": resid, "appid": APPID, "roomid": "room1",
                                                "recordid": recordid})
     await pub.stop()
@@ -85,7 +96,8 @@ async def test_sigkill_resumes_into_the_same_playlist(tmp_path: Path, procs: lis
     assert probe.video_frames >= 15 * (len(before) + 2)
 
 
-async def test_sigterm_finalises_and_restart_keeps_the_task(tmp_path: Path, procs: list[Proc]) -> None:
+async def test_sigterm_finalises_and_restart_keeps_the_task(tmp_path: Path,
+                                                            procs: list[Proc]) -> None:
     port = free_port()
     first = Proc(tmp_path, port)
     procs.append(first)

@@ -30,19 +30,22 @@ from cloudrec.models.mixconfig import MixConfig
 from cloudrec.tokens import make_token
 from cloudrec.webrtc.synthetic import TestPatternTrack
 from cloudrec.webrtc.whip_client import Publisher
+from tests.e2e.test_restart import Proc, procs  # noqa: F401 (a fixture)
 from tests.helpers import (
     APPID,
     LOCAL_STORAGE,
     SECRET,
+    SEED_START_MIXED,
     Server,
     free_port,
     make_settings,
+    query_until,
     running_server,
+    segments_in,
     startrecord,
+    wait_for,
 )
 from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
-from tests.test_api import SEED_START_MIXED
-from tests.test_restart import Proc, procs  # noqa: F401 (a fixture)
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
@@ -153,7 +156,7 @@ def _thread_worker_where_a_stall_is_injected(request: pytest.FixtureRequest,
     """test_a_worker_far_behind_drops_frames_and_recovers stalls the worker by monkeypatching
     MixedHlsRecorder.tick in this process, which only the in-thread worker runs: it keeps that
     transport. The mix process (the default) is stalled with a real SIGSTOP in
-    tests/test_mixproc.py."""
+    tests/e2e/test_mixproc.py."""
     if request.node.name == "test_a_worker_far_behind_drops_frames_and_recovers":
         monkeypatch.setattr("cloudrec.recorder.mixed.MIX_WORKER", "thread")
 
@@ -266,7 +269,11 @@ async def test_template_layouts_sei_and_reflow(server: Server) -> None:
     try:
         started = [await start_mixed(server, room, {"templateid": t, "output": dict(
             OUT, base64seidata=SEI, background={"color": "FFFF00"})}) for t in (1, 3)]
-        await asyncio.sleep(3.0)
+        for _resid, recordid in started:
+            await query_until(
+                server.call, room, recordid,
+                lambda a: len(a["data"].get("inputs") or []) == 3 and a["data"]["segments"] >= 2,
+                what="two segments of the three inputs")
         live = await server.call(f"queryrecord/{room}/{started[0][1]}")
         assert live["code"] == 0 and live["data"]["status"] == 2
         assert live["data"]["inputs"] == [f"{room}/b", f"{room}/g", f"{room}/r"]
@@ -277,7 +284,7 @@ async def test_template_layouts_sei_and_reflow(server: Server) -> None:
     finally:
         for pub in pubs:
             await pub.stop()
-    for (resid, recordid), templateid in zip(started, (1, 3)):
+    for (_resid, recordid), templateid in zip(started, (1, 3)):
         playlist = playlist_of(server, room, recordid)
         frames = video_frames(playlist)
         assert frames[0][1].shape == (240, 320, 3)
@@ -318,8 +325,11 @@ async def test_custom_layout_z_order_watermark_background_and_patch(server: Serv
     }
     try:
         resid, recordid = await start_mixed(server, "roomA", layout)
-        await asyncio.sleep(3.5)
-        live = await server.call(f"queryrecord/roomA/{recordid}")
+        live = await query_until(
+            server.call, "roomA", recordid,
+            lambda a: len(a["data"].get("inputs") or []) == 2 and a["data"]["segments"] >= 2
+            and any("127.0.0.1:9/logo.png" in w for w in a["data"]["warnings"]),
+            what="two segments of both inputs, the picture's warning")
         await b.stop()
         await asyncio.sleep(1.5)
         await stop(server, "roomA", resid, recordid)
@@ -352,7 +362,10 @@ async def test_update_changes_layout_without_a_gap(server: Server) -> None:
     pubs = [await publish(server, room, "a", RED), await publish(server, room, "b", BLUE)]
     try:
         resid, recordid = await start_mixed(server, room, {"templateid": 1, "output": OUT})
-        await asyncio.sleep(2.5)
+        at_update = await query_until(
+            server.call, room, recordid,
+            lambda a: len(a["data"].get("inputs") or []) == 2 and a["data"]["segments"] >= 2,
+            what="two segments of both inputs")
         body = {"resid": resid, "appid": APPID, "roomid": room, "recordid": recordid}
         swapped = {"input": [
             {"uid": "a", "roomid": room, "streamtype": 0, "layoutX": 160, "layoutY": 0,
@@ -365,8 +378,10 @@ async def test_update_changes_layout_without_a_gap(server: Server) -> None:
         audio_only = dict(body, mixconfig={"output": {"streamtype": 2}})
         refused = await server.call("updatemixrecord", audio_only)
         assert refused["code"] == 4016 and "streamtype" in refused["message"]
-        await asyncio.sleep(2.5)
-        live = await server.call(f"queryrecord/{room}/{recordid}")
+        live = await query_until(
+            server.call, room, recordid,
+            lambda a: a["data"]["segments"] >= at_update["data"]["segments"] + 2,
+            what="two segments after the update")
         assert live["data"]["mixconfig"]["input"][0]["layoutX"] == 160  # kept for a restart
         await stop(server, room, resid, recordid)
         t_stop = time.monotonic()
@@ -396,7 +411,10 @@ async def test_audio_only_mix_of_the_room(server: Server) -> None:
             await publish(server, room, "b", BLUE, tone_hz=1000)]
     try:
         resid, recordid = await start_mixed(server, room, {"output": {"streamtype": 2}}, 2)
-        await asyncio.sleep(3.5)
+        await query_until(server.call, room, recordid,
+                          lambda a: len(a["data"].get("inputs") or []) == 2
+                          and a["data"]["duration"] >= 3.0,
+                          what="3 s of both inputs recorded")
         await stop(server, room, resid, recordid)
     finally:
         for pub in pubs:
@@ -425,7 +443,8 @@ async def test_seed_mixed_example_records(server: Server) -> None:
         assert (await server.call("startrecord", nobody))["code"] == 4005
         data = await server.call("startrecord", body)
         assert data["code"] == 0, data
-        await asyncio.sleep(2.0)
+        await wait_for(lambda: segments_in(playlist_of(server, "abcabc", data["recordid"])),
+                       what="a segment stored")
         await stop(server, "abcabc", body["resid"], data["recordid"])
     finally:
         await pub.stop()
@@ -451,18 +470,20 @@ async def test_sigkill_resumes_the_mix_with_its_latest_layout(
                                                                     "output": OUT}))
     assert data["code"] == 0, data
     recordid = data["recordid"]
-    await asyncio.sleep(1.5)
+    playlist = (tmp_path / "storage" / LOCAL_STORAGE["bucket"] / "test1" / "test2"
+                / f"{APPID}_{room}_{recordid}.m3u8")
+    await wait_for(lambda: segments_in(playlist), what="a segment stored")
     body = {"resid": resid, "appid": APPID, "roomid": room, "recordid": recordid}
     update = await first.call("updatemixrecord", dict(body, mixconfig={"templateid": 2,
                                                                        "output": OUT}))
     assert update["code"] == 0, update
-    await asyncio.sleep(2.5)
+    at_update = len(segments_in(playlist))
+    await wait_for(lambda: len(segments_in(playlist)) >= max(2, at_update + 1),
+                   what="a segment stored after the update")
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
     for pub in pubs:
         await pub.stop()
-    playlist = (tmp_path / "storage" / LOCAL_STORAGE["bucket"] / "test1" / "test2"
-                / f"{APPID}_{room}_{recordid}.m3u8")
     before = [line for line in playlist_lines(playlist) if line.endswith(".ts")]
     assert len(before) >= 2
 
@@ -472,7 +493,10 @@ async def test_sigkill_resumes_the_mix_with_its_latest_layout(
     resumed = await second.call(f"queryrecord/{room}/{recordid}")
     assert resumed["code"] == 0 and resumed["data"]["mixconfig"]["templateid"] == 2, resumed
     pubs = [await publish(second, room, "a", RED), await publish(second, room, "b", BLUE)]
-    await asyncio.sleep(3.0)
+    await query_until(second.call, room, recordid,
+                      lambda a: len(a["data"].get("inputs") or []) == 2
+                      and a["data"]["segments"] >= len(before) + 2,
+                      what="two segments of both inputs after the restart")
     stopped = await second.call("stoprecord", body)
     for pub in pubs:
         await pub.stop()
@@ -512,8 +536,13 @@ async def test_a_worker_far_behind_drops_frames_and_recovers(
     red = await publish(server, room, "r", RED)
     try:
         resid, recordid = await start_mixed(server, room, {"templateid": 1, "output": OUT})
-        await asyncio.sleep(4.0)
-        live = await server.call(f"queryrecord/{room}/{recordid}")
+        dropped = await query_until(server.call, room, recordid,
+                                    lambda a: a["data"].get("framesdropped", 0) > 0,
+                                    what="frames dropped")
+        live = await query_until(
+            server.call, room, recordid,
+            lambda a: a["data"]["segments"] >= dropped["data"]["segments"] + 2,
+            what="two segments after the drop")
         await stop(server, room, resid, recordid)
     finally:
         await red.stop()

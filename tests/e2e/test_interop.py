@@ -29,14 +29,13 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from cloudrec.media.codecs.h264 import conformant_access_unit, join_annexb, split_annexb
 from cloudrec.rooms import RoomHub
 from cloudrec.tokens import make_token
-from cloudrec.webrtc import _aiortc_tap as tap
 from cloudrec.webrtc import _aiortc_transport as transport
 from cloudrec.webrtc.ingest import WebRtcIngest
 from cloudrec.webrtc.synthetic import Pacer, TestPatternTrack
-from tests.conftest import WhipServer
+from tests.e2e.conftest import WhipServer
+from tests.e2e.test_recording import playlist_of, start, stop
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import ffprobe_streams, probe_playlist
-from tests.test_recording import playlist_of, start, stop
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -77,7 +76,8 @@ def gstreamer() -> None:
 @pytest.fixture
 def ffmpeg_whip() -> None:
     if FFMPEG is None:
-        pytest.fail("imageio-ffmpeg with the whip muxer is not installed (pip install -e '.[test]')")
+        pytest.fail("imageio-ffmpeg with the whip muxer is not installed "
+                    "(pip install -e '.[test]')")
 
 
 needs_gstreamer = pytest.mark.usefixtures("gstreamer")

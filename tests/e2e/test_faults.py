@@ -19,12 +19,17 @@ import pytest
 from cloudrec.storage import SpoolUploader
 from cloudrec.storage.local import LocalStore
 from cloudrec.tokens import make_token
+from tests.e2e.test_callbacks import Receiver, serving
+from tests.e2e.test_recording import publish
 from tests.helpers import (
-    APPID, free_port, make_settings, running_server, source_body, startrecord,
+    APPID,
+    free_port,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
 )
 from tests.media_check import playlist_lines, probe_playlist
-from tests.test_callbacks import Receiver, serving
-from tests.test_recording import publish
 
 # -- WHIP bodies --------------------------------------------------------------------------------
 

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import APPID, HEADERS, SECRET, make_settings, running_server, source_body, startrecord
-from tests.test_recording import publish
+from tests.e2e.test_recording import publish
+from tests.helpers import (
+    APPID,
+    HEADERS,
+    SECRET,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
 
 
 async def test_concurrent_starts_and_stops(tmp_path: Path) -> None:
@@ -40,7 +48,8 @@ async def test_concurrent_starts_and_stops(tmp_path: Path) -> None:
             await pub.stop()
 
 
-async def test_no_secret_in_logs_or_answers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_secret_in_logs_or_answers(tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     storage_secret = "STORAGE-SECRET-7f3a9"
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="cloudrec")

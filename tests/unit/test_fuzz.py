@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloudrec.api import create_app
-from tests.helpers import APPID, HEADERS, make_settings, source_body
-from tests.test_api import SEED_START_MIXED
+from tests.helpers import APPID, HEADERS, SEED_START_MIXED, make_settings, source_body
 
 SEED_CODES = {0, 1000, 1001, 1002, 2101, 2103, 2104, 2105, 4001, 4004, 4005, 4006, 4007, 4009,
               4011, 4012, 4013, 4014, 4015, 4016, 4017, 4018, 4019}
@@ -24,7 +23,8 @@ SEED_CODES = {0, 1000, 1001, 1002, 2101, 2103, 2104, 2105, 4001, 4004, 4005, 400
 junk = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: (st.lists(inner, max_size=4)
+                   | st.dictionaries(st.text(max_size=12), inner, max_size=4)),
     max_leaves=12,
 )
 
@@ -62,7 +62,8 @@ bodies = st.one_of(
     st.sampled_from(sorted(VALID)).flatmap(
         lambda name: st.tuples(
             st.just(name), st.sampled_from(paths(VALID[name]) or [("x",)]), junk
-        ).map(lambda t: (t[0].split("-")[0], json.dumps(replaced(VALID[t[0]], t[1], t[2])).encode()))
+        ).map(lambda t: (t[0].split("-")[0],
+                         json.dumps(replaced(VALID[t[0]], t[1], t[2])).encode()))
     ),
     st.tuples(st.sampled_from(sorted({n.split("-")[0] for n in VALID})),
               junk.map(lambda v: json.dumps(v).encode())),
@@ -89,12 +90,14 @@ def test_fuzz_every_endpoint(tmp_path: Path) -> None:
     @given(bodies)
     def post(case: tuple[str, bytes]) -> None:
         endpoint, body = case
-        check(loop.run_until_complete(client.post(f"{base}/{endpoint}", content=body, headers=HEADERS)))
+        post = client.post(f"{base}/{endpoint}", content=body, headers=HEADERS)
+        check(loop.run_until_complete(post))
 
     @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.text(min_size=1, max_size=30), st.text(min_size=1, max_size=60),
            st.dictionaries(st.sampled_from(["AppID", "Token", "Authorization"]),
-                           st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30)))
+                           st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
+                                   max_size=30)))
     def query(roomid: str, recordid: str, headers: dict[str, str]) -> None:
         url = f"{base}/queryrecord/{quote(roomid, safe='')}/{quote(recordid, safe='')}"
         check(loop.run_until_complete(client.get(url, headers=headers or HEADERS)))

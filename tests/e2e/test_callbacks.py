@@ -17,8 +17,18 @@ import pytest
 import uvicorn
 
 from cloudrec.callbacks import CallbackOutbox, sign
-from tests.helpers import APPID, SECRET, free_port, make_settings, running_server, source_body, startrecord
-from tests.test_recording import publish, stop
+from tests.e2e.test_recording import playlist_of, publish, stop
+from tests.helpers import (
+    APPID,
+    SECRET,
+    free_port,
+    make_settings,
+    running_server,
+    segments_in,
+    source_body,
+    startrecord,
+    wait_for,
+)
 
 
 class Receiver:
@@ -86,7 +96,8 @@ def verify(body: bytes, signature: str, secret: str) -> bool:
     return hmac.compare_digest(expected, signature)
 
 
-async def test_events_delivered_signed_after_failures(tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+async def test_events_delivered_signed_after_failures(tmp_path: Path,
+                                                      receiver: tuple[Receiver, str]) -> None:
     rx, url = receiver
     settings = make_settings(tmp_path, segment_seconds=1.0, write_rate_per_s=100)
     async with running_server(settings) as server:
@@ -98,16 +109,14 @@ async def test_events_delivered_signed_after_failures(tmp_path: Path, receiver: 
                                                                   callbackurl=url))
             assert started["code"] == 0, started
             recordid = started["recordid"]
-            await asyncio.sleep(2.5)
+            playlist = playlist_of(server, "room1", recordid, "alice")
+            await wait_for(lambda: len(segments_in(playlist)) >= 2, timeout=20,
+                           what="two segments stored")
             await stop(server, "room1", resid, recordid)
         finally:
             await pub.stop()
         outbox = server.app.state.outbox
-        for _ in range(200):
-            if outbox.pending() == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert outbox.pending() == 0
+        await wait_for(lambda: outbox.pending() == 0, timeout=10, what="every event delivered")
     by_id = {event["id"]: (event, body, sig) for event, body, sig in rx.accepted}
     assert len(by_id) == len(rx.accepted), "each event accepted once"
     assert all(n == 3 for n in rx.attempts.values()), "two failures, then delivered"
@@ -147,10 +156,7 @@ async def test_outbox_survives_restart_and_gives_up_in_bounded_time(database: st
     again = CallbackOutbox(database, {1: "s"}.get, transport=httpx.MockTransport(accept))
     assert again.pending() == 1
     again.start()
-    for _ in range(100):
-        if again.pending() == 0:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: again.pending() == 0, timeout=2, interval=0.02)
     await again.close()
     assert len(delivered) == 1 and json.loads(delivered[0].content)["id"] == event_id
     assert delivered[0].headers["x-cloudrec-signature"] == sign(delivered[0].content, "s")
@@ -159,10 +165,7 @@ async def test_outbox_survives_restart_and_gives_up_in_bounded_time(database: st
                           backoff_s=0.01, retry_for_s=0.3)
     dead.emit("http://receiver.invalid/x", "recording.stopped", appid=1, roomid="r", recordid="rec")
     dead.start()
-    for _ in range(200):
-        if dead.pending() == 0:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: dead.pending() == 0, timeout=4, interval=0.02)
     assert dead.pending() == 0 and dead.dropped == 1 and len(calls) >= 3
     await dead.close()
 
@@ -194,11 +197,7 @@ async def test_two_deliverers_send_each_event_once_at_a_time(database: str) -> N
         for t in threads:
             t.start()
         try:
-            for _ in range(400):
-                if outboxes[0].pending() == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert outboxes[0].pending() == 0
+            await wait_for(lambda: outboxes[0].pending() == 0, timeout=20)
         finally:
             done.set()
             await asyncio.to_thread(lambda: [t.join() for t in threads])
@@ -207,7 +206,7 @@ async def test_two_deliverers_send_each_event_once_at_a_time(database: str) -> N
     assert all(rx.attempts[i] == 2 for i in ids), "one failure, then delivered: no extra sends"
     assert rx.overlaps == []
     assert sum(o.delivered for o in outboxes) == len(ids)
-    for event, body, sig in rx.accepted:
+    for _event, body, sig in rx.accepted:
         assert verify(body, sig, "s")
 
 
@@ -238,11 +237,8 @@ async def test_delivery_outlives_a_store_that_cannot_be_written(tmp_path: Path) 
         assert not delivered
         assert outbox._runner is not None and not outbox._runner.done(), "delivery still runs"
         blocker.execute("COMMIT")
-        for _ in range(100):
-            if outbox.pending() == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert outbox.pending() == 0 and delivered == [event_id]
+        await wait_for(lambda: outbox.pending() == 0, timeout=5)
+        assert delivered == [event_id]
     finally:
         if blocker.in_transaction:
             blocker.execute("ROLLBACK")

@@ -92,7 +92,8 @@ def test_claims_from_separate_stores_start_exactly_one(database: str) -> None:
     stores = [TaskStore(database) for _ in range(4)]
     for _ in range(5):
         resid = stores[0].apply(1)
-        results = race(8, lambda i: create(stores[i % 4], resid, owner=f"node{i % 4}/w0"))
+        results = race(8, lambda i, resid=resid: create(stores[i % 4], resid,
+                                                         owner=f"node{i % 4}/w0"))
         winners = [r for r in results if isinstance(r, str)]
         assert len(winners) == 1, results
         assert sorted(r for r in results if isinstance(r, int)) == [4011] * 7

@@ -12,7 +12,7 @@ import pytest
 
 from cloudrec.media.codecs import picture_size
 from cloudrec.webrtc.whip_client import Publisher
-from tests.conftest import WhipServer
+from tests.e2e.conftest import WhipServer
 
 
 def keyframe(codec: str, width: int, height: int) -> bytes:
@@ -48,7 +48,8 @@ async def test_a_publication_reports_what_it_sends(whip_server: WhipServer) -> N
         [info] = whip_server.hub.publications()
     finally:
         await pub.stop()
-    assert (info["roomid"], info["uid"], info["width"], info["height"]) == ("stats", "alice", 320, 240)
+    assert (info["roomid"], info["uid"], info["width"], info["height"]) == (
+        "stats", "alice", 320, 240)
     assert info["video_codec"] == "h264" and info["audio_codec"] == "opus"
     assert 10 <= info["video"]["fps"] <= 17 and info["video"]["kbps"] > 20
     assert 40 <= info["audio"]["fps"] <= 55  # 20 ms Opus packets

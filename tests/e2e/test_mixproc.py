@@ -25,18 +25,8 @@ from cloudrec.models.mixconfig import MixConfig
 from cloudrec.recorder.mixed import MixedRecording
 from cloudrec.recorder.mixproc import MixProcess
 from cloudrec.webrtc.synthetic import make_clip
-from tests.helpers import (
-    APPID,
-    SECRET,
-    Server,
-    make_settings,
-    running_server,
-    source_body,
-    startrecord,
-)
-from tests.media_check import playlist_lines
-from tests.test_callbacks import Receiver, serving
-from tests.test_mixed import (
+from tests.e2e.test_callbacks import Receiver, serving
+from tests.e2e.test_mixed import (
     BLUE,
     OUT,
     RED,
@@ -49,6 +39,19 @@ from tests.test_mixed import (
     stop,
     video_frames,
 )
+from tests.helpers import (
+    APPID,
+    SECRET,
+    Server,
+    make_settings,
+    query_until,
+    running_server,
+    segments_in,
+    source_body,
+    startrecord,
+    wait_for,
+)
+from tests.media_check import playlist_lines
 
 
 @pytest.fixture
@@ -86,7 +89,8 @@ async def test_the_mix_runs_in_its_own_process_and_takes_a_new_size(server: Serv
     pub = await publish(server, "own", "a", RED)
     try:
         resid, recordid = await start_mixed(server, "own", {"templateid": 1, "output": OUT})
-        await asyncio.sleep(2.0)
+        playlist = playlist_of(server, "own", recordid)
+        await wait_for(lambda: segments_in(playlist), what="a segment of the first size")
         pid = child_pid(server, recordid)
         assert pid != os.getpid()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -97,7 +101,14 @@ async def test_the_mix_runs_in_its_own_process_and_takes_a_new_size(server: Serv
         bigger = {"templateid": 1, "output": dict(OUT, videowidth=480, videoheight=360)}
         update = await server.call("updatemixrecord", dict(body, mixconfig=bigger))
         assert update["code"] == 0, update
-        await asyncio.sleep(2.0)
+
+        def resized() -> bool:  # a segment after the discontinuity is stored
+            lines = playlist_lines(playlist) if playlist.exists() else []
+            return ("#EXT-X-DISCONTINUITY" in lines
+                    and any(line.endswith(".ts")
+                            for line in lines[lines.index("#EXT-X-DISCONTINUITY"):]))
+
+        await wait_for(resized, what="a segment of the new size")
         assert child_pid(server, recordid) == pid  # the same child, a new encoder
         await stop(server, "own", resid, recordid)
     finally:
@@ -145,23 +156,23 @@ async def test_a_killed_mix_process_fails_only_its_recording(tmp_path: Path) -> 
                 assert data["code"] == 0, data
                 started.append((resid, str(data["recordid"])))
             (_, victim), (other_resid, other) = started
-            await asyncio.sleep(2.5)
+            await wait_for(lambda: segments_in(playlist_of(server, room, victim)),
+                           what="a segment of the victim stored")
             os.kill(child_pid(server, victim), signal.SIGKILL)
             await asyncio.wait_for(recording(server, victim).finished.wait(), 20)
             segments_then = (await server.call(f"queryrecord/{room}/{other}"))["data"]["segments"]
-            await asyncio.sleep(2.0)
+            alive = await query_until(
+                server.call, room, other,
+                lambda a: (a.get("data") or {}).get("segments", 0) > segments_then,
+                what="the other recording stores a new segment")
             failed = await server.call(f"queryrecord/{room}/{victim}")
-            alive = await server.call(f"queryrecord/{room}/{other}")
             health = await server.client.get(f"{server.base}/healthz")
             await stop(server, room, other_resid, other)
         finally:
             for pub in pubs:
                 await pub.stop()
         outbox = server.app.state.outbox
-        for _ in range(200):
-            if outbox.pending() == 0:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: outbox.pending() == 0, timeout=10, what="callbacks delivered")
     # the killed one: failed with reason error, its closed segments stored, playlist ended
     assert failed["code"] == 4013, failed
     assert failed["data"]["stopreason"] == "error" and "SIGKILL" in failed["data"]["error"]
@@ -195,14 +206,20 @@ async def test_a_stalled_mix_process_makes_the_loop_drop_frames_and_recover(
     red = await publish(server, room, "r", RED)
     try:
         resid, recordid = await start_mixed(server, room, {"templateid": 1, "output": OUT})
-        await asyncio.sleep(2.0)
-        before = (await server.call(f"queryrecord/{room}/{recordid}"))["data"]["framesdropped"]
+        running = await query_until(server.call, room, recordid,
+                                    lambda a: (a.get("data") or {}).get("segments", 0) >= 1,
+                                    what="the mix stores a segment")
+        before = running["data"]["framesdropped"]
         pid = child_pid(server, recordid)
         os.kill(pid, signal.SIGSTOP)
         await asyncio.sleep(1.5)
         os.kill(pid, signal.SIGCONT)
-        await asyncio.sleep(3.0)
-        live = await server.call(f"queryrecord/{room}/{recordid}")
+        resumed = (await server.call(f"queryrecord/{room}/{recordid}"))["data"]["segments"]
+        live = await query_until(
+            server.call, room, recordid,
+            lambda a: (a.get("data") or {}).get("segments", 0) >= resumed + 2
+            and a["data"].get("framesdropped", 0) > 0,
+            what="frames dropped, then two segments after the stall")
         await stop(server, room, resid, recordid)
     finally:
         await red.stop()
@@ -273,7 +290,7 @@ async def test_webrtc_receive_loses_no_frames_next_to_a_1080p_mix(
         mix_resid, mix = await start_mixed(server, room, {"templateid": 3, "output": out})
         await asyncio.sleep(8.0)
         live = await server.call(f"queryrecord/{room}/{mix}")
-        for uid, resid, recordid in sources:
+        for _uid, resid, recordid in sources:
             await stop(server, room, resid, recordid)
         await stop(server, room, mix_resid, mix)
     finally:

@@ -13,7 +13,16 @@ import pytest
 from cloudrec.media.codecs.h264 import parameter_sets
 from cloudrec.tokens import make_token
 from cloudrec.webrtc.whip_client import Publisher
-from tests.helpers import APPID, SECRET, Server, make_settings, running_server, source_body, startrecord
+from tests.helpers import (
+    APPID,
+    SECRET,
+    Server,
+    make_settings,
+    query_until,
+    running_server,
+    source_body,
+    startrecord,
+)
 from tests.media_check import ffprobe_streams, playlist_lines, probe_playlist
 
 
@@ -56,10 +65,11 @@ async def test_records_published_stream(server: Server, recordtype: int) -> None
     pub = await publish(server, "room1", "alice")
     try:
         resid, recordid, t0 = await start(server, "room1", "alice", recordtype)
-        await asyncio.sleep(1.0)
-        live = await server.call(f"queryrecord/room1/{recordid}")
+        live = await query_until(server.call, "room1", recordid,
+                                 lambda a: a["data"]["status"] in (1, 2), what="under way")
         assert live["code"] == 0 and live["data"]["status"] in (1, 2)
-        await asyncio.sleep(3.5)
+        await query_until(server.call, "room1", recordid,
+                          lambda a: a["data"]["segments"] >= 2, what="two segments stored")
         t1 = await stop(server, "room1", resid, recordid)
     finally:
         await pub.stop()
@@ -101,14 +111,14 @@ async def test_h264_is_remuxed_not_reencoded(server: Server) -> None:
                 published_sps, published_pps = parameter_sets(item[1].data)
         sub.close()
         resid, recordid, _ = await start(server, "room2", "bob", 1)
-        await asyncio.sleep(2.5)
-        live = await server.call(f"queryrecord/room2/{recordid}")
+        live = await query_until(server.call, "room2", recordid,
+                                 lambda a: a["data"]["segments"] >= 1, what="a segment stored")
         assert live["data"]["videotranscoded"] is False
         await stop(server, "room2", resid, recordid)
     finally:
         await pub.stop()
     playlist = playlist_of(server, "room2", recordid, "bob")
-    first_segment = playlist.parent / next(l for l in playlist_lines(playlist) if l.endswith(".ts"))
+    first_segment = playlist.parent / next(x for x in playlist_lines(playlist) if x.endswith(".ts"))
     import av
 
     with av.open(str(first_segment)) as container:
@@ -122,8 +132,8 @@ async def test_vp8_is_transcoded_to_h264(server: Server) -> None:
     pub = await publish(server, "room3", "carol", video_codec="vp8")
     try:
         resid, recordid, t0 = await start(server, "room3", "carol", 0)
-        await asyncio.sleep(3.0)
-        live = await server.call(f"queryrecord/room3/{recordid}")
+        live = await query_until(server.call, "room3", recordid,
+                                 lambda a: a["data"]["segments"] >= 1, what="a segment stored")
         t1 = await stop(server, "room3", resid, recordid)
     finally:
         await pub.stop()
@@ -140,12 +150,14 @@ async def test_task_errors_while_recording(server: Server) -> None:
         resid, recordid, _ = await start(server, "room4", "dave")
         again = await server.call("startrecord", source_body(resid, "room4", "dave"))
         assert (again["code"], again["_status"]) == (4011, 409)
-        other = await server.call("startrecord", source_body(await server.apply(), "room4", "nobody"))
+        other = await server.call("startrecord",
+                                  source_body(await server.apply(), "room4", "nobody"))
         assert other["code"] == 4005 and "nobody" in other["message"]
         body = {"resid": resid, "appid": APPID, "roomid": "room4", "recordid": recordid}
-        from tests.test_api import SEED_START_MIXED
+        from tests.helpers import SEED_START_MIXED
 
-        update = await server.call("updatemixrecord", dict(body, mixconfig=SEED_START_MIXED["mixconfig"]))
+        update = await server.call("updatemixrecord",
+                                   dict(body, mixconfig=SEED_START_MIXED["mixconfig"]))
         assert update["code"] == 4019
         wrong_resid = await server.call("stoprecord", dict(body, resid=await server.apply()))
         assert wrong_resid["code"] == 4012
@@ -154,16 +166,17 @@ async def test_task_errors_while_recording(server: Server) -> None:
         mixed["storagecfg"] = source_body("", "", "")["storagecfg"]
         mixed_started = await server.call("startrecord", mixed)  # mixed records (test_mixed.py)
         assert mixed_started["code"] == 0, mixed_started
-        assert (await server.call("stoprecord", {"resid": mixed["resid"], "appid": APPID,
-                                                 "roomid": "room4",
-                                                 "recordid": mixed_started["recordid"]}))["code"] == 0
+        stop_mixed = {"resid": mixed["resid"], "appid": APPID, "roomid": "room4",
+                      "recordid": mixed_started["recordid"]}
+        assert (await server.call("stoprecord", stop_mixed))["code"] == 0
         s3 = source_body(await server.apply(), "room4", "dave")
         s3["storagecfg"] = dict(s3["storagecfg"], vender=0, endpoint="http://127.0.0.1:1")
         unreachable = await server.call("startrecord", s3)  # nothing listens on port 1
         assert unreachable["code"] == 4004 and "storagecfg" in unreachable["message"]
         assert (await server.call("stoprecord", body))["code"] == 0
         assert (await server.call("stoprecord", body))["code"] == 4013
-        assert (await server.call("startrecord", source_body(resid, "room4", "dave")))["code"] == 4012
+        again_stopped = await server.call("startrecord", source_body(resid, "room4", "dave"))
+        assert again_stopped["code"] == 4012
     finally:
         await pub.stop()
 
@@ -171,13 +184,11 @@ async def test_task_errors_while_recording(server: Server) -> None:
 async def test_idle_recording_stops_by_itself(server: Server) -> None:
     pub = await publish(server, "room5", "erin")
     resid, recordid, _ = await start(server, "room5", "erin")
-    await asyncio.sleep(2.5)
+    await query_until(server.call, "room5", recordid,
+                      lambda a: a["data"]["segments"] >= 1, what="a segment stored")
     await pub.stop()
-    for _ in range(100):
-        data = await server.call(f"queryrecord/room5/{recordid}")
-        if data["code"] == 4013:
-            break
-        await asyncio.sleep(0.1)
+    data = await query_until(server.call, "room5", recordid, lambda a: a["code"] == 4013,
+                             timeout=10, what="the idle task stops")
     assert data["code"] == 4013, data
     assert data["data"]["stopreason"] == "idle" and data["data"]["status"] == 4
     lines = playlist_lines(playlist_of(server, "room5", recordid, "erin"))
@@ -195,7 +206,8 @@ async def test_mono_opus_publisher_gives_mono_aac(server: Server, tmp_path: Path
     pub = await publish(server, "room6", "frank", clip=clip)
     try:
         resid, recordid, t0 = await start(server, "room6", "frank", 0)
-        await asyncio.sleep(3.0)
+        await query_until(server.call, "room6", recordid,
+                          lambda a: a["data"]["segments"] >= 1, what="a segment stored")
         t1 = await stop(server, "room6", resid, recordid)
     finally:
         await pub.stop()

@@ -27,11 +27,18 @@ from cloudrec.storage import SpoolUploader
 from cloudrec.storage.s3 import S3Store, close_clients, resolve_endpoint
 from cloudrec.tokens import make_token
 from cloudrec.webrtc.whip_client import Publisher
+from tests.e2e.test_fetch import rebinding_dns  # noqa: F401  (a fixture)
 from tests.helpers import (
-    APPID, SECRET, Server, free_port, make_settings, running_server, startrecord,
+    APPID,
+    SECRET,
+    Server,
+    free_port,
+    make_settings,
+    query_until,
+    running_server,
+    startrecord,
 )
 from tests.media_check import probe_playlist
-from tests.test_fetch import rebinding_dns  # noqa: F401  (a fixture)
 
 BUCKETS = {0: "rec-oss", 1: "rec-cos", 2: "rec-kodo", 100: "rec-s3"}
 PREFIX = "test1/test2/"
@@ -207,7 +214,9 @@ async def test_every_vender_records_into_its_bucket(moto: Moto, server: Server,
         for vender in BUCKETS:
             tasks[vender] = await start(server, "s3room", "alice", moto.storagecfg(vender))
             t0[vender] = time.monotonic()
-        await asyncio.sleep(3.0)
+        for _resid, recordid in tasks.values():
+            await query_until(server.call, "s3room", recordid,
+                              lambda a: a["data"]["segments"] >= 2, what="two segments stored")
         stops = await asyncio.gather(*(stop(server, "s3room", resid, recordid)
                                        for resid, recordid in tasks.values()))
         t1 = time.monotonic()
@@ -234,7 +243,8 @@ async def test_bad_storage_answers_a_clear_error_at_startrecord(
          ["credentials rejected", "InvalidAccessKeyId"]),
         (moto.storagecfg(2, bucket="no-such-bucket"),
          ["bucket 'no-such-bucket' does not exist"]),
-        (moto.storagecfg(100, endpoint=unreachable), ["cannot reach storage endpoint", unreachable]),
+        (moto.storagecfg(100, endpoint=unreachable),
+         ["cannot reach storage endpoint", unreachable]),
         (moto.storagecfg(0, endpoint="http://bad host"), ["storagecfg.endpoint"]),
     ]
     pub = await publish(server, "badroom", "bob")
@@ -261,13 +271,18 @@ async def test_store_outage_delays_segments_never_loses_them(moto: Moto, server:
     try:
         resid, recordid = await start(server, "outroom", "carol", cfg)
         t0 = time.monotonic()
-        await asyncio.sleep(2.0)
+        await query_until(server.call, "outroom", recordid,
+                          lambda a: a["data"]["segments"] >= 1, what="a segment stored")
         moto.stop()
-        await asyncio.sleep(3.0)
-        during = (await server.call(f"queryrecord/outroom/{recordid}"))["data"]
+        during = (await query_until(
+            server.call, "outroom", recordid,
+            lambda a: a["data"]["pendingfiles"] >= 2
+            and "cannot reach" in (a["data"]["storageerror"] or ""),
+            what="two files pending on an unreachable store"))["data"]
         moto.start()
         assert moto.client().head_bucket(Bucket="rec-outage"), "the bucket survived the restart"
-        await asyncio.sleep(1.5)
+        await query_until(server.call, "outroom", recordid,
+                          lambda a: a["data"]["segments"] >= 5, what="five segments stored")
         stopped = await stop(server, "outroom", resid, recordid)
         t1 = time.monotonic()
     finally:
@@ -299,9 +314,12 @@ async def test_pending_uploads_survive_a_restart_of_cloudrec(moto: Moto, tmp_pat
             try:
                 resid, recordid = await start(first, "rsroom", "dave", cfg)
                 t0 = time.monotonic()
-                await asyncio.sleep(1.5)
+                await query_until(first.call, "rsroom", recordid,
+                                  lambda a: a["data"]["segments"] >= 1, what="a segment stored")
                 moto.stop()
-                await asyncio.sleep(2.0)
+                await query_until(first.call, "rsroom", recordid,
+                                  lambda a: a["data"]["pendingfiles"] >= 2,
+                                  what="two files pending")
                 t1 = time.monotonic()  # stoprecord then waits stop_timeout_s for the store
                 stopped = await stop(first, "rsroom", resid, recordid)
             finally:

@@ -12,8 +12,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cloudrec.tokens import make_token
 from cloudrec.webrtc.whip_client import Publisher
-from tests.helpers import (APPID, SECRET, free_port, make_settings, running_server, source_body,
-                           startrecord)
+from tests.helpers import (
+    APPID,
+    SECRET,
+    free_port,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
 from tests.nodes import Node, worker_of
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

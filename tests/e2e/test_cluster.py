@@ -13,7 +13,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from cloudrec.webrtc.whip_client import Publisher, PublishError
-from tests.helpers import APPID, free_port, source_body
+from tests.helpers import APPID, free_port, query_until, source_body, wait_for
 from tests.media_check import playlist_lines, probe_playlist
 from tests.nodes import Node, worker_of
 
@@ -26,8 +26,8 @@ PREFIX = "c/"
 class S3:
     def __init__(self) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]),
-                                         verbose=False)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1",
+                                         port=int(self.url.rsplit(":", 1)[1]), verbose=False)
         self.server.start()
         self.client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
                                    aws_access_key_id="ak", aws_secret_access_key="sk")
@@ -112,7 +112,8 @@ async def test_any_node_answers_any_call(cluster: list[Node], s3: S3, tmp_path: 
         assert query["code"] == 0 and query["data"]["status"] in (1, 2), (node.settings, query)
     assert (await a.call("startrecord", source_body(resid, "c1", "alice",
                                                     storagecfg=s3.storagecfg())))["code"] == 4011
-    await asyncio.sleep(4.0)
+    await query_until(a.call, "c1", recordid, lambda q: q["data"]["duration"] >= 3.5,
+                      what="3.5 s recorded")
     stopped = await b.call("stoprecord", {"resid": resid, "appid": APPID, "roomid": "c1",
                                           "recordid": recordid})
     assert stopped["code"] == 0, stopped
@@ -132,9 +133,14 @@ async def test_a_killed_node_s_task_resumes_on_another(cluster: list[Node], s3: 
     pub = await a.publisher("k1", "bob")
     resid = (await b.call("applyrecord", {}))["resid"]
     recordid = await start_on(b, resid, "k1", "bob", s3.storagecfg())
-    await asyncio.sleep(4.0)
-    victim = await holder(cluster, "k1")
     key = PREFIX + base_of("k1", recordid, "bob") + ".m3u8"
+
+    async def two_stored() -> str | None:
+        text = (await asyncio.to_thread(s3.get, key) or b"").decode()
+        return text if len([n for n in text.splitlines() if n.endswith(".ts")]) >= 2 else None
+
+    await wait_for(two_stored, interval=0.2, what="two segments stored")
+    victim = await holder(cluster, "k1")
     before_text = (s3.get(key) or b"").decode()
     before = [line for line in before_text.splitlines() if line.endswith(".ts")]
     assert len(before) >= 2
@@ -156,12 +162,10 @@ async def test_a_killed_node_s_task_resumes_on_another(cluster: list[Node], s3: 
     assert noticed < 12
     new_holder = await holder(live, "k1")
     assert new_holder is not victim
-    for _ in range(50):
-        query = await live[1].call(f"queryrecord/k1/{recordid}")
-        if query["code"] == 0 and query["data"].get("segments", 0) > len(before):
-            break
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(3.0)
+    await query_until(live[1].call, "k1", recordid,
+                      lambda q: q["code"] == 0 and q["data"].get("segments", 0) > len(before)
+                      and q["data"]["duration"] > len(before) + 2.5,
+                      what="2.5 s more than before the kill recorded")
     stopped = await live[1].call("stoprecord", {"resid": resid, "appid": APPID, "roomid": "k1",
                                                 "recordid": recordid})
     assert stopped["code"] == 0, stopped
@@ -210,7 +214,7 @@ async def test_a_full_cluster_refuses_at_once(cluster: list[Node], s3: S3) -> No
 
 async def test_a_mix_across_nodes_shows_both_rooms(cluster: list[Node], s3: S3,
                                                    tmp_path: Path) -> None:
-    from tests.test_mixed import BLUE, OUT, RED, at, near, publish, video_frames
+    from tests.e2e.test_mixed import BLUE, OUT, RED, at, near, publish, video_frames
 
     a, b, c = cluster
     pubs = [await publish(a, "mA", "red", RED)]
@@ -231,7 +235,12 @@ async def test_a_mix_across_nodes_shows_both_rooms(cluster: list[Node], s3: S3,
     assert data["code"] == 0, data
     recordid = data["recordid"]
     try:
-        await asyncio.sleep(5.0)
+        mixing = await query_until(c.call, "mA", recordid,
+                                   lambda q: len(q["data"].get("inputs") or []) == 2,
+                                   what="both inputs in the mix")
+        await query_until(c.call, "mA", recordid,
+                          lambda q: q["data"]["segments"] >= mixing["data"]["segments"] + 2,
+                          what="two segments with both inputs")
         stopped = await a.call("stoprecord", {"resid": resid, "appid": APPID, "roomid": "mA",
                                               "recordid": recordid})
         assert stopped["code"] == 0, stopped

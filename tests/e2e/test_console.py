@@ -25,9 +25,18 @@ import pytest
 from cloudrec.console.auth import COOKIE, OperatorAuth
 from cloudrec.tokens import make_token
 from cloudrec.webrtc.whip_client import Publisher
-from tests.helpers import (APPID, KEY, SECRET, Server, free_port, make_settings, running_server,
-                           source_body, startrecord)
-from tests.test_callbacks import Receiver, serving
+from tests.e2e.test_callbacks import Receiver, serving
+from tests.helpers import (
+    APPID,
+    KEY,
+    SECRET,
+    Server,
+    free_port,
+    make_settings,
+    running_server,
+    source_body,
+    startrecord,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -60,7 +69,8 @@ async def publish(server: Server, room: str, uid: str) -> Publisher:
     return pub
 
 
-async def record(server: Server, room: str, uid: str, callbackurl: str | None = None) -> tuple[str, str]:
+async def record(server: Server, room: str, uid: str,
+                 callbackurl: str | None = None) -> tuple[str, str]:
     resid = await server.apply()
     body = source_body(resid, room, uid, storagecfg=dict(STORAGE))
     if callbackurl:
@@ -94,7 +104,8 @@ def _browser(tmp_path: Path) -> Any:
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
 
 
-def _drive_console(driver: Any, base: str, recordid: str, screenshot: Path | None) -> dict[str, Any]:
+def _drive_console(driver: Any, base: str, recordid: str,
+                   screenshot: Path | None) -> dict[str, Any]:
     """Sign in, find the publisher and the recording, play it; what the page showed."""
     wait = WebDriverWait(driver, 30, poll_frequency=0.2)
     driver.get(base + "/")
@@ -176,7 +187,8 @@ async def test_console_in_a_browser(tmp_path: Path) -> None:
 
 # -- sign-in ---------------------------------------------------------------------------------------
 
-async def test_sign_in_refuses_without_the_credential_and_never_shows_a_secret(tmp_path: Path) -> None:
+async def test_sign_in_refuses_without_the_credential_and_never_shows_a_secret(
+        tmp_path: Path) -> None:
     settings = make_settings(tmp_path, operator_password=PASSWORD, segment_seconds=2.0,
                              write_rate_per_s=100, query_rate_per_s=1000)
     rx = Receiver(failures=10**6)  # every delivery fails: events stay pending with an error
@@ -339,7 +351,8 @@ def test_sessions_expire_and_depend_on_the_password(tmp_path: Path) -> None:
     assert auth.session_ok(cookie, now=1001.0)
     assert not auth.session_ok(cookie, now=1000.0 + 13 * 3600)
     assert OperatorAuth(settings).session_ok(cookie, now=1001.0)  # the secret persists
-    assert not OperatorAuth(replace(settings, operator_password="new")).session_ok(cookie, now=1001.0)
+    changed = OperatorAuth(replace(settings, operator_password="new"))
+    assert not changed.session_ok(cookie, now=1001.0)
     payload, _, mac = cookie.rpartition(".")
     longer = payload.replace(payload.split(".")[1], "99999999999")
     assert not auth.session_ok(f"{longer}.{mac}", now=1001.0)

@@ -10,24 +10,22 @@ from typing import Any, AsyncIterator
 import pytest
 
 from cloudrec.api.trace import new_trace_id
-from tests.helpers import APPID, HEADERS, LOCAL_STORAGE, Server, make_settings, running_server, source_body
-
-SEED_START_MIXED = json.loads(
-    """{"resid": "RESID", "appid": 10034, "roomid": "abcabc", "recordtype": 0, "streamtype": 1,
-    "mixconfig":{"input":[{"uid":"10266666","roomid":"abcabc","streamtype":0,"zOrder":0,"layoutX":0,
-    "layoutY":0,"layoutH":600,"layoutW":400,"crop":0},{"uid":"10277777","roomid":"efdefd",
-    "streamtype":0,"zOrder":1,"layoutX":400,"layoutY":0,"layoutH":600,"layoutW":400,"crop":0}],
-    "output":{"streamtype":0,"videoheight":600,"videowidth":800,"videobitrate":600,"videofps":24,
-    "videogop":72,"videoencode":100,"audiobitrate":128,"audiosample":48000,"audiochannel":2,
-    "audioformat":2}},"storagecfg": {"vender": 0,"endpoint": "xxxx-test-endpoint",
-    "bucket": "xxxx-test-bucket","accesskey": "xxxx-test-accesskey",
-    "secretkey": "xxxx-test-secretkey","fileprefix": ["test1","test2"]}}"""
+from tests.helpers import (
+    APPID,
+    HEADERS,
+    LOCAL_STORAGE,
+    SEED_START_MIXED,
+    Server,
+    make_settings,
+    running_server,
+    source_body,
 )
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(make_settings(tmp_path, write_rate_per_s=1000, query_rate_per_s=1000)) as s:
+    settings = make_settings(tmp_path, write_rate_per_s=1000, query_rate_per_s=1000)
+    async with running_server(settings) as s:
         yield s
 
 
@@ -112,7 +110,8 @@ async def test_auth_is_checked_before_rate_limit_and_validation(server: Server) 
         ({"mixconfig": SEED_START_MIXED["mixconfig"]}, "mixconfig"),
         ({"storagecfg": None}, "storagecfg"),
         ({"storagecfg": {**LOCAL_STORAGE, "fileprefix": ["a-b"]}}, "storagecfg.fileprefix"),
-        ({"storagecfg": {**LOCAL_STORAGE, "fileprefix": ["a" * 70, "b" * 70]}}, "storagecfg.fileprefix"),
+        ({"storagecfg": {**LOCAL_STORAGE, "fileprefix": ["a" * 70, "b" * 70]}},
+         "storagecfg.fileprefix"),
         ({"storagecfg": {**LOCAL_STORAGE, "vender": 7}}, "storagecfg.vender"),
         ({"callbackurl": "http://x/" + "a" * 260}, "callbackurl"),
     ],
@@ -138,7 +137,8 @@ async def test_source_start_validation(server: Server, change: dict[str, Any], f
         (("output", "base64seidata"), base64.b64encode(b"x" * 2049).decode(), "base64seidata"),
         (("output", "patch"), 4, "patch"),
         (("output", "background"), {"color": "aBcDeF"}, "color"),
-        (("output", "watermark"), {"textList": [{"x": 0, "y": 0, "content": "hi", "size": 101}]}, "size"),
+        (("output", "watermark"), {"textList": [{"x": 0, "y": 0, "content": "hi", "size": 101}]},
+         "size"),
         (("output", "patchUrl"), "ftp://example.com/a.png", "patchUrl"),
         (("input", 0, "zOrder"), 17, "zOrder"),
         (("input", 1, "layoutW"), 0, "layoutW"),
@@ -146,7 +146,8 @@ async def test_source_start_validation(server: Server, change: dict[str, Any], f
         (("input", 0, "crop"), 2, "crop"),
     ],
 )
-async def test_mixed_start_validation(server: Server, path: tuple[Any, ...], value: Any, field: str) -> None:
+async def test_mixed_start_validation(server: Server, path: tuple[Any, ...], value: Any,
+                                      field: str) -> None:
     body = json.loads(json.dumps(SEED_START_MIXED))
     body["resid"] = await server.apply()
     target = body["mixconfig"]
@@ -185,7 +186,8 @@ async def test_invalid_json_and_huge_body(server: Server) -> None:
 
 
 async def test_resid_errors(server: Server) -> None:
-    unknown = await server.call("startrecord", source_body("f" * 60 + "-" + "0" * 16, "room1", "u1"))
+    unknown = await server.call("startrecord",
+                                source_body("f" * 60 + "-" + "0" * 16, "room1", "u1"))
     assert (unknown["code"], unknown["_status"]) == (4012, 404)
     other_app = await server.call(
         "startrecord", source_body(await server.apply(), "room1", "u1"),
@@ -205,7 +207,8 @@ async def test_resid_expires(tmp_path: Path) -> None:
 
 async def test_unknown_recordid(server: Server) -> None:
     resid = await server.apply()
-    body = {"resid": resid, "appid": APPID, "roomid": "room1", "recordid": "ba1107310000565164da34f816f842da94d"}
+    body = {"resid": resid, "appid": APPID, "roomid": "room1",
+            "recordid": "ba1107310000565164da34f816f842da94d"}
     assert (await server.call("stoprecord", body))["code"] == 4013
     update = dict(body, mixconfig=SEED_START_MIXED["mixconfig"])
     assert (await server.call("updatemixrecord", update))["code"] == 4013
@@ -214,5 +217,6 @@ async def test_unknown_recordid(server: Server) -> None:
 
 
 async def test_unknown_endpoint_gets_envelope(server: Server) -> None:
-    r = await server.client.post(f"{server.base}/app/{APPID}/v1/recordoss/nosuch", json={}, headers=HEADERS)
+    r = await server.client.post(f"{server.base}/app/{APPID}/v1/recordoss/nosuch", json={},
+                                 headers=HEADERS)
     assert r.status_code == 404 and r.json()["code"] == 2101

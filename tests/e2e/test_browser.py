@@ -15,9 +15,9 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from cloudrec.tokens import make_token
+from tests.e2e.test_recording import playlist_of, start, stop
 from tests.helpers import APPID, SECRET, Server, make_settings, running_server
 from tests.media_check import probe_playlist
-from tests.test_recording import playlist_of, start, stop
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

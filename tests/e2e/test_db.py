@@ -87,7 +87,7 @@ def test_statements_rows_and_transactions(database: str) -> None:
         with db.transaction():
             db.execute("UPDATE items SET n = 200 WHERE id = ?", ("b",))
             db.execute("DELETE FROM items WHERE id = ?", ("c",))
-            1 / 0
+            raise ZeroDivisionError
     rows = db.fetchall("SELECT id, n FROM items WHERE id <> ? ORDER BY id", ("a",))
     assert [(r["id"], r["n"]) for r in rows] == [("b", 100), ("c", 3)]
     db.close()
