@@ -38,7 +38,7 @@ from cloudrec.diskfull import DiskFullError, is_disk_full, is_disk_full_text
 from cloudrec.media import SegmentInfo
 from cloudrec.media.hls import HlsPlaylist
 from cloudrec.recorder.outputs import RecordingOutputs
-from cloudrec.recorder.pause import PauseState, check_not_stopping
+from cloudrec.tasks.pause import PauseState, check_not_stopping
 from cloudrec.storage import ObjectStore, SpoolUploader
 from cloudrec.tasks import Status, StopReason, Task, TaskStore
 
@@ -139,7 +139,7 @@ class Recording:
         self.pause_timeout_s = pause_timeout_s
         self.pause_state = PauseState.from_progress(task.progress)  # paused before a restart
 
-    # -- pause and resume (see cloudrec.recorder.pause) ------------------------------------------
+    # -- pause and resume (see cloudrec.tasks.pause) ------------------------------------------
 
     def pause(self) -> dict[str, Any]:
         """pauserecord: 4004 when paused already or stopping."""
