@@ -104,14 +104,17 @@ class _Recording(Protocol):
 
 
 class _Spool(Protocol):
-    root: Path
+    @property
+    def root(self) -> Path: ...
 
 
 class Recordings(Protocol):
     """A worker's recordings (:class:`cloudrec.recorder.RecordingService`)."""
 
     recordings: Any  # recordid -> a running recording (_Recording)
-    spool: _Spool
+
+    @property
+    def spool(self) -> _Spool: ...
 
     def leftover_segments(self) -> int: ...
 

@@ -7,7 +7,8 @@ measured CPU.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,9 +18,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Worker(Protocol):
-    id: str
-    cpu: float
-    recordings: int
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def cpu(self) -> float: ...
+
+    @property
+    def recordings(self) -> int: ...
 
 
 class FrontState(Protocol):

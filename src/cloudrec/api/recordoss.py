@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from cloudrec.api.auth import authenticate
+from cloudrec.api.front import Front
+from cloudrec.api.metrics import ApiMetrics
 from cloudrec.api.ratelimit import RateLimiter, RedisRateLimiter
 from cloudrec.api.trace import new_trace_id
 from cloudrec.config import Settings
@@ -26,14 +29,12 @@ from cloudrec.diskfull import api_error
 from cloudrec.errors import CloudrecError, InvalidParameter
 from cloudrec.models import (
     ApplyRecordRequest,
+    QueryRecordRequest,
     StartRecordRequest,
     StopRecordRequest,
     UpdateMixRecordRequest,
-    QueryRecordRequest,
     parse_request,
 )
-from cloudrec.api.front import Front
-from cloudrec.api.metrics import ApiMetrics
 from cloudrec.tasks import Task
 
 log = logging.getLogger(__name__)

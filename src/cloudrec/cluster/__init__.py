@@ -6,8 +6,14 @@ workers' load with a heartbeat. :class:`LocalDirectory` serves one node in memor
 :class:`RedisDirectory` shares the same answers between the nodes of a cluster.
 """
 
-from cloudrec.cluster.directory import (ClusterFull, Directory, RoomKey, WorkerInfo, room_name,
-                                        worker_id)
+from cloudrec.cluster.directory import (
+    ClusterFull,
+    Directory,
+    RoomKey,
+    WorkerInfo,
+    room_name,
+    worker_id,
+)
 from cloudrec.cluster.local import LocalDirectory
 
 __all__ = ["ClusterFull", "Directory", "LocalDirectory", "RoomKey", "WorkerInfo", "open_directory",

@@ -6,7 +6,8 @@ the worker (which runs it).
 
 from __future__ import annotations
 
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 from urllib.parse import urlsplit
 
 from cloudrec.errors import InvalidParameter, RecordingError

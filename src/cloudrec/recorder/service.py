@@ -21,8 +21,13 @@ from cloudrec.errors import RecordingError, StorageError
 from cloudrec.media.hls import atomic_write_text
 from cloudrec.media.push import ffmpeg_protocols
 from cloudrec.models.mixconfig import MixConfig
-from cloudrec.models.rules import (RECORD_KINDS, check_push_urls, mixed_kinds, not_publishing,
-                                   start_rooms)
+from cloudrec.models.rules import (
+    RECORD_KINDS,
+    check_push_urls,
+    mixed_kinds,
+    not_publishing,
+    start_rooms,
+)
 from cloudrec.recorder.base import basename_for
 from cloudrec.recorder.mixed import MixedRecording
 from cloudrec.recorder.outputs import submit_leftovers

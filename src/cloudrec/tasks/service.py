@@ -11,7 +11,8 @@ live progress of those it does.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from cloudrec.errors import RecordingError
 from cloudrec.tasks.pause import PauseState

@@ -13,8 +13,13 @@ from typing import Any
 import httpx
 
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
-from cloudrec.workers.wire import (SECRET_HEADER, WorkerUnavailable, check_op, decode_error,
-                                   encode_args)
+from cloudrec.workers.wire import (
+    SECRET_HEADER,
+    WorkerUnavailable,
+    check_op,
+    decode_error,
+    encode_args,
+)
 
 DEFAULT_TIMEOUT_S = 30.0
 

@@ -4,7 +4,8 @@ worker (see :mod:`cloudrec.workers.wire` for what travels)."""
 from __future__ import annotations
 
 import hmac
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse

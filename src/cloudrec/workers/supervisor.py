@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudrec.config import Settings, settings_to_json
 from cloudrec.cluster import worker_id
+from cloudrec.config import Settings, settings_to_json
 from cloudrec.workers.client import HttpWorkerClient
 
 log = logging.getLogger(__name__)
