@@ -1,5 +1,5 @@
 """A node's front: the one public port. It answers the API and WHIP signalling and sends each
-request to the worker that owns the room, on this node or another (SPEC §6).
+request to the worker that owns the room, on this node or another.
 
 - Placement: a room with no live owner goes to the worker with the most spare capacity
   (measured CPU less reservations, and the optional recordings cap), claimed atomically in the

@@ -1,7 +1,7 @@
 """Where rooms live: the nodes and workers of a cluster, their load, and room placement.
 
-One seam for both sizes (SPEC §6): the front of every node asks a :class:`Directory` who owns
-a room, places new rooms on the worker with the most spare capacity, and publishes its
+One seam for one node and for a cluster: the front of every node asks a :class:`Directory` who
+owns a room, places new rooms on the worker with the most spare capacity, and publishes its
 workers' load with a heartbeat. :class:`LocalDirectory` serves one node in memory;
 :class:`RedisDirectory` shares the same answers between the nodes of a cluster.
 """
