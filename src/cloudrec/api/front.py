@@ -26,7 +26,7 @@ import binascii
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cloudrec.cluster import ClusterFull, Directory, WorkerInfo
 from cloudrec.config import Settings, node_name, worker_count
@@ -35,10 +35,8 @@ from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixReco
 from cloudrec.models.rules import check_push_urls, not_publishing, start_rooms
 from cloudrec.tasks import TaskService, TaskStore
 from cloudrec.workers import HttpWorkerClient, LocalWorkerClient, WorkerClient
+from cloudrec.workers.client import InProcessWorker
 from cloudrec.workers.supervisor import Supervisor
-
-if TYPE_CHECKING:  # pragma: no cover
-    from cloudrec.workers.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +56,8 @@ class Front:
             raise ValueError("a cluster (redis_url) needs cluster_secret: the same on every node")
         self.secret = settings.cluster_secret or secrets.token_hex(16)
         self.count = worker_count(settings)
-        self.local: Worker | None = self._in_process_worker() if self.count == 1 else None
+        self.local: InProcessWorker | None = (self._in_process_worker() if self.count == 1
+                                              else None)
         self.supervisor: Supervisor | None = None
         self.stored = TaskService(tasks, outbox)  # answers for tasks whose worker is gone
         self.push_protocols: frozenset[str] | None = None  # what the workers can push to
@@ -69,7 +68,7 @@ class Front:
         self._orphaned_since: dict[str, float] = {}
         self._loops: list[asyncio.Task[None]] = []
 
-    def _in_process_worker(self) -> Worker:
+    def _in_process_worker(self) -> InProcessWorker:
         """``workers = 1``: the front is its own worker. The only place the front loads the
         media plane."""
         from cloudrec.workers.worker import Worker

@@ -19,7 +19,7 @@ from cloudrec.tasks.pause import PauseState
 from cloudrec.tasks.states import Status, StopReason
 from cloudrec.tasks.store import Task, TaskStore
 
-Progress = Callable[[Task], "dict[str, Any] | None"]
+Progress = Callable[[Task], dict[str, Any] | None]
 
 
 class Outbox(Protocol):

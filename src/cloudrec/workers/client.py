@@ -8,7 +8,8 @@ its JSON dump, rebuilt into the same model on the other side (:mod:`cloudrec.wor
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import httpx
 
@@ -22,6 +23,21 @@ from cloudrec.workers.wire import (
 )
 
 DEFAULT_TIMEOUT_S = 30.0
+
+
+class InProcessWorker(Protocol):
+    """What the front holds of the worker that runs in its own process (``workers = 1``,
+    :class:`cloudrec.workers.worker.Worker`); it calls it through a
+    :class:`LocalWorkerClient`."""
+
+    id: str
+    service: Any  # its recordings (the app exposes them to tests)
+    hub: Any  # its rooms
+    locate: Callable[[tuple[int, str]], Awaitable[str | None]]  # who relays a room
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class WorkerClient:
@@ -100,7 +116,7 @@ class WorkerClient:
 class LocalWorkerClient(WorkerClient):
     """The worker lives in this process (``workers = 1``): a plain call, errors as raised."""
 
-    def __init__(self, worker: Any) -> None:
+    def __init__(self, worker: InProcessWorker) -> None:
         self.worker = worker
 
     async def _call(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
