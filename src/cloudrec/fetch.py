@@ -101,11 +101,6 @@ async def _target(url: str, *, allow_private: bool,
     return _pinned(parts, addresses[0], port), {"Host": host_header}, extensions
 
 
-async def check_url(url: str, *, allow_private: bool = False, what: str = "url") -> None:
-    """Raise FetchError unless ``url`` may be fetched (scheme, host, addresses)."""
-    await _target(url, allow_private=allow_private, what=what)
-
-
 async def fetch_bytes(
     url: str,
     *,

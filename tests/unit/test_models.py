@@ -229,6 +229,37 @@ def test_dump_round_trips(model: type, body: dict[str, Any]) -> None:
     assert again == req
 
 
+def _rich_start() -> dict[str, Any]:
+    """A mixed startrecord with every optional part: pictures, watermarks, SEI, outputs."""
+    wm = {"timestamp": {"x": 0, "y": 0, "format": "%H:%M:%S", "size": 20},
+          "textList": [{"x": 10, "y": 10, "content": "录制中", "size": 100, "alpha": 0}],
+          "imageList": [{"x": 0, "y": 0, "width": 80, "height": 60,
+                         "url": "https://e.com/a.png", "scale": 1, "alpha": 0.5}]}
+    body = start_with_output(patch=3, patchUrl="http://e.com/p.png", watermark=wm,
+                             base64seidata=base64.b64encode(b"sei").decode(),
+                             background={"color": "FFFFFF"})
+    return body | {"callbackurl": "", "outputs": {"mp4": True, "snapshotinterval": 5,
+                                                  "pushurl": ["rtmp://e.com/live/k"]}}
+
+
+@pytest.mark.parametrize(
+    ("op", "model", "body"),
+    [("start", StartRecordRequest, START), ("start", StartRecordRequest, SOURCE),
+     ("start", StartRecordRequest, _rich_start()), ("stop", StopRecordRequest, STOP),
+     ("pause", StopRecordRequest, STOP), ("update", UpdateMixRecordRequest, UPDATE)],
+)
+def test_a_request_reaches_a_worker_process_as_the_same_model(op: str, model: type,
+                                                              body: dict[str, Any]) -> None:
+    """The front parses a body once; over HTTP the model travels as JSON and is rebuilt."""
+    from cloudrec.workers.wire import decode_args, encode_args
+
+    req = parse_request(model, body, APPID)
+    sent = json.loads(json.dumps(encode_args({"appid": APPID, "req": req})))
+    got = decode_args(op, sent)["req"]
+    assert type(got) is model and got == req
+    assert got.model_dump(mode="json") == req.model_dump(mode="json")  # as the task stores it
+
+
 def test_applyrecord_accepts_empty_bodies_and_checks_appid() -> None:
     for body in (b"", "", "  ", None, "{}", {}, {"appid": APPID}, {"appid": APPID, "roomid": "r"}):
         assert isinstance(parse_request(ApplyRecordRequest, body, APPID), ApplyRecordRequest)

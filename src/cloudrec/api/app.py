@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,17 +14,17 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from cloudrec.api.front import Front
+from cloudrec.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cloudrec.api.metrics import NodeMetrics
 from cloudrec.api.recordoss import envelope, rate_limiters, recordoss_router
 from cloudrec.api.trace import new_trace_id
 from cloudrec.api.whip import whip_router
 from cloudrec.cluster import open_directory
 from cloudrec.config import Settings
-from cloudrec.console import mount_console
-from cloudrec.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from cloudrec.metrics import NodeMetrics
+from cloudrec.console.routes import mount_console
 from cloudrec.stores import open_stores
 from cloudrec.workers import internal_router
-from cloudrec.workers.channel import SECRET_HEADER
+from cloudrec.workers.wire import SECRET_HEADER
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Who is calling: the ``AppID`` header and the app's Basic credentials (SPEC §1)."""
+"""Who is calling: the ``AppID`` header and the app's Basic credentials."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A node's front: the one public port. It answers the API and WHIP signalling and sends each
-request to the worker that owns the room, on this node or another (SPEC §6).
+request to the worker that owns the room, on this node or another.
 
 - Placement: a room with no live owner goes to the worker with the most spare capacity
   (measured CPU less reservations, and the optional recordings cap), claimed atomically in the
@@ -30,12 +30,12 @@ from typing import Any
 
 from cloudrec.cluster import ClusterFull, Directory, WorkerInfo
 from cloudrec.config import Settings, node_name, worker_count
-from cloudrec.errors import CapacityError, RecordingError
-from cloudrec.recorder import RecordingService
-from cloudrec.recorder.mixed import check_push_urls, mix_rooms
-from cloudrec.rooms import RoomHub
-from cloudrec.tasks import Status, TaskStore
-from cloudrec.workers import HttpWorkerClient, LocalWorkerClient, Worker, WorkerClient
+from cloudrec.errors import CapacityError
+from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
+from cloudrec.models.rules import check_push_urls, not_publishing, start_rooms
+from cloudrec.tasks import TaskService, TaskStore
+from cloudrec.workers import HttpWorkerClient, LocalWorkerClient, WorkerClient
+from cloudrec.workers.client import InProcessWorker
 from cloudrec.workers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -56,18 +56,25 @@ class Front:
             raise ValueError("a cluster (redis_url) needs cluster_secret: the same on every node")
         self.secret = settings.cluster_secret or secrets.token_hex(16)
         self.count = worker_count(settings)
-        self.local: Worker | None = None
-        if self.count == 1:
-            self.local = Worker(settings, 0, self.node, tasks, outbox,
-                                front_url=settings.base_url, secret=self.secret)
+        self.local: InProcessWorker | None = (self._in_process_worker() if self.count == 1
+                                              else None)
         self.supervisor: Supervisor | None = None
-        self.orphans = RecordingService(settings, tasks, RoomHub(), outbox)  # store-only answers
+        self.stored = TaskService(tasks, outbox)  # answers for tasks whose worker is gone
+        self.push_protocols: frozenset[str] | None = None  # what the workers can push to
         self.infos: list[WorkerInfo] = []
         self.worker_metrics: dict[str, dict[str, Any]] = {}  # worker id -> its latest counters
         self.draining = False
         self._remote: dict[str, HttpWorkerClient] = {}
         self._orphaned_since: dict[str, float] = {}
         self._loops: list[asyncio.Task[None]] = []
+
+    def _in_process_worker(self) -> InProcessWorker:
+        """``workers = 1``: the front is its own worker. The only place the front loads the
+        media plane."""
+        from cloudrec.workers.worker import Worker
+
+        return Worker(self.settings, 0, self.node, self.tasks, self.outbox,
+                      front_url=self.settings.base_url, secret=self.secret)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -102,7 +109,6 @@ class Front:
             await self.directory.forget_node(self.node)
         except Exception:
             log.exception("leaving the cluster failed")
-        await self.orphans.hub.close()
         for client in self._remote.values():
             await client.close()
 
@@ -119,7 +125,8 @@ class Front:
     async def heartbeat(self) -> None:
         statuses: list[tuple[dict[str, Any], str]] = []
         if self.local is not None:
-            statuses.append((await self.local.status(), self.settings.base_url))
+            local = await LocalWorkerClient(self.local).status()
+            statuses.append((local, self.settings.base_url))
         elif self.supervisor is not None:
             slots = list(self.supervisor.slots.values())
             results = await asyncio.gather(*(self.supervisor.status(s) for s in slots))
@@ -132,6 +139,9 @@ class Front:
             rooms=tuple(st["rooms"]), pid=int(st.get("pid", 0))) for st, url in statuses]
         self.infos = infos
         self.worker_metrics = {str(st["id"]): st.get("metrics") or {} for st, _ in statuses}
+        for st, _ in statuses:
+            if st.get("push") is not None:
+                self.push_protocols = frozenset(st["push"])
         await self.directory.heartbeat(self.node, infos)
 
     def client_for(self, info: WorkerInfo) -> WorkerClient:
@@ -168,7 +178,7 @@ class Front:
         if orphans:
             log.info("room %s/%s placed on %s: it takes over %d task(s) whose worker is gone",
                      appid, roomid, owner.id, len(orphans))
-            await self.client_for(owner).call("adopt", recordids=orphans)
+            await self.client_for(owner).adopt(orphans)
 
     async def sweep_orphans(self) -> None:
         """Fail tasks whose worker is gone and whose room did not come back in time."""
@@ -187,10 +197,7 @@ class Front:
             error = (f"its worker {task.owner} stopped and no publisher of the room returned "
                      f"within {self.settings.idle_timeout_s:.0f} s")
             log.warning("recording %s failed: %s", task.recordid, error)
-            self.tasks.set_status(task.recordid, Status.FAILED, stopreason="error", error=error)
-            data = {"reason": "error", "error": error}
-            self.orphans._emit(task, "recording.failed", data)
-            self.orphans._emit(task, "recording.stopped", data)
+            self.stored.fail(task, error)
         for recordid in set(self._orphaned_since) - seen:
             del self._orphaned_since[recordid]
 
@@ -203,10 +210,9 @@ class Front:
 
     async def publish(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]:
         owner = await self._place(appid, roomid)
-        result = await self.client_for(owner).call("publish", appid=appid, roomid=roomid,
-                                                   uid=uid, sdp=offer_sdp)
+        answer, session = await self.client_for(owner).publish(appid, roomid, uid, offer_sdp)
         worker = base64.urlsafe_b64encode(owner.id.encode()).decode().rstrip("=")
-        return str(result["answer"]), f"{worker}.{result['session']}"
+        return answer, f"{worker}.{session}"
 
     async def unpublish(self, session_id: str) -> bool:
         worker, _, session = session_id.partition(".")
@@ -219,23 +225,20 @@ class Front:
             info = next((w for w in await self.directory.workers() if w.id == worker_id), None)
         if info is None or not session:
             return False
-        return bool((await self.client_for(info).call("unpublish", session=session))["found"])
+        return await self.client_for(info).unpublish(session)
 
     # -- the API's verbs ------------------------------------------------------------------------
 
-    async def start(self, appid: int, req: Any, body: str) -> str:
-        check_push_urls(getattr(req, "outputs", None))  # 2101 comes before the resid's codes
-        named = [req.roomid]
-        if req.streamtype == 1 and req.mixconfig is not None:
-            named = mix_rooms(req.roomid, req.mixconfig)
+    async def start(self, appid: int, req: StartRecordRequest) -> str:
+        if self.push_protocols is not None:  # 2101 comes before the resid's codes
+            check_push_urls(req.outputs, self.push_protocols)
+        named = start_rooms(req)
         rooms = list(dict.fromkeys([req.roomid, *named]))
         owners = {room: await self.directory.owner((appid, room)) for room in rooms}
         target = owners[req.roomid] or next((o for o in owners.values() if o is not None), None)
         if target is None:
             self.tasks.check_resid(appid, req.resid)  # 4012/4011 come before 4005
-            names = ", ".join(repr(r) for r in named)
-            raise RecordingError(f"room {names} is not publishing" if len(named) == 1 else
-                                 f"none of the rooms {names} is publishing", 4005)
+            raise not_publishing(named)
         if owners[req.roomid] is None:  # a mix whose own room has no publisher: hold it there
             target = await self.directory.place((appid, req.roomid), prefer=target.id)
         why = target.refused(await self.directory.reserved(target.id))
@@ -244,46 +247,42 @@ class Front:
             raise CapacityError(f"no capacity for a new recording: worker {target.id}, which "
                                 f"holds room {req.roomid!r}, is full ({why}); retry later")
         remote = [room for room, o in owners.items() if o is not None and o.id != target.id]
-        result = await self.client_for(target).call("start", appid=appid, body=body,
-                                                    remote_rooms=remote)
+        recordid = await self.client_for(target).start(appid, req, remote)
         await self.directory.reserve(target.id, target.cost_per_recording)
-        return str(result["recordid"])
+        return recordid
 
-    async def stop(self, appid: int, req: Any, body: str) -> dict[str, Any]:
+    async def stop(self, appid: int, req: StopRecordRequest) -> dict[str, Any]:
         """``{"recordid", "files"}``: the task's file list as it ended (or as it is, when it
         had not finished storing its files within ``stop_timeout_s``)."""
         owner = await self.directory.owner((appid, req.roomid))
         if owner is None:
-            recordid = await self.orphans.stop(appid, req)
-            return {"recordid": recordid, "files": self.orphans.files(recordid)}
-        result = await self.client_for(owner).call("stop", appid=appid, body=body)
+            recordid = self.stored.stop(appid, req)
+            return {"recordid": recordid, "files": self.stored.files(recordid)}
+        stopped = await self.client_for(owner).stop(appid, req)
         await self.directory.unreserve(owner.id)  # if its start was recent, it never shows
-        return {"recordid": str(result["recordid"]), "files": list(result.get("files") or [])}
+        return stopped
 
-    async def pause(self, appid: int, req: Any, body: str, *, resume: bool = False
+    async def pause(self, appid: int, req: StopRecordRequest, *, resume: bool = False
                     ) -> dict[str, Any]:
         """pauserecord / resumerecord, routed like stoprecord; ``{"recordid", "paused",
         "pausetime", ...}``."""
         owner = await self.directory.owner((appid, req.roomid))
         if owner is None:
-            return await (self.orphans.resume if resume else self.orphans.pause)(appid, req)
-        return dict(await self.client_for(owner).call("resume" if resume else "pause",
-                                                      appid=appid, body=body))
+            return self.stored.pause(appid, req, resume=resume)
+        client = self.client_for(owner)
+        return await (client.resume if resume else client.pause)(appid, req)
 
-    async def update(self, appid: int, req: Any, body: str) -> str:
+    async def update(self, appid: int, req: UpdateMixRecordRequest) -> str:
         owner = await self.directory.owner((appid, req.roomid))
         if owner is None:
-            return await self.orphans.update(appid, req)
-        result = await self.client_for(owner).call("update", appid=appid, body=body)
-        return str(result["recordid"])
+            return self.stored.update(appid, req)
+        return await self.client_for(owner).update(appid, req)
 
     async def query(self, appid: int, roomid: str, recordid: str) -> dict[str, Any]:
         owner = await self.directory.owner((appid, roomid))
         if owner is None:
-            return self.orphans.query(appid, roomid, recordid)
-        result = await self.client_for(owner).call("query", appid=appid, roomid=roomid,
-                                                   recordid=recordid)
-        return dict(result["data"])
+            return self.stored.query(appid, roomid, recordid)
+        return await self.client_for(owner).query(appid, roomid, recordid)
 
     def apply(self, appid: int) -> str:
         return self.tasks.apply(appid)
@@ -295,14 +294,14 @@ class Front:
         answer is left out)."""
         workers = await self.directory.workers()
         results = await asyncio.gather(
-            *(self.client_for(w).call("publications", timeout=5.0) for w in workers),
+            *(self.client_for(w).publications(timeout=5.0) for w in workers),
             return_exceptions=True)
         out: list[dict[str, Any]] = []
         for w, result in zip(workers, results):
             if isinstance(result, BaseException):
                 log.warning("worker %s did not list its publications: %s", w.id, result)
                 continue
-            out.extend({**p, "worker": w.id, "node": w.node} for p in result["publications"])
+            out.extend({**p, "worker": w.id, "node": w.node} for p in result)
         return out
 
     def recordings(self) -> int:

@@ -3,7 +3,7 @@ the seed. Thin: authenticate, rate-limit, validate, call the front (which runs t
 worker that owns the room), and shape the seed's envelope ``{"code", "message", "traceId",
 ...}``.
 
-Checks run in the order SPEC §1 fixes: auth → rate limit → validation → the service's own
+Checks run in the seed's order: auth → rate limit → validation → the service's own
 checks (resid, room, recordid, task type). Every answer is counted for ``/metrics`` by endpoint
 and seed code, with its latency.
 """
@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from cloudrec.api.auth import authenticate
+from cloudrec.api.front import Front
+from cloudrec.api.metrics import ApiMetrics
 from cloudrec.api.ratelimit import RateLimiter, RedisRateLimiter
 from cloudrec.api.trace import new_trace_id
 from cloudrec.config import Settings
@@ -26,14 +29,12 @@ from cloudrec.diskfull import api_error
 from cloudrec.errors import CloudrecError, InvalidParameter
 from cloudrec.models import (
     ApplyRecordRequest,
+    QueryRecordRequest,
     StartRecordRequest,
     StopRecordRequest,
     UpdateMixRecordRequest,
-    QueryRecordRequest,
     parse_request,
 )
-from cloudrec.api.front import Front
-from cloudrec.metrics import ApiMetrics
 from cloudrec.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -132,18 +133,16 @@ def recordoss_router(settings: Settings, service: Front,
     @router.post(BASE + "/startrecord")
     async def startrecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            raw = await body_of(request)
-            req = parse_request(StartRecordRequest, raw, app)
-            return {"recordid": await service.start(app, req, raw.decode())}
+            req = parse_request(StartRecordRequest, await body_of(request), app)
+            return {"recordid": await service.start(app, req)}
 
         return await handle(request, appid, "startrecord", work)
 
     @router.post(BASE + "/stoprecord")
     async def stoprecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            raw = await body_of(request)
-            req = parse_request(StopRecordRequest, raw, app)
-            stopped = await service.stop(app, req, raw.decode())
+            req = parse_request(StopRecordRequest, await body_of(request), app)
+            stopped = await service.stop(app, req)
             return {"recordid": stopped["recordid"], "files": stopped["files"]}
 
         return await handle(request, appid, "stoprecord", work)
@@ -153,9 +152,8 @@ def recordoss_router(settings: Settings, service: Front,
         codes; 4004 names the state when the task is paused already, or not paused."""
         async def route(appid: str, request: Request) -> JSONResponse:
             async def work(app: int) -> dict[str, Any]:
-                raw = await body_of(request)
-                req = parse_request(StopRecordRequest, raw, app)
-                return await service.pause(app, req, raw.decode(), resume=resume)
+                req = parse_request(StopRecordRequest, await body_of(request), app)
+                return await service.pause(app, req, resume=resume)
 
             return await handle(request, appid, endpoint, work)
 
@@ -167,9 +165,8 @@ def recordoss_router(settings: Settings, service: Front,
     @router.post(BASE + "/updatemixrecord")
     async def updatemixrecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            raw = await body_of(request)
-            req = parse_request(UpdateMixRecordRequest, raw, app)
-            return {"recordid": await service.update(app, req, raw.decode())}
+            req = parse_request(UpdateMixRecordRequest, await body_of(request), app)
+            return {"recordid": await service.update(app, req)}
 
         return await handle(request, appid, "updatemixrecord", work)
 
@@ -233,4 +230,4 @@ def _int_param(params: dict[str, str], name: str, default: int | None, low: int,
 def describe_task(service: Front, task: Task) -> dict[str, Any]:
     """A task as ``queryrecord`` describes it, from the task store (its progress as of its
     last segment), with its ``resid``: the app needs it to stop or update the task."""
-    return {**service.orphans.describe(task), "resid": task.resid}
+    return {**service.stored.describe(task), "resid": task.resid}

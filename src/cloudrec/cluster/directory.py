@@ -11,7 +11,7 @@ it has one).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from cloudrec.errors import CapacityError
@@ -24,6 +24,11 @@ MAX_COST = 0.25  # at most this much is reserved for one start (a big mix shows 
 
 def room_name(key: RoomKey) -> str:
     return f"{key[0]}/{key[1]}"
+
+
+def worker_id(node: str, index: int) -> str:
+    """A worker's id: ``{node}/w{index}``, the same across restarts of the worker."""
+    return f"{node}/w{index}"
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,3 @@ def choose(workers: list[WorkerInfo], reserved: dict[str, float],
 
 def fresh(info: WorkerInfo, lease_s: float, now: float | None = None) -> bool:
     return ((now or time.time()) - info.updated) < lease_s
-
-
-def with_rooms(info: WorkerInfo, rooms: list[str]) -> WorkerInfo:
-    return replace(info, rooms=tuple(rooms))

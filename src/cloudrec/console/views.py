@@ -122,7 +122,7 @@ async def _progress(front: Any, task: Task) -> dict[str, Any]:
             data = getattr(exc, "data", None)
             if isinstance(data, dict):
                 return data
-    return front.orphans.describe(task)
+    return front.stored.describe(task)
 
 
 async def nodes(front: Any) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ class StartRecordRequest(Model):
     uid: Uid | None = Field(None, validate_default=True)
     storagecfg: StorageConfig
     callbackurl: HttpUrl | None = None
-    outputs: Outputs | None = None  # beyond the seed (SPEC §8)
+    outputs: Outputs | None = None  # beyond the seed
 
     _appid_matches = field_validator("appid")(_same_appid)
 

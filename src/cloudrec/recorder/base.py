@@ -1,5 +1,7 @@
-"""What every recording shares: file names, the spool uploader, progress in the task store,
-callback events and the end of a recording (last files stored, final state, events).
+"""What every recording shares: file names, the spool uploader, progress in the task store
+(:mod:`~cloudrec.recorder.progress`), callback events (:mod:`~cloudrec.recorder.events`) and
+the end of a recording: last files stored, final state, events
+(:mod:`~cloudrec.recorder.lifecycle`).
 
 A subclass runs its media and calls :meth:`Recording._finish` once its loop is over; it adds
 its own fields to :meth:`progress` through :meth:`_media_progress` and may close its media in
@@ -27,28 +29,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 from cloudrec import metrics
-from cloudrec.diskfull import DiskFullError, is_disk_full, is_disk_full_text
-from cloudrec.media.hls import HlsPlaylist, SegmentInfo
+from cloudrec.diskfull import is_disk_full, is_disk_full_text
+from cloudrec.media.hls import SegmentInfo
+from cloudrec.recorder.events import Emit, EventQueue
+from cloudrec.recorder.lifecycle import Ending, HlsMedia, SpoolMedia, end_playlist, queue_last_files
 from cloudrec.recorder.outputs import RecordingOutputs
-from cloudrec.recorder.pause import PauseState, check_not_stopping
+from cloudrec.recorder.progress import TaskState
 from cloudrec.storage import ObjectStore, SpoolUploader
 from cloudrec.tasks import Status, StopReason, Task, TaskStore
+from cloudrec.tasks.pause import PauseState, check_not_stopping
 
 log = logging.getLogger(__name__)
 
-RETRY_S = 0.5  # first pause of a step of the recording's end that failed; doubles up to
-MAX_RETRY_S = 5.0  # short enough that a disk with room again is noticed at once
-
 
 def basename_for(task: Task) -> str:
-    """SPEC §4: ``{appid}_{roomid}_{recordid}[_{uid}]``."""
+    """The name of a task's files: ``{appid}_{roomid}_{recordid}[_{uid}]``."""
     base = f"{task.appid}_{task.roomid}_{task.recordid}"
     return f"{base}_{task.uid}" if task.uid else base
 
@@ -56,40 +56,6 @@ def basename_for(task: Task) -> str:
 def prefix_for(storagecfg: dict[str, Any]) -> str:
     items = storagecfg.get("fileprefix") or []
     return "".join(f"{item}/" for item in items)
-
-
-class HlsMedia(Protocol):
-    playlist_path: Path
-    segments: list[SegmentInfo]
-
-    @property
-    def duration(self) -> float: ...
-
-
-@dataclass
-class SpoolMedia:
-    """What the spool holds of a recording whose media never opened this time (a resumed task
-    on a full disk): its playlist and the segments it lists."""
-
-    playlist_path: Path
-    segments: list[SegmentInfo]
-
-    @property
-    def duration(self) -> float:
-        return sum(s.duration for s in self.segments)
-
-    @classmethod
-    def find(cls, spool_dir: Path, basename: str) -> SpoolMedia | None:
-        path = spool_dir / f"{basename}.m3u8"
-        if not path.exists():
-            return None
-        return cls(path, HlsPlaylist(path, 6.0).load())
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Worth trying again later: a full disk, a file system or database that failed for now.
-    Anything else (a closed store at shutdown, a bug) is not."""
-    return is_disk_full(exc) or isinstance(exc, (OSError, sqlite3.OperationalError))
 
 
 class Recording:
@@ -103,7 +69,7 @@ class Recording:
         kinds: frozenset[str],
         stop_timeout_s: float,
         on_finished: Callable[[str], None],
-        emit: Callable[[str, dict[str, Any]], None] | None = None,
+        emit: Emit | None = None,
         resumed: bool = False,
         pause_timeout_s: float = 3600.0,
     ) -> None:
@@ -123,22 +89,18 @@ class Recording:
         self.stop_reason: StopReason | None = None
         self.error: str | None = None
         self.storage_error: str | None = None
-        self.finished = asyncio.Event()
-        self._emit_event = emit
+        self.ending = Ending(task.recordid)
+        self.finished = self.ending.finished
+        self.events = EventQueue(task.recordid, emit)
+        self.state = TaskState(tasks, task.recordid)
         self._stop_requested = asyncio.Event()
         self._closing = False
         self._recording = False
-        self._status: Status | None = None  # the latest status this recording set
-        self._state_lags = False  # the task store has not taken ``_status`` (or the error)
-        self._progress_fails = False
-        self._events: deque[tuple[str, dict[str, Any]]] = deque()  # not yet in the outbox
-        self._held = asyncio.Event()  # the end of the recording waits for room on the disk
-        self._held_by: str | None = None
         self.outputs = RecordingOutputs(self)  # MP4, snapshots and the file list
         self.pause_timeout_s = pause_timeout_s
         self.pause_state = PauseState.from_progress(task.progress)  # paused before a restart
 
-    # -- pause and resume (see cloudrec.recorder.pause) ------------------------------------------
+    # -- pause and resume (see cloudrec.tasks.pause) ------------------------------------------
 
     def pause(self) -> dict[str, Any]:
         """pauserecord: 4004 when paused already or stopping."""
@@ -184,21 +146,7 @@ class Recording:
             self.stop_reason = reason
         self._stop_requested.set()
         self._on_stop_requested()
-        finished = asyncio.ensure_future(self.finished.wait())
-        held = asyncio.ensure_future(self._held.wait())
-        try:
-            await asyncio.wait({finished, held}, timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            finished.cancel()
-            held.cancel()
-        if self.finished.is_set():
-            return True
-        if self._held.is_set():
-            raise DiskFullError(
-                f"recording {self.task.recordid} has failed ({self._held_by}); its last files "
-                "are stored and its playlist ended as soon as there is room")
-        return False
+        return await self.ending.wait(timeout)
 
     def _on_stop_requested(self) -> None:
         """Wake the media loop; subclasses override."""
@@ -256,11 +204,15 @@ class Recording:
             self.recorder = SpoolMedia.find(self.spool_dir, self.basename)
             ended = self.recorder is None
         if self.recorder is not None:
+            media = self.recorder
             if not ended:
-                await self._durably("ending the playlist", self._end_playlist)
+                segment_s = getattr(self, "segment_seconds", 6.0)
+                await self.ending.durably("ending the playlist", lambda: end_playlist(
+                    media, self.spool_dir, segment_s))
             self._closing = True
-            await self._durably("queueing the last files", self._queue_last_files)
-            await self.outputs.finish(list(self.recorder.segments))
+            await self.ending.durably("queueing the last files",
+                                      lambda: queue_last_files(media, self.uploader))
+            await self.outputs.finish(list(media.segments))
         stored = await self.uploader.drain(self.stop_timeout_s)
         self._save_progress()
         if not stored:
@@ -271,13 +223,13 @@ class Recording:
         reason = self.stop_reason or StopReason.ERROR
         failed = reason == StopReason.ERROR and self.error is not None
         final = Status.FAILED if failed else Status.STOPPED
-        await self._durably("recording the final state",
-                            lambda: self._write_status(final, final=True))
+        await self.ending.durably("recording the final state", lambda: self.state.write_status(
+            final, error=self.error, reason=self.stop_reason or StopReason.ERROR))
         summary = self._summary()
         if failed:
             self._emit("recording.failed", reason=str(reason), error=self.error, **summary)
         self._emit("recording.stopped", reason=str(reason), error=self.error, **summary)
-        await self._durably("queueing the closing events", self._flush_events)
+        await self.ending.durably("queueing the closing events", self.events.flush)
 
     def _log_end(self) -> None:
         """The story's last line (WARNING when the recording failed) and the end's counters."""
@@ -308,72 +260,11 @@ class Recording:
                        "appid": task.appid, "roomid": task.roomid, "uid": task.uid,
                        "type": metrics.recording_type(task.streamtype), **fields})
 
-    def _end_playlist(self) -> None:
-        """The playlist of the segments that were closed, with ``#EXT-X-ENDLIST``, after the
-        media could not close itself. Unfinished segments go first: they free their space."""
-        assert self.recorder is not None
-        for part in self.spool_dir.glob("*.part"):
-            part.unlink(missing_ok=True)
-        playlist = HlsPlaylist(self.recorder.playlist_path,
-                               getattr(self, "segment_seconds", 6.0))
-        playlist.write(list(self.recorder.segments), ended=True)
-
-    def _queue_last_files(self) -> None:
-        """Segments the media closed but never handed over (a full disk can fail the playlist
-        write between the two), then the final playlist."""
-        assert self.recorder is not None
-        self.uploader.submit_missing(list(self.recorder.segments))
-        if self.recorder.playlist_path.exists():
-            self.uploader.submit_playlist(self.recorder.playlist_path)
-
-    async def _durably(self, what: str, action: Callable[[], object]) -> None:
-        """Run ``action`` until it succeeds, pausing RETRY_S doubling to MAX_RETRY_S between
-        tries: a full disk holds the end of a recording, it does not lose it. The first failure
-        and the recovery are logged; an error that is not worth retrying ends the attempt."""
-        delay = RETRY_S
-        failing = False
-        while True:
-            try:
-                action()
-            except Exception as exc:
-                if not _retryable(exc):
-                    log.exception("recording %s: %s failed", self.task.recordid, what)
-                    return
-                if is_disk_full(exc):
-                    self._held_by = f"the server's disk is full: {exc}"
-                    self._held.set()
-                if not failing:
-                    log.error("recording %s: %s failed (%s); retrying until it can be done",
-                              self.task.recordid, what, exc)
-                    failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_S)
-                continue
-            if failing:
-                log.info("recording %s: %s done", self.task.recordid, what)
-            self._held.clear()
-            self._held_by = None
-            return
-
     # -- the task store ---------------------------------------------------------------------------
 
     def _set_status(self, status: Status) -> None:
-        """Record ``status`` now if the task store takes it; else :meth:`progress` reports it
-        until a later write succeeds (the recording goes on either way)."""
-        try:
-            self._write_status(status)
-        except Exception as exc:
-            log.error("recording %s: the task store did not take status %s: %s",
-                      self.task.recordid, status.name.lower(), exc)
-
-    def _write_status(self, status: Status, *, final: bool = False) -> None:
-        """The reason is written with the final state only (the store keeps the first one
-        written, and a failing end can still turn it into ``error``)."""
-        self._status = status
-        self._state_lags = True
-        reason = str(self.stop_reason or StopReason.ERROR) if final else None
-        self.tasks.set_status(self.task.recordid, status, stopreason=reason, error=self.error)
-        self._state_lags = False
+        """Record ``status`` now if the task store takes it (see :class:`TaskState`)."""
+        self.state.set_status(status, error=self.error)
 
     # -- files and progress ---------------------------------------------------------------------
 
@@ -414,23 +305,8 @@ class Recording:
         self._save_progress()
 
     def _emit(self, event_type: str, **data: Any) -> None:
-        """Queue an event in the outbox; while the outbox cannot take it (a full disk), it
-        waits here with those after it, in order."""
-        if self._emit_event is None:
-            return
-        self._events.append((event_type, data))
-        try:
-            self._flush_events()
-        except Exception as exc:
-            log.error("recording %s: event %s waits (%d waiting): the outbox failed: %s",
-                      self.task.recordid, event_type, len(self._events), exc)
-
-    def _flush_events(self) -> None:
-        assert self._emit_event is not None or not self._events
-        while self._events:
-            event_type, data = self._events[0]
-            self._emit_event(event_type, data)  # type: ignore[misc]
-            self._events.popleft()
+        """Queue an event (see :class:`EventQueue`)."""
+        self.events.emit(event_type, data)
 
     def progress(self) -> dict[str, Any]:
         """What queryrecord shows beyond the task's columns, and while the task store lags
@@ -438,11 +314,7 @@ class Recording:
         ``error``)."""
         progress = self._progress()
         progress.setdefault("files", self.outputs.files())
-        if self._state_lags and self._status is not None:
-            progress.update(status=int(self._status),
-                            stopreason=str(self.stop_reason) if self.stop_reason else None,
-                            error=self.error)
-        return progress
+        return self.state.overlay(progress, self.stop_reason, self.error)
 
     def _progress(self) -> dict[str, Any]:
         rec = self.recorder
@@ -473,11 +345,4 @@ class Recording:
 
     def _save_progress(self) -> None:
         """Best effort: a failed write is logged once and made good by the next one."""
-        try:
-            self.tasks.set_progress(self.task.recordid, self._progress())
-        except Exception as exc:
-            if not self._progress_fails:
-                log.error("saving progress of %s failed: %s", self.task.recordid, exc)
-            self._progress_fails = True
-        else:
-            self._progress_fails = False
+        self.state.save_progress(self._progress())

@@ -30,7 +30,7 @@ and ``recording.failed``; the segments it closed stay and are stored, and the pl
 ended with ``#EXT-X-ENDLIST`` here. The API and other recordings go on.
 
 Pause (``pauserecord``): frames are dropped here, before the worker, which composes and
-writes nothing until ``resumerecord`` (see :mod:`cloudrec.recorder.pause`). Live push
+writes nothing until ``resumerecord`` (see :mod:`cloudrec.tasks.pause`). Live push
 (``outputs.pushurl``): the worker also pushes its encoded packets, through a small process
 per URL (:mod:`cloudrec.media.push.fanout`); ``queryrecord`` lists each push's state under ``push``
 (URLs redacted) and a push that is failing under ``warnings``.
@@ -50,14 +50,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloudrec.errors import InvalidParameter, RecordingError
+from cloudrec.errors import RecordingError
 from cloudrec.fetch import FetchError, fetch_bytes
 from cloudrec.media.hls import HlsPlaylist, SegmentInfo
 from cloudrec.media.mix.overlay import picture_urls
 from cloudrec.media.mix.worker import Message, MixSpec, Progress, pack_frame
 from cloudrec.media.push.fanout import push_warnings
-from cloudrec.media.push.fanout import unsupported as unsupported_push
 from cloudrec.models.mixconfig import MixConfig
+from cloudrec.models.rules import mix_rooms
 from cloudrec.recorder.base import Recording
 from cloudrec.recorder.mixproc import MixProcess, MixThread
 from cloudrec.recorder.outputs import outputs_of
@@ -73,31 +73,6 @@ WATCH_S = 0.25
 FLUSH_S = 0.02  # frames wait at most this long to go to the worker in one batch
 STOP_GRACE_S = 10.0  # a stopping worker's time to finish its files before it is killed
 MIX_WORKER = os.environ.get("CLOUDREC_MIX_WORKER", "process")  # "process" or "thread"
-
-
-def mixed_kinds(recordtype: int, mixconfig: MixConfig) -> frozenset[str]:
-    """The tracks of a mixed recording: what recordtype asks for and the output has."""
-    wanted = {0: {"audio", "video"}, 1: {"video"}, 2: {"audio"}}[recordtype]
-    out = mixconfig.output
-    has = {k for k, present in (("audio", out.has_audio), ("video", out.has_video)) if present}
-    return frozenset(wanted & has)
-
-
-def mix_rooms(roomid: str, mixconfig: MixConfig) -> list[str]:
-    """The rooms a mix takes media from: the inputs' rooms, or the task's room."""
-    if mixconfig.inputs:
-        return list(dict.fromkeys(i.roomid for i in mixconfig.inputs))
-    return [roomid]
-
-
-def check_push_urls(outputs: Any) -> None:
-    """2101 naming ``outputs.pushurl[i]`` for a URL this server cannot push to: an
-    ``srt://`` one when the FFmpeg inside PyAV has no SRT (see
-    :func:`cloudrec.media.push.fanout.unsupported`)."""
-    for i, url in enumerate(getattr(outputs, "pushurl", None) or []):
-        why = unsupported_push(url)
-        if why is not None:
-            raise InvalidParameter(f"outputs.pushurl[{i}]", why)
 
 
 class MixMedia:

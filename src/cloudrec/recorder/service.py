@@ -18,20 +18,26 @@ from typing import Any
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.config import Settings
 from cloudrec.errors import RecordingError, StorageError
-from cloudrec.models.mixconfig import MixConfig
-from cloudrec.recorder.mixed import MixedRecording, mix_rooms, mixed_kinds
 from cloudrec.media.hls import atomic_write_text
+from cloudrec.media.push.fanout import ffmpeg_protocols
+from cloudrec.models.mixconfig import MixConfig
+from cloudrec.models.rules import (
+    RECORD_KINDS,
+    check_push_urls,
+    mixed_kinds,
+    not_publishing,
+    start_rooms,
+)
 from cloudrec.recorder.base import basename_for
-from cloudrec.recorder.pause import PauseState
+from cloudrec.recorder.mixed import MixedRecording
 from cloudrec.recorder.outputs import submit_leftovers
 from cloudrec.recorder.source import SourceRecording, prefix_for
 from cloudrec.rooms import RoomHub
-from cloudrec.storage import Spool, SpoolUploader, close_clients, open_store
-from cloudrec.tasks import Status, StopReason, Task, TaskStore
+from cloudrec.storage import ObjectStore, Spool, SpoolUploader, close_clients, open_store
+from cloudrec.tasks import StopReason, Task, TaskService, TaskStore
+from cloudrec.tasks.service import mix_not_running
 
 log = logging.getLogger(__name__)
-
-RECORD_KINDS = {0: frozenset({"audio", "video"}), 1: frozenset({"video"}), 2: frozenset({"audio"})}
 
 
 class RecordingService:
@@ -44,6 +50,7 @@ class RecordingService:
         self.claim_unowned = claim_unowned  # resume tasks with no owner (made before owners)
         self.outbox = outbox
         self.tasks = tasks
+        self.stored = TaskService(tasks, outbox)  # answers for tasks that do not run here
         self.hub = hub
         self.spool = Spool(settings.data_dir / spool_name(worker_id))
         self.recordings: dict[str, SourceRecording | MixedRecording] = {}
@@ -51,13 +58,11 @@ class RecordingService:
 
     # -- the API's verbs ------------------------------------------------------------------------
 
-    def apply(self, appid: int) -> str:
-        return self.tasks.apply(appid)
-
     async def start(self, appid: int, req: Any, remote_rooms: frozenset[str] = frozenset()) -> Task:
         """startrecord: resid → room publishing → parameters served → storage reachable.
 
         ``remote_rooms``: rooms of a mix that publish on other workers (relayed here)."""
+        check_push_urls(req.outputs, ffmpeg_protocols())  # 2101 comes before the resid's codes
         self.tasks.check_resid(appid, req.resid)
         if req.streamtype == 1:
             kinds = self._mixed_start_checks(appid, req, remote_rooms)
@@ -86,12 +91,12 @@ class RecordingService:
         if req.mixconfig is not None:
             progress["mixconfig"] = _dump_mixconfig(req.mixconfig)
         self.tasks.set_progress(task.recordid, progress)
-        self._launch(task, kinds, resume=False)
+        self._launch(task, kinds, store, resume=False)
         return task
 
     def _source_start_checks(self, appid: int, req: Any) -> frozenset[str]:
         if not self.hub.is_publishing(appid, req.roomid):
-            raise RecordingError(f"room {req.roomid!r} is not publishing", 4005)
+            raise not_publishing([req.roomid])
         publisher = next((p for p in self.hub.publishers(appid, req.roomid) if p.uid == req.uid), None)
         if publisher is None:
             raise RecordingError(f"uid {req.uid!r} is not publishing in room {req.roomid!r}", 4005)
@@ -103,11 +108,9 @@ class RecordingService:
 
     def _mixed_start_checks(self, appid: int, req: Any, remote_rooms: frozenset[str]) -> frozenset[str]:
         """A template needs the task's room publishing; an input list, any room it names."""
-        rooms = mix_rooms(req.roomid, req.mixconfig)
+        rooms = start_rooms(req)
         if not any(self.hub.is_publishing(appid, room) or room in remote_rooms for room in rooms):
-            named = ", ".join(repr(r) for r in rooms)
-            raise RecordingError(f"room {named} is not publishing" if len(rooms) == 1 else
-                                 f"none of the rooms {named} is publishing", 4005)
+            raise not_publishing(rooms)
         kinds = mixed_kinds(req.recordtype, req.mixconfig)
         if not kinds:
             raise RecordingError(
@@ -116,12 +119,10 @@ class RecordingService:
         return kinds
 
     async def stop(self, appid: int, req: Any) -> str:
-        task = self._active_task(appid, req.roomid, req.recordid, req.resid)
+        task = self.stored.active_task(appid, req.roomid, req.recordid, req.resid)
         recording = self.recordings.get(task.recordid)
         if recording is None:  # active in the store but not running here: end it cleanly
-            self.tasks.set_status(task.recordid, Status.STOPPED, stopreason=str(StopReason.API))
-            self._emit(task, "recording.stopped", {"reason": str(StopReason.API)})
-            return task.recordid
+            return self.stored.end(task)
         await recording.stop(StopReason.API, timeout=self.settings.stop_timeout_s)
         return task.recordid
 
@@ -137,27 +138,18 @@ class RecordingService:
         """A task that is active in the store but not running here (its worker is gone and
         no publisher came back yet) has the state written into its progress: it resumes
         paused, or not, wherever it runs next."""
-        task = self._active_task(appid, req.roomid, req.recordid, req.resid)
+        task = self.stored.active_task(appid, req.roomid, req.recordid, req.resid)
         recording = self.recordings.get(task.recordid)
-        if recording is not None:
-            state = recording.resume() if resume else recording.pause()
-        else:
-            pause = PauseState.from_progress(task.progress)
-            if resume:
-                pause.resume(task.recordid)
-            else:
-                pause.pause(task.recordid)
-            state = pause.progress()
-            self.tasks.set_progress(task.recordid, {**task.progress, **state})
+        if recording is None:
+            return self.stored.pause_stored(task, resume=resume)
+        state = recording.resume() if resume else recording.pause()
         return {"recordid": task.recordid, **state}
 
     async def update(self, appid: int, req: Any) -> str:
-        task = self._active_task(appid, req.roomid, req.recordid, req.resid)
-        if task.streamtype != 1:
-            raise RecordingError("recording task type is not mixed stream recording", 4019)
+        task = self.stored.mixed_task(appid, req)
         recording = self.recordings.get(task.recordid)
         if not isinstance(recording, MixedRecording):
-            raise RecordingError("the mixed recording is not running", 4014)
+            raise mix_not_running()
         kinds = mixed_kinds(task.recordtype, req.mixconfig)
         if kinds != recording.kinds:
             raise RecordingError(
@@ -168,61 +160,26 @@ class RecordingService:
         return task.recordid
 
     def query(self, appid: int, roomid: str, recordid: str) -> dict[str, Any]:
-        task = self.tasks.get(recordid)
-        if task is None or task.appid != appid or task.roomid != roomid:
-            raise RecordingError(f"recordid {recordid!r} does not exist", 4013)
-        data = self.describe(task)
-        if not task.active:
-            error = RecordingError(
-                f"recordid {recordid!r} does not exist: the task has stopped "
-                f"(reason: {task.stopreason or 'unknown'})",
-                4013,
-            )
-            error.data = data  # type: ignore[attr-defined]
-            raise error
-        return data
+        return self.stored.query(appid, roomid, recordid, self._live_progress)
 
     def describe(self, task: Task) -> dict[str, Any]:
+        return self.stored.describe(task, self._live_progress(task))
+
+    def _live_progress(self, task: Task) -> dict[str, Any] | None:
         recording = self.recordings.get(task.recordid)
-        progress = recording.progress() if recording else task.progress
-        return {
-            "recordid": task.recordid,
-            "appid": task.appid,
-            "roomid": task.roomid,
-            "status": int(task.status),
-            "createtime": task.createtime,
-            "starttime": task.starttime,
-            # beyond the seed
-            "uid": task.uid,
-            "streamtype": task.streamtype,
-            "recordtype": task.recordtype,
-            "stoptime": task.stoptime,
-            "stopreason": task.stopreason,
-            "error": task.error,
-            "files": [],  # a task that ended before it listed its files
-            **progress,
-        }
+        return recording.progress() if recording else None
 
     def files(self, recordid: str) -> list[dict[str, Any]]:
         """A task's files: the running recording's list, else the one saved as it ended."""
         recording = self.recordings.get(recordid)
         if recording is not None:
             return recording.outputs.files()
-        task = self.tasks.get(recordid)
-        return list((task.progress if task else {}).get("files") or [])
-
-    def _active_task(self, appid: int, roomid: str, recordid: str, resid: str) -> Task:
-        task = self.tasks.get(recordid)
-        if task is None or task.appid != appid or task.roomid != roomid or not task.active:
-            raise RecordingError(f"recordid {recordid!r} does not exist", 4013)
-        if task.resid != resid:
-            raise RecordingError(f"resid does not belong to recordid {recordid!r}", 4012)
-        return task
+        return self.stored.files(recordid)
 
     # -- running recordings ---------------------------------------------------------------------
 
-    def _launch(self, task: Task, kinds: frozenset[str], *, resume: bool) -> None:
-        store = open_store(task.request["storagecfg"], self.settings.data_dir)
+    def _launch(self, task: Task, kinds: frozenset[str], store: ObjectStore, *,
+                resume: bool) -> None:
         common: dict[str, Any] = {
             "hub": self.hub,
             "tasks": self.tasks,
@@ -234,7 +191,7 @@ class RecordingService:
             "stop_timeout_s": self.settings.stop_timeout_s,
             "pause_timeout_s": self.settings.pause_timeout_s,
             "on_finished": self._finished,
-            "emit": lambda event_type, data: self._emit(task, event_type, data),
+            "emit": lambda event_type, data: self.stored.emit(task, event_type, data),
             "resumed": resume,
         }
         recording: SourceRecording | MixedRecording
@@ -247,11 +204,6 @@ class RecordingService:
         self.recordings[task.recordid] = recording
         recording.start(resume=resume)
 
-    def _emit(self, task: Task, event_type: str, data: dict[str, Any]) -> None:
-        if self.outbox is not None:
-            self.outbox.emit(task.request.get("callbackurl"), event_type, appid=task.appid,
-                             roomid=task.roomid, recordid=task.recordid, uid=task.uid, data=data)
-
     def _finished(self, recordid: str) -> None:
         recording = self.recordings.pop(recordid, None)
         if recording is not None and recording.uploader.pending == 0:
@@ -259,6 +211,10 @@ class RecordingService:
         elif recording is not None:
             self._leftovers.append(recording.uploader)
             asyncio.get_running_loop().create_task(self._store_leftovers(recordid, recording.uploader))
+
+    def leftover_segments(self) -> int:
+        """Segments of recordings that ended, still waiting in the spool for the store."""
+        return sum(u.pending_segments for u in list(self._leftovers))
 
     async def _store_leftovers(self, recordid: str, uploader: SpoolUploader) -> None:
         await uploader.drain()
@@ -311,15 +267,14 @@ class RecordingService:
     async def _resume(self, task: Task) -> bool:
         kinds = frozenset(task.progress.get("kinds") or RECORD_KINDS[task.recordtype])
         try:
-            await self._fetch_playlist(task)
-            self._launch(task, kinds, resume=True)
+            store = open_store(task.request["storagecfg"], self.settings.data_dir)
+            await self._fetch_playlist(task, store)
+            self._launch(task, kinds, store, resume=True)
             return True
         except Exception as exc:  # e.g. a stored mixconfig this version cannot read
             log.exception("recording %s cannot be resumed", task.recordid)
-            self.tasks.set_status(task.recordid, Status.FAILED, stopreason="error",
-                                  error=f"cannot be resumed after a restart: {exc}")
-            self._emit(task, "recording.failed", {"reason": "error", "error": str(exc)})
-            self._emit(task, "recording.stopped", {"reason": "error", "error": str(exc)})
+            self.stored.fail(task, f"cannot be resumed after a restart: {exc}",
+                             reported=str(exc))
             return False
 
     async def adopt(self, recordids: list[str]) -> list[str]:
@@ -339,7 +294,7 @@ class RecordingService:
                 adopted.append(recordid)
         return adopted
 
-    async def _fetch_playlist(self, task: Task) -> None:
+    async def _fetch_playlist(self, task: Task, store: ObjectStore) -> None:
         """A task resumed on another node than the one that began it has no playlist in this
         spool: fetch the stored one, so the recording goes on in the same playlist and every
         segment stored before keeps its place in it."""
@@ -347,7 +302,6 @@ class RecordingService:
         name = basename_for(task) + ".m3u8"
         if (spool_dir / name).exists():
             return
-        store = open_store(task.request["storagecfg"], self.settings.data_dir)
         data = await store.get_bytes(prefix_for(task.request["storagecfg"]) + name)
         if data is not None:
             spool_dir.mkdir(parents=True, exist_ok=True)

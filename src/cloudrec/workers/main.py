@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from cloudrec.config import settings_from_json
 from cloudrec.logs import configure
 from cloudrec.stores import open_stores
-from cloudrec.workers.channel import internal_router
+from cloudrec.workers.internal import internal_router
 from cloudrec.workers.worker import Worker
 
 log = logging.getLogger("cloudrec.worker")

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cloudrec.cluster import worker_id
 from cloudrec.config import Settings, settings_to_json
-from cloudrec.workers.channel import HttpWorkerClient
-from cloudrec.workers.worker import worker_id
+from cloudrec.workers.client import HttpWorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Supervisor:
             self._replace(slot, f"exited with code {slot.proc.returncode}")
             return None
         try:
-            status = await slot.client.call("status", timeout=PING_TIMEOUT_S)
+            status = await slot.client.status(timeout=PING_TIMEOUT_S)
         except Exception as exc:
             slot.misses += 1
             if slot.misses >= MAX_MISSES:

@@ -1,7 +1,8 @@
 """One worker: the rooms it owns (a :class:`RoomHub`), the WebRTC publishers that write into
 them (a :class:`WebRtcIngest`) and the recordings that read them.
 
-The front calls these methods, in process or over :mod:`cloudrec.workers.channel`. The worker
+The front calls these methods through a :class:`~cloudrec.workers.client.WorkerClient`, in
+process or over HTTP (:mod:`cloudrec.workers.internal`). The worker
 writes task state and callback events to the node's shared stores itself; it never talks to
 the cluster directory: the front publishes its status (:meth:`Worker.status`) for it.
 """
@@ -11,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
 from cloudrec.callbacks import CallbackOutbox
+from cloudrec.cluster import worker_id
 from cloudrec.config import Settings
+from cloudrec.media.push.fanout import ffmpeg_protocols
 from cloudrec.metrics import worker_snapshot
-from cloudrec.models import (
-    StartRecordRequest,
-    StopRecordRequest,
-    UpdateMixRecordRequest,
-    parse_request,
-)
+from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
 from cloudrec.recorder import RecordingService
 from cloudrec.relay import RelayLinks, RelayServer
 from cloudrec.rooms import RoomHub, RoomKey
@@ -35,10 +34,6 @@ log = logging.getLogger(__name__)
 
 RELAY_CHECK_S = 2.0  # how often rooms relayed from elsewhere are looked up again
 Locate = Callable[[RoomKey], Awaitable[str | None]]
-
-
-def worker_id(node: str, index: int) -> str:
-    return f"{node}/w{index}"
 
 
 class Worker:
@@ -144,26 +139,22 @@ class Worker:
 
     # -- recordings -----------------------------------------------------------------------------
 
-    async def start(self, appid: int, body: str, remote_rooms: list[str]) -> dict[str, Any]:
-        req = parse_request(StartRecordRequest, body, appid)
+    async def start(self, appid: int, req: StartRecordRequest,
+                    remote_rooms: list[str]) -> dict[str, Any]:
         task = await self.service.start(appid, req, remote_rooms=frozenset(remote_rooms))
         return {"recordid": task.recordid}
 
-    async def stop(self, appid: int, body: str) -> dict[str, Any]:
-        req = parse_request(StopRecordRequest, body, appid)
+    async def stop(self, appid: int, req: StopRecordRequest) -> dict[str, Any]:
         recordid = await self.service.stop(appid, req)
         return {"recordid": recordid, "files": self.service.files(recordid)}
 
-    async def pause(self, appid: int, body: str) -> dict[str, Any]:
-        req = parse_request(StopRecordRequest, body, appid)  # the same body as stoprecord
+    async def pause(self, appid: int, req: StopRecordRequest) -> dict[str, Any]:
         return await self.service.pause(appid, req)
 
-    async def resume(self, appid: int, body: str) -> dict[str, Any]:
-        req = parse_request(StopRecordRequest, body, appid)
+    async def resume(self, appid: int, req: StopRecordRequest) -> dict[str, Any]:
         return await self.service.resume(appid, req)
 
-    async def update(self, appid: int, body: str) -> dict[str, Any]:
-        req = parse_request(UpdateMixRecordRequest, body, appid)
+    async def update(self, appid: int, req: UpdateMixRecordRequest) -> dict[str, Any]:
         return {"recordid": await self.service.update(appid, req)}
 
     async def query(self, appid: int, roomid: str, recordid: str) -> dict[str, Any]:
@@ -196,7 +187,8 @@ class Worker:
             "rooms": self.rooms(),
             "relay": self.relay_address,
             "relays": self.relays.stats.as_dict(),
-            "metrics": worker_snapshot(self),  # what the front's /metrics shows of this worker
+            "push": sorted(ffmpeg_protocols()),  # the schemes outputs.pushurl may use
+            "metrics": worker_snapshot(self.hub, self.service),  # the front's /metrics of it
         }
 
 

@@ -70,17 +70,6 @@ def ffmpeg_protocols() -> frozenset[str]:
     return frozenset({"rtmp"} | ({"srt"} if "--enable-libsrt" in config else set()))
 
 
-def unsupported(url: str) -> str | None:
-    """Why this server cannot push to ``url``, or None when it can."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in FORMATS:
-        return "must be an rtmp:// or srt:// URL"
-    if scheme not in ffmpeg_protocols():
-        return (f"{scheme}:// is not supported by this server: its FFmpeg (PyAV) was built "
-                f"without {scheme.upper()}; use rtmp://")
-    return None
-
-
 def redact(url: str) -> str:
     """``url`` without what usually carries a stream key: the path after its first segment
     (an RTMP app name stays), the query, any user info."""
