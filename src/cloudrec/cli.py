@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import time
@@ -13,17 +14,33 @@ from typing import Any, Optional
 import typer
 
 from cloudrec.cli_rec import rec_app
-from cloudrec.config import Settings, load_settings, with_dev_app
+from cloudrec.config import (
+    ConfigError,
+    Settings,
+    check_settings,
+    load_settings,
+    start_warnings,
+    with_dev_app,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.add_typer(rec_app, name="rec", help="Drive recordings on a server through its API.")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="TOML settings file", exists=True,
-                         dir_okay=False)
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML settings file")
 
 
-def _settings(config: Optional[Path], **overrides: Any) -> Settings:
-    return with_dev_app(load_settings(config, **overrides))
+def _settings(config: Optional[Path], *, check: bool = True, dev_app: bool = True,
+              **overrides: Any) -> Settings:
+    """Settings read (and, with ``check``, checked) for a command; a config mistake is printed
+    as its one line on stderr and the command exits with status 2."""
+    try:
+        settings = load_settings(config, **overrides)
+        if check:
+            check_settings(settings)
+        return with_dev_app(settings) if dev_app else settings
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
 
 
 def _serve(settings: Settings) -> None:
@@ -33,6 +50,8 @@ def _serve(settings: Settings) -> None:
     from cloudrec.logs import configure, uvicorn_log_config
 
     configure(settings.log_level, settings.log_format)
+    for warning in start_warnings(settings):
+        logging.getLogger("cloudrec.serve").warning("%s", warning)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level, log_config=uvicorn_log_config(),
                 timeout_graceful_shutdown=int(settings.stop_timeout_s))
@@ -63,12 +82,6 @@ def serve(
     """Run the service: REST API, WHIP ingest, recorders."""
     settings = _settings(config, host=host, port=port, data_dir=data_dir, log_level=log_level,
                          log_format=log_format)
-    if settings.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-        raise typer.BadParameter(f"unknown log level {settings.log_level!r}",
-                                 param_hint="--log-level")
-    if settings.log_format not in ("text", "json"):
-        raise typer.BadParameter(f"unknown log format {settings.log_format!r}: text or json",
-                                 param_hint="--log-format")
     _print_app(settings)
     _serve(settings)
 
@@ -92,7 +105,8 @@ def token(
     from cloudrec.tokens import make_token
 
     if secret is None:
-        secret = _server_secret(appid, load_settings(config, data_dir=data_dir))
+        secret = _server_secret(appid, _settings(config, check=False, dev_app=False,
+                                                 data_dir=data_dir))
     typer.echo(make_token(appid, roomid, uid, secret, ttl_s=ttl))
 
 
@@ -180,7 +194,7 @@ def demo(
     from cloudrec.demo import run_demo
 
     port = free_port()
-    settings = with_dev_app(load_settings(None, port=port, data_dir=data_dir, log_level="warning"))
+    settings = _settings(None, port=port, data_dir=data_dir, log_level="warning")
     playlist = asyncio.run(run_demo(settings, seconds))
     typer.echo(f"recorded {seconds:.0f} s: {playlist}")
     typer.echo(f"play it:   ffplay {playlist}")
