@@ -1,4 +1,4 @@
-"""The ``cloudrec`` command: serve, demo, publish, token, and rec (the API's client)."""
+"""The ``cloudrec`` command: serve, demo, publish, token, probe, and rec (the API's client)."""
 
 from __future__ import annotations
 
@@ -177,6 +177,23 @@ def publish(
     typer.echo(f"{time.strftime('%H:%M:%S')} published {stats.seconds:.1f} s: "
                f"{stats.video_frames} video frames ({stats.video_codec}), "
                f"{stats.audio_frames} audio frames")
+
+
+@app.command()
+def probe(
+    path: str = typer.Argument(..., help="a playlist (.m3u8), segment or MP4, or its URL"),
+    packets_only: bool = typer.Option(False, "--packets-only", help="count packets, decode nothing"),
+) -> None:
+    """Show what a recording holds: duration, and per stream its codec, size and frames."""
+    from cloudrec.probe import probe as run_probe
+
+    try:
+        report = run_probe(path, decode=not packets_only)
+    except Exception as exc:  # FFmpeg's errors (a missing file, no media) as one line
+        typer.echo(f"cannot read {path}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for line in report.lines():
+        typer.echo(line)
 
 
 def free_port() -> int:
