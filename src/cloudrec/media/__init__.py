@@ -2,7 +2,7 @@
 
 Import the module you use; this package imports nothing.
 
-    codecs/     each codec's bitstream helpers (H.264, VP8): pure Python, no PyAV
+    codecs/     each codec's bitstream helpers (H.264, VP8, AAC): pure Python, no PyAV
     hls         the playlist and its segment list (no PyAV)
     segmenter   MPEG-TS segments and their life cycle (``.part``, fsync, rename, listing)
     source      one publisher's frames → HLS (remux H.264, transcode the rest, Opus → AAC)

@@ -32,6 +32,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from cloudrec.media.codecs import aac
 from cloudrec.mediatypes import EncodedFrame
 
 SAMPLE_RATE = 48_000
@@ -43,19 +44,7 @@ _SAMPLE_TB = Fraction(1, SAMPLE_RATE)
 
 def adts_header(payload_size: int, channels: int = 2) -> bytes:
     """ADTS header for one raw AAC-LC frame, 48 kHz, ``channels`` channels, no CRC."""
-    n = payload_size + 7
-    profile, rate_index = 1, 3  # AAC LC, 48000 Hz
-    return bytes(
-        (
-            0xFF,
-            0xF1,
-            (profile << 6) | (rate_index << 2) | (channels >> 2),
-            ((channels & 3) << 6) | (n >> 11),
-            (n >> 3) & 0xFF,
-            ((n & 7) << 5) | 0x1F,
-            0xFC,
-        )
-    )
+    return aac.adts_header(payload_size, SAMPLE_RATE, channels)
 
 
 SILENCE_PEAK = 2 / 32768  # below this peak audio is silence (2 LSB of 16-bit, -84 dBFS)
