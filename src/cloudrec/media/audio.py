@@ -292,6 +292,7 @@ class AudioToAac:
         self._fifo.write(frame)
         while self._fifo.samples >= AAC_FRAME:
             framed = self._fifo.read(AAC_FRAME)
+            assert framed is not None
             framed.pts = self._framed
             framed.time_base = _SAMPLE_TB
             self._framed += framed.samples
