@@ -27,7 +27,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from cloudrec.media.codecs import aac
+from cloudrec.media.codecs import UnsupportedCodec, aac
 
 SAMPLE_RATE = 48_000
 AAC_FRAME = 1024  # samples per AAC-LC frame
@@ -186,14 +186,6 @@ DECODERS = {"opus": "opus", "aac": "aac", "mp3": "mp3", "mp2": "mp2", "pcma": "p
 # decoders that read neither rate nor channels from the packets: they must be told
 _HEADERLESS = ("opus", "pcm_alaw", "pcm_mulaw", "pcm_s16le", "adpcm_swf", "nellymoser",
                "libspeex")
-
-
-class UnsupportedCodec(ValueError):
-    """A codec this service cannot decode; its text names the codec."""
-
-    def __init__(self, codec: str) -> None:
-        super().__init__(f"codec {codec} not supported")
-        self.codec = codec
 
 
 def audio_decoder(codec: str, sample_rate: int, channels: int) -> av.AudioCodecContext:

@@ -14,7 +14,15 @@ from collections.abc import Callable
 
 from cloudrec.media.codecs import aac, h264, vp8
 
-__all__ = ["aac", "h264", "keyframe_detector", "picture_size", "vp8"]
+__all__ = ["UnsupportedCodec", "aac", "h264", "keyframe_detector", "picture_size", "vp8"]
+
+
+class UnsupportedCodec(ValueError):
+    """A codec the service cannot decode; its text (``codec X not supported``) names it."""
+
+    def __init__(self, codec: str) -> None:
+        super().__init__(f"codec {codec} not supported")
+        self.codec = codec
 
 
 def _always(data: bytes) -> bool:
