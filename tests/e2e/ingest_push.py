@@ -9,7 +9,7 @@ from itertools import pairwise
 import av
 
 from cloudrec.ingest import IngestConnection
-from cloudrec.ingest.bitstream import split_annexb
+from cloudrec.media.codecs.h264 import split_annexb
 from cloudrec.mediatypes import EncodedFrame
 
 GOOD = "good-token"

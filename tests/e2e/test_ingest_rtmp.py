@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cloudrec.ingest import IngestRefused, amf0, parse_rtmp_name
-from cloudrec.ingest.bitstream import parse_adts, parse_asc
 from cloudrec.ingest.chunks import MAX_MESSAGE, ChunkReader, RtmpProtocolError
 from cloudrec.ingest.rtmp import RtmpServer
+from cloudrec.media.codecs.aac import parse_adts, parse_asc
 from tests.e2e.ingest_push import GOOD, Recorder, check_frames, push
 
 APPID = 10034

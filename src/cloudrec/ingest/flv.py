@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 
+from ..media.codecs.aac import AacConfig, parse_asc
+from ..media.codecs.h264 import AvcConfig, access_unit, parse_avc_config, split_avcc
 from ..mediatypes import EncodedFrame
 from .base import Timeline
-from .bitstream import AacConfig, AvcConfig, access_unit, parse_asc, parse_avc_config, split_avcc
 
 VIDEO_CODECS = {2: "h263", 3: "screen", 4: "vp6", 5: "vp6a", 6: "screen2", 7: "h264",
                 12: "h265"}

@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..media.codecs.aac import parse_adts, parse_asc
+from ..media.codecs.h264 import access_unit, parse_avc_config, split_annexb
 from ..mediatypes import EncodedFrame
 from . import libsrt
 from .base import IngestConnection, IngestHandler, IngestRefused, Timeline, parse_srt_streamid
-from .bitstream import access_unit, parse_adts, parse_asc, parse_avc_config, split_annexb
 
 logger = logging.getLogger(__name__)
 __all__ = ["SrtServer"]

@@ -1,4 +1,4 @@
-"""Opus packets → AAC-LC 48 kHz, timed by sample counts.
+"""Audio → AAC-LC 48 kHz: the encoder, and the chain that decodes any codec into it.
 
 The AAC keeps the channel count the publisher sends: stereo Opus becomes stereo AAC at
 128 kbps, mono Opus (what browsers send from a microphone by default) becomes mono AAC at
@@ -14,25 +14,20 @@ zeros would have left (its buffers hold zeros either way); its first packets are
 follow on. A muted microphone, or a mix of a silent room, costs a comparison per frame instead
 of an encode (measured in ``bench/bench_audio.py``).
 
-
-:class:`OpusToAac` is the codec chain (PyAV's ``opus`` decoder → ``AudioResampler`` to fltp
-stereo 48 kHz in 1024-sample frames → FFmpeg's ``aac`` encoder); it counts samples and never
-looks at a clock. :class:`AudioTrack` puts one publisher's Opus stream on the recording's 90 kHz
-timeline: its first packet is anchored to its arrival time, later packets follow the RTP clock,
-short losses are filled with silence and a pause or a new epoch re-anchors on arrival.
+:class:`AudioToAac` is the codec chain (a PyAV decoder: Opus, AAC, MP3, MP2, G.711, ... →
+``AudioResampler`` to fltp 48 kHz → 1024-sample frames → :class:`AacEncoder`); it counts
+samples and never looks at a clock. :class:`OpusToAac` is that chain for Opus. How a
+publisher's stream is put on a recording's timeline is :mod:`cloudrec.media.audiotrack`.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
 
-from cloudrec.mediatypes import EncodedFrame
+from cloudrec.media.codecs import UnsupportedCodec, aac
 
 SAMPLE_RATE = 48_000
 AAC_FRAME = 1024  # samples per AAC-LC frame
@@ -43,19 +38,7 @@ _SAMPLE_TB = Fraction(1, SAMPLE_RATE)
 
 def adts_header(payload_size: int, channels: int = 2) -> bytes:
     """ADTS header for one raw AAC-LC frame, 48 kHz, ``channels`` channels, no CRC."""
-    n = payload_size + 7
-    profile, rate_index = 1, 3  # AAC LC, 48000 Hz
-    return bytes(
-        (
-            0xFF,
-            0xF1,
-            (profile << 6) | (rate_index << 2) | (channels >> 2),
-            ((channels & 3) << 6) | (n >> 11),
-            (n >> 3) & 0xFF,
-            ((n & 7) << 5) | 0x1F,
-            0xFC,
-        )
-    )
+    return aac.adts_header(payload_size, SAMPLE_RATE, channels)
 
 
 SILENCE_PEAK = 2 / 32768  # below this peak audio is silence (2 LSB of 16-bit, -84 dBFS)
@@ -196,53 +179,81 @@ def _silence(samples: int, layout: str = "stereo") -> av.AudioFrame:
     return frame
 
 
-class OpusToAac:
-    """Decode Opus, re-frame to 1024 samples, encode AAC. Packets carry sample-count PTS.
+# codec names (as publishers and ingest give them) → PyAV decoders
+DECODERS = {"opus": "opus", "aac": "aac", "mp3": "mp3", "mp2": "mp2", "pcma": "pcm_alaw",
+            "pcmu": "pcm_mulaw", "pcm_le": "pcm_s16le", "pcm": "pcm_s16le", "adpcm": "adpcm_swf",
+            "nellymoser": "nellymoser", "speex": "libspeex"}
+# decoders that read neither rate nor channels from the packets: they must be told
+_HEADERLESS = ("opus", "pcm_alaw", "pcm_mulaw", "pcm_s16le", "adpcm_swf", "nellymoser",
+               "libspeex")
 
-    ``fed`` counts the samples that went in (decoded audio plus silence); an output packet's
-    PTS is the index of its first sample on that count (the encoder's priming packet is -1024).
+
+def audio_decoder(codec: str, sample_rate: int, channels: int) -> av.AudioCodecContext:
+    """PyAV's decoder of ``codec`` (a name from :data:`DECODERS`, or FFmpeg's own), told the
+    rate and channel count where its packets do not say them; :class:`UnsupportedCodec` when
+    there is none."""
+    name = DECODERS.get(codec, codec)
+    try:
+        dec = av.CodecContext.create(name, "r")
+    except (av.FFmpegError, ValueError):
+        raise UnsupportedCodec(codec) from None
+    if not isinstance(dec, av.AudioCodecContext):
+        raise UnsupportedCodec(codec)
+    if name in _HEADERLESS:
+        dec.sample_rate = sample_rate
+        dec.layout = "stereo" if channels == 2 else "mono"
+    return dec
+
+
+class AudioToAac:
+    """Decode any audio PyAV decodes, re-frame to 1024 samples at 48 kHz, encode AAC-LC.
+
+    The decoded audio goes through an ``AudioResampler`` to fltp 48 kHz (made again when the
+    decoded format, layout or rate changes) and an ``AudioFifo`` that cuts 1024-sample frames.
+    ``fed`` counts the 48 kHz samples that went in (decoded audio plus silence); an output
+    packet's PTS is the index of its first sample on that count (the encoder's priming packet
+    is -1024). ``sample_rate``/``channels`` describe the input where its packets do not
+    (Opus, G.711, PCM); the AAC has ``channels`` channels (1 or 2).
     """
 
     encoder_name = "aac"
+    rate = SAMPLE_RATE  # the unit of ``fed`` and of packet PTS
 
-    def __init__(self, channels: int = 2, bit_rate: int | None = None) -> None:
+    def __init__(self, codec: str = "opus", channels: int = 2, bit_rate: int | None = None, *,
+                 sample_rate: int = SAMPLE_RATE, in_channels: int | None = None) -> None:
+        self.codec = codec
         self.channels = channels
         self.layout = "stereo" if channels == 2 else "mono"
-        self._decoder = self._new_decoder()
-        self._resampler = av.AudioResampler(
-            format="fltp", layout=self.layout, rate=SAMPLE_RATE, frame_size=AAC_FRAME
-        )
+        self._in = (sample_rate, in_channels or channels)
+        self._decoder = audio_decoder(codec, *self._in)
+        self._resampler: av.AudioResampler | None = None
+        self._shape: tuple[str, str, int] | None = None
+        self._fifo = av.AudioFifo()
         self._encoder = AacEncoder(channels, bit_rate or AAC_BIT_RATE * channels // 2)
         self.fed = 0
         self._framed = 0  # samples handed to the encoder
         self._out: list[tuple[bytes, int]] = []
 
-    def _new_decoder(self) -> av.AudioCodecContext:
-        dec = av.CodecContext.create("opus", "r")
-        dec.sample_rate = SAMPLE_RATE
-        dec.layout = self.layout
-        return dec
-
     def reset_decoder(self) -> None:
-        """Forget the Opus decoder's state (a new publication starts a new Opus stream)."""
-        self._decoder = self._new_decoder()
+        """Forget the decoder's state (a new publication starts a new stream)."""
+        self._decoder = audio_decoder(self.codec, *self._in)
 
     def decode(self, data: bytes) -> int:
-        """Decode one Opus packet into the chain; returns the samples it held (0 if corrupt)."""
+        """Decode one packet into the chain; returns the 48 kHz samples it held (0 if corrupt)."""
         try:
             frames = self._decoder.decode(av.Packet(data))
         except av.FFmpegError:
             return 0
         samples = 0
         for frame in frames:
-            samples += frame.samples
-            self._feed(frame)
+            samples += frame.samples * SAMPLE_RATE // (frame.sample_rate or SAMPLE_RATE)
+            self._resample(frame)
         return samples
 
     def silence(self, samples: int) -> None:
         while samples > 0:
             chunk = min(samples, SAMPLE_RATE)
-            self._feed(_silence(chunk, self.layout))
+            self._write(_silence(chunk, self.layout))
             samples -= chunk
 
     def align(self) -> int:
@@ -252,10 +263,28 @@ class OpusToAac:
             self.silence(AAC_FRAME - rest)
         return self.fed
 
-    def _feed(self, frame: av.AudioFrame) -> None:
+    def _resample(self, frame: av.AudioFrame) -> None:
+        shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if shape != self._shape:
+            if self._resampler is not None:  # what the old one holds, then a new one
+                for out in self._resampler.resample(None):
+                    self._write(out)
+            self._resampler = av.AudioResampler(format="fltp", layout=self.layout,
+                                                rate=SAMPLE_RATE)
+            self._shape = shape
+        frame.pts = None
+        assert self._resampler is not None
+        for out in self._resampler.resample(frame):
+            self._write(out)
+
+    def _write(self, frame: av.AudioFrame) -> None:
+        """48 kHz fltp audio into the FIFO; whole 1024-sample frames on to the encoder."""
         self.fed += frame.samples
         frame.pts = None
-        for framed in self._resampler.resample(frame):
+        self._fifo.write(frame)
+        while self._fifo.samples >= AAC_FRAME:
+            framed = self._fifo.read(AAC_FRAME)
+            assert framed is not None
             framed.pts = self._framed
             framed.time_base = _SAMPLE_TB
             self._framed += framed.samples
@@ -277,113 +306,17 @@ class OpusToAac:
 
     def flush(self) -> list[tuple[bytes, int]]:
         """Pad the last frame, drain the encoder; returns the remaining packets."""
+        if self._resampler is not None:
+            for out in self._resampler.resample(None):
+                self._write(out)
+            self._resampler, self._shape = None, None
         self.align()
         self._encode(None)
         return self.packets()
 
 
-@dataclass(frozen=True, slots=True)
-class AudioPacket:
-    data: bytes  # ADTS + raw AAC frame
-    pts: int  # 90 kHz ticks on the recording's timeline
-    gap: bool  # first packet after a pause or a new epoch (a timeline break)
+class OpusToAac(AudioToAac):
+    """Opus packets (48 kHz) → AAC-LC 48 kHz: :class:`AudioToAac` with the ``opus`` decoder."""
 
-    @property
-    def end(self) -> int:
-        return self.pts + AAC_TICKS
-
-
-@dataclass(slots=True)
-class _Anchor:
-    sample: int  # first sample (on OpusToAac.fed) that follows this anchor
-    ticks: int  # its 90 kHz timestamp
-    gap: bool  # the anchor starts after a timeline break
-
-    def to_ticks(self, sample: int) -> int:
-        return self.ticks + (sample - self.sample) * 90_000 // SAMPLE_RATE
-
-
-class AudioTrack:
-    """One publisher's Opus stream on the recording timeline, as AAC packets.
-
-    ``to_ticks(arrival)`` converts a wall-clock arrival to 90 kHz ticks; it is called once per
-    anchor (the first packet, after a pause, on a new epoch), never per packet.
-    """
-
-    def __init__(self, pause_s: float = 1.0) -> None:
-        self._pause_s = pause_s
-        self._codec: OpusToAac | None = None
-        self._anchors: deque[_Anchor] = deque()
-        self._epoch: int | None = None
-        self._next_rtp = 0  # RTP timestamp the next packet should carry
-        self._last_arrival = 0.0
-        self._flag_gap = False  # the next packet out starts after a break
-        self._rebase = False  # re-anchor the next packet on arrival (after a pauserecord)
-        self.dropped = 0
-
-    def rebase(self) -> None:
-        """Anchor the next packet on its arrival, as after a pause of the publisher: used
-        when the recording itself was paused (the recording clock moved on meanwhile)."""
-        self._rebase = True
-
-    @property
-    def encoder_name(self) -> str | None:
-        return None if self._codec is None else self._codec.encoder_name
-
-    def push(self, frame: EncodedFrame, to_ticks: Callable[[float], int]) -> list[AudioPacket]:
-        if self._codec is None:
-            # the Opus TOC byte's stereo flag: what the publisher actually sends
-            stereo = not frame.data or bool(frame.data[0] & 0x04)
-            self._codec = OpusToAac(channels=2 if stereo else 1)
-        codec = self._codec
-        rate = frame.clock_rate or SAMPLE_RATE
-        if self._epoch is None:
-            self._anchor(frame.arrival, to_ticks, gap=False)
-        elif frame.epoch != self._epoch:
-            codec.reset_decoder()
-            self._anchor(frame.arrival, to_ticks, gap=True)
-        else:
-            missing = (frame.timestamp - self._next_rtp) * SAMPLE_RATE // rate
-            if missing <= -AAC_FRAME // 2:  # duplicate or reordered after its slot: too late
-                self.dropped += 1
-                return []
-            late = frame.arrival - self._last_arrival
-            if missing > self._pause_s * SAMPLE_RATE or late > self._pause_s or self._rebase:
-                self._anchor(frame.arrival, to_ticks, gap=True)
-            elif missing > SAMPLE_RATE // 400:  # a lost packet (> 2.5 ms): keep time with silence
-                codec.silence(missing)
-        samples = codec.decode(frame.data)
-        if samples == 0:
-            self.dropped += 1  # its time is filled with silence when the next packet comes
-        else:
-            self._next_rtp = frame.timestamp + samples * rate // SAMPLE_RATE
-        if self._epoch != frame.epoch and samples == 0:
-            self._next_rtp = frame.timestamp
-        self._epoch = frame.epoch
-        self._last_arrival = frame.arrival
-        return self._collect(codec.packets())
-
-    def flush(self) -> list[AudioPacket]:
-        if self._codec is None:
-            return []
-        return self._collect(self._codec.flush())
-
-    def _anchor(self, arrival: float, to_ticks: Callable[[float], int], *, gap: bool) -> None:
-        assert self._codec is not None
-        self._rebase = False
-        sample = self._codec.align()
-        ticks = to_ticks(arrival)
-        if self._anchors:  # never before the end of what the previous anchor timed
-            ticks = max(ticks, self._anchors[-1].to_ticks(sample))
-        self._anchors.append(_Anchor(sample, ticks, gap))
-
-    def _collect(self, packets: list[tuple[bytes, int]]) -> list[AudioPacket]:
-        out: list[AudioPacket] = []
-        for data, sample in packets:
-            while len(self._anchors) > 1 and self._anchors[1].sample <= sample:
-                self._anchors.popleft()
-                self._flag_gap = self._anchors[0].gap
-            pts = self._anchors[0].to_ticks(sample)
-            out.append(AudioPacket(data, pts, self._flag_gap))
-            self._flag_gap = False
-        return out
+    def __init__(self, channels: int = 2, bit_rate: int | None = None) -> None:
+        super().__init__("opus", channels, bit_rate)

@@ -1,7 +1,8 @@
 """Source recording: one publisher's encoded frames → an HLS playlist of MPEG-TS segments.
 
 H.264 is remuxed (never decoded or encoded); other video codecs go through
-:class:`~cloudrec.media.transcode.VideoTranscoder`; Opus becomes AAC.
+:class:`~cloudrec.media.transcode.VideoTranscoder`; AAC-LC is remuxed and Opus (or other AAC)
+becomes AAC-LC 48 kHz (:mod:`cloudrec.media.audiotrack`).
 
 Timeline: every timestamp is an integer in 90 kHz ticks. A track's first frame is anchored to
 its arrival (the offset from the recording's first frame, converted to ticks once), after which
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudrec.media.audio import AudioPacket, AudioTrack
+from cloudrec.media.audiotrack import AudioPacket, AudioTrack
 from cloudrec.media.codecs import h264
 from cloudrec.media.hls import PTS_ORIGIN, TS_CLOCK, SegmentInfo
 from cloudrec.media.segmenter import HlsSegmenter, OpenSegment
@@ -175,7 +176,7 @@ class SourceHlsRecorder:
             self._t0 = frame.arrival
         if frame.kind == "video" and self._video:
             self._push_video(frame)
-        elif frame.kind == "audio" and self._audio and frame.codec == "opus":
+        elif frame.kind == "audio" and self._audio and frame.codec in ("opus", "aac"):
             dropped = self._atrack.dropped
             packets = self._atrack.push(frame, self._to_ticks)
             self.stats.frames_dropped += self._atrack.dropped - dropped

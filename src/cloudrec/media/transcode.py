@@ -1,8 +1,14 @@
-"""Video that does not fit MPEG-TS as it is (VP8, ...) → H.264 with libx264.
+"""Video that is not H.264 (VP8, VP9, H.265, MPEG-4 Part 2, ...) → H.264 with libx264.
 
 Used only when remuxing is impossible: decode, then libx264 ``veryfast``/``zerolatency`` at
-about 1 Mbps. Keyframes are placed by time (an IDR every 2 s of PTS) and on demand
-(``force_idr``), so segments can be cut where the recorder wants without asking the publisher.
+about 1 Mbps. Key frames are placed by time (an IDR every ``gop_ticks`` of PTS, 2 s by
+default) and on demand (``force_idr``), so segments can be cut where the recorder wants without
+asking the publisher; with ``gop_ticks=None`` they follow the source instead (an IDR where the
+decoded picture is a key frame), as a publication that readers cut for themselves wants.
+
+Input timestamps go on the packets, so a source with B-frames (H.265, MPEG-4) comes out in
+presentation order with its own PTS. A codec PyAV cannot decode raises
+:class:`~cloudrec.media.codecs.UnsupportedCodec`.
 """
 
 from __future__ import annotations
@@ -13,9 +19,14 @@ from typing import Any
 import av
 from av.video.frame import PictureType
 
+from cloudrec.media.codecs import UnsupportedCodec
+
 TS_TIME_BASE = Fraction(1, 90_000)
 GOP_TICKS = 2 * 90_000  # an IDR at least every 2 s of media
-_DECODERS = {"vp8": "vp8", "vp9": "vp9", "av1": "libdav1d", "h265": "hevc"}
+# codec names (as publishers and ingest give them) → PyAV decoders; FLV's "h263" is Sorenson's
+DECODERS = {"vp8": "vp8", "vp9": "vp9", "av1": "libdav1d", "h265": "hevc", "hevc": "hevc",
+            "mpeg4": "mpeg4", "h263": "flv", "vp6": "vp6f", "vp6a": "vp6a", "screen": "flashsv",
+            "screen2": "flashsv2", "mpeg2": "mpeg2video"}
 
 
 class VideoTranscoder:
@@ -23,24 +34,31 @@ class VideoTranscoder:
 
     encoder_name = "libx264"
 
-    def __init__(self, codec: str, *, bit_rate: int = 1_000_000, fps_hint: int = 30) -> None:
+    def __init__(self, codec: str, *, bit_rate: int = 1_000_000, fps_hint: int = 30,
+                 gop_ticks: int | None = GOP_TICKS) -> None:
         self._codec = codec
         self._bit_rate = bit_rate
         self._fps_hint = fps_hint
+        self._gop_ticks = gop_ticks
         self._decoder = self._new_decoder()
         self._encoder: av.VideoCodecContext | None = None
         self._last_idr: int | None = None
+        self._last_pts: int | None = None
         self.opened = False  # whether the encoder was opened
 
     def _new_decoder(self) -> av.VideoCodecContext:
-        decoder = av.CodecContext.create(_DECODERS.get(self._codec, self._codec), "r")
+        try:
+            decoder = av.CodecContext.create(DECODERS.get(self._codec, self._codec), "r")
+        except (av.FFmpegError, ValueError):
+            raise UnsupportedCodec(self._codec) from None
         if not isinstance(decoder, av.VideoCodecContext):
-            raise ValueError(f"{self._codec!r} is not a video codec")
+            raise UnsupportedCodec(self._codec)
         return decoder
 
     def reset(self) -> None:
         """A new publication: fresh decoder state (the encoder keeps going)."""
         self._decoder = self._new_decoder()
+        self._last_pts = None
 
     def _open_encoder(self, width: int, height: int) -> av.VideoCodecContext:
         enc = av.CodecContext.create("libx264", "w")
@@ -69,12 +87,26 @@ class VideoTranscoder:
         Returns [] for a frame that cannot be decoded (e.g. a delta frame before the first
         key frame); the caller then asks the publisher for a key frame.
         """
+        packet = av.Packet(data)
+        packet.pts, packet.time_base = pts, TS_TIME_BASE
         try:
-            frames = self._decoder.decode(av.Packet(data))
+            frames = self._decoder.decode(packet)
         except av.FFmpegError:
             return []
+        return self._encode(frames, pts, force_idr)
+
+    def _encode(self, frames: list[av.VideoFrame], pts: int, force_idr: bool) -> list[
+        tuple[bytes, int, bool]
+    ]:
         out: list[tuple[bytes, int, bool]] = []
         for frame in frames:
+            at = frame.pts if frame.pts is not None else pts
+            if self._last_pts is not None and at <= self._last_pts:
+                continue  # a picture the decoder gives out of order (a broken stream): dropped
+            self._last_pts = at
+            key = self._last_idr is None or (
+                frame.key_frame if self._gop_ticks is None
+                else at - self._last_idr >= self._gop_ticks)
             if self._encoder is None:
                 self._encoder = self._open_encoder(frame.width, frame.height)
             enc = self._encoder
@@ -82,9 +114,9 @@ class VideoTranscoder:
                 frame.format.name != "yuv420p"
             ):
                 frame = frame.reformat(width=enc.width, height=enc.height, format="yuv420p")
-            frame.pts = pts
+            frame.pts = at
             frame.time_base = TS_TIME_BASE
-            if force_idr or self._last_idr is None or pts - self._last_idr >= GOP_TICKS:
+            if force_idr or key:
                 frame.pict_type = PictureType.I
             else:
                 frame.pict_type = PictureType.NONE
@@ -100,6 +132,12 @@ class VideoTranscoder:
         return bytes(packet), pts, key
 
     def flush(self) -> list[tuple[bytes, int, bool]]:
+        """The pictures the decoder still holds (a source with B-frames), then the encoder's."""
+        try:
+            frames = self._decoder.decode(None)
+        except av.FFmpegError:
+            frames = []
+        out = self._encode(frames, (self._last_pts or 0) + 1, False)
         if self._encoder is None:
-            return []
-        return [self._emit(p) for p in self._encoder.encode(None)]
+            return out
+        return out + [self._emit(p) for p in self._encoder.encode(None)]

@@ -1,8 +1,9 @@
 """Codec helpers, one module per codec: the only places that know a codec's bitstream.
 
     h264    Annex B split/join, NAL types, key frames, parameter sets, SPS picture size,
-            conformant access units
+            conformant access units, AVCC and its AVCDecoderConfigurationRecord to Annex B
     vp8     key frames, picture size
+    aac     AudioSpecificConfig, ADTS headers written (any rate, channels, object type) and read
 
 Pure Python leaves (no PyAV, no aiortc): the room plane's receive path calls them per frame.
 """
@@ -11,9 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cloudrec.media.codecs import h264, vp8
+from cloudrec.media.codecs import aac, h264, vp8
 
-__all__ = ["h264", "keyframe_detector", "picture_size", "vp8"]
+__all__ = ["UnsupportedCodec", "aac", "h264", "keyframe_detector", "picture_size", "vp8"]
+
+
+class UnsupportedCodec(ValueError):
+    """A codec the service cannot decode; its text (``codec X not supported``) names it."""
+
+    def __init__(self, codec: str) -> None:
+        super().__init__(f"codec {codec} not supported")
+        self.codec = codec
 
 
 def _always(data: bytes) -> bool:

@@ -1,8 +1,10 @@
-"""H.264 (Annex B byte streams): NAL units, key frames, parameter sets and picture size.
+"""H.264: NAL units, key frames, parameter sets, picture size, AVCC to Annex B.
 
 Every H.264 quirk the service knows is here: splitting and joining access units, finding SPS,
 PPS and IDR, putting parameter sets in front of an IDR sent without them, making an access unit
-conformant (:func:`conformant_access_unit`) and reading the picture size from the SPS.
+conformant (:func:`conformant_access_unit`), reading the picture size from the SPS, and turning
+the length-prefixed (AVCC) framing of FLV and MP4, with its AVCDecoderConfigurationRecord, into
+Annex B (:func:`parse_avc_config`, :func:`split_avcc`, :func:`access_unit`).
 
 Only NAL headers are looked at (one byte each), so the per-frame helpers (the room plane's
 receive path calls :func:`is_keyframe` and :func:`conformant_access_unit` for every access
@@ -10,6 +12,8 @@ unit) cost a few ``bytes.find`` calls in C; nothing here decodes a slice. Pure P
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 NAL_SLICE = 1
 NAL_IDR = 5
@@ -111,7 +115,7 @@ def with_parameter_sets(data: bytes, sps: bytes | None, pps: bytes | None) -> by
 class ParameterSetCache:
     """Remembers the latest SPS and PPS seen, to repair IDRs sent without them."""
 
-    __slots__ = ("sps", "pps")
+    __slots__ = ("pps", "sps")
 
     def __init__(self) -> None:
         self.sps: bytes | None = None
@@ -137,6 +141,68 @@ class ParameterSetCache:
         if key and (NAL_SPS not in types or NAL_PPS not in types):
             data = self.repair(data)
         return data, key
+
+
+@dataclass(frozen=True, slots=True)
+class AvcConfig:
+    """An AVCDecoderConfigurationRecord: NAL length size and the parameter sets."""
+
+    length_size: int
+    sps: tuple[bytes, ...]
+    pps: tuple[bytes, ...]
+
+    @property
+    def annexb(self) -> bytes:
+        """The SPS and PPS as an Annex B byte string."""
+        return join_annexb(list(self.sps + self.pps))
+
+
+def parse_avc_config(record: bytes) -> AvcConfig:
+    """Reads an AVCDecoderConfigurationRecord (ISO/IEC 14496-15); ValueError when malformed."""
+    if len(record) < 7 or record[0] != 1:
+        raise ValueError("not an AVCDecoderConfigurationRecord")
+    length_size = (record[4] & 3) + 1
+    pos, sets = 5, []
+    for mask in (0x1F, 0xFF):
+        if pos >= len(record):
+            raise ValueError("AVCDecoderConfigurationRecord truncated")
+        count, pos, found = record[pos] & mask, pos + 1, []
+        for _ in range(count):
+            size = int.from_bytes(record[pos:pos + 2], "big")
+            nal = record[pos + 2:pos + 2 + size]
+            if len(nal) != size or size == 0:
+                raise ValueError("AVCDecoderConfigurationRecord truncated")
+            found.append(nal)
+            pos += 2 + size
+        sets.append(tuple(found))
+    return AvcConfig(length_size, sets[0], sets[1])
+
+
+def split_avcc(data: bytes, length_size: int) -> list[bytes]:
+    """The NAL units of a length-prefixed (AVCC) access unit; ValueError when malformed."""
+    nals, pos, end = [], 0, len(data)
+    while pos < end:
+        size = int.from_bytes(data[pos:pos + length_size], "big")
+        pos += length_size
+        if size == 0 or pos + size > end:
+            raise ValueError("AVCC NAL length runs past the access unit")
+        nals.append(data[pos:pos + size])
+        pos += size
+    return nals
+
+
+def access_unit(nals: list[bytes], keyframe: bool, params: bytes) -> tuple[bytes, bool]:
+    """An Annex B access unit from its NAL units, and whether it is a keyframe.
+
+    A keyframe (flagged by the container, or holding an IDR slice) gets ``params`` (the Annex B
+    SPS and PPS) in front of its first slice unless it carries an SPS itself; an AUD stays first.
+    """
+    types = [nal[0] & 0x1F for nal in nals]
+    keyframe = keyframe or NAL_IDR in types
+    if keyframe and params and NAL_SPS not in types:
+        at = 1 if types and types[0] == NAL_AUD else 0
+        return join_annexb(nals[:at]) + params + join_annexb(nals[at:]), True
+    return join_annexb(nals), keyframe
 
 
 def conformant_access_unit(data: bytes) -> bytes:

@@ -1,0 +1,237 @@
+"""One publisher's audio on a recording's 90 kHz timeline, as ADTS AAC packets.
+
+The track takes Opus or AAC :class:`~cloudrec.mediatypes.EncodedFrame` objects and gives
+:class:`AudioPacket` objects ready for MPEG-TS:
+
+- **Opus** is decoded and encoded to AAC-LC 48 kHz (:class:`~cloudrec.media.audio.OpusToAac`).
+- **AAC-LC, mono or stereo, at any sample rate** (one ADTS frame per EncodedFrame, as RTMP and
+  SRT ingest give it) is written as it came: no decode, no encode (:class:`AdtsPassthrough`).
+  AAC-LC at 44.1 kHz (what OBS and most hardware encoders send) is kept at 44.1 kHz rather
+  than resampled to 48 kHz: a remux costs next to nothing where a decode, resample and encode
+  is the largest part of a recording's CPU, it loses nothing to a second lossy encode, and
+  every HLS, MPEG-TS and MP4 player plays AAC-LC at any of the ADTS rates. So "AAC becomes
+  AAC-LC" holds for all AAC; 48 kHz is the rate of what the service encodes itself.
+- **Other AAC** (Main, SSR, LTP object types, or more than two channels) is decoded and encoded
+  to AAC-LC 48 kHz like Opus (:class:`~cloudrec.media.audio.AudioToAac`).
+
+Timeline: the track's first packet is anchored to its arrival time, later packets follow the
+sample count (the frames' timestamps tell where a frame belongs, the sample count times it).
+Short losses are filled with silence when the track encodes, and skipped (the next packet's
+PTS jumps by the lost time) when it remuxes; a pause or a new epoch re-anchors on arrival,
+never before the end of what was written. All PTS are integers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cloudrec.media.audio import AAC_FRAME, SAMPLE_RATE, AudioToAac, OpusToAac
+from cloudrec.media.codecs import aac
+from cloudrec.mediatypes import EncodedFrame
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPacket:
+    data: bytes  # ADTS + raw AAC frame
+    pts: int  # 90 kHz ticks on the recording's timeline
+    gap: bool  # first packet after a pause or a new epoch (a timeline break)
+    end: int  # 90 kHz tick where its last sample ends
+
+
+class AudioCodec(Protocol):
+    """What the track needs of a codec chain: samples counted in ``rate`` units."""
+
+    @property
+    def encoder_name(self) -> str | None: ...
+    @property
+    def rate(self) -> int: ...
+    @property
+    def fed(self) -> int: ...
+
+    def decode(self, data: bytes) -> int: ...
+    def silence(self, samples: int) -> None: ...
+    def align(self) -> int: ...
+    def reset_decoder(self) -> None: ...
+    def packets(self) -> list[tuple[bytes, int]]: ...
+    def flush(self) -> list[tuple[bytes, int]]: ...
+
+
+class AdtsPassthrough:
+    """AAC in ADTS frames, kept as they are; ``fed`` counts samples at the stream's rate.
+
+    Lost time is not filled: :meth:`silence` only moves the count on, so the next frame's PTS
+    leaves a gap of that length (players go on over it; MPEG-TS needs no continuous audio).
+    """
+
+    encoder_name = None
+
+    def __init__(self, config: aac.AacConfig) -> None:
+        self.config = config
+        self.rate = config.sample_rate
+        self.fed = 0
+        self._out: list[tuple[bytes, int]] = []
+
+    def decode(self, data: bytes) -> int:
+        if aac.parse_adts(data) != self.config:
+            return 0  # not ADTS, or another configuration: not this stream
+        samples = aac.adts_samples(data)
+        self._out.append((data, self.fed))
+        self.fed += samples
+        return samples
+
+    def silence(self, samples: int) -> None:
+        self.fed += samples
+
+    def align(self) -> int:
+        return self.fed
+
+    def reset_decoder(self) -> None:
+        pass
+
+    def packets(self) -> list[tuple[bytes, int]]:
+        out, self._out = self._out, []
+        return out
+
+    def flush(self) -> list[tuple[bytes, int]]:
+        return self.packets()
+
+
+def passes_through(config: aac.AacConfig | None) -> bool:
+    """Whether AAC with this ADTS configuration is remuxed as it is: AAC-LC, 1 or 2 channels."""
+    return config is not None and config.is_lc and config.channels in (1, 2)
+
+
+def codec_for(frame: EncodedFrame) -> AudioCodec:
+    """The chain for a track whose first frame is ``frame`` (Opus or AAC)."""
+    if frame.codec == "aac":
+        config = aac.parse_adts(frame.data)
+        if passes_through(config):
+            assert config is not None
+            return AdtsPassthrough(config)
+        channels = 1 if config is not None and config.channels == 1 else 2
+        rate = config.sample_rate if config is not None else frame.clock_rate or SAMPLE_RATE
+        return AudioToAac("aac", channels, sample_rate=rate)
+    # the Opus TOC byte's stereo flag: what the publisher actually sends
+    stereo = not frame.data or bool(frame.data[0] & 0x04)
+    return OpusToAac(channels=2 if stereo else 1)
+
+
+def _same_stream(codec: AudioCodec, frame: EncodedFrame) -> bool:
+    """Whether ``codec`` can go on with ``frame`` (same codec, same ADTS configuration)."""
+    if isinstance(codec, AdtsPassthrough):
+        return frame.codec == "aac" and aac.parse_adts(frame.data) == codec.config
+    if isinstance(codec, OpusToAac):
+        return frame.codec == "opus"
+    return frame.codec == "aac" and not passes_through(aac.parse_adts(frame.data))
+
+
+@dataclass(slots=True)
+class _Anchor:
+    sample: int  # first sample (on the codec's ``fed``) that follows this anchor
+    ticks: int  # its 90 kHz timestamp
+    gap: bool  # the anchor starts after a timeline break
+    rate: int  # the unit of ``sample``
+
+    def to_ticks(self, sample: int) -> int:
+        return self.ticks + (sample - self.sample) * 90_000 // self.rate
+
+
+class AudioTrack:
+    """One publisher's Opus or AAC stream on the recording timeline, as AAC packets.
+
+    ``to_ticks(arrival)`` converts a wall-clock arrival to 90 kHz ticks; it is called once per
+    anchor (the first packet, after a pause, on a new epoch), never per packet.
+    """
+
+    def __init__(self, pause_s: float = 1.0) -> None:
+        self._pause_s = pause_s
+        self._codec: AudioCodec | None = None
+        self._anchors: deque[_Anchor] = deque()
+        self._epoch: int | None = None
+        self._next_rtp = 0  # RTP timestamp the next packet should carry
+        self._last_arrival = 0.0
+        self._flag_gap = False  # the next packet out starts after a break
+        self._rebase = False  # re-anchor the next packet on arrival (after a pauserecord)
+        self._end = 0  # end of the last packet given out
+        self.dropped = 0
+
+    def rebase(self) -> None:
+        """Anchor the next packet on its arrival, as after a pause of the publisher: used
+        when the recording itself was paused (the recording clock moved on meanwhile)."""
+        self._rebase = True
+
+    @property
+    def encoder_name(self) -> str | None:
+        return None if self._codec is None else self._codec.encoder_name
+
+    def push(self, frame: EncodedFrame, to_ticks: Callable[[float], int]) -> list[AudioPacket]:
+        out: list[AudioPacket] = []
+        if self._codec is None:
+            self._codec = codec_for(frame)
+        elif frame.epoch != self._epoch and not _same_stream(self._codec, frame):
+            out = self.flush()  # another codec or configuration: a new chain from here
+            self._codec, self._epoch = codec_for(frame), None
+            self._anchors.clear()
+            self._anchor(frame.arrival, to_ticks, gap=True)
+            self._flag_gap = True
+        codec = self._codec
+        rate = frame.clock_rate or codec.rate
+        if self._epoch is None:
+            if not self._anchors:
+                self._anchor(frame.arrival, to_ticks, gap=False)
+        elif frame.epoch != self._epoch:
+            codec.reset_decoder()
+            self._anchor(frame.arrival, to_ticks, gap=True)
+        else:
+            missing = (frame.timestamp - self._next_rtp) * codec.rate // rate
+            if missing <= -AAC_FRAME // 2:  # duplicate or reordered after its slot: too late
+                self.dropped += 1
+                return out
+            late = frame.arrival - self._last_arrival
+            if missing > self._pause_s * codec.rate or late > self._pause_s or self._rebase:
+                self._anchor(frame.arrival, to_ticks, gap=True)
+            elif missing > codec.rate // 400:  # a lost packet (> 2.5 ms): keep time
+                codec.silence(missing)
+        samples = codec.decode(frame.data)
+        if samples == 0:
+            self.dropped += 1  # its time is filled with silence when the next packet comes
+        else:
+            self._next_rtp = frame.timestamp + samples * rate // codec.rate
+        if self._epoch != frame.epoch and samples == 0:
+            self._next_rtp = frame.timestamp
+        self._epoch = frame.epoch
+        self._last_arrival = frame.arrival
+        return out + self._collect(codec.packets())
+
+    def flush(self) -> list[AudioPacket]:
+        if self._codec is None:
+            return []
+        return self._collect(self._codec.flush())
+
+    def _anchor(self, arrival: float, to_ticks: Callable[[float], int], *, gap: bool) -> None:
+        assert self._codec is not None
+        self._rebase = False
+        sample = self._codec.align()
+        ticks = to_ticks(arrival)
+        if self._anchors:  # never before the end of what the previous anchor timed
+            ticks = max(ticks, self._anchors[-1].to_ticks(sample))
+        elif gap:  # a new chain: never before what the previous one wrote
+            ticks = max(ticks, self._end)
+        self._anchors.append(_Anchor(sample, ticks, gap, self._codec.rate))
+
+    def _collect(self, packets: list[tuple[bytes, int]]) -> list[AudioPacket]:
+        out: list[AudioPacket] = []
+        for data, sample in packets:
+            while len(self._anchors) > 1 and self._anchors[1].sample <= sample:
+                self._anchors.popleft()
+                self._flag_gap = self._anchors[0].gap
+            anchor = self._anchors[0]
+            pts = anchor.to_ticks(sample)
+            end = anchor.to_ticks(sample + aac.adts_samples(data))
+            out.append(AudioPacket(data, pts, self._flag_gap, end))
+            self._end = max(self._end, end)
+            self._flag_gap = False
+        return out
