@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cloudrec.diskfull import DiskFullError, is_disk_full
-from cloudrec.media.hls import SegmentInfo
-from cloudrec.media.hls import HlsPlaylist
+from cloudrec.media.hls import HlsPlaylist, SegmentInfo
 from cloudrec.storage import SpoolUploader
 
 log = logging.getLogger(__name__)
