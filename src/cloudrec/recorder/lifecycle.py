@@ -29,8 +29,13 @@ MAX_RETRY_S = 5.0  # short enough that a disk with room again is noticed at once
 
 
 class HlsMedia(Protocol):
-    playlist_path: Path
-    segments: list[SegmentInfo]
+    """A recording's media as its ending reads it (read-only: plain attributes or properties)."""
+
+    @property
+    def playlist_path(self) -> Path: ...
+
+    @property
+    def segments(self) -> list[SegmentInfo]: ...
 
     @property
     def duration(self) -> float: ...

@@ -242,14 +242,14 @@ class RecordingService:
         for recordid in self.spool.existing():
             if recordid in self.recordings:
                 continue
-            task = self.tasks.get(recordid)
-            if task is None:
+            spooled = self.tasks.get(recordid)
+            if spooled is None:
                 continue
-            if task.active and recordid in active and not self._owns(task):
-                self._store_segments_of(task)
+            if spooled.active and recordid in active and not self._owns(spooled):
+                self._store_segments_of(spooled)
                 continue
-            store = open_store(task.request["storagecfg"], self.settings.data_dir)
-            uploader = SpoolUploader(store, prefix_for(task.request["storagecfg"]),
+            store = open_store(spooled.request["storagecfg"], self.settings.data_dir)
+            uploader = SpoolUploader(store, prefix_for(spooled.request["storagecfg"]),
                                      self.spool.task_dir(recordid))
             # the recorder's playlists, not the ".name.tmp" / ".upload-name" files beside them
             playlists = sorted(p for p in uploader.spool_dir.glob("*.m3u8")
