@@ -8,7 +8,8 @@ import loadgen
 from common import HEADERS, ServerProcess
 
 
-def run(server: ServerProcess, roomid: str, recordid: str, requests: int = 2000, concurrency: int = 16) -> list[str]:
+def run(server: ServerProcess, roomid: str, recordid: str, requests: int = 2000,
+        concurrency: int = 16) -> list[str]:
     out = []
     for name, method, url, body in [
         ("applyrecord", "POST", server.api("applyrecord"), {}),

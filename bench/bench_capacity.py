@@ -42,8 +42,16 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import (  # noqa: E402
-    APPID, CLK_TCK, HEADERS, ServerProcess, cpu_seconds, headline, start_publishers,
-    start_server, wait_ready)
+    APPID,
+    CLK_TCK,
+    HEADERS,
+    ServerProcess,
+    cpu_seconds,
+    headline,
+    start_publishers,
+    start_server,
+    wait_ready,
+)
 
 from cloudrec.webrtc.synthetic import make_clip  # noqa: E402
 from cloudrec.workers.load import tree_cpu_seconds  # noqa: E402

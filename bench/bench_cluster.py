@@ -28,11 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from common import (  # noqa: E402
-    APPID, HEADERS, ServerProcess, start_publishers, start_server, wait_ready)
-from tests.services import start_postgres, start_redis  # noqa: E402
+from common import APPID, HEADERS, ServerProcess, start_publishers, start_server, wait_ready  # noqa: E402
 
 from cloudrec.webrtc.synthetic import make_clip  # noqa: E402
+from tests.services import start_postgres, start_redis  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 CYCLES = 60 if QUICK else 150

@@ -46,7 +46,8 @@ async def _cycle(server: ServerProcess, room: str, record_s: float, latencies: l
         writer.close()
 
 
-def run(server: ServerProcess, clip: Path, cycles: int = 50, rooms: int = 10, record_s: float = 3.0) -> list[str]:
+def run(server: ServerProcess, clip: Path, cycles: int = 50, rooms: int = 10,
+        record_s: float = 3.0) -> list[str]:
     names = [f"load{i}" for i in range(rooms)]
     pubs = start_publishers(server, names[0], [f"{room}/u0" for room in names], clip)
     try:

@@ -280,7 +280,11 @@ def run_ffmpeg(case: Case, paths: list[str], out_dir: Path) -> tuple[float, floa
     return _child_cpu() - c0, time.perf_counter() - t0
 
 
-def make_inputs(tmp: Path) -> dict[tuple[int, int], tuple[list[str], list[list[tuple[int, EncodedFrame]]]]]:
+# per input (size, kbps): the clip paths and each clip demuxed into memory
+Inputs = dict[tuple[int, int], tuple[list[str], list[list[tuple[int, EncodedFrame]]]]]
+
+
+def make_inputs(tmp: Path) -> Inputs:
     """Encode the input clips once (DISTINCT_CLIPS per size) and demux them into memory."""
     out = {}
     for size, kbps in sorted({(c.in_size, c.in_kbps) for c in CASES}):
@@ -442,7 +446,7 @@ def run_starvation(mode: str, clip: Path, tmp: Path) -> str:
             server_cores = (cpu_seconds(server.proc.pid) - c0) / wall
             mix_cores = (sum(cpu_seconds(p) for p in mixers) - m0) / wall
             info = client.get(server.api(f"queryrecord/{room}/{mix}")).json()["data"]
-            for uid, resid, recordid in sources:
+            for _uid, resid, recordid in sources:
                 client.post(server.api("stoprecord"), json={
                     "resid": resid, "appid": APPID, "roomid": room, "recordid": recordid})
             client.post(server.api("stoprecord"), json={

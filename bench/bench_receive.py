@@ -25,13 +25,21 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import (  # noqa: E402
-    APPID, HEADERS, ServerProcess, headline, measure_cores, start_publishers, start_server,
-    wait_ready)
+    APPID,
+    HEADERS,
+    ServerProcess,
+    headline,
+    measure_cores,
+    start_publishers,
+    start_server,
+    wait_ready,
+)
 
 PUBLISHERS = int(os.environ.get("BENCH_RECEIVE_PUBLISHERS", "16"))
 MEASURE_S = float(os.environ.get("BENCH_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_RECEIVE_ROUNDS", "2"))
-STORAGE = {"vender": 101, "endpoint": "local", "bucket": "bench", "accesskey": "-", "secretkey": "-"}
+STORAGE = {"vender": 101, "endpoint": "local", "bucket": "bench", "accesskey": "-",
+           "secretkey": "-"}
 
 
 def _record_all(server: ServerProcess, room: str, uids: list[str]) -> list[tuple[str, str]]:
@@ -84,16 +92,16 @@ def run(clip: Path) -> list[str]:
             receive, rec = _case(Path(tmp), clip, "lean", True)
             lean.append(receive)
             recording.append(rec or 0.0)
-    s, l, r = (statistics.median(x) for x in (stock, lean, recording))
-    headline(f"source recording at {PUBLISHERS} publishers: {r:.4f} cores/recording (goal <= "
-             f"0.015), receive {l:.4f} cores/stream = {l / s:.2f}x stock aiortc's receive-only "
-             f"{s:.4f} in the same run (goal <= 0.5x)")
+    st, ln, rc = (statistics.median(x) for x in (stock, lean, recording))
+    headline(f"source recording at {PUBLISHERS} publishers: {rc:.4f} cores/recording (goal <= "
+             f"0.015), receive {ln:.4f} cores/stream = {ln / st:.2f}x stock aiortc's receive-only "
+             f"{st:.4f} in the same run (goal <= 0.5x)")
     return [
-        f"receive x{PUBLISHERS}: lean {l:.4f} cores/stream vs stock aiortc receive-only "
-        f"{s:.4f}: {l / s:.2f}x (goal <= 0.5x)   [rounds: lean "
+        f"receive x{PUBLISHERS}: lean {ln:.4f} cores/stream vs stock aiortc receive-only "
+        f"{st:.4f}: {ln / st:.2f}x (goal <= 0.5x)   [rounds: lean "
         f"{', '.join(f'{x:.4f}' for x in lean)}; aiortc {', '.join(f'{x:.4f}' for x in stock)}]",
-        f"source x{PUBLISHERS}: {r:.4f} cores/recording (goal <= 0.015; peer ~0.056), "
-        f"{r / s:.2f}x stock aiortc's receive alone   [rounds: "
+        f"source x{PUBLISHERS}: {rc:.4f} cores/recording (goal <= 0.015; peer ~0.056), "
+        f"{rc / st:.2f}x stock aiortc's receive alone   [rounds: "
         f"{', '.join(f'{x:.4f}' for x in recording)}]",
     ]
 

@@ -49,10 +49,10 @@ def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
         try:
             httpx.get(f"{url}/moto-api/", timeout=1)
             return proc, url
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("moto server did not start")
+                raise RuntimeError("moto server did not start") from exc
             time.sleep(0.1)
 
 

@@ -73,9 +73,10 @@ def start_server(data_dir: Path, quiet: bool = False, **settings: object) -> Ser
     lines += ["[[apps]]", f"appid = {APPID}", f'key = "{KEY}"', f'secret = "{SECRET}"']
     config = data_dir / "bench.toml"
     config.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([sys.executable, "-m", "cloudrec.cli", "serve", "--config", str(config)],
-                            stdout=subprocess.DEVNULL,
-                            stderr=open(data_dir / "server.log", "wb") if quiet else None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudrec.cli", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(data_dir / "server.log", "wb") if quiet else None)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

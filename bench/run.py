@@ -36,21 +36,30 @@ import bench_api  # noqa: E402
 import bench_audio  # noqa: E402
 import bench_capacity  # noqa: E402
 import bench_cluster  # noqa: E402
+import bench_load  # noqa: E402
 import bench_mixed  # noqa: E402
 import bench_receive  # noqa: E402
 import bench_storage  # noqa: E402
-import bench_load  # noqa: E402
 from common import (  # noqa: E402
-    APPID, HEADLINES, HEADERS, ServerProcess, measure_cores, start_publishers, start_server,
-    wait_ready)
+    APPID,
+    HEADERS,
+    HEADLINES,
+    ServerProcess,
+    measure_cores,
+    start_publishers,
+    start_server,
+    wait_ready,
+)
 
 from cloudrec.webrtc.synthetic import make_clip  # noqa: E402
 
 MEASURE_S = float(os.environ.get("BENCH_SECONDS", "10"))
-STORAGE = {"vender": 101, "endpoint": "local", "bucket": "bench", "accesskey": "-", "secretkey": "-"}
+STORAGE = {"vender": 101, "endpoint": "local", "bucket": "bench", "accesskey": "-",
+           "secretkey": "-"}
 
 
-def start_recording(server: ServerProcess, client: httpx.Client, room: str, uid: str) -> tuple[str, str]:
+def start_recording(server: ServerProcess, client: httpx.Client, room: str,
+                    uid: str) -> tuple[str, str]:
     resid = client.post(server.api("applyrecord"), json={}).json()["resid"]
     body = {"resid": resid, "appid": APPID, "roomid": room, "recordtype": 0, "streamtype": 2,
             "uid": uid, "storagecfg": STORAGE}
@@ -78,7 +87,7 @@ def source_case(server: ServerProcess, clip: Path, k: int) -> tuple[str, tuple[s
             recording = measure_cores(server.proc.pid, MEASURE_S)
             first = (room, tasks[0][2])
             info = client.get(server.api(f"queryrecord/{room}/{tasks[0][2]}")).json()["data"]
-            for uid, resid, recordid in tasks:
+            for _uid, resid, recordid in tasks:
                 r = client.post(server.api("stoprecord"), json={
                     "resid": resid, "appid": APPID, "roomid": room, "recordid": recordid}).json()
                 assert r["code"] == 0, r

@@ -16,6 +16,8 @@ boundary: ``raise StorageError(...) from exc``.
 
 from __future__ import annotations
 
+from typing import Any
+
 # recordoss code -> HTTP status. Codes not listed answer 400.
 HTTP_STATUS: dict[int, int] = {
     1000: 401,
@@ -37,6 +39,9 @@ HTTP_STATUS: dict[int, int] = {
 
 class CloudrecError(Exception):
     code: int = 2104
+    # The envelope's ``data`` member of the error answer, where the error has one (queryrecord of
+    # a stopped task answers 4013 with the task's last description).
+    data: dict[str, Any] | None = None
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)

@@ -7,16 +7,14 @@ import logging
 
 import pytest
 
-from cloudrec.ingest import IngestRefused, parse_srt_streamid
+from cloudrec.ingest import IngestRefused, libsrt, parse_srt_streamid
+from cloudrec.ingest.srt import SrtServer  # loads libsrt only when a server starts
 from tests.e2e.ingest_push import GOOD, Recorder, check_frames, push
 
-libsrt = pytest.importorskip("cloudrec.ingest.libsrt")
 try:
     libsrt.lib()
 except OSError:  # pragma: no cover - libsrt1.5-gnutls comes with Debian's ffmpeg
     pytest.skip("libsrt is not installed", allow_module_level=True)
-
-from cloudrec.ingest.srt import SrtServer
 
 APPID = 10034
 

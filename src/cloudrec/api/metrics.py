@@ -90,15 +90,15 @@ class NodeCollector(Collector):
         snapshots: dict[str, dict[str, Any]] = dict(front.worker_metrics)
         labels = ["node", "worker"]
         for name, doc, key in _WORKER_COUNTERS:
-            family = CounterMetricFamily(name, doc, labels=labels)
+            counter = CounterMetricFamily(name, doc, labels=labels)
             for worker, snap in snapshots.items():
-                family.add_metric([node, worker], float(snap.get(key, 0)))
-            yield family
+                counter.add_metric([node, worker], float(snap.get(key, 0)))
+            yield counter
         for name, doc, key in _WORKER_GAUGES:
-            family = GaugeMetricFamily(name, doc, labels=labels)
+            gauge = GaugeMetricFamily(name, doc, labels=labels)
             for worker, snap in snapshots.items():
-                family.add_metric([node, worker], float(snap.get(key, 0)))
-            yield family
+                gauge.add_metric([node, worker], float(snap.get(key, 0)))
+            yield gauge
         yield from self._by(snapshots, "cloudrec_recordings_active", "Recordings running, by type",
                             "recordings_active", ["type"], gauge=True)
         yield from self._by(snapshots, "cloudrec_recordings_started", "Recordings started, by type",
@@ -125,8 +125,9 @@ class NodeCollector(Collector):
             extra: list[str], gauge: bool = False) -> Iterable[Metric]:
         """A family whose snapshot value is a dict keyed by its extra labels ("a/b")."""
         labels = ["node", "worker", *extra]
-        family: Metric = (GaugeMetricFamily(name, doc, labels=labels) if gauge
-                          else CounterMetricFamily(name, doc, labels=labels))
+        family: GaugeMetricFamily | CounterMetricFamily = (
+            GaugeMetricFamily(name, doc, labels=labels) if gauge
+            else CounterMetricFamily(name, doc, labels=labels))
         node = self.front.node
         for worker, snap in snapshots.items():
             for sub, value in (snap.get(key) or {}).items():

@@ -23,7 +23,8 @@ def _message(what: str, limit: int, window_s: float) -> str:
 class RateLimiter:
     """In-process limits: a deque of call times per key."""
 
-    def __init__(self, limit: int, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, limit: int, window_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.limit = limit
         self.window_s = window_s
         self.clock = clock

@@ -56,15 +56,17 @@ class SeedResponse(JSONResponse):
 
 
 def error_response(exc: CloudrecError, trace_id: str) -> SeedResponse:
-    extra = {"data": exc.data} if getattr(exc, "data", None) is not None else {}
-    return SeedResponse(envelope(exc.code, exc.message, trace_id, **extra), status_code=exc.http_status)
+    extra = {"data": exc.data} if exc.data is not None else {}
+    return SeedResponse(envelope(exc.code, exc.message, trace_id, **extra),
+                        status_code=exc.http_status)
 
 
 def rate_limiters(settings: Settings) -> tuple[Any, Any]:
     """Per-node limits, or limits shared by the whole cluster when it has a Redis."""
     if settings.redis_url:
-        return (RedisRateLimiter(settings.redis_url, settings.write_rate_per_s, namespace="writes"),
-                RedisRateLimiter(settings.redis_url, settings.query_rate_per_s, namespace="queries"))
+        url = settings.redis_url
+        return (RedisRateLimiter(url, settings.write_rate_per_s, namespace="writes"),
+                RedisRateLimiter(url, settings.query_rate_per_s, namespace="queries"))
     return RateLimiter(settings.write_rate_per_s), RateLimiter(settings.query_rate_per_s)
 
 

@@ -89,7 +89,9 @@ class Publishing(Protocol):
     """What WHIP publishes into: a :class:`~cloudrec.webrtc.ingest.WebRtcIngest`, or a node's
     front that routes each room to the worker (or node) that owns it."""
 
-    async def publish(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]: ...
+    async def publish(
+        self, appid: int, roomid: str, uid: str, offer_sdp: str,
+    ) -> tuple[str, str]: ...
 
     async def unpublish(self, session_id: str) -> bool: ...
 

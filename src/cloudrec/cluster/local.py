@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cloudrec.cluster.directory import DEFAULT_COST, ClusterFull, RoomKey, WorkerInfo, choose, fresh, room_name
+from cloudrec.cluster.directory import (
+    DEFAULT_COST,
+    ClusterFull,
+    RoomKey,
+    WorkerInfo,
+    choose,
+    fresh,
+    room_name,
+)
 
 RESERVATION_S = 5.0  # how long an accepted recording counts before the CPU shows it
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -38,6 +39,8 @@ return 0
 class RedisDirectory:
     def __init__(self, url: str, lease_s: float = 6.0) -> None:
         self.lease_s = lease_s
+        # decode_responses: every reply is a str (redis-py types them ``bytes | str``, hence
+        # the casts below)
         self._redis = aioredis.from_url(url, decode_responses=True, socket_timeout=2.0,
                                         socket_connect_timeout=2.0)
         self._renew = self._redis.register_script(_RENEW)
@@ -55,7 +58,7 @@ class RedisDirectory:
                 await self._renew(keys=[PREFIX + "room:" + room], args=[info.id, self._lease_ms])
 
     async def forget_node(self, node: str) -> None:
-        ids = await self._redis.smembers(PREFIX + "workers")
+        ids = cast(set[str], await self._redis.smembers(PREFIX + "workers"))
         mine = [w for w in ids if w.rsplit("/", 1)[0] == node]
         for worker_id in mine:
             raw = await self._redis.get(PREFIX + "worker:" + worker_id)
@@ -68,7 +71,7 @@ class RedisDirectory:
             await self._redis.srem(PREFIX + "workers", worker_id)
 
     async def workers(self) -> list[WorkerInfo]:
-        ids = sorted(await self._redis.smembers(PREFIX + "workers"))
+        ids = sorted(cast(set[str], await self._redis.smembers(PREFIX + "workers")))
         if not ids:
             return []
         raws = await self._redis.mget([PREFIX + "worker:" + w for w in ids])
@@ -91,7 +94,7 @@ class RedisDirectory:
         return info if fresh(info, self.lease_s) else None
 
     async def owner(self, key: RoomKey) -> WorkerInfo | None:
-        worker_id = await self._redis.get(PREFIX + "room:" + room_name(key))
+        worker_id = cast(str | None, await self._redis.get(PREFIX + "room:" + room_name(key)))
         return None if worker_id is None else await self._worker(worker_id)
 
     async def place(self, key: RoomKey, prefer: str | None = None) -> WorkerInfo:
@@ -103,7 +106,7 @@ class RedisDirectory:
             reserved = {w.id: await self.reserved(w.id) for w in workers}
             chosen = choose(workers, reserved, prefer)
             room_key = PREFIX + "room:" + room_name(key)
-            current = await self._redis.get(room_key)
+            current = cast(str | None, await self._redis.get(room_key))
             if current is not None and await self._worker(current) is None:
                 await self._redis.delete(room_key)  # held by a worker that is gone
             if await self._redis.set(room_key, chosen.id, nx=True, px=self._lease_ms):
@@ -127,7 +130,7 @@ class RedisDirectory:
         key = PREFIX + "reserve:" + worker_id
         now = time.time()
         await self._redis.zremrangebyscore(key, 0, now)
-        members = await self._redis.zrange(key, 0, -1)
+        members = cast(list[str], await self._redis.zrange(key, 0, -1))
         return sum(float(m.split(":", 1)[0]) for m in members)
 
     async def close(self) -> None:

@@ -190,7 +190,7 @@ class OperatorAuth:
         now = time.monotonic()
         while window and now - window[0] > 60:
             window.popleft()
-        return bool(window) and len(window) >= MAX_FAILURES
+        return window is not None and len(window) >= MAX_FAILURES
 
     def failed(self, client: str) -> None:
         if len(self._failures) > 10000:  # bounded memory under a spray of addresses

@@ -69,8 +69,10 @@ def locate(task: Task, name: str, data_dir: Path) -> Path | None:
             found = _inside(bucket, *[p for p in prefix(task).split("/") if p], name)
             stored = [found] if found is not None else []
     if name.endswith(".m3u8") and not task.active:
-        return (stored or spooled or [None])[0]  # the ended playlist is the stored one
-    return (spooled or stored or [None])[0]
+        candidates = stored or spooled  # the ended playlist is the stored one
+    else:
+        candidates = spooled or stored
+    return candidates[0] if candidates else None
 
 
 def _inside_dir(base: Path, name: str) -> Path | None:

@@ -66,7 +66,8 @@ def _declare(so: ctypes.CDLL) -> None:
     c_int, vp, i64 = ctypes.c_int, ctypes.c_void_p, ctypes.c_int64
     pint = ctypes.POINTER(c_int)
     for name, res, args in (
-            ("srt_startup", c_int, ()), ("srt_setloglevel", None, (c_int,)), ("srt_create_socket", c_int, ()),
+            ("srt_startup", c_int, ()), ("srt_setloglevel", None, (c_int,)),
+            ("srt_create_socket", c_int, ()),
             ("srt_setsockflag", c_int, (c_int, c_int, vp, c_int)),
             ("srt_getsockflag", c_int, (c_int, c_int, vp, pint)),
             ("srt_bind", c_int, (c_int, vp, c_int)), ("srt_listen", c_int, (c_int, c_int)),

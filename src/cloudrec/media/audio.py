@@ -85,10 +85,10 @@ def planar_samples(frame: av.AudioFrame) -> np.ndarray:
     n = frame.samples
     planes = frame.planes
     if len(planes) == 1:
-        return np.frombuffer(planes[0], np.float32, n).reshape(1, n)
+        return np.frombuffer(memoryview(planes[0]), np.float32, n).reshape(1, n)
     out = np.empty((len(planes), n), np.float32)
     for i, plane in enumerate(planes):
-        out[i] = np.frombuffer(plane, np.float32, n)
+        out[i] = np.frombuffer(memoryview(plane), np.float32, n)
     return out
 
 

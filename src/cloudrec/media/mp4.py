@@ -73,11 +73,10 @@ class Mp4Error(Exception):
 
 def _usable(stream: av.stream.Stream) -> bool:
     """A stream whose parameters the MP4 muxer can write a track header from."""
-    ctx = stream.codec_context
-    if stream.type == "video":
-        return bool(ctx.width and ctx.height)
-    if stream.type == "audio":
-        return bool(ctx.sample_rate)
+    if isinstance(stream, av.VideoStream):
+        return bool(stream.codec_context.width and stream.codec_context.height)
+    if isinstance(stream, av.AudioStream):
+        return bool(stream.codec_context.sample_rate)
     return False
 
 
@@ -200,7 +199,8 @@ class _Writer:
             if new_run or not self._started:
                 starts = [int(s.start_time * s.time_base / TIME_BASE)
                           for s in container.streams
-                          if s.index in streams and s.start_time is not None]
+                          if s.index in streams and s.start_time is not None
+                          and s.time_base is not None]
                 if starts:
                     self._offset = self._end - min(starts)
                     self._started = True
@@ -211,10 +211,10 @@ class _Writer:
 
     def _mux(self, kind: str, packet: av.Packet) -> None:
         scale = packet.time_base / TIME_BASE
-        dts = packet.dts if packet.dts is not None else packet.pts
-        pts = packet.pts if packet.pts is not None else dts
-        dts = int(dts * scale) + self._offset
-        pts = int(pts * scale) + self._offset
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        assert stamp is not None  # add_segment skips packets with neither
+        dts = int(stamp * scale) + self._offset
+        pts = int((packet.pts if packet.pts is not None else stamp) * scale) + self._offset
         last = self._last_dts.get(kind)
         if last is not None:
             if dts <= last:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import av
 
@@ -89,7 +90,8 @@ def write_jpeg(frame: av.VideoFrame, directory: Path, basename: str, unixms: int
 
 def decode_keyframe(codec: str, data: bytes) -> av.VideoFrame | None:
     """The picture of one key frame (H.264 with its SPS/PPS in band, or VP8), or None."""
-    ctx = av.CodecContext.create(codec, "r")  # freed with the object
+    # freed with the object; a video codec's context (the codec name is only known as a str)
+    ctx = cast(av.VideoCodecContext, av.CodecContext.create(codec, "r"))
     try:
         frames = list(ctx.decode(av.Packet(data)))
         frames += list(ctx.decode(None))

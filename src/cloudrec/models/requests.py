@@ -179,7 +179,8 @@ def _error_to_invalid(err: ErrorDetails) -> InvalidParameter:
             field = f"{field}.{sub}" if field else sub
         return InvalidParameter(field or "body", err["msg"])
     if err["type"] == "extra_forbidden":
-        return InvalidParameter(field, "is not a field of this request (field names are case-sensitive)")
+        return InvalidParameter(
+            field, "is not a field of this request (field names are case-sensitive)")
     if err["type"] == "missing":
         message = "is required"
         name, parent = str(err["loc"][-1]), err.get("input")

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cloudrec.diskfull import DiskFullError, is_disk_full
-from cloudrec.media.hls import SegmentInfo
-from cloudrec.media.hls import HlsPlaylist
+from cloudrec.media.hls import HlsPlaylist, SegmentInfo
 from cloudrec.storage import SpoolUploader
 
 log = logging.getLogger(__name__)
@@ -30,8 +29,13 @@ MAX_RETRY_S = 5.0  # short enough that a disk with room again is noticed at once
 
 
 class HlsMedia(Protocol):
-    playlist_path: Path
-    segments: list[SegmentInfo]
+    """A recording's media as its ending reads it (read-only: plain attributes or properties)."""
+
+    @property
+    def playlist_path(self) -> Path: ...
+
+    @property
+    def segments(self) -> list[SegmentInfo]: ...
 
     @property
     def duration(self) -> float: ...

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 class RecordingService:
     def __init__(
-        self, settings: Settings, tasks: TaskStore, hub: RoomHub, outbox: CallbackOutbox | None = None,
-        *, worker_id: str = "", claim_unowned: bool = True,
+        self, settings: Settings, tasks: TaskStore, hub: RoomHub,
+        outbox: CallbackOutbox | None = None, *, worker_id: str = "", claim_unowned: bool = True,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id  # the owner written on the tasks this service runs
@@ -97,16 +97,20 @@ class RecordingService:
     def _source_start_checks(self, appid: int, req: Any) -> frozenset[str]:
         if not self.hub.is_publishing(appid, req.roomid):
             raise not_publishing([req.roomid])
-        publisher = next((p for p in self.hub.publishers(appid, req.roomid) if p.uid == req.uid), None)
+        publishers = self.hub.publishers(appid, req.roomid)
+        publisher = next((p for p in publishers if p.uid == req.uid), None)
         if publisher is None:
             raise RecordingError(f"uid {req.uid!r} is not publishing in room {req.roomid!r}", 4005)
         kinds = RECORD_KINDS[req.recordtype] & publisher.kinds
         if not kinds:
             wanted = "/".join(sorted(RECORD_KINDS[req.recordtype]))
-            raise RecordingError(f"uid {req.uid!r} publishes no {wanted} for recordtype {req.recordtype}", 4004)
+            raise RecordingError(
+                f"uid {req.uid!r} publishes no {wanted} for recordtype {req.recordtype}", 4004)
         return kinds
 
-    def _mixed_start_checks(self, appid: int, req: Any, remote_rooms: frozenset[str]) -> frozenset[str]:
+    def _mixed_start_checks(
+        self, appid: int, req: Any, remote_rooms: frozenset[str],
+    ) -> frozenset[str]:
         """A template needs the task's room publishing; an input list, any room it names."""
         rooms = start_rooms(req)
         if not any(self.hub.is_publishing(appid, room) or room in remote_rooms for room in rooms):
@@ -210,7 +214,8 @@ class RecordingService:
             self.spool.remove(recordid)
         elif recording is not None:
             self._leftovers.append(recording.uploader)
-            asyncio.get_running_loop().create_task(self._store_leftovers(recordid, recording.uploader))
+            asyncio.get_running_loop().create_task(
+                self._store_leftovers(recordid, recording.uploader))
 
     def leftover_segments(self) -> int:
         """Segments of recordings that ended, still waiting in the spool for the store."""
@@ -237,14 +242,14 @@ class RecordingService:
         for recordid in self.spool.existing():
             if recordid in self.recordings:
                 continue
-            task = self.tasks.get(recordid)
-            if task is None:
+            spooled = self.tasks.get(recordid)
+            if spooled is None:
                 continue
-            if task.active and recordid in active and not self._owns(task):
-                self._store_segments_of(task)
+            if spooled.active and recordid in active and not self._owns(spooled):
+                self._store_segments_of(spooled)
                 continue
-            store = open_store(task.request["storagecfg"], self.settings.data_dir)
-            uploader = SpoolUploader(store, prefix_for(task.request["storagecfg"]),
+            store = open_store(spooled.request["storagecfg"], self.settings.data_dir)
+            uploader = SpoolUploader(store, prefix_for(spooled.request["storagecfg"]),
                                      self.spool.task_dir(recordid))
             # the recorder's playlists, not the ".name.tmp" / ".upload-name" files beside them
             playlists = sorted(p for p in uploader.spool_dir.glob("*.m3u8")
@@ -322,7 +327,8 @@ class RecordingService:
         """Finalise every open recording (reason shutdown) and wait for its files, bounded."""
         recordings = list(self.recordings.values())
         await asyncio.gather(
-            *(r.stop(StopReason.SHUTDOWN, timeout=self.settings.stop_timeout_s) for r in recordings),
+            *(r.stop(StopReason.SHUTDOWN, timeout=self.settings.stop_timeout_s)
+              for r in recordings),
             return_exceptions=True,
         )
         for uploader in list(self._leftovers):

@@ -57,7 +57,8 @@ class SourceRecording(Recording):
     # -- the loop -------------------------------------------------------------------------------
 
     async def _run(self, resume: bool) -> None:
-        sub = self._subscription = self.hub.subscribe(self.task.appid, self.task.roomid, self.task.uid)
+        sub = self._subscription = self.hub.subscribe(
+            self.task.appid, self.task.roomid, self.task.uid)
         uid = self.task.uid or ""
         try:
             self.recorder = SourceHlsRecorder(
@@ -110,8 +111,9 @@ class SourceRecording(Recording):
                     if self.resumed and not self._recording:
                         # Resumed after a crash or restart, and the publisher never came back.
                         self.stop_reason = StopReason.ERROR
-                        self.error = ("the service restarted during the recording and the "
-                                      f"publisher did not return within {self.idle_timeout_s:.0f} s")
+                        self.error = (
+                            "the service restarted during the recording and the publisher did "
+                            f"not return within {self.idle_timeout_s:.0f} s")
                 return
             await asyncio.sleep(BATCH_S)
 

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cloudrec.media.codecs import keyframe_detector
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.rooms.stats import PublicationStats
 from cloudrec.rooms.subscription import PublisherInfo, RoomKey, Subscription
-from cloudrec.media.codecs import keyframe_detector
 
 __all__ = ["Publication", "Room", "Upstream", "Write"]
 

@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, final
 
 from cloudrec.mediatypes import EncodedFrame
 
@@ -36,6 +36,7 @@ class PublisherInfo:
     relayed: bool = False
 
 
+@final  # consumers tell items apart with ``type(item) is PublisherEvent``
 @dataclass(frozen=True)
 class PublisherEvent:
     kind: Literal["published", "unpublished"]
@@ -163,11 +164,12 @@ class Subscription:
     def _make_room(self) -> None:
         items = self._items
         victim = -1
+        uid = ""
         first_audio = -1
         for i, item in enumerate(items):
             if type(item) is tuple:
                 if item[1].kind == "video":
-                    victim = i
+                    victim, uid = i, item[0]
                     break
                 if first_audio < 0:
                     first_audio = i
@@ -176,7 +178,6 @@ class Subscription:
                 del items[first_audio]
                 self.dropped_audio += 1
             return  # only events queued: let them through
-        uid = items[victim][0]
         del items[victim]
         self.dropped_video += 1
         i = victim

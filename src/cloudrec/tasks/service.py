@@ -121,7 +121,7 @@ class TaskService:
                 f"(reason: {task.stopreason or 'unknown'})",
                 4013,
             )
-            error.data = data  # type: ignore[attr-defined]
+            error.data = data
             raise error
         return data
 

@@ -37,14 +37,14 @@ ssrc from the public ``getSynchronizationSources()``. Codec negotiation results 
 ``transceiver._codecs``.
 
 H.264 access units are made conformant before the callback sees them
-(:func:`cloudrec.media.codecs.h264.conformant_access_unit`): aiortc joins every NAL unit of an RTP timestamp in arrival
-order, and a sender that repeats SPS/PPS before *each* IDR slice of a multi-slice picture
-(GStreamer's ``x264enc tune=zerolatency`` slices frames, ``rtph264pay config-interval=-1``
-repeats the parameter sets per IDR NAL) yields parameter sets between slices, which decoders
-and parsers take as the start of a new picture: half pictures, and timestamp-less frames in a
-remuxed recording.
+(:func:`cloudrec.media.codecs.h264.conformant_access_unit`): aiortc joins every NAL unit of an
+RTP timestamp in arrival order, and a sender that repeats SPS/PPS before *each* IDR slice of a
+multi-slice picture (GStreamer's ``x264enc tune=zerolatency`` slices frames,
+``rtph264pay config-interval=-1`` repeats the parameter sets per IDR NAL) yields parameter sets
+between slices, which decoders and parsers take as the start of a new picture: half pictures, and
+timestamp-less frames in a remuxed recording.
 
-tests/test_rooms.py checks every internal named here, so a move in aiortc fails loudly there.
+tests/e2e/test_rooms.py checks every internal named here, so a move in aiortc fails loudly there.
 """
 
 from __future__ import annotations

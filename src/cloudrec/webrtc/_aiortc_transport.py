@@ -152,7 +152,12 @@ def attach_media(pc: RTCPeerConnection,
     transports = {t.receiver.transport for t in pc.getTransceivers()}
     for dtls in transports:
         connection = dtls.transport.iceGatherer._connection
-        _media[connection] = make_handler(lambda d=dtls: (d._rx_srtp, d._tx_srtp))
+        _media[connection] = make_handler(_srtp_sessions(dtls))
+
+
+def _srtp_sessions(dtls: Any) -> Callable[[], tuple[Any, Any]]:
+    """A function returning ``dtls``'s current ``(rx, tx)`` libsrtp sessions."""
+    return lambda: (dtls._rx_srtp, dtls._tx_srtp)
 
 
 # -- ICE ---------------------------------------------------------------------------------------

@@ -188,9 +188,9 @@ def make_clip(path: str, seconds: float = 4, width: int = 640, height: int = 480
             else:
                 mono = (np.sin(n * step) * 8000).astype(np.int16)
             samples = np.repeat(mono, audio_channels).reshape(1, -1)  # packed
-            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout=layout)
-            frame.sample_rate, frame.pts = AUDIO_RATE, start
-            container.mux(audio.encode(frame))
+            sound = av.AudioFrame.from_ndarray(samples, format="s16", layout=layout)
+            sound.sample_rate, sound.pts = AUDIO_RATE, start
+            container.mux(audio.encode(sound))
         container.mux(audio.encode(None))
     return path
 
@@ -225,12 +225,15 @@ def load_clip(path: str) -> tuple[list[ClipStream], int]:
             step = 1 / fractions.Fraction(rate) if rate else fractions.Fraction(AUDIO_SAMPLES,
                                                                                 AUDIO_RATE)
             raw: list[tuple[bytes, fractions.Fraction]] = []
+            time_base = stream.time_base
+            assert time_base is not None  # every demuxed stream has one
             container.seek(0)
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.pts is None:
                     continue
                 for p in bsf.filter(packet) if bsf is not None else [packet]:
-                    t = p.pts * stream.time_base
+                    assert p.pts is not None  # the filter keeps the packet's timestamps
+                    t = p.pts * time_base
                     raw.append((bytes(p), round(t / step) * step if rate else t))
             if not raw:
                 continue

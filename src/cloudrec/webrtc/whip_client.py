@@ -91,6 +91,7 @@ class Publisher:
             raise ValueError("nothing to publish: neither audio nor video")
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
         self._started_at: float | None = None
+        self._last_report: tuple[float, dict[str, dict[str, Any]]] | None = None
         self._stopped = False
 
     async def start(self) -> None:
@@ -159,7 +160,7 @@ class Publisher:
                 if getattr(stat, "type", "") == "outbound-rtp":
                     sent[sender.track.kind]["packets"] += stat.packetsSent
                     sent[sender.track.kind]["bytes"] += stat.bytesSent
-        last_at, last = getattr(self, "_last_report", (self._started_at or now, {}))
+        last_at, last = self._last_report or (self._started_at or now, {})
         elapsed = max(1e-3, now - last_at)
         for kind, s in sent.items():
             before = last.get(kind, {"frames": 0, "bytes": 0})

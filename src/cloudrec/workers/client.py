@@ -33,6 +33,7 @@ class InProcessWorker(Protocol):
     id: str
     service: Any  # its recordings (the app exposes them to tests)
     hub: Any  # its rooms
+    webrtc: Any  # its WebRTC sessions (the app exposes them to tests)
     locate: Callable[[tuple[int, str]], Awaitable[str | None]]  # who relays a room
 
     async def open(self) -> None: ...

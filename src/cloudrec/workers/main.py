@@ -58,7 +58,6 @@ async def run(config: dict[str, Any]) -> None:
     host = settings.internal_host or settings.host
     sock.bind((host, 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -81,10 +81,11 @@ class Supervisor:
         await proc.stdin.drain()
         try:
             ready = await asyncio.wait_for(self._read_ready(proc), BOOT_TIMEOUT_S)
-        except (TimeoutError, WorkerBootError):
+        except (TimeoutError, WorkerBootError) as exc:
             proc.kill()
             await proc.wait()
-            raise WorkerBootError(f"worker {index} did not start (exit code {proc.returncode})")
+            raise WorkerBootError(
+                f"worker {index} did not start (exit code {proc.returncode})") from exc
         asyncio.get_running_loop().create_task(self._drain_stdout(proc))
         log.info("worker %d started (pid %d) at %s", index, proc.pid, ready["url"])
         return WorkerProcess(index, worker_id(self.node, index), proc, ready["url"],

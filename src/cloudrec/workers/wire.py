@@ -56,7 +56,7 @@ def decode_args(op: str, args: dict[str, Any]) -> dict[str, Any]:
 
 def encode_error(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, CloudrecError):
-        return {"code": exc.code, "message": exc.message, "data": getattr(exc, "data", None),
+        return {"code": exc.code, "message": exc.message, "data": exc.data,
                 "field": getattr(exc, "field", None)}
     if isinstance(exc, RuntimeError) and "closed" in str(exc):
         return {"code": 2104, "message": "shutting down", "closed": True}
@@ -75,5 +75,5 @@ def decode_error(error: dict[str, Any]) -> CloudrecError:
     else:
         exc = CloudrecError(error["message"], int(error["code"]))
     if error.get("data") is not None:
-        exc.data = error["data"]  # type: ignore[attr-defined]
+        exc.data = error["data"]
     return exc

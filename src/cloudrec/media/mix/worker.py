@@ -60,7 +60,7 @@ from typing import Any
 from cloudrec.media.hls import SegmentInfo
 from cloudrec.media.mix.recorder import MixedHlsRecorder
 from cloudrec.media.push.fanout import PushFanout
-from cloudrec.media.snapshot import CanvasSnapshots
+from cloudrec.media.snapshot import CanvasSnapshots, SnapshotInfo
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
 
@@ -157,13 +157,19 @@ class MixWorker:
         snapshots = None
         if s.snapshot_interval and s.video:
             snapshots = CanvasSnapshots(s.snapshot_interval, s.spool_dir, s.basename,
-                                        lambda info: self.report(("snapshot", info)))
+                                        self._snapshot)
         return MixedHlsRecorder(
             s.spool_dir, s.basename, s.mixconfig, s.roomid, video=s.video, audio=s.audio,
             pictures=s.pictures, segment_seconds=s.segment_seconds, on_segment=self._segment,
-            request_keyframe=lambda key: self.report(("keyframe", key)), resume=s.resume,
+            request_keyframe=self._request_keyframe, resume=s.resume,
             encoder_threads=s.encoder_threads,
             on_canvas=snapshots.offer if snapshots is not None else None)
+
+    def _snapshot(self, info: SnapshotInfo) -> None:
+        self.report(("snapshot", info))
+
+    def _request_keyframe(self, key: tuple[str, str]) -> None:
+        self.report(("keyframe", key))
 
     def _loop(self, rec: MixedHlsRecorder) -> None:
         commands = self._commands

@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 import av
 
-from cloudrec.media.push.pusher import AUDIO, CONFIG, FORMATS, GAP, VIDEO, frame
+from cloudrec.media.push.pusher import AUDIO, CONFIG, GAP, VIDEO, frame
 
 log = logging.getLogger(__name__)
 
