@@ -182,7 +182,8 @@ def publish(
 @app.command()
 def probe(
     path: str = typer.Argument(..., help="a playlist (.m3u8), segment or MP4, or its URL"),
-    packets_only: bool = typer.Option(False, "--packets-only", help="count packets, decode nothing"),
+    packets_only: bool = typer.Option(False, "--packets-only",
+                                      help="count packets, decode nothing"),
 ) -> None:
     """Show what a recording holds: duration, and per stream its codec, size and frames."""
     from cloudrec.probe import probe as run_probe

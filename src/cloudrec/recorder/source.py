@@ -146,4 +146,8 @@ class SourceRecording(Recording):
             self.recorder.close()
 
     def _media_progress(self) -> dict[str, Any]:
-        return {"videotranscoded": bool(self.recorder and self.recorder.stats.video_transcoded)}
+        # a resumed recording that failed before its media opened ends with the spool's
+        # playlist in its place (Recording._finish): no recorder stats then
+        recorder: object = self.recorder
+        transcoded = isinstance(recorder, SourceHlsRecorder) and recorder.stats.video_transcoded
+        return {"videotranscoded": transcoded}
