@@ -1,6 +1,6 @@
 """The video canvas of a mixed recording, composed directly on yuv420p planes.
 
-Nothing here goes through RGB (7–10× slower, SPEC §7): inputs are cropped as plane views,
+Nothing here goes through RGB (7–10× slower, measured): inputs are cropped as plane views,
 scaled by swscale (``VideoFrame.reformat``) straight into the rect's size, and copied or
 alpha-blended into the canvas planes with integer numpy arithmetic. What does not change from
 frame to frame is done once: the background canvas (colour or picture), each input's scaled
