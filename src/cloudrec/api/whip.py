@@ -14,9 +14,9 @@ They import nothing of WebRTC.
     GET     /publish                       -> a browser publishing page (getUserMedia + WHIP)
 
 Errors answer ``text/plain``: 401 missing/bad token, 403 a play token (it never publishes),
-404 unknown app or session, 400 wrong content type or unusable SDP, 503 while shutting down. The session URL is an unguessable
-capability: DELETE needs no token. Every WHIP response carries
-``Access-Control-Allow-Origin: *`` so a page on another origin can publish.
+404 unknown app or session, 400 wrong content type or unusable SDP, 503 while shutting down.
+The session URL is an unguessable capability: DELETE needs no token. Every WHIP response
+carries ``Access-Control-Allow-Origin: *`` so a page on another origin can publish.
 """
 
 from __future__ import annotations
