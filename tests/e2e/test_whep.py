@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
@@ -259,3 +260,75 @@ async def test_a_play_token_never_publishes(server: Server) -> None:
         await pub.start()
     assert getattr(refused.value, "status", None) == 403
     assert not server.app.state.hub.is_publishing(APPID, "p")
+
+
+class _Upstream:
+    state = "connected"
+
+    def __init__(self) -> None:
+        self.keyframes = 0
+
+    def request_keyframe(self) -> None:
+        self.keyframes += 1
+
+    def close(self) -> None:
+        pass
+
+
+async def _feed_h264_aac(pub: object, upstream: _Upstream, seconds: float) -> None:
+    """An RTMP-like publisher: H.264 (Annex B) at 15 fps and AAC (ADTS) at 44.1 kHz mono."""
+    import av
+    import numpy as np
+
+    from cloudrec.media.audio import adts_header
+
+    video = av.CodecContext.create("libx264", "w")
+    video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+    video.time_base = Fraction(1, 15)
+    video.options = {"tune": "zerolatency", "preset": "ultrafast", "g": "30"}
+    audio = av.CodecContext.create("aac", "w")
+    audio.sample_rate, audio.layout, audio.format = 48000, "mono", "fltp"
+    audio.open()
+    tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(1024) / 48000)).astype(np.float32)
+    write = pub.write  # type: ignore[attr-defined]
+    start, n, samples = time.monotonic(), 0, 0
+    while time.monotonic() - start < seconds:
+        frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), n % 255, np.uint8), "rgb24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = n
+        if upstream.keyframes:
+            upstream.keyframes = 0
+            frame.pict_type = av.video.frame.PictureType.I
+        for packet in video.encode(frame):
+            write("video", "h264", 90000, bytes(packet), int(packet.pts) * 6000)
+        while samples < (n + 1) * 3200:
+            chunk = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 48000, samples
+            samples += 1024
+            for packet in audio.encode(chunk):
+                write("audio", "aac", 48000, adts_header(packet.size, 1) + bytes(packet),
+                      int(packet.pts))
+        n += 1
+        await asyncio.sleep(max(0.0, start + n / 15 - time.monotonic()))
+
+
+async def test_aac_is_transcoded_once_for_all_viewers(server: Server) -> None:
+    hub = server.app.state.hub
+    upstream = _Upstream()
+    pub = hub.attach(APPID, "rtmp", "cam", kinds=frozenset({"audio", "video"}),
+                     codecs={"video": "h264", "audio": "aac"}, upstream=upstream, origin="rtmp")
+    feeding = asyncio.create_task(_feed_h264_aac(pub, upstream, 20.0))
+    await server.app.state.front.heartbeat()  # the directory learns the room's owner
+    viewers = [await watch(server, "rtmp", "cam") for _ in range(2)]
+    try:
+        for v in viewers:
+            await v.wait_pictures(10)
+            await wait_for(lambda v=v: v.audio_frames > 25, timeout=5, what="Opus audio")
+        assert len(server.app.state.viewers.aac) == 1
+    finally:
+        for v in viewers:
+            await v.stop()
+        feeding.cancel()
+        hub.detach(pub, "test over")
+    assert {(w, h) for v in viewers for _, _, w, h in v.pictures} == {(320, 240)}
+    await wait_for(lambda: len(server.app.state.viewers.aac) == 0, timeout=5, what="released")
