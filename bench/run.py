@@ -18,6 +18,9 @@ Audio codecs (bench_audio.py): each AAC encoder setting's CPU, bit rate and SNR 
 music-like and silent signals, mono 64 kbps and stereo 128 kbps, and the two Opus decoders.
 Cluster (bench_cluster.py): startrecord p50/p99 on 3 nodes on PostgreSQL + Redis, against one
 node. ``BENCH_QUICK=1`` shortens both (shorter holds, fewer cycles).
+WHEP (bench_whep.py): cost per viewer at ``BENCH_WHEP_VIEWERS`` (50) viewers of one 720p
+1.5 Mbps publisher beside the receive path's cost for it, and glass-to-glass latency by a colour
+change (goals <= 0.004 cores per viewer, median <= 200 ms).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import bench_load  # noqa: E402
 import bench_mixed  # noqa: E402
 import bench_receive  # noqa: E402
 import bench_storage  # noqa: E402
+import bench_whep  # noqa: E402
 from common import (  # noqa: E402
     APPID,
     HEADERS,
@@ -140,6 +144,10 @@ def main() -> None:
         finally:
             server.stop()
         print("\n".join(bench_receive.run(clip)), flush=True)
+        clip720 = Path(make_clip(str(tmp_path / "clip720.mkv"), seconds=6, width=1280,
+                                 height=720, fps=30, bitrate=1_500_000, voice=True,
+                                 audio_channels=1))
+        print("\n".join(bench_whep.run(clip720)), flush=True)
         print("\n".join(bench_capacity.run(clip)), flush=True)
         print("\n".join(bench_cluster.run(clip)), flush=True)
     print("\n".join(bench_storage.run()), flush=True)

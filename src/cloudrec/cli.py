@@ -96,8 +96,10 @@ def token(
     data_dir: Optional[Path] = typer.Option(
         None, help="the server's data directory, for its development app (CLOUDREC_DATA_DIR)"),
     secret: Optional[str] = typer.Option(None, help="the app's secret (default: from settings)"),
+    play: bool = typer.Option(False, "--play", help="a play token: it watches the room (WHEP, "
+                              "the room page's events) and never publishes"),
 ) -> None:
-    """Print a publish token (JWT) for one uid in one room.
+    """Print a publish token (JWT) for one uid in one room (``--play``: a play token).
 
     The secret is the server's: an app of ``--config``, or the development app that ``cloudrec
     serve`` created under its data directory. This command never creates an app: a token signed
@@ -107,7 +109,7 @@ def token(
     if secret is None:
         secret = _server_secret(appid, _settings(config, check=False, dev_app=False,
                                                  data_dir=data_dir))
-    typer.echo(make_token(appid, roomid, uid, secret, ttl_s=ttl))
+    typer.echo(make_token(appid, roomid, uid, secret, ttl_s=ttl, play=play))
 
 
 def _server_secret(appid: int, settings: Settings) -> str:

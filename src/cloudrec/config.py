@@ -61,6 +61,8 @@ class Settings:
     ice_announced_addresses: str = ""  # comma-separated: the address(es) put in SDP answers
     ice_port_min: int = 0  # UDP port range for WebRTC media (0: any ephemeral port)
     ice_port_max: int = 0
+    # -- WHEP playback ------------------------------------------------------------------------
+    max_viewers: int = 50  # WHEP viewers of one room at most (more answer 503)
     # -- storage ------------------------------------------------------------------------------
     allow_private_storage: bool = False  # may storagecfg.endpoint be a loopback/private address
     # -- operators (the console at /, /docs) ---------------------------------------------------

@@ -18,6 +18,7 @@ from cloudrec.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cloudrec.api.metrics import NodeMetrics
 from cloudrec.api.recordoss import envelope, rate_limiters, recordoss_router
 from cloudrec.api.trace import new_trace_id
+from cloudrec.api.whep import whep_router
 from cloudrec.api.whip import whip_router
 from cloudrec.cluster import open_directory
 from cloudrec.config import Settings
@@ -67,8 +68,10 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.service = front.local.service
         app.state.hub = front.local.hub
         app.state.webrtc = front.local.webrtc
+        app.state.viewers = front.local.viewers
     app.include_router(recordoss_router(settings, front, limiters, metrics.api))
     app.include_router(whip_router(front, secret_for))
+    app.include_router(whep_router(front, secret_for))
     mount_console(app, settings, front)  # /, /login, /docs, /console/...
     @app.post("/cluster/locate", include_in_schema=False)
     async def locate(request: Request) -> JSONResponse:

@@ -30,7 +30,7 @@ from typing import Any
 
 from cloudrec.cluster import ClusterFull, Directory, WorkerInfo
 from cloudrec.config import Settings, node_name, worker_count
-from cloudrec.errors import CapacityError
+from cloudrec.errors import CapacityError, RecordingError
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
 from cloudrec.models.rules import check_push_urls, not_publishing, start_rooms
 from cloudrec.tasks import TaskService, TaskStore
@@ -226,6 +226,39 @@ class Front:
         if info is None or not session:
             return False
         return await self.client_for(info).unpublish(session)
+
+    # -- WHEP and the room page ----------------------------------------------------------------
+
+    async def play(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]:
+        """A WHEP offer, answered by the worker that owns the room; the session id names that
+        worker, as WHIP's does. RecordingError 4005 when the room has no owner."""
+        owner = await self.directory.owner((appid, roomid))
+        if owner is None:
+            raise RecordingError(f"uid {uid!r} is not publishing in room {roomid!r}", 4005)
+        answer, session = await self.client_for(owner).play(appid, roomid, uid, offer_sdp)
+        worker = base64.urlsafe_b64encode(owner.id.encode()).decode().rstrip("=")
+        return answer, f"{worker}.{session}"
+
+    async def stop_play(self, session_id: str) -> bool:
+        worker, _, session = session_id.partition(".")
+        try:
+            worker_id = base64.urlsafe_b64decode(worker + "=" * (-len(worker) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return False
+        info = next((w for w in self.infos if w.id == worker_id), None)
+        if info is None:
+            info = next((w for w in await self.directory.workers() if w.id == worker_id), None)
+        if info is None or not session:
+            return False
+        return await self.client_for(info).stop_play(session)
+
+    async def room_publishers(self, appid: int, roomid: str) -> list[str]:
+        """The uids publishing in a room, in join order, from the worker that owns it (none
+        when no worker does)."""
+        owner = await self.directory.owner((appid, roomid))
+        if owner is None:
+            return []
+        return await self.client_for(owner).room_publishers(appid, roomid, timeout=5.0)
 
     # -- the API's verbs ------------------------------------------------------------------------
 

@@ -13,10 +13,10 @@ They import nothing of WebRTC.
     OPTIONS on both                        -> 204 CORS preflight
     GET     /publish                       -> a browser publishing page (getUserMedia + WHIP)
 
-Errors answer ``text/plain``: 401 missing/bad token, 404 unknown app or session, 400 wrong
-content type or unusable SDP, 503 while shutting down. The session URL is an unguessable
-capability: DELETE needs no token. Every WHIP response carries
-``Access-Control-Allow-Origin: *`` so a page on another origin can publish.
+Errors answer ``text/plain``: 401 missing/bad token, 403 a play token (it never publishes),
+404 unknown app or session, 400 wrong content type or unusable SDP, 503 while shutting down.
+The session URL is an unguessable capability: DELETE needs no token. Every WHIP response
+carries ``Access-Control-Allow-Origin: *`` so a page on another origin can publish.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from cloudrec.errors import AuthError, CapacityError, InvalidParameter
-from cloudrec.tokens import verify_token
+from cloudrec.tokens import PlayTokenRefused, verify_token
 
 __all__ = ["Publishing", "whip_router"]
 
@@ -110,6 +110,8 @@ def whip_router(hub: Publishing, secret_for: Callable[[int], str | None]) -> API
             return _error(404, f"unknown app {appid}")
         try:
             verify_token(_bearer(request), int(appid), roomid, uid, secret)
+        except PlayTokenRefused as exc:
+            return _error(403, exc.message)
         except AuthError as exc:
             return _error(401, exc.message, **{"WWW-Authenticate": 'Bearer realm="whip"'})
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -34,6 +34,7 @@ class InProcessWorker(Protocol):
     service: Any  # its recordings (the app exposes them to tests)
     hub: Any  # its rooms
     webrtc: Any  # its WebRTC sessions (the app exposes them to tests)
+    viewers: Any  # its WHEP viewers
     locate: Callable[[tuple[int, str]], Awaitable[str | None]]  # who relays a room
 
     async def open(self) -> None: ...
@@ -69,6 +70,24 @@ class WorkerClient:
         """The publications received on the worker, with what each sends."""
         result = await self._call("publications", {}, timeout)
         return list(result["publications"])
+
+    async def play(self, appid: int, roomid: str, uid: str, sdp: str) -> tuple[str, str]:
+        """A WHEP offer to watch ``uid``: ``(answer SDP, session id on that worker)``."""
+        result = await self._call("play", {"appid": appid, "roomid": roomid, "uid": uid,
+                                           "sdp": sdp}, DEFAULT_TIMEOUT_S)
+        return str(result["answer"]), str(result["session"])
+
+    async def stop_play(self, session: str) -> bool:
+        """End a WHEP session; whether the worker had it."""
+        result = await self._call("stop_play", {"session": session}, DEFAULT_TIMEOUT_S)
+        return bool(result["found"])
+
+    async def room_publishers(self, appid: int, roomid: str,
+                              timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
+        """The uids publishing in a room of the worker, in join order."""
+        result = await self._call("room_publishers", {"appid": appid, "roomid": roomid},
+                                  timeout)
+        return [str(uid) for uid in result["uids"]]
 
     # -- recordings -----------------------------------------------------------------------------
 

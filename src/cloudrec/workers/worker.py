@@ -28,6 +28,7 @@ from cloudrec.relay import RelayLinks, RelayServer
 from cloudrec.rooms import RoomHub, RoomKey
 from cloudrec.tasks import TaskStore
 from cloudrec.webrtc.ingest import WebRtcIngest
+from cloudrec.webrtc.viewer import WebRtcViewers
 from cloudrec.workers.load import CpuMeter
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class Worker:
         self.id = worker_id(node, index)
         self.hub = hub or RoomHub()
         self.webrtc = WebRtcIngest(self.hub, **webrtc_options(settings))
+        self.viewers = WebRtcViewers(self.hub, ice=self.webrtc.ice,
+                                     max_viewers=settings.max_viewers,
+                                     publisher_wait_s=settings.idle_timeout_s)
         self.tasks = tasks
         self.service = RecordingService(settings, tasks, self.hub, outbox, worker_id=self.id,
                                         claim_unowned=index == 0)
@@ -75,6 +79,7 @@ class Worker:
             self._relay_loop.cancel()
         await self.relays.close()
         await self.relay_server.close()
+        await self.viewers.close()
         await self.webrtc.close()
         await self.hub.close()
 
@@ -137,6 +142,18 @@ class Worker:
     async def unpublish(self, session: str) -> dict[str, Any]:
         return {"found": await self.webrtc.unpublish(session)}
 
+    async def play(self, appid: int, roomid: str, uid: str, sdp: str) -> dict[str, Any]:
+        """A WHEP viewer of ``uid`` (:mod:`cloudrec.webrtc.viewer`)."""
+        answer, session = await self.viewers.play(appid, roomid, uid, sdp)
+        return {"answer": answer, "session": session}
+
+    async def stop_play(self, session: str) -> dict[str, Any]:
+        return {"found": await self.viewers.stop(session)}
+
+    async def room_publishers(self, appid: int, roomid: str) -> dict[str, Any]:
+        """The uids publishing in the room, in join order (the room page's events)."""
+        return {"uids": [p.uid for p in self.hub.publishers(appid, roomid)]}
+
     # -- recordings -----------------------------------------------------------------------------
 
     async def start(self, appid: int, req: StartRecordRequest,
@@ -175,6 +192,7 @@ class Worker:
         Rooms seen here only through a relay belong to another worker."""
         held = {f"{appid}/{roomid}" for appid, roomid in self.hub.local_rooms()}
         held.update(f"{r.task.appid}/{r.task.roomid}" for r in self.service.recordings.values())
+        held.update(f"{appid}/{roomid}" for appid, roomid in self.viewers.rooms())
         return sorted(held)
 
     async def status(self) -> dict[str, Any]:

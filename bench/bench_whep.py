@@ -1,0 +1,224 @@
+"""WHEP playback: cost per viewer, beside the receive path's cost per publisher, and
+glass-to-glass latency.
+
+Cost: one server (``workers = 1``, so one PID holds all the work) receives one clip publisher
+(pre-encoded 1280x720@30 ~1.5 Mbps H.264 + mono Opus, in another process at a lower priority).
+Its CPU is measured receiving only (the receive path's cost per publisher), then with N WHEP
+viewers (another process; their receivers are tapped, so they decode nothing). Cost per
+viewer = (CPU with N viewers - CPU receiving only) / N. Goal: at most 0.004 cores per viewer.
+
+Latency: a publisher whose picture turns from black to white and back every second (aiortc
+encodes it) and one decoding WHEP viewer of it, in this process, on one clock: the time from
+the frame that changes colour being made to the viewer decoding a picture of the new colour,
+median over the changes. Goal: median at most 200 ms on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import (  # noqa: E402
+    APPID,
+    SECRET,
+    ServerProcess,
+    headline,
+    measure_cores,
+    start_publishers,
+    start_server,
+    wait_ready,
+)
+
+from cloudrec.tokens import make_token  # noqa: E402
+
+VIEWERS = int(os.environ.get("BENCH_WHEP_VIEWERS", "50"))
+MEASURE_S = float(os.environ.get("BENCH_SECONDS", "10"))
+CHANGES = int(os.environ.get("BENCH_WHEP_CHANGES", "10"))
+
+
+# -- the viewers' process ---------------------------------------------------------------------
+
+async def _viewers(base: str, room: str, uid: str, count: int) -> None:
+    from aiortc import RTCPeerConnection
+
+    from cloudrec.webrtc import _aiortc_tap as tap
+    from cloudrec.webrtc.whep_client import Viewer
+
+    frames = [0]
+
+    def counted(codec: Any, frame: Any) -> None:
+        frames[0] += 1
+
+    viewers = []
+    for i in range(count):
+        viewer = Viewer(f"{base}/whep/{APPID}/{room}/{uid}",
+                        make_token(APPID, room, f"viewer{i}", SECRET, play=True))
+        pc: RTCPeerConnection = viewer.pc
+
+        @pc.on("track")
+        def _tapped(track: Any, pc: RTCPeerConnection = pc) -> None:
+            for receiver in pc.getReceivers():
+                if not tap.is_tapped(receiver):
+                    tap.install_tap(receiver, counted)
+
+        await viewer.start()
+        viewers.append(viewer)
+    deadline = time.monotonic() + 20
+    while any(v.pc.connectionState != "connected" for v in viewers):
+        if time.monotonic() > deadline:
+            raise RuntimeError("viewers did not connect")
+        await asyncio.sleep(0.1)
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    print(f"frames {frames[0]}", flush=True)
+    for viewer in viewers:
+        await viewer.stop()
+
+
+def _start_viewers(server: ServerProcess, room: str, uid: str, count: int) -> Any:
+    import subprocess
+
+    return subprocess.Popen([sys.executable, __file__, "viewers", server.base, room, uid,
+                             str(count)], stdout=subprocess.PIPE,
+                            preexec_fn=lambda: os.nice(10))
+
+
+# -- latency ----------------------------------------------------------------------------------
+
+class _Flashes(MediaStreamTrack):
+    """640x480@30: black, then white, then black... every second; when each change was made."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+        self.start = time.monotonic()
+        self.changes: list[tuple[float, bool]] = []
+        self._white = av.VideoFrame.from_ndarray(np.full((480, 640, 3), 235, np.uint8), "rgb24")
+        self._black = av.VideoFrame.from_ndarray(np.full((480, 640, 3), 16, np.uint8), "rgb24")
+
+    async def recv(self) -> av.VideoFrame:
+        due = self.start + self.frames / 30
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        white = (self.frames // 30) % 2 == 1
+        if self.frames % 30 == 0:
+            self.changes.append((time.monotonic(), white))
+        frame = (self._white if white else self._black).reformat(format="yuv420p")
+        frame.pts, frame.time_base = self.frames * 3000, fractions.Fraction(1, 90000)
+        self.frames += 1
+        return frame
+
+
+async def _latency(base: str, room: str) -> list[float]:
+    import httpx
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from cloudrec.webrtc.whep_client import Viewer
+    from cloudrec.webrtc.whip_client import _preferences
+
+    track = _Flashes()
+    pc = RTCPeerConnection()
+    pc.addTransceiver(track, direction="sendonly").setCodecPreferences(
+        _preferences("video", "h264"))
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.post(f"{base}/whip/{APPID}/{room}/flash", content=pc.localDescription.sdp,
+                            headers={"Content-Type": "application/sdp", "Authorization":
+                                     f"Bearer {make_token(APPID, room, 'flash', SECRET)}"})
+    r.raise_for_status()
+    await pc.setRemoteDescription(RTCSessionDescription(r.text, "answer"))
+    seen: list[tuple[float, bool]] = []
+
+    def on_picture(frame: Any, now: float) -> None:
+        luma = np.frombuffer(frame.planes[0], np.uint8).mean()
+        white = bool(luma > 128)
+        if not seen or seen[-1][1] != white:
+            seen.append((now, white))
+
+    await asyncio.sleep(1.0)
+    viewer = Viewer(f"{base}/whep/{APPID}/{room}/flash",
+                    make_token(APPID, room, "watcher", SECRET, play=True), audio=False,
+                    on_picture=on_picture)
+    await viewer.start()
+    await asyncio.sleep(CHANGES + 2.5)
+    await viewer.stop()
+    await pc.close()
+    delays = []
+    for at, white in track.changes:
+        shown = next((t for t, w in seen if w == white and t >= at), None)
+        if shown is not None and shown - at < 1.0 and len(seen) > 1 and seen[0][0] < at:
+            delays.append(shown - at)
+    return delays
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+def run(clip: Path, viewers: int = VIEWERS) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="cloudrec-bench-whep-") as tmp:
+        server = start_server(Path(tmp) / "data", quiet=True, workers=1, max_viewers=viewers + 5,
+                              write_rate_per_s=1_000_000, query_rate_per_s=1_000_000)
+        try:
+            pubs = start_publishers(server, "whep", ["cam"], clip, nice=10)
+            try:
+                wait_ready(pubs)
+                time.sleep(2)
+                receive = measure_cores(server.proc.pid, MEASURE_S)
+                watchers = _start_viewers(server, "whep", "cam", viewers)
+                try:
+                    assert watchers.stdout is not None
+                    line = watchers.stdout.readline().decode().strip()
+                    if line != "ready":
+                        raise RuntimeError(f"viewers failed: {line!r}")
+                    time.sleep(2)
+                    watched = measure_cores(server.proc.pid, MEASURE_S)
+                finally:
+                    watchers.terminate()
+                    frames = watchers.communicate(timeout=30)[0].decode().strip()
+            finally:
+                pubs.terminate()
+                pubs.wait(10)
+            delays = asyncio.run(_latency(server.base, "flash"))
+        finally:
+            server.stop()
+    per_viewer = (watched - receive) / viewers
+    median = statistics.median(delays) * 1000 if delays else float("nan")
+    headline(f"WHEP: {per_viewer:.4f} cores/viewer at {viewers} viewers of a 720p 1.5 Mbps "
+             f"publisher (goal <= 0.004), receive {receive:.4f} cores/publisher; "
+             f"glass-to-glass median {median:.0f} ms (goal <= 200)")
+    return [
+        f"whep x{viewers}: {per_viewer:.4f} cores/viewer (goal <= 0.004)   receive-only "
+        f"{receive:.4f} cores for the publisher, {watched:.4f} with the viewers   "
+        f"[viewers' process: {frames.splitlines()[-1] if frames else '?'}]",
+        f"whep glass-to-glass: median {median:.0f} ms over {len(delays)} colour changes "
+        f"(goal <= 200)   [{', '.join(f'{d * 1000:.0f}' for d in delays)}]",
+    ]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "viewers":
+        asyncio.run(_viewers(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
+        sys.exit(0)
+    from cloudrec.webrtc.synthetic import make_clip
+
+    with tempfile.TemporaryDirectory(prefix="cloudrec-bench-clip-") as tmp_clip:
+        clip_path = Path(make_clip(str(Path(tmp_clip) / "clip.mkv"), seconds=6, width=1280,
+                                   height=720, fps=30, bitrate=1_500_000, voice=True,
+                                   audio_channels=1))
+        print("\n".join(run(clip_path)), flush=True)
