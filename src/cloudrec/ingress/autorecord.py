@@ -67,7 +67,7 @@ class AutoRecorder:
         async with self._lock:
             for rule in self._rules(appid, roomid):
                 key: Key = (rule.ruleid, appid, roomid, uid if rule.streamtype == 2 else None)
-                if self._active(key):
+                if self._active(key) or self._adopt(rule, key):
                     continue
                 await self._start(rule, key)
 
@@ -88,10 +88,29 @@ class AutoRecorder:
         del self.running[key]
         return False
 
-    async def _start(self, rule: Rule, key: Key) -> None:
+    def _adopt(self, rule: Rule, key: Key) -> bool:
+        """A task of this rule still running from before a restart (resumed by the recording
+        service): its uid, type and settings match. Taken back instead of starting another."""
+        _, appid, roomid, uid = key
+        taken = {recordid for recordid, _ in self.running.values()}
+        try:
+            wanted = self._request(rule, key, "-").model_dump(mode="json")
+        except CloudrecError:
+            return False
+        fields = ("streamtype", "recordtype", "storagecfg", "callbackurl", "mixconfig", "uid")
+        for task in self.tasks.active_tasks_in_room(appid, roomid):
+            if task.recordid in taken:
+                continue
+            if all(task.request.get(f) == wanted.get(f) for f in fields):
+                self.running[key] = (task.recordid, task.resid)
+                return True
+        return False
+
+    @staticmethod
+    def _request(rule: Rule, key: Key, resid: str) -> StartRecordRequest:
         _, appid, roomid, uid = key
         body: dict[str, Any] = {
-            "resid": self.tasks.apply(appid), "appid": appid, "roomid": roomid,
+            "resid": resid, "appid": appid, "roomid": roomid,
             "recordtype": rule.request["recordtype"], "streamtype": rule.streamtype,
             "storagecfg": rule.request["storagecfg"]}
         if uid is not None:
@@ -100,8 +119,12 @@ class AutoRecorder:
             body["mixconfig"] = rule.request["mixconfig"]
         if rule.request.get("callbackurl"):
             body["callbackurl"] = rule.request["callbackurl"]
+        return parse_request(StartRecordRequest, body, appid)
+
+    async def _start(self, rule: Rule, key: Key) -> None:
+        _, appid, roomid, uid = key
         try:
-            req = parse_request(StartRecordRequest, body, appid)
+            req = self._request(rule, key, self.tasks.apply(appid))
             task = await self.service.start(appid, req)
         except CloudrecError as exc:
             log.warning("auto-record rule %s could not record %s/%s%s: %s", rule.ruleid, appid,
