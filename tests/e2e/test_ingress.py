@@ -178,3 +178,49 @@ async def test_private_source_refused_without_allow_private_urls(tmp_path: Path)
         assert "allow_private_urls" in data["message"]
         no_auth = await server.client.post(ingress_url(server), json={})
         assert no_auth.json()["code"] == 1002  # no AppID header
+
+
+async def test_cli_console_and_metrics_show_ingresses(node: Server, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cloudrec.cli_rec import rec_app
+    from tests.helpers import KEY, LOCAL_STORAGE, SECRET
+
+    creds = ["--server", node.base, "--appid", str(APPID), "--key", KEY, "--secret", SECRET]
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(rec_app, [*creds, *args])
+
+    storage = tmp_path / "storage.json"
+    storage.write_text(__import__("json").dumps(LOCAL_STORAGE))
+    done = await asyncio.to_thread(cli, "ingress", "add", "rtsp://user:pw@127.0.0.1:9/cam",
+                                   "--room", "gate", "--uid", "cam9")
+    assert done.exit_code == 0, done.output
+    ingressid = done.stdout.strip()
+    listed = await asyncio.to_thread(cli, "ingress", "list", "--room", "gate")
+    assert ingressid in listed.stdout and "pw" not in listed.stdout, listed.stdout
+    shown = await asyncio.to_thread(cli, "ingress", "show", ingressid)
+    assert '"roomid": "gate"' in shown.stdout and "user" not in shown.stdout, shown.stdout
+    await wait_state(node, ingressid, {"retrying"}, timeout=20)  # nothing listens on port 9
+    rule = await asyncio.to_thread(cli, "autorecord", "add", "--room", "gate*", "--storage",
+                                   str(storage))
+    assert rule.exit_code == 0, rule.output
+    rules = await asyncio.to_thread(cli, "autorecord", "list")
+    assert rule.stdout.strip() in rules.stdout
+
+    page = await node.client.get(f"{node.base}/console/api/ingresses")
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert [i["ingressid"] for i in body["ingresses"]] == [ingressid]
+    assert body["ingresses"][0]["state"] == "retrying" and "pw" not in page.text
+    assert [r["ruleid"] for r in body["rules"]] == [rule.stdout.strip()]
+    assert "sk" not in [r["storagecfg"]["secretkey"] for r in body["rules"]]
+
+    metrics = (await node.client.get(f"{node.base}/metrics")).text
+    assert 'cloudrec_ingresses{kind="rtsp",node=' in metrics and 'state="retrying"' in metrics
+    assert "cloudrec_ingress_reconnects_total" in metrics
+
+    assert (await asyncio.to_thread(cli, "ingress", "delete", ingressid)).exit_code == 0
+    assert (await asyncio.to_thread(cli, "autorecord", "delete", rule.stdout.strip())).exit_code == 0
+    gone = await asyncio.to_thread(cli, "ingress", "delete", ingressid)
+    assert gone.exit_code == 1 and "4013" in gone.output
