@@ -224,3 +224,29 @@ async def test_cli_console_and_metrics_show_ingresses(node: Server, tmp_path: Pa
     assert (await asyncio.to_thread(cli, "autorecord", "delete", rule.stdout.strip())).exit_code == 0
     gone = await asyncio.to_thread(cli, "ingress", "delete", ingressid)
     assert gone.exit_code == 1 and "4013" in gone.output
+
+
+async def test_srt_caller_pull(node: Server, tmp_path: Path) -> None:
+    """FFmpeg listens as an SRT server sending MPEG-TS; the ingress calls it."""
+    from tests.helpers import free_port
+
+    clip = make_clip(tmp_path / "clip.ts", seconds=20, fmt="mpegts")
+    port = free_port()
+    ffmpeg = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "mpegts",
+        f"srt://127.0.0.1:{port}?mode=listener", stdin=asyncio.subprocess.DEVNULL)
+    try:
+        created = await ingress(node, "POST", body={"roomid": "srt", "uid": "feed",
+                                                   "url": f"srt://127.0.0.1:{port}"})
+        assert created["code"] == 0, created
+        await wait_state(node, created["ingressid"], {"active"})
+        recordid = await record(node, "srt", "feed")
+        playlist = playlist_of(node, "srt", recordid, "feed")
+        await wait_for(lambda: seconds_in(playlist) >= 4, timeout=30, what="4 s recorded")
+        await stop(node, "srt", recordid)
+        assert (await ingress(node, "DELETE", f"/{created['ingressid']}"))["code"] == 0
+    finally:
+        if ffmpeg.returncode is None:
+            ffmpeg.kill()
+        await ffmpeg.wait()
+    check_recording(playlist, 4.0)
