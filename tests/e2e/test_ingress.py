@@ -250,3 +250,21 @@ async def test_srt_caller_pull(node: Server, tmp_path: Path) -> None:
             ffmpeg.kill()
         await ffmpeg.wait()
     check_recording(playlist, 4.0)
+
+
+async def test_whep_pull(node: Server) -> None:
+    from tests.e2e.whep_source import whep_server
+
+    async with whep_server() as url:
+        created = await ingress(node, "POST", body={"roomid": "whep", "uid": "peer",
+                                                   "url": url})
+        assert created["code"] == 0, created
+        await wait_state(node, created["ingressid"], {"active"})
+        recordid = await record(node, "whep", "peer")
+        playlist = playlist_of(node, "whep", recordid, "peer")
+        await wait_for(lambda: seconds_in(playlist) >= 4, timeout=40, what="4 s recorded")
+        data = (await ingress(node, "GET", f"/{created['ingressid']}"))["data"]
+        assert data["publishers"][0]["source_codecs"] == {"video": "h264", "audio": "opus"}
+        await stop(node, "whep", recordid)
+        assert (await ingress(node, "DELETE", f"/{created['ingressid']}"))["code"] == 0
+    check_recording(playlist, 4.0)

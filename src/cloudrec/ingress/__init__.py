@@ -6,7 +6,7 @@
 - worker side, loaded only by workers: :mod:`~cloudrec.ingress.manager` runs the ingresses a
   worker owns, one :mod:`~cloudrec.ingress.runner` each (PyAV demux in
   :mod:`~cloudrec.ingress.demux`, SRT in :mod:`~cloudrec.ingress.srt_pull`, WHEP in
-  :mod:`cloudrec.webrtc.whep_client`); :mod:`~cloudrec.ingress.autorecord` records
+  :mod:`cloudrec.webrtc.whep_client`; a Janus room is not mirrored yet); :mod:`~cloudrec.ingress.autorecord` records
   publishers of rooms that match a rule.
 """
 

@@ -179,7 +179,7 @@ class IngressRunner:
                     reason = await self.source(self, self._stop)
                 except SourceRefused as exc:
                     reason, error_state = str(exc), True
-                except UnsupportedCodec as exc:
+                except (UnsupportedCodec, NotImplementedError) as exc:
                     reason, error_state = str(exc), True
                 except asyncio.CancelledError:
                     raise

@@ -7,7 +7,7 @@ frames, and returns why the connection ended or raises what failed.
 - ``srt``: a caller connection through libsrt, MPEG-TS demuxed by PyAV
   (:mod:`cloudrec.ingress.srt_pull`);
 - ``whep``: a recvonly WebRTC session (:mod:`cloudrec.webrtc.whep_client`);
-- ``janus``: every publisher of a Janus VideoRoom (:mod:`cloudrec.ingress.janus`).
+- ``janus``: accepted by the API, not pulled yet (its state says ``error``).
 """
 
 from __future__ import annotations
@@ -50,9 +50,7 @@ async def whep_source(runner: IngressRunner, stop: threading.Event) -> str:
 
 
 async def janus_source(runner: IngressRunner, stop: threading.Event) -> str:
-    from cloudrec.ingress.janus import mirror_room
-
-    return await mirror_room(runner, stop)
+    raise NotImplementedError("mirroring a Janus VideoRoom is not supported yet")
 
 
 def source_for(kind: str) -> Source:
