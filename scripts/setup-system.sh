@@ -12,6 +12,8 @@
 #          postgresql and redis-server (tests/services.py runs real ones for the cluster paths).
 #          GStreamer's webrtcbin with x264/opus and python3-gi (tests/e2e/test_interop.py publishes
 #          from a real webrtcbin pipeline, run with the system Python).
+#          gir1.2-gst-rtsp-server-1.0 (tests/e2e/test_ingress.py pulls from a GStreamer RTSP server
+#          serving H.264 + G.711 like an IP camera).
 set -euo pipefail
 purpose=${1:-test}
 need=()
@@ -34,6 +36,8 @@ else
     compgen -G '/usr/lib/*/girepository-1.0/GstWebRTC-1.0.typelib' >/dev/null \
       || need+=(gir1.2-gst-plugins-bad-1.0)
     /usr/bin/python3 -c 'import gi' >/dev/null 2>&1 || need+=(python3-gi)
+    compgen -G '/usr/lib/*/girepository-1.0/GstRtspServer-1.0.typelib' >/dev/null \
+      || need+=(gir1.2-gst-rtsp-server-1.0)
   fi
 fi
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -21,9 +21,13 @@ from typing import Any, Iterator, NoReturn, Optional
 
 import typer
 
+from cloudrec.cli_ingress import autorecord_app, ingress_app
 from cloudrec.client import STATUS_NAMES, ApiError, ClientError, RecordClient, resolve
 
 rec_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+rec_app.add_typer(ingress_app, name="ingress")
+rec_app.add_typer(autorecord_app, name="autorecord")
 
 LOCAL_BUCKET = "recordings"
 

@@ -150,7 +150,17 @@ class RecordClient:
     def call(self, method: str, what: str, body: dict[str, Any] | None = None,
              params: dict[str, Any] | None = None) -> dict[str, Any]:
         """One call; the answer's envelope, or ApiError for a code other than 0."""
-        url = f"{self.base}/{what}"
+        return self._request(method, f"{self.base}/{what}", body, params)
+
+    def call_v1(self, method: str, path: str, body: dict[str, Any] | None = None,
+                params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A call beside the recordoss verbs: ``/app/{appid}/v1/{path}`` (ingress,
+        autorecord)."""
+        return self._request(method, f"{self.creds.server}/app/{self.creds.appid}/v1/{path}",
+                             body, params)
+
+    def _request(self, method: str, url: str, body: dict[str, Any] | None,
+                 params: dict[str, Any] | None) -> dict[str, Any]:
         try:
             r = self._http.request(method, url, json=body, params=params)
         except httpx.HTTPError as exc:

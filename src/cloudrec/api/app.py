@@ -13,9 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from cloudrec.api.autorecord import autorecord_router
 from cloudrec.api.front import Front
+from cloudrec.api.ingress import ingress_router
+from cloudrec.api.ingress_front import IngressFront
 from cloudrec.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from cloudrec.api.metrics import NodeMetrics
+from cloudrec.api.metrics import IngressCollector, NodeMetrics
 from cloudrec.api.recordoss import envelope, rate_limiters, recordoss_router
 from cloudrec.api.trace import new_trace_id
 from cloudrec.api.whep import whep_router
@@ -38,6 +41,8 @@ def create_app(settings: Settings) -> FastAPI:
     front = Front(settings, directory, tasks, outbox)
     limiters = rate_limiters(settings)
     metrics = NodeMetrics(front)
+    ingresses = IngressFront(front)
+    metrics.registry.register(IngressCollector(ingresses.store, front.node))
 
     def secret_for(appid: int) -> str | None:
         app_cfg = settings.app(appid)
@@ -47,9 +52,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbox.start()
         await front.open()
+        await ingresses.open()
         try:
             yield
         finally:
+            await ingresses.close()
             await front.close()
             await directory.close()
             for limiter in limiters:
@@ -72,6 +79,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(recordoss_router(settings, front, limiters, metrics.api))
     app.include_router(whip_router(front, secret_for))
     app.include_router(whep_router(front, secret_for))
+    app.state.ingresses = ingresses
+    app.include_router(ingress_router(settings, ingresses, limiters[0], metrics.api))
+    app.include_router(autorecord_router(settings, ingresses.store, limiters[0], metrics.api))
     mount_console(app, settings, front)  # /, /login, /docs, /console/...
     @app.post("/cluster/locate", include_in_schema=False)
     async def locate(request: Request) -> JSONResponse:

@@ -173,3 +173,31 @@ class NodeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class IngressCollector(Collector):
+    """Ingresses of the cluster (from the shared store) by kind and state, and their
+    reconnects."""
+
+    def __init__(self, store: Any, node: str) -> None:
+        self.store = store
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        ingresses = GaugeMetricFamily("cloudrec_ingresses", "Ingresses, by kind and state",
+                                      labels=["node", "kind", "state"])
+        reconnects = CounterMetricFamily("cloudrec_ingress_reconnects",
+                                         "Reconnects of ingresses not deleted, by kind",
+                                         labels=["node", "kind"])
+        try:
+            counts = self.store.counts()
+        except Exception:  # the database is away: leave the samples out
+            counts = {}
+        by_kind: dict[str, int] = {}
+        for (kind, state), (n, r) in sorted(counts.items()):
+            ingresses.add_metric([self.node, kind, state], float(n))
+            by_kind[kind] = by_kind.get(kind, 0) + r
+        for kind, r in sorted(by_kind.items()):
+            reconnects.add_metric([self.node, kind], float(r))
+        yield ingresses
+        yield reconnects

@@ -169,6 +169,10 @@ def mount_console(app: FastAPI, settings: Settings, front: Any) -> OperatorAuth:
             return _json({"error": f"no recording {recordid!r}"}, 404)
         return _json(await views.recording(front, task, detail=True))
 
+    @api.get("/ingresses")
+    async def ingresses(request: Request) -> JSONResponse:
+        return _json(views.ingresses(request.app.state.ingresses.store))
+
     @api.get("/nodes")
     async def nodes() -> JSONResponse:
         return _json({"nodes": await views.nodes(front)})

@@ -138,3 +138,14 @@ async def nodes(front: Any) -> list[dict[str, Any]]:
             "publishers": w.publishers, "rooms": list(w.rooms), "draining": w.draining,
             "full": w.refused(), "updated": w.updated})
     return list(out.values())
+
+
+def ingresses(store: Any) -> dict[str, Any]:
+    """Every ingress not deleted, with its state, and every auto-record rule (the caller
+    redacts: URLs lose their credentials, storage keys are hidden)."""
+    from cloudrec.api.ingress_front import describe  # the API's own shape of an ingress
+
+    return {"ingresses": [{**describe(i), "appid": i.appid} for i in store.ingresses()],
+            "rules": [{"ruleid": r.ruleid, "appid": r.appid, "roomid": r.pattern,
+                       **r.request, "streamtype": r.streamtype, "createtime": r.createtime}
+                      for r in store.rules()]}

@@ -56,6 +56,10 @@ class RoomHub:
     #: Called with a room's key when its last ``relay=True`` subscription ends: the wiring may
     #: release the relay.
     on_room_unsubscribed: Callable[[RoomKey], None] | None = None
+    #: Called with ``("published" | "unpublished", publication, replaced)`` when a publication
+    #: received here (not relayed) enters or leaves its room; ``replaced``: it left for a new
+    #: publication of the same uid. The auto-record rules watch presence with it.
+    on_presence: Callable[[str, Publication, bool], None] | None = None
 
     def __init__(self, *, queue_size: int = 512) -> None:
         """``queue_size``: the bound of each subscription's queue, in frames."""
@@ -192,6 +196,8 @@ class RoomHub:
                 sub.push_event(event)
         logger.info("%s publish %s/%s uid=%s epoch=%d kinds=%s", origin, *key, uid, epoch,
                     sorted(kinds))
+        if not relayed:
+            self._presence("published", pub, False)
         return pub
 
     def detach(self, pub: Publication, reason: str, *, keep_place: bool = False) -> None:
@@ -215,6 +221,8 @@ class RoomHub:
             if not room.publications and not room.subscriptions:
                 del self._rooms[pub.key]
         logger.info("unpublish %s/%s uid=%s epoch=%d: %s", *pub.key, pub.uid, pub.epoch, reason)
+        if not pub.relayed:
+            self._presence("unpublished", pub, keep_place)
         try:
             pub.upstream.close()
         except Exception:
@@ -241,6 +249,14 @@ class RoomHub:
             hook(key)
         except Exception:
             logger.exception("room hook %r failed for %s/%s", hook, *key)
+
+    def _presence(self, event: str, pub: Publication, replaced: bool) -> None:
+        if self.on_presence is None:
+            return
+        try:
+            self.on_presence(event, pub, replaced)
+        except Exception:
+            logger.exception("presence hook failed for %s/%s uid=%s", *pub.key, pub.uid)
 
     def _request_keyframe(self, key: RoomKey, uid: str) -> None:
         room = self._rooms.get(key)

@@ -126,6 +126,19 @@ class WorkerClient:
         result = await self._call("adopt", {"recordids": recordids}, DEFAULT_TIMEOUT_S)
         return list(result["adopted"])
 
+    # -- ingresses ------------------------------------------------------------------------------
+
+    async def ingress_start(self, spec: dict[str, Any]) -> bool:
+        """Run an ingress (``IngressStore``'s ``Ingress.spec()``) on the worker; whether it
+        started now (False: it runs there already)."""
+        result = await self._call("ingress_start", {"spec": spec}, DEFAULT_TIMEOUT_S)
+        return bool(result["started"])
+
+    async def ingress_stop(self, ingressid: str) -> bool:
+        """Stop an ingress on the worker; whether it ran there."""
+        result = await self._call("ingress_stop", {"ingressid": ingressid}, DEFAULT_TIMEOUT_S)
+        return bool(result["found"])
+
     # -- load -----------------------------------------------------------------------------------
 
     async def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Cloudrec-Internal"
 OPS = ("publish", "unpublish", "start", "stop", "pause", "resume", "update", "query", "adopt",
-       "status", "publications", "play", "stop_play", "room_publishers")
+       "status", "publications", "play", "stop_play", "room_publishers", "ingress_start",
+       "ingress_stop")
 #: The operations whose ``req`` argument is a validated request, and its model.
 REQUESTS: dict[str, type[BaseModel]] = {
     "start": StartRecordRequest, "stop": StopRecordRequest, "pause": StopRecordRequest,

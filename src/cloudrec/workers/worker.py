@@ -20,6 +20,9 @@ import httpx
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.cluster import worker_id
 from cloudrec.config import Settings
+from cloudrec.ingress import IngressStore
+from cloudrec.ingress.autorecord import AutoRecorder
+from cloudrec.ingress.manager import IngressManager
 from cloudrec.media.push.fanout import ffmpeg_protocols
 from cloudrec.metrics import worker_snapshot
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
@@ -52,6 +55,10 @@ class Worker:
         self.tasks = tasks
         self.service = RecordingService(settings, tasks, self.hub, outbox, worker_id=self.id,
                                         claim_unowned=index == 0)
+        self.ingress_store = IngressStore(tasks.database)
+        self.ingress = IngressManager(self.hub, self.ingress_store, self.id,
+                                      allow_private=settings.allow_private_urls)
+        self.autorecord = AutoRecorder(self.hub, self.service, tasks, self.ingress_store)
         self.cpu = CpuMeter()
         self.front_url = front_url  # where to ask who owns a room (relayed mix inputs)
         self.secret = secret
@@ -72,8 +79,11 @@ class Worker:
         self.relay_address = self.relay_server.address
         self._relay_loop = asyncio.get_running_loop().create_task(self._follow_relays())
         await self.service.recover()
+        await self.ingress.recover()
 
     async def close(self) -> None:
+        await self.autorecord.close()
+        await self.ingress.close()
         await self.service.shutdown()
         if self._relay_loop is not None:
             self._relay_loop.cancel()
@@ -185,6 +195,16 @@ class Worker:
         """The WebRTC publications received here, with what each sends."""
         return {"publications": self.hub.publications()}
 
+    # -- pulled sources (ingresses) -------------------------------------------------------------
+
+    async def ingress_start(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Run an ingress the front claimed for this worker."""
+        return {"started": self.ingress.start(spec)}
+
+    async def ingress_stop(self, ingressid: str) -> dict[str, Any]:
+        """Stop a deleted ingress here: its publishers leave the room."""
+        return {"found": await self.ingress.stop(ingressid)}
+
     # -- load -----------------------------------------------------------------------------------
 
     def rooms(self) -> list[str]:
@@ -193,6 +213,7 @@ class Worker:
         held = {f"{appid}/{roomid}" for appid, roomid in self.hub.local_rooms()}
         held.update(f"{r.task.appid}/{r.task.roomid}" for r in self.service.recordings.values())
         held.update(f"{appid}/{roomid}" for appid, roomid in self.viewers.rooms())
+        held.update(f"{r.spec['appid']}/{r.spec['roomid']}" for r in self.ingress.runners.values())
         return sorted(held)
 
     async def status(self) -> dict[str, Any]:

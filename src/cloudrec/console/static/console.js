@@ -129,6 +129,38 @@ function drawRecordings(recordings) {
   }
 }
 
+function drawIngresses(data) {
+  const body = $("ingresses");
+  body.replaceChildren();
+  $("ingresses-empty").hidden = data.ingresses.length > 0;
+  for (const i of data.ingresses) {
+    const who = i.uid ? i.roomid + " / " + i.uid : i.roomid;
+    body.append(el("tr", { "data-ingressid": i.ingressid, "data-state": i.state },
+      el("td", {}, el("code", {}, i.ingressid), el("br"),
+        el("span", { class: "muted" }, "app " + i.appid + " · " + who)),
+      el("td", {}, i.kind),
+      el("td", {}, el("span", { class: "state " + i.state }, i.state),
+        i.error ? el("div", { class: "warn" }, i.error) : null),
+      el("td", {}, clock(i.since)),
+      el("td", {}, i.publishers.length ? i.publishers.map((p) => el("div", {},
+        p.uid + " · " + (p.video_codec || "–") + "/" + (p.audio_codec || "–") + " · " +
+        num(p.kbps, 0) + " kbps")) : "–"),
+      el("td", {}, String(i.reconnects)),
+      el("td", {}, el("code", {}, i.url))));
+  }
+  const rules = $("rules");
+  rules.replaceChildren();
+  $("rules-empty").hidden = data.rules.length > 0;
+  for (const r of data.rules) {
+    rules.append(el("tr", { "data-ruleid": r.ruleid },
+      el("td", {}, el("code", {}, r.ruleid)), el("td", {}, String(r.appid)),
+      el("td", {}, el("code", {}, r.roomid)),
+      el("td", {}, r.streamtype === 1 ? "mixed" : "source"),
+      el("td", {}, ["audio+video", "video", "audio"][r.recordtype] || String(r.recordtype)),
+      el("td", {}, clock(r.createtime))));
+  }
+}
+
 // -- player ------------------------------------------------------------------------------------
 
 function play(rec) {
@@ -222,6 +254,7 @@ async function refresh() {
     }
     drawRooms(rooms.rooms);
     drawRecordings(recordings.recordings);
+    drawIngresses(await getJSON("/console/api/ingresses"));
     const many = overview.workers > 1;
     $("nodes-section").hidden = !many;
     if (many) drawNodes((await getJSON("/console/api/nodes")).nodes);

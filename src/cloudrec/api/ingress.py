@@ -1,0 +1,138 @@
+"""The ingress API: pull a stream into a room as a publisher.
+
+- ``POST /app/{appid}/v1/ingress`` ``{"roomid", "uid", "url"}`` → ``{"ingressid"}``;
+- ``GET /app/{appid}/v1/ingress/{ingressid}`` → ``data``: ``ingressid``, ``roomid``, ``uid``,
+  ``url`` (credentials redacted), ``state`` (connecting, active, retrying, error, stopped),
+  ``error`` (why, whenever it is not active), ``publishers`` (codecs, bitrate), ``since``;
+- ``GET /app/{appid}/v1/ingress?roomid=`` → ``data.ingresses``;
+- ``DELETE /app/{appid}/v1/ingress/{ingressid}`` ends it: its publishers leave the room.
+
+The recordoss verbs' rules apply: the AppID + Token headers, 10 requests/s per AppID and
+endpoint, validation answering 2101 naming the field, and the seed's envelope. An unknown
+ingressid answers 4013.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from cloudrec.api.auth import authenticate
+from cloudrec.api.ingress_front import IngressFront
+from cloudrec.api.metrics import ApiMetrics
+from cloudrec.api.recordoss import MAX_BODY, SeedResponse, envelope, error_response
+from cloudrec.api.trace import new_trace_id
+from cloudrec.config import Settings
+from cloudrec.diskfull import api_error
+from cloudrec.errors import CloudrecError, InvalidParameter
+from cloudrec.models import parse_request
+from cloudrec.models._fields import _SAFE_ID, MAX_ID_CHARS
+from cloudrec.models.ingress import IngressRequest
+
+log = logging.getLogger(__name__)
+
+BASE = "/app/{appid}/v1/ingress"
+Work = Callable[[int], Awaitable[dict[str, Any]]]
+
+
+class SeedRoutes:
+    """Auth → rate limit → the work → the seed's envelope, as the recordoss verbs answer."""
+
+    def __init__(self, settings: Settings, writes: Any, metrics: ApiMetrics | None) -> None:
+        self.settings = settings
+        self.writes = writes
+        self.metrics = metrics
+
+    async def handle(self, request: Request, appid: str, endpoint: str,
+                     work: Work) -> JSONResponse:
+        began = time.perf_counter()
+        response = await self._answer(request, appid, endpoint, work)
+        if self.metrics is not None:
+            self.metrics.observe(endpoint, response.code, time.perf_counter() - began)
+        return response
+
+    async def _answer(self, request: Request, appid: str, endpoint: str,
+                      work: Work) -> SeedResponse:
+        trace_id = request.query_params.get("traceId") or new_trace_id()
+        try:
+            numeric = appid.isascii() and appid.isdigit() and len(appid) < 12
+            path_appid = int(appid) if numeric else -1
+            authenticate(request, path_appid, self.settings)
+            await self.writes.check((path_appid, endpoint), f"{endpoint} per AppID")
+            extra = await work(path_appid)
+        except CloudrecError as exc:
+            return error_response(exc, trace_id)
+        except Exception as exc:
+            log.exception("%s failed (traceId %s)", endpoint, trace_id)
+            return error_response(api_error(exc), trace_id)
+        return SeedResponse(envelope(0, "success", trace_id, **extra))
+
+
+async def read_body(request: Request) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise InvalidParameter("body", f"larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_object(raw: bytes) -> bytes:
+    """An empty body is no JSON object here (``parse_request`` reads it as ``{}``)."""
+    if not raw.strip():
+        raise InvalidParameter("body", "must be a JSON object")
+    return raw
+
+
+def check_id(name: str, value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_ID_CHARS or not _SAFE_ID.fullmatch(value):
+        raise InvalidParameter(name, "may contain only letters, digits and _ - . @")
+    return value
+
+
+def ingress_router(settings: Settings, ingresses: IngressFront, writes: Any,
+                   metrics: ApiMetrics | None = None) -> APIRouter:
+    router = APIRouter()
+    seed = SeedRoutes(settings, writes, metrics)
+
+    @router.post(BASE)
+    async def create(appid: str, request: Request) -> JSONResponse:
+        async def work(app: int) -> dict[str, Any]:
+            req = parse_request(IngressRequest, json_object(await read_body(request)), app)
+            return {"ingressid": await ingresses.create(app, req)}
+
+        return await seed.handle(request, appid, "ingress", work)
+
+    @router.get(BASE)
+    async def list_ingresses(appid: str, request: Request) -> JSONResponse:
+        async def work(app: int) -> dict[str, Any]:
+            roomid = check_id("roomid", request.query_params.get("roomid"))
+            return {"data": {"ingresses": ingresses.list(app, roomid)}}
+
+        return await seed.handle(request, appid, "listingress", work)
+
+    @router.get(BASE + "/{ingressid}")
+    async def show(appid: str, ingressid: str, request: Request) -> JSONResponse:
+        async def work(app: int) -> dict[str, Any]:
+            check_id("ingressid", ingressid)
+            return {"ingressid": ingressid, "data": ingresses.get(app, ingressid)}
+
+        return await seed.handle(request, appid, "queryingress", work)
+
+    @router.delete(BASE + "/{ingressid}")
+    async def delete(appid: str, ingressid: str, request: Request) -> JSONResponse:
+        async def work(app: int) -> dict[str, Any]:
+            check_id("ingressid", ingressid)
+            return {"ingressid": ingressid, "data": await ingresses.delete(app, ingressid)}
+
+        return await seed.handle(request, appid, "deleteingress", work)
+
+    return router
