@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ import httpx
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.cluster import worker_id
 from cloudrec.config import Settings
+from cloudrec.ingest.publisher import PushIngest
 from cloudrec.media.push.fanout import ffmpeg_protocols
 from cloudrec.metrics import worker_snapshot
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
@@ -45,6 +46,7 @@ class Worker:
         self.id = worker_id(node, index)
         self.hub = hub or RoomHub()
         self.webrtc = WebRtcIngest(self.hub, **webrtc_options(settings))
+        self.push = PushIngest(self.hub)  # RTMP and SRT publishers, their streams from the front
         self.tasks = tasks
         self.service = RecordingService(settings, tasks, self.hub, outbox, worker_id=self.id,
                                         claim_unowned=index == 0)
@@ -76,6 +78,7 @@ class Worker:
         await self.relays.close()
         await self.relay_server.close()
         await self.webrtc.close()
+        await self.push.close()
         await self.hub.close()
 
     # -- relayed rooms --------------------------------------------------------------------------
@@ -136,6 +139,12 @@ class Worker:
 
     async def unpublish(self, session: str) -> dict[str, Any]:
         return {"found": await self.webrtc.unpublish(session)}
+
+    async def ingest_stream(self, appid: int, roomid: str, uid: str, transport: str, fmt: str,
+                            chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+        """An RTMP/SRT publisher's byte stream (``fmt`` ``flv`` or ``mpegts``), published in
+        the room until it ends; ``{"reason"}`` it ended for."""
+        return {"reason": await self.push.run(appid, roomid, uid, transport, fmt, chunks)}
 
     # -- recordings -----------------------------------------------------------------------------
 
