@@ -116,9 +116,10 @@ async def test_rtmp_and_srt_publishers_are_recorded(node: Node) -> None:
         probe = probe_playlist(playlist)
         assert (probe.video_codec, probe.audio_codec) == ("h264", "aac"), probe
         assert probe.width == 320 and probe.audio_rate == 48000
-        assert SECONDS - 3.5 <= probe.duration <= SECONDS + 1, probe
-        assert probe.video_frames >= (probe.duration - 1) * 15, probe
-        assert probe.audio_frames >= (probe.duration - 1) * 46, probe
+        # from the first keyframe after startrecord; live SRT loses FFmpeg's muxing delay
+        assert SECONDS - 1.5 <= probe.duration <= SECONDS + 0.5, probe
+        assert probe.video_frames >= probe.duration * 15 - 2, probe
+        assert probe.audio_frames >= probe.duration * 46.8 - 3, probe
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"{node.base}/metrics")).text
     started = {kind: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -147,7 +148,9 @@ async def test_h265_over_srt_is_recorded_as_h264(node: Node) -> None:
                         srt_url(node.settings["srt_port"], "hevc", "cam", token("hevc", "cam")))
     probe = probe_playlist(await record_push(node, "hevc", "cam", push))
     assert (probe.video_codec, probe.audio_codec) == ("h264", "aac"), probe
-    assert probe.duration >= SECONDS - 3.5 and probe.video_frames >= 30, probe
+    # x265's lookahead and the transcoder's first IDR cost a few seconds of a 6 s push
+    assert probe.duration >= SECONDS - 3.5, probe
+    assert probe.video_frames >= probe.duration * 15 - 2, probe
 
 
 async def test_in_process_rtmp_with_srt_off(tmp_path: Path,

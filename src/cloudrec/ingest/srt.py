@@ -178,16 +178,16 @@ class _Connection:
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         """Runs ``fn(conn, *args)`` on the loop; a failure there closes the connection."""
         def call() -> None:
-            if fn is self.server.handler.data:
+            if fn == self.server.handler.data:
                 self.queued.release()
             if self.done:
                 return
-            self.done = fn is self.server.handler.ended
+            self.done = fn == self.server.handler.ended
             try:
                 fn(self.info, *args)
             except Exception as exc:
                 logger.exception("srt ingest handler failed")
-                if fn is not self.server.handler.ended:
+                if fn != self.server.handler.ended:
                     self.close(f"handler error: {exc!r}")
         assert self.server._loop is not None
         self.server._loop.call_soon_threadsafe(call)
