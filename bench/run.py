@@ -16,6 +16,9 @@ stock aiortc's receive-only cost on the same streams in the same run (goals ≤ 
 cores per recording).
 Audio codecs (bench_audio.py): each AAC encoder setting's CPU, bit rate and SNR on voice-like,
 music-like and silent signals, mono 64 kbps and stereo 128 kbps, and the two Opus decoders.
+Push ingest (bench_ingest.py): 16 RTMP and 16 SRT publishers of H.264 + AAC at ~1 Mbps,
+recorded, in cores per stream beside ``ffmpeg -c copy -f hls`` doing the same remux (goals <= 0.01
+cores per stream and <= 1.3x FFmpeg).
 Cluster (bench_cluster.py): startrecord p50/p99 on 3 nodes on PostgreSQL + Redis, against one
 node. ``BENCH_QUICK=1`` shortens both (shorter holds, fewer cycles).
 WHEP (bench_whep.py): cost per viewer at ``BENCH_WHEP_VIEWERS`` (50) viewers of one 720p
@@ -39,6 +42,7 @@ import bench_api  # noqa: E402
 import bench_audio  # noqa: E402
 import bench_capacity  # noqa: E402
 import bench_cluster  # noqa: E402
+import bench_ingest  # noqa: E402
 import bench_load  # noqa: E402
 import bench_mixed  # noqa: E402
 import bench_receive  # noqa: E402
@@ -150,6 +154,7 @@ def main() -> None:
         print("\n".join(bench_whep.run(clip720)), flush=True)
         print("\n".join(bench_capacity.run(clip)), flush=True)
         print("\n".join(bench_cluster.run(clip)), flush=True)
+    print("\n".join(bench_ingest.run()), flush=True)
     print("\n".join(bench_storage.run()), flush=True)
     print("\n".join(bench_audio.run()), flush=True)
     print("\n".join(bench_mixed.run()), flush=True)

@@ -137,6 +137,8 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         # Admission from measured CPU has its own tests (test_directory, test_cluster); here it
         # would refuse work whenever a shared CI box is busy.
         max_cpu=64.0,
+        rtmp_port=0,  # push ingest off unless a test turns it on (1935/8890 may be taken)
+        srt_port=0,
         apps=(AppConfig(APPID, KEY, SECRET), AppConfig(10035, "other-key", "other-secret")),
     )
     return replace(base, **overrides)

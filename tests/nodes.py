@@ -22,6 +22,7 @@ class Node:
         self.settings = {"data_dir": str(data_dir), "port": self.port, "idle_timeout_s": 6,
                          "segment_seconds": 1.0, "log_level": "warning",
                          "max_cpu": 64.0,  # as in helpers.make_settings; tests may lower it
+                         "rtmp_port": 0, "srt_port": 0,  # push ingest off unless asked for
                          **settings}
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config = data_dir / "cloudrec.toml"

@@ -63,6 +63,11 @@ class Settings:
     ice_port_max: int = 0
     # -- WHEP playback ------------------------------------------------------------------------
     max_viewers: int = 50  # WHEP viewers of one room at most (more answer 503)
+    # -- push ingest (RTMP, SRT) ---------------------------------------------------------------
+    rtmp_port: int = 1935  # RTMP publishers (RTMPS with tls_cert/tls_key); 0: off
+    srt_port: int = 8890  # SRT publishers (UDP); 0: off
+    tls_cert: str = ""  # PEM certificate chain: the RTMP port speaks RTMPS
+    tls_key: str = ""  # its PEM private key
     # -- storage ------------------------------------------------------------------------------
     allow_private_storage: bool = False  # may storagecfg.endpoint be a loopback/private address
     # -- operators (the console at /, /docs) ---------------------------------------------------
@@ -247,6 +252,7 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("port", f"is {s.port}, not a TCP port (1-65535)",
                           f"set a port from 1 to 65535 {_where('port')}")
     _check_ice(s)
+    _check_ingest(s)
     if not (math.isfinite(s.max_cpu) and s.max_cpu > 0):
         raise ConfigError("max_cpu", f"is {s.max_cpu}, not a positive number (the cores of "
                           "each worker a node admits work up to)",
@@ -291,6 +297,22 @@ def _check_ice(s: Settings) -> None:
         raise ConfigError(name, f"is {getattr(s, name)}, not a UDP port (1-65535)", fix)
     if low > high:
         raise ConfigError("ice_port_min", f"is {low}, above ice_port_max {high}", fix)
+
+
+def _check_ingest(s: Settings) -> None:
+    for name in ("rtmp_port", "srt_port"):
+        if not 0 <= getattr(s, name) <= 65535:
+            raise ConfigError(name, f"is {getattr(s, name)}, not a port (1-65535, or 0: off)",
+                              f"set a port from 1 to 65535, or 0 to turn it off, {_where(name)}")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        missing = "tls_key" if s.tls_cert else "tls_cert"
+        raise ConfigError(missing, "is empty while the other TLS file is set",
+                          f"set both tls_cert and tls_key (PEM files) or neither {_where(missing)}")
+    for name in ("tls_cert", "tls_key"):
+        path = getattr(s, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(name, f"names {path!r}, which is not a readable file",
+                              f"point it at a PEM file {_where(name)}")
 
 
 def _check_cluster(s: Settings) -> None:

@@ -42,6 +42,9 @@ class Counters:
         self.frames_dropped = 0
         self.recordings_started: dict[str, int] = {}  # type -> n
         self.recordings_stopped: dict[str, int] = {}  # "type/reason" -> n
+        self.ingests_active: dict[str, int] = {}  # push publishers now, by kind ("rtmp", "srt")
+        self.ingests_started: dict[str, int] = {}  # kind -> n
+        self.ingest_reconnects: dict[str, int] = {}  # kind -> publishes of a uid just seen
 
     def stored(self, name: str, size: int) -> None:
         self.files_stored += 1
@@ -158,4 +161,7 @@ def worker_snapshot(hub: Rooms, service: Recordings) -> dict[str, Any]:
         "frames_received": hub.frames_received(),
         "frames_skipped": skipped,
         "frames_dropped": dropped,
+        "ingests_active": dict(counters.ingests_active),
+        "ingests_started": dict(counters.ingests_started),
+        "ingest_reconnects": dict(counters.ingest_reconnects),
     }

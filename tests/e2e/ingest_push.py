@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 import av
 
 from cloudrec.ingest import IngestConnection
+from cloudrec.ingest.demux import demux_frames
+from cloudrec.ingest.flv import FlvReader
 from cloudrec.media.codecs.h264 import split_annexb
 from cloudrec.mediatypes import EncodedFrame
 
@@ -29,6 +32,8 @@ class Recorder:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     frames: dict[str, list[EncodedFrame]] = field(default_factory=dict)
     authorized: list[tuple[int, str, str]] = field(default_factory=list)
+    readers: dict[str, FlvReader] = field(default_factory=dict)
+    streams: dict[str, bytearray] = field(default_factory=dict)
 
     async def authorize(self, appid: int, roomid: str, uid: str, token: str) -> None:
         if token != GOOD:
@@ -39,10 +44,29 @@ class Recorder:
         self.events.append(("started", conn.uid, ""))
         self.frames.setdefault(conn.uid, [])
 
+    def data(self, conn: IngestConnection, chunk: bytes) -> None:
+        """FLV is parsed as it comes (as the worker does); MPEG-TS is kept and demuxed at
+        the end, with the worker's PyAV demuxer."""
+        if conn.fmt == "flv":
+            reader = self.readers.setdefault(conn.uid, FlvReader(conn.epoch))
+            for frame in reader.feed(chunk):
+                self.frame(conn, frame)
+        else:
+            self.streams.setdefault(conn.uid, bytearray()).extend(chunk)
+
     def frame(self, conn: IngestConnection, frame: EncodedFrame) -> None:
         self.frames.setdefault(conn.uid, []).append(frame)
 
     def ended(self, conn: IngestConnection, reason: str) -> None:
+        stream = self.streams.pop(conn.uid, None)
+        if stream:
+            def deliver(frame: EncodedFrame) -> bool:
+                self.frame(conn, frame)
+                return True
+            try:
+                demux_frames(io.BytesIO(bytes(stream)), conn.epoch, deliver)
+            except (av.FFmpegError, ValueError):
+                pass  # garbage: no frames
         self.events.append(("ended", conn.uid, reason))
 
     async def wait_ended(self, uid: str, timeout: float = 5.0) -> None:

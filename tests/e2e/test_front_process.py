@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
 from tests.nodes import Node
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -31,7 +32,8 @@ def media_libraries(pid: int) -> set[str]:
 
 
 async def test_the_front_maps_no_media_library_and_its_workers_do(tmp_path: Path) -> None:
-    node = Node(tmp_path, workers=2).start()
+    # with the RTMP and SRT listeners on: they run in the front and move bytes only
+    node = Node(tmp_path, workers=2, rtmp_port=free_port(), srt_port=free_port()).start()
     try:
         await node.ready()
         health = await node.health()
@@ -42,5 +44,6 @@ async def test_the_front_maps_no_media_library_and_its_workers_do(tmp_path: Path
             assert any(name.startswith("libavcodec") for name in media_libraries(pid)), \
                 mapped_files(pid)
         assert media_libraries(node.proc.pid) == set()
+        assert any(name.startswith("libsrt") for name in mapped_files(node.proc.pid))
     finally:
         node.stop()

@@ -67,6 +67,7 @@ class Front:
         self._remote: dict[str, HttpWorkerClient] = {}
         self._orphaned_since: dict[str, float] = {}
         self._loops: list[asyncio.Task[None]] = []
+        self.push: Any = None  # the RTMP/SRT listeners (cloudrec.ingest.gateway.PushGateway)
 
     def _in_process_worker(self) -> InProcessWorker:
         """``workers = 1``: the front is its own worker. The only place the front loads the
@@ -90,10 +91,28 @@ class Front:
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._every(HEARTBEAT_S, self.heartbeat)),
                        loop.create_task(self._every(SWEEP_S, self.sweep_orphans))]
+        await self._open_push()
+
+    async def _open_push(self) -> None:
+        """The RTMP and SRT listeners (``rtmp_port``, ``srt_port``; 0 turns one off). They
+        move bytes only: the ingest package's front side loads no media library."""
+        s = self.settings
+        if not (s.rtmp_port or s.srt_port):
+            return
+        from cloudrec.ingest.gateway import PushGateway
+
+        def secret_for(appid: int) -> str | None:
+            app = s.app(appid)
+            return app.secret if app else None
+
+        self.push = PushGateway(self, secret_for)
+        await self.push.start(s.host, s.rtmp_port, s.srt_port, s.tls_cert, s.tls_key)
 
     async def close(self) -> None:
         """Drain: take no new rooms, finish this node's recordings, leave the cluster."""
         self.draining = True
+        if self.push is not None:
+            await self.push.close()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

@@ -109,6 +109,15 @@ class NodeCollector(Collector):
         yield from self._by(snapshots, "cloudrec_frames_received",
                             "Encoded frames received from WebRTC publishers, by kind",
                             "frames_received", ["kind"])
+        yield from self._by(snapshots, "cloudrec_ingests_active",
+                            "Push publishers (RTMP, SRT) being received, by kind",
+                            "ingests_active", ["kind"], gauge=True)
+        yield from self._by(snapshots, "cloudrec_ingests_started",
+                            "Push publishers (RTMP, SRT) that started, by kind",
+                            "ingests_started", ["kind"])
+        yield from self._by(snapshots, "cloudrec_ingest_reconnects",
+                            "Push publishes of a uid that was publishing or had just left, by "
+                            "kind", "ingest_reconnects", ["kind"])
         cpu = GaugeMetricFamily("cloudrec_worker_cpu",
                                 "Measured CPU of each worker's process tree, in cores",
                                 labels=labels)

@@ -6,19 +6,17 @@ accepts publishers and reports to one :class:`IngestHandler`:
 1. ``await handler.authorize(appid, roomid, uid, token)`` before anything is accepted; raising
    refuses the publisher (the client sees an error and gives up; a WARNING names app/room/uid);
 2. ``handler.started(conn)`` once the publisher is accepted;
-3. ``handler.frame(conn, frame)`` for every :class:`~cloudrec.mediatypes.EncodedFrame`;
+3. ``handler.data(conn, chunk)`` for the publisher's media as a byte stream in ``conn.fmt``;
 4. ``handler.ended(conn, reason)`` exactly once after ``started``, whatever ends the connection.
 
-``started``, ``frame`` and ``ended`` are plain functions called on the event loop thread, in
+``started``, ``data`` and ``ended`` are plain functions called on the event loop thread, in
 order, never concurrently. An exception from one of them closes that connection (and is logged);
 it never reaches the listener. ``conn.close()`` lets the handler drop a publisher itself.
 
-Frames: video ``h264`` is one Annex B access unit with SPS/PPS in front of every keyframe,
-timestamps in 90 kHz; audio ``aac`` is one frame with its 7-byte ADTS header, timestamps in its
-sample rate. Both count from the first media of the connection (one origin for both kinds, so
-they stay in sync) and ``epoch`` is unique per connection. Other codecs arrive under their own
-name (``h265``, ``mp3``, ``pcma``, ...) with the data as the container carried it, so that the
-caller can refuse or transcode them; nothing is dropped silently.
+The byte stream: ``"flv"`` from RTMP (an FLV header, then the publisher's audio and video
+messages as FLV tags, timestamps as sent), ``"mpegts"`` from SRT (the payload as received).
+The listeners never parse media: the worker that owns the room demuxes the stream
+(:mod:`cloudrec.ingest.flv`, :mod:`cloudrec.ingest.demux`), so this side loads no media library.
 """
 
 from __future__ import annotations
@@ -30,12 +28,12 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import parse_qs
 
-from ..mediatypes import EncodedFrame
-
-__all__ = ["IngestConnection", "IngestHandler", "IngestRefused", "StreamName", "Timeline",
-           "parse_rtmp_name", "parse_srt_streamid"]
+__all__ = ["FLV_HEADER", "IngestConnection", "IngestHandler", "IngestRefused", "StreamName",
+           "Timeline", "flv_tag", "parse_rtmp_name", "parse_srt_streamid"]
 
 Transport = Literal["rtmp", "srt"]
+#: An FLV file header (audio and video present) and the first PreviousTagSize.
+FLV_HEADER = b"FLV\x01\x05\x00\x00\x00\x09" + bytes(4)
 _epochs = itertools.count(1)
 
 
@@ -55,16 +53,16 @@ class StreamName:
 
 @dataclass(eq=False)
 class IngestConnection:
-    """One accepted publisher. ``codecs`` fills in as media arrives (``{"video": "h264"}``)."""
+    """One accepted publisher; ``fmt`` is its byte stream's format, ``flv`` or ``mpegts``."""
 
     transport: Transport
     appid: int
     roomid: str
     uid: str
     peer: str
+    fmt: str = "flv"
     epoch: int = field(default_factory=lambda: next(_epochs))
     since: float = field(default_factory=time.time)
-    codecs: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, object] = field(default_factory=dict)  # RTMP onMetaData, as sent
     bytes_in: int = 0
     _closer: Callable[[str], None] | None = field(default=None, repr=False)
@@ -84,8 +82,8 @@ class IngestHandler(Protocol):
     def started(self, conn: IngestConnection) -> None:
         """A publisher was accepted; frames follow."""
 
-    def frame(self, conn: IngestConnection, frame: EncodedFrame) -> None:
-        """One encoded frame of ``conn``."""
+    def data(self, conn: IngestConnection, chunk: bytes) -> None:
+        """The next bytes of ``conn``'s stream."""
 
     def ended(self, conn: IngestConnection, reason: str) -> None:
         """``conn`` is gone: ``"unpublished"``, ``"closed"``, an error, or a ``close`` reason."""
@@ -127,6 +125,13 @@ def parse_srt_streamid(streamid: str) -> StreamName:
     if not path:
         path, token = rest, ""
     return _split_path(path, token)
+
+
+def flv_tag(tag_type: int, timestamp_ms: int, body: bytes) -> bytes:
+    """One FLV tag (8 audio, 9 video) with its PreviousTagSize."""
+    ts = timestamp_ms & 0xFFFFFFFF
+    return (bytes((tag_type,)) + len(body).to_bytes(3, "big") + (ts & 0xFFFFFF).to_bytes(3, "big")
+            + bytes((ts >> 24, 0, 0, 0)) + body + (len(body) + 11).to_bytes(4, "big"))
 
 
 class Timeline:

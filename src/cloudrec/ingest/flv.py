@@ -120,3 +120,59 @@ class FlvDemuxer:
         self.codecs[kind] = codec
         return EncodedFrame(kind, codec, data, self.timeline.at(t_ms, rate), rate,  # type: ignore[arg-type]
                             time.monotonic(), keyframe, self.epoch)
+
+
+class FlvReader:
+    """An FLV byte stream (as :class:`~cloudrec.ingest.rtmp.RtmpServer` re-emits it) into
+    EncodedFrames: ``feed`` takes any slice of the stream and returns the frames it completes.
+
+    Memory is bounded: a tag may be at most :data:`MAX_TAG` bytes; anything that is not FLV
+    raises ``ValueError``.
+    """
+
+    MAX_TAG = 16 << 20
+
+    def __init__(self, epoch: int) -> None:
+        self.demux = FlvDemuxer(epoch)
+        self._buf = bytearray()
+        self._header = False
+
+    @property
+    def codecs(self) -> dict[str, str]:
+        return self.demux.codecs
+
+    def feed(self, data: bytes) -> list[EncodedFrame]:
+        buf = self._buf
+        buf += data
+        if not self._header:
+            if len(buf) < 13:
+                return []
+            if buf[:3] != b"FLV":
+                raise ValueError("not an FLV stream")
+            skip = int.from_bytes(buf[5:9], "big") + 4
+            if not 9 <= skip - 4 <= 64:
+                raise ValueError("bad FLV header")
+            if len(buf) < skip:
+                return []
+            del buf[:skip]
+            self._header = True
+        out: list[EncodedFrame] = []
+        pos = 0
+        while len(buf) - pos >= 11:
+            size = int.from_bytes(buf[pos + 1:pos + 4], "big")
+            if size > self.MAX_TAG:
+                raise ValueError(f"FLV tag of {size} bytes")
+            end = pos + 11 + size + 4
+            if len(buf) < end:
+                break
+            tag_type = buf[pos] & 0x1F
+            ts = int.from_bytes(buf[pos + 4:pos + 7], "big") | (buf[pos + 7] << 24)
+            body = bytes(buf[pos + 11:pos + 11 + size])
+            frame = (self.demux.video(body, ts) if tag_type == 9
+                     else self.demux.audio(body, ts) if tag_type == 8 else None)
+            if frame is not None:
+                out.append(frame)
+            pos = end
+        if pos:
+            del buf[:pos]
+        return out

@@ -28,7 +28,14 @@ import time
 from typing import Any
 
 from . import amf0
-from .base import IngestConnection, IngestHandler, IngestRefused, parse_rtmp_name
+from .base import (
+    FLV_HEADER,
+    IngestConnection,
+    IngestHandler,
+    IngestRefused,
+    flv_tag,
+    parse_rtmp_name,
+)
 from .chunks import (
     ABORT,
     ACK,
@@ -49,7 +56,6 @@ from .chunks import (
     RtmpProtocolError,
     server_handshake,
 )
-from .flv import FlvDemuxer
 
 logger = logging.getLogger(__name__)
 __all__ = ["RtmpServer"]
@@ -137,18 +143,26 @@ class _Session:
         self.handshaken = False
         self.app = ""
         self.conn: IngestConnection | None = None
-        self.demux: FlvDemuxer | None = None
+        self.stream_id = 0
         self.metadata: dict[str, Any] = {}
         self.peer_window = WINDOW
         self.acked = 0
         self.next_stream_id = 1
         self.reason: str | None = None
         self.published = False
+        self.told = False  # an error status was sent: close gracefully so that it arrives
 
     def drop(self, reason: str) -> None:
-        """Ends the connection from outside the read loop."""
+        """Ends the connection from outside the read loop. While publishing, the publisher is
+        told why first (an ``onStatus`` error: OBS shows it, FFmpeg logs it)."""
         if self.reason is None:
             self.reason = reason
+        if self.conn is not None and not self.writer.is_closing():
+            with contextlib.suppress(Exception):
+                self._status(self.stream_id, "error", "NetStream.Publish.Failed", reason)
+                self.told = True
+                self.writer.close()  # the status goes out first
+                return
         self.writer.transport.abort()
 
     async def run(self) -> None:
@@ -175,16 +189,17 @@ class _Session:
 
     async def _finish(self) -> None:
         self._end(self.reason or "closed")
-        if (self.reason or "").startswith("refused"):
+        if (self.reason or "").startswith("refused") or self.told:
             self.writer.close()  # the error status goes out before the socket closes
         else:
             self.writer.transport.abort()
         with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
+            await asyncio.wait_for(self.writer.wait_closed(), 5.0)
+        self.writer.transport.abort()
 
     def _end(self, reason: str) -> None:
         """Ends the publication (``ended`` once); the connection may linger until closed."""
-        conn, self.conn, self.demux = self.conn, None, None
+        conn, self.conn = self.conn, None
         if conn is None:
             return
         conn._closer = None
@@ -275,17 +290,18 @@ class _Session:
                                       str(exc) or type(exc).__name__)
         if self.reason is not None:  # dropped while authorizing
             return
-        conn = IngestConnection("rtmp", sn.appid, sn.roomid, sn.uid, self.peer)
+        conn = IngestConnection("rtmp", sn.appid, sn.roomid, sn.uid, self.peer, "flv")
         conn.metadata = self.metadata
         conn._closer = self.drop
-        self.demux = FlvDemuxer(conn.epoch)
-        conn.codecs = self.demux.codecs
+        self.stream_id = stream_id
         self.out.control(USER_CONTROL, b"\x00\x00" + stream_id.to_bytes(4, "big"))
         self._status(stream_id, "status", "NetStream.Publish.Start", f"{name} is now published")
         self.conn = conn
         logger.info("rtmp publisher %s/%s/%s from %s", conn.appid, conn.roomid, conn.uid,
                     self.peer)
         self._call(self.handler.started, conn)
+        if self.conn is conn:
+            self._call(self.handler.data, conn, FLV_HEADER)
 
     async def _refuse(self, stream_id: int, appid: object, roomid: str, uid: str,
                       why: str) -> None:
@@ -305,13 +321,12 @@ class _Session:
     # media
 
     def _media(self, type_: int, body: bytes, timestamp: int) -> None:
-        conn, demux = self.conn, self.demux
-        if conn is None or demux is None:
+        """One audio or video message, handed on as an FLV tag (never parsed here)."""
+        conn = self.conn
+        if conn is None or not body:
             return  # media before publish is ignored, as servers do
         conn.bytes_in += len(body)
-        frame = demux.video(body, timestamp) if type_ == VIDEO else demux.audio(body, timestamp)
-        if frame is not None:
-            self._call(self.handler.frame, conn, frame)
+        self._call(self.handler.data, conn, flv_tag(type_, timestamp, body))
 
     def _aggregate(self, m: Message) -> None:
         """An aggregate message: FLV tags back to back, their times relative to the first."""

@@ -1,4 +1,4 @@
-"""An SRT listener for publishers sending MPEG-TS: libsrt through ctypes, PyAV's demuxer.
+"""An SRT listener for publishers sending MPEG-TS: libsrt through ctypes.
 
 ``srt://HOST:PORT?streamid=publish:{appid}/{roomid}/{uid}:{token}``. libsrt calls the listen
 callback with the ``streamid`` during the handshake; the callback runs ``handler.authorize`` on
@@ -7,11 +7,12 @@ unauthorized, 1503 when full), so a refused caller never gets a connection (FFmp
 "connection rejected") and a WARNING names app/room/uid.
 
 Each accepted connection has one thread: it receives SRT messages (libsrt's buffers are bounded,
-a stalled or vanished peer breaks the connection after ``SRTO_PEERIDLETIMEO``) and PyAV demuxes
-the MPEG-TS from them. H.264 leaves as Annex B access units with SPS/PPS in front of keyframes,
-AAC as ADTS frames; other codecs under FFmpeg's codec name (``hevc`` as ``h265``). Frames reach
-the handler on the event loop, at most :data:`MAX_QUEUED` per connection in flight: a slow loop
-makes the thread wait, and libsrt then drops late packets, so memory stays bounded.
+a stalled or vanished peer breaks the connection after ``SRTO_PEERIDLETIMEO``) and hands their
+payload, the MPEG-TS as sent, to ``handler.data`` on the event loop (``conn.fmt == "mpegts"``),
+at most :data:`MAX_QUEUED` messages per connection in flight: a slow loop makes the thread
+wait, and libsrt then drops late packets, so memory stays bounded. Nothing is demuxed here: the
+worker that owns the room does it (:mod:`cloudrec.ingest.demux`), so the listener loads no
+media library.
 """
 
 from __future__ import annotations
@@ -24,18 +25,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..media.codecs.aac import parse_adts, parse_asc
-from ..media.codecs.h264 import access_unit, parse_avc_config, split_annexb
-from ..mediatypes import EncodedFrame
 from . import libsrt
-from .base import IngestConnection, IngestHandler, IngestRefused, Timeline, parse_srt_streamid
+from .base import IngestConnection, IngestHandler, IngestRefused, parse_srt_streamid
 
 logger = logging.getLogger(__name__)
 __all__ = ["SrtServer"]
 
 MAX_QUEUED = 256
+BATCH_S = 0.04  # messages joined into one hand-off, at most this long after the first
+BATCH_BYTES = 64 * 1024
 AUTHORIZE_TIMEOUT = 5.0
-CODEC_NAMES = {"hevc": "h265", "mpeg4": "mpeg4", "pcm_alaw": "pcma", "pcm_mulaw": "pcmu"}
 
 
 class SrtServer:
@@ -66,7 +65,7 @@ class SrtServer:
         sock = libsrt.check(so.srt_create_socket(), "srt_create_socket")
         try:
             # options set on the listener are inherited by the sockets it accepts
-            libsrt.set_int(sock, libsrt.RCVTIMEO, 500)
+            libsrt.set_int(sock, libsrt.RCVTIMEO, int(BATCH_S * 1000))
             libsrt.set_int(sock, libsrt.LATENCY, self.latency_ms)
             libsrt.set_int(sock, libsrt.PEERIDLETIMEO, self.peer_idle_timeout_ms)
             addr = libsrt.sockaddr(self.host, self.port)
@@ -153,7 +152,8 @@ class SrtServer:
             logger.warning("srt connection from %s dropped: %s", peer, exc)
             libsrt.lib().srt_close(sock)
             return
-        conn = _Connection(self, sock, IngestConnection("srt", sn.appid, sn.roomid, sn.uid, peer))
+        conn = _Connection(self, sock, IngestConnection("srt", sn.appid, sn.roomid, sn.uid, peer,
+                                                          "mpegts"))
         self.connections.add(conn)
         logger.info("srt publisher %s/%s/%s from %s", sn.appid, sn.roomid, sn.uid, peer)
         conn.post(self.handler.started)
@@ -161,12 +161,13 @@ class SrtServer:
 
 
 class _Connection:
-    """One accepted SRT socket, its receiving and demuxing thread, and its frame hand-off."""
+    """One accepted SRT socket, its receiving thread, and its hand-off to the loop."""
 
     def __init__(self, server: SrtServer, sock: int, info: IngestConnection) -> None:
         self.server, self.sock, self.info = server, sock, info
         self.reason: str | None = None
         self.done = False  # ended() was called, on the loop
+        self.ended = False  # the socket has nothing more to give
         self._buf = ctypes.create_string_buffer(2048)
         self.queued = threading.Semaphore(MAX_QUEUED)
         self.thread = threading.Thread(target=self._run, name=f"srt-{sock}", daemon=True)
@@ -180,16 +181,16 @@ class _Connection:
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         """Runs ``fn(conn, *args)`` on the loop; a failure there closes the connection."""
         def call() -> None:
-            if fn is self.server.handler.frame:
+            if fn == self.server.handler.data:
                 self.queued.release()
             if self.done:
                 return
-            self.done = fn is self.server.handler.ended
+            self.done = fn == self.server.handler.ended
             try:
                 fn(self.info, *args)
             except Exception as exc:
                 logger.exception("srt ingest handler failed")
-                if fn is not self.server.handler.ended:
+                if fn != self.server.handler.ended:
                     self.close(f"handler error: {exc!r}")
         assert self.server._loop is not None
         self.server._loop.call_soon_threadsafe(call)
@@ -197,8 +198,9 @@ class _Connection:
     def _run(self) -> None:
         reason = "closed"
         try:
-            reason = _demux(self)
-        except Exception as exc:  # noqa: BLE001 - the peer's bytes can fail PyAV in any way
+            while (chunk := self.read()) and self.deliver(chunk) and not self.ended:
+                pass
+        except Exception as exc:  # noqa: BLE001 - must end with ended(), whatever failed
             reason = f"stream error: {exc}"
             logger.info("srt %s: %s", self.info.peer, reason)
         finally:
@@ -211,87 +213,38 @@ class _Connection:
             logger.info("srt publisher %s/%s/%s left: %s", self.info.appid, self.info.roomid,
                         self.info.uid, reason)
 
-    def read(self, size: int) -> bytes:
-        """The next SRT message (what PyAV's reader asks for); b"" once the connection ended."""
-        buf, so = self._buf, libsrt.lib()
+    def read(self) -> bytes:
+        """The next SRT messages, joined: what arrives within :data:`BATCH_S` of the first
+        (up to :data:`BATCH_BYTES`), so that the loop is called some 25 times a second per
+        publisher rather than once per 1316-byte message; b"" once the connection ended."""
+        buf, so, size, first = self._buf, libsrt.lib(), 0, 0.0
+        parts: list[bytes] = []
         while self.reason is None:
             n = so.srt_recvmsg(self.sock, buf, len(buf))
             if n > 0:
                 self.info.bytes_in += n
-                return buf.raw[:n]
-            if n == libsrt.ERROR and libsrt.last_error()[0] in (libsrt.E_ASYNCRCV,
-                                                                  libsrt.E_TIMEOUT):
-                continue
-            return b""
-        return b""
+                if not parts:
+                    first = time.monotonic()
+                parts.append(buf.raw[:n])
+                size += n
+                if size < BATCH_BYTES and time.monotonic() - first < BATCH_S:
+                    continue
+            elif not (n == libsrt.ERROR and libsrt.last_error()[0] in (libsrt.E_ASYNCRCV,
+                                                                       libsrt.E_TIMEOUT)):
+                self.ended = True
+            if parts or self.ended:
+                break
+        data = b"".join(parts)
+        if not data:
+            self.ended = True
+        return data
 
-    def deliver(self, frame: EncodedFrame) -> bool:
-        """Hands ``frame`` to the loop, waiting while :data:`MAX_QUEUED` are in flight."""
+    def deliver(self, chunk: bytes) -> bool:
+        """Hands ``chunk`` to the loop, waiting while :data:`MAX_QUEUED` are in flight."""
         while not self.queued.acquire(timeout=0.5):
             if self.reason is not None:
                 return False
         if self.reason is not None:
             return False
-        self.info.codecs[frame.kind] = frame.codec
-        self.post(self.server.handler.frame, frame)
+        self.post(self.server.handler.data, chunk)
         return True
-
-
-def _demux(conn: _Connection) -> str:
-    """Reads MPEG-TS from ``conn`` until it ends; returns why it ended."""
-    import av  # PyAV only where SRT media is demuxed
-
-    options = {"probesize": "1000000", "analyzeduration": "1000000", "fpsprobesize": "0"}
-    with av.open(conn, mode="r", format="mpegts", options=options) as container:
-        timeline, params = Timeline(90000), dict[int, bytes]()
-        if container.start_time is not None:  # the earliest stream's start, in microseconds
-            timeline.origin = container.start_time * 9 // 100
-        for packet in container.demux():
-            if packet.size == 0 or packet.stream.type not in ("video", "audio"):
-                continue
-            t = packet.pts if packet.pts is not None else packet.dts
-            if t is None:
-                continue
-            tb = packet.stream.time_base
-            if tb is None:
-                continue
-            t = t * 90000 * tb.numerator // tb.denominator
-            ctx = packet.stream.codec_context
-            name = CODEC_NAMES.get(ctx.name, ctx.name)
-            data, keyframe = bytes(packet), bool(packet.is_keyframe)
-            if packet.stream.type == "video":
-                rate = 90000
-                if name == "h264":
-                    index = packet.stream.index
-                    params[index] = params.get(index) or _annexb_params(ctx.extradata)
-                    data, keyframe = access_unit(split_annexb(data), keyframe, params[index])
-            else:
-                keyframe = True
-                rate = getattr(ctx, "sample_rate", 0) or 90000
-                if name == "aac":
-                    data, rate = _adts(data, ctx.extradata, rate)
-            frame = EncodedFrame(packet.stream.type, name, data, timeline.at(t, rate), rate,
-                                 time.monotonic(), keyframe, conn.info.epoch)
-            if not conn.deliver(frame):
-                break
-    return conn.reason or "closed"
-
-
-def _annexb_params(extradata: bytes | None) -> bytes:
-    """Annex B SPS/PPS from a stream's extradata (Annex B already, or an avcC record)."""
-    if not extradata:
-        return b""
-    if extradata[0] == 1:
-        return parse_avc_config(extradata).annexb
-    return extradata
-
-
-def _adts(data: bytes, extradata: bytes | None, rate: int) -> tuple[bytes, int]:
-    """An AAC frame with its ADTS header (added from the AudioSpecificConfig when missing)."""
-    config = parse_adts(data)
-    if config is not None:
-        return data, config.sample_rate
-    if not extradata:
-        raise ValueError("AAC without ADTS headers or an AudioSpecificConfig")
-    config = parse_asc(extradata)
-    return config.adts(data), config.sample_rate

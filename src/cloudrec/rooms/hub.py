@@ -102,7 +102,7 @@ class RoomHub:
         for pub in self._local:
             info = pub.info
             out.append({"appid": pub.key[0], "roomid": pub.key[1], "uid": pub.uid,
-                        "epoch": pub.epoch, "state": pub.upstream.state,
+                        "epoch": pub.epoch, "state": pub.upstream.state, "origin": pub.origin,
                         "kinds": sorted(info.kinds), "video_codec": info.video_codec,
                         "audio_codec": info.audio_codec, "joined_at": info.joined_at,
                         **pub.stats.as_dict()})

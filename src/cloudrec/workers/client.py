@@ -8,13 +8,15 @@ its JSON dump, rebuilt into the same model on the other side (:mod:`cloudrec.wor
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import httpx
 
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
 from cloudrec.workers.wire import (
+    ARGS_HEADER,
     SECRET_HEADER,
     WorkerUnavailable,
     check_op,
@@ -48,6 +50,10 @@ class WorkerClient:
     worker raised, and a worker that cannot be reached raises :class:`WorkerUnavailable`."""
 
     async def _call(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _stream(self, op: str, args: dict[str, Any],
+                      chunks: AsyncIterator[bytes]) -> dict[str, Any]:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -88,6 +94,16 @@ class WorkerClient:
         result = await self._call("room_publishers", {"appid": appid, "roomid": roomid},
                                   timeout)
         return [str(uid) for uid in result["uids"]]
+
+    async def ingest_stream(self, appid: int, roomid: str, uid: str, transport: str, fmt: str,
+                            chunks: AsyncIterator[bytes]) -> str:
+        """An RTMP/SRT publisher's media (``fmt`` ``"flv"`` or ``"mpegts"``) to the worker
+        that owns the room; returns when the publication ended, with why. No timeout: it lasts
+        as long as the publisher."""
+        result = await self._stream("ingest_stream", {
+            "appid": appid, "roomid": roomid, "uid": uid, "transport": transport, "fmt": fmt},
+            chunks)
+        return str(result.get("reason") or "ended")
 
     # -- recordings -----------------------------------------------------------------------------
 
@@ -156,6 +172,11 @@ class LocalWorkerClient(WorkerClient):
         check_op(op)
         return dict(await getattr(self.worker, op)(**args))
 
+    async def _stream(self, op: str, args: dict[str, Any],
+                      chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+        check_op(op)
+        return dict(await getattr(self.worker, op)(**args, chunks=chunks))
+
 
 class HttpWorkerClient(WorkerClient):
     def __init__(self, url: str, secret: str) -> None:
@@ -171,6 +192,23 @@ class HttpWorkerClient(WorkerClient):
         except (httpx.HTTPError, ValueError) as exc:
             raise WorkerUnavailable(
                 f"worker at {self.url} did not answer ({type(exc).__name__})") from exc
+        if "error" in answer:
+            raise decode_error(answer["error"])
+        return dict(answer["ok"])
+
+    async def _stream(self, op: str, args: dict[str, Any],
+                      chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+        """A streaming POST: the body is ``chunks``, no read or write timeout. A worker that
+        ends the stream early answers before the body is done (the answer is read anyway)."""
+        try:
+            r = await self._http.post(
+                f"{self.url}/internal/{op}", content=chunks,
+                headers={ARGS_HEADER: json.dumps(encode_args(args))},
+                timeout=httpx.Timeout(10.0, read=None, write=None))
+            answer = r.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise WorkerUnavailable(
+                f"worker at {self.url} dropped the stream ({type(exc).__name__})") from exc
         if "error" in answer:
             raise decode_error(answer["error"])
         return dict(answer["ok"])

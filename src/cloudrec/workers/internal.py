@@ -4,13 +4,20 @@ worker (see :mod:`cloudrec.workers.wire` for what travels)."""
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from cloudrec.workers.wire import SECRET_HEADER, check_op, decode_args, encode_error
+from cloudrec.workers.wire import (
+    ARGS_HEADER,
+    SECRET_HEADER,
+    check_op,
+    decode_args,
+    encode_error,
+)
 
 
 async def dispatch(worker: Any, op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -22,6 +29,23 @@ async def dispatch(worker: Any, op: str, args: dict[str, Any]) -> dict[str, Any]
 def internal_router(worker_for: Callable[[], Any], secret: str) -> APIRouter:
     """``/internal/{op}`` for the worker ``worker_for()`` returns (None while it starts)."""
     router = APIRouter(include_in_schema=False)
+
+    @router.post("/internal/ingest_stream")
+    async def ingest_stream(request: Request) -> JSONResponse:
+        """A publisher's byte stream: arguments in a header, the body read as it comes."""
+        if not hmac.compare_digest(request.headers.get(SECRET_HEADER, ""), secret):
+            return JSONResponse({"error": {"code": 1001, "message": "bad internal credential"}},
+                                status_code=401)
+        worker = worker_for()
+        if worker is None:
+            return JSONResponse({"error": {"code": 2104, "message": "worker starting",
+                                           "closed": True}})
+        try:
+            args = dict(json.loads(request.headers.get(ARGS_HEADER) or "{}"))
+            return JSONResponse({"ok": await worker.ingest_stream(**args,
+                                                                  chunks=request.stream())})
+        except Exception as exc:
+            return JSONResponse({"error": encode_error(exc)})
 
     @router.post("/internal/{op}")
     async def internal(op: str, request: Request) -> JSONResponse:

@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Cloudrec-Internal"
 OPS = ("publish", "unpublish", "start", "stop", "pause", "resume", "update", "query", "adopt",
        "status", "publications", "play", "stop_play", "room_publishers", "ingress_start",
-       "ingress_stop")
+       "ingress_stop", "ingest_stream")
+#: Streaming operations: their arguments travel as JSON in :data:`ARGS_HEADER` and the request
+#: body is the stream itself (``/internal/ingest_stream``).
+ARGS_HEADER = "X-Cloudrec-Args"
 #: The operations whose ``req`` argument is a validated request, and its model.
 REQUESTS: dict[str, type[BaseModel]] = {
     "start": StartRecordRequest, "stop": StopRecordRequest, "pause": StopRecordRequest,

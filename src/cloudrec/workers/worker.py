@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ import httpx
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.cluster import worker_id
 from cloudrec.config import Settings
+from cloudrec.ingest.publisher import PushIngest
 from cloudrec.ingress import IngressStore
 from cloudrec.ingress.autorecord import AutoRecorder
 from cloudrec.ingress.manager import IngressManager
@@ -52,6 +53,7 @@ class Worker:
         self.viewers = WebRtcViewers(self.hub, ice=self.webrtc.ice,
                                      max_viewers=settings.max_viewers,
                                      publisher_wait_s=settings.idle_timeout_s)
+        self.push = PushIngest(self.hub)  # RTMP and SRT publishers, their streams from the front
         self.tasks = tasks
         self.service = RecordingService(settings, tasks, self.hub, outbox, worker_id=self.id,
                                         claim_unowned=index == 0)
@@ -91,6 +93,7 @@ class Worker:
         await self.relay_server.close()
         await self.viewers.close()
         await self.webrtc.close()
+        await self.push.close()
         await self.hub.close()
 
     # -- relayed rooms --------------------------------------------------------------------------
@@ -163,6 +166,11 @@ class Worker:
     async def room_publishers(self, appid: int, roomid: str) -> dict[str, Any]:
         """The uids publishing in the room, in join order (the room page's events)."""
         return {"uids": [p.uid for p in self.hub.publishers(appid, roomid)]}
+    async def ingest_stream(self, appid: int, roomid: str, uid: str, transport: str, fmt: str,
+                            chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+        """An RTMP/SRT publisher's byte stream (``fmt`` ``flv`` or ``mpegts``), published in
+        the room until it ends; ``{"reason"}`` it ended for."""
+        return {"reason": await self.push.run(appid, roomid, uid, transport, fmt, chunks)}
 
     # -- recordings -----------------------------------------------------------------------------
 

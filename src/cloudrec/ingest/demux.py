@@ -1,0 +1,137 @@
+"""Demuxing a container with PyAV into EncodedFrames: MPEG-TS from SRT, and any stream PyAV
+opens (pulls reuse it).
+
+:class:`ByteFeed` is the file-like object between an event loop that receives bytes and the
+thread that demuxes them: bounded (the loop waits while it holds :data:`FEED_LIMIT` bytes), and
+``read`` returns ``b""`` once the loop closed it. :func:`demux_frames` runs in that thread and
+calls ``deliver`` per frame:
+
+- H.264 leaves as Annex B access units with SPS/PPS in front of every keyframe, 90 kHz;
+- AAC as one ADTS frame (the header added from the AudioSpecificConfig where the container
+  has none), in its sample rate;
+- other codecs under their name (FFmpeg's, ``hevc`` as ``h265``, G.711 as ``pcma``/``pcmu``)
+  with the packet as the container carried it, video in 90 kHz, audio in its sample rate.
+
+Timestamps count from the stream's first media, one origin for every kind (so they stay in
+sync), never below 0; video timestamps are presentation times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..media.codecs.aac import parse_adts, parse_asc
+from ..media.codecs.h264 import access_unit, parse_avc_config, split_annexb
+from ..mediatypes import EncodedFrame
+from .base import Timeline
+
+__all__ = ["ByteFeed", "CODEC_NAMES", "demux_frames"]
+
+FEED_LIMIT = 4 << 20  # bytes a feed holds before the writer waits
+CODEC_NAMES = {"hevc": "h265", "mpeg4": "mpeg4", "pcm_alaw": "pcma", "pcm_mulaw": "pcmu"}
+PROBE = {"probesize": "1000000", "analyzeduration": "1000000", "fpsprobesize": "0"}
+
+
+class ByteFeed:
+    """Bytes from the loop (:meth:`put`) to a reading thread (:meth:`read`), bounded."""
+
+    def __init__(self, limit: int = FEED_LIMIT) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def put(self, data: bytes) -> None:
+        """Appends ``data``, first waiting while the feed is full (the reader is behind)."""
+        while len(self._buf) >= self.limit and not self._closed:
+            await asyncio.sleep(0.01)
+        with self._cond:
+            if not self._closed:
+                self._buf += data
+                self._cond.notify()
+
+    def close(self) -> None:
+        """No more data: the reader gets what is left, then ``b""``."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._cond:
+            while not self._buf and not self._closed:
+                self._cond.wait(0.5)
+            n = len(self._buf) if size < 0 else min(size, len(self._buf))
+            out = bytes(self._buf[:n])
+            del self._buf[:n]
+            return out
+
+
+def demux_frames(source: Any, epoch: int, deliver: Callable[[EncodedFrame], bool], *,
+                 fmt: str | None = "mpegts", options: dict[str, str] | None = None) -> None:
+    """Demuxes ``source`` (a file-like object or a URL) until it ends or ``deliver`` returns
+    False. PyAV's errors (garbage, a truncated stream) propagate."""
+    import av  # PyAV: only where media is demuxed
+
+    with av.open(source, mode="r", format=fmt, options=options or PROBE) as container:
+        timeline, params = Timeline(90000), dict[int, bytes]()
+        if container.start_time is not None:  # the earliest stream's start, in microseconds
+            timeline.origin = container.start_time * 9 // 100
+        for packet in container.demux():
+            frame = _frame(packet, timeline, params, epoch)
+            if frame is not None and not deliver(frame):
+                return
+
+
+def _frame(packet: Any, timeline: Timeline, params: dict[int, bytes],
+           epoch: int) -> EncodedFrame | None:
+    stream = packet.stream
+    if packet.size == 0 or stream.type not in ("video", "audio"):
+        return None
+    t = packet.pts if packet.pts is not None else packet.dts
+    tb = stream.time_base
+    if t is None or tb is None:
+        return None
+    t = t * 90000 * tb.numerator // tb.denominator
+    ctx = stream.codec_context
+    name = CODEC_NAMES.get(ctx.name, ctx.name)
+    data, keyframe = bytes(packet), bool(packet.is_keyframe)
+    if stream.type == "video":
+        rate = 90000
+        if name == "h264":
+            params[stream.index] = params.get(stream.index) or _annexb_params(ctx.extradata)
+            data, keyframe = access_unit(split_annexb(data), keyframe, params[stream.index])
+    else:
+        keyframe = True
+        rate = getattr(ctx, "sample_rate", 0) or 90000
+        if name == "aac":
+            data, rate = _adts(data, ctx.extradata, rate)
+    return EncodedFrame(stream.type, name, data, timeline.at(t, rate), rate, time.monotonic(),
+                        keyframe, epoch)
+
+
+def _annexb_params(extradata: bytes | None) -> bytes:
+    """Annex B SPS/PPS from a stream's extradata (Annex B already, or an avcC record)."""
+    if not extradata:
+        return b""
+    if extradata[0] == 1:
+        return parse_avc_config(extradata).annexb
+    return extradata
+
+
+def _adts(data: bytes, extradata: bytes | None, rate: int) -> tuple[bytes, int]:
+    """An AAC frame with its ADTS header (added from the AudioSpecificConfig when missing)."""
+    config = parse_adts(data)
+    if config is not None:
+        return data, config.sample_rate
+    if not extradata:
+        raise ValueError("AAC without ADTS headers or an AudioSpecificConfig")
+    config = parse_asc(extradata)
+    return config.adts(data), config.sample_rate
