@@ -69,8 +69,38 @@ def probe_seg(directory: Path, seg) -> list:
 
 
 def test_unknown_audiocodec_is_refused() -> None:
-    from cloudrec.models.outputs import Outputs
-    assert Outputs.model_validate({"audiocodec": "opus"}).audiocodec == "opus"
-    assert Outputs.model_validate({}).audiocodec == "aac"
-    with pytest.raises(Exception):
-        Outputs.model_validate({"audiocodec": "mp3"})
+    from cloudrec.errors import InvalidParameter
+    from cloudrec.models import StartRecordRequest, parse_request
+    from tests.unit.test_models import APPID, SOURCE, START
+
+    ok = parse_request(StartRecordRequest, SOURCE | {"outputs": {"audiocodec": "opus"}}, APPID)
+    assert ok.outputs is not None and ok.outputs.audiocodec == "opus"
+    default = parse_request(StartRecordRequest, SOURCE | {"outputs": {"mp4": True}}, APPID)
+    assert default.outputs is not None and default.outputs.audiocodec == "aac"
+    for body in (SOURCE | {"outputs": {"audiocodec": "mp3"}},
+                 SOURCE | {"outputs": {"audiocodec": 1}},
+                 START | {"outputs": {"audiocodec": "opus"}}):
+        with pytest.raises(InvalidParameter) as info:
+            parse_request(StartRecordRequest, body, APPID)
+        assert info.value.code == 2101 and "outputs.audiocodec" in str(info.value)
+
+
+def test_mp4_of_an_opus_recording(tmp_path: Path) -> None:
+    import contextlib
+
+    from cloudrec.media.mp4 import Mp4Source, remux_to_mp4
+
+    rec = record(tmp_path, publish(6.0), audio_codec="opus", segment_seconds=2.0)
+
+    @contextlib.contextmanager
+    def opener(name: str):
+        path = tmp_path / name
+        yield path if path.exists() else None
+
+    sources = [Mp4Source(s.name, s.discontinuity, s.init) for s in rec.segments]
+    info = remux_to_mp4(sources, tmp_path / "out.mp4", opener)
+    assert info.skipped == () and abs(info.duration - 6.0) < 0.2
+    assert not list(tmp_path.glob(".join-*"))
+    if shutil.which("ffprobe"):
+        meta = ffprobe(tmp_path / "out.mp4")
+        assert {s["codec_name"] for s in meta["streams"]} == {"h264", "opus"}
