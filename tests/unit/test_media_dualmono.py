@@ -67,6 +67,7 @@ def test_dual_mono_is_encoded_as_mono_and_sounds_the_same() -> None:
     stereo_chain, stereo = encode(packets, dual_mono=False)
     assert mono_chain.encoded_channels == 1 and stereo_chain.encoded_channels == 2
     assert {aac.parse_adts(p).channels for p in mono} == {1}
+    assert sum(map(len, mono)) < sum(map(len, stereo))
     assert {aac.parse_adts(p).channels for p in stereo} == {2}
     # both decodes lag the source by the codecs' delays: found once, on the stereo one
     ref = signal
