@@ -19,6 +19,7 @@ import httpx
 
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.cluster import worker_id
+from cloudrec.cluster.costs import CostModel, recording_kind
 from cloudrec.config import Settings
 from cloudrec.media.push.fanout import ffmpeg_protocols
 from cloudrec.metrics import worker_snapshot
@@ -49,6 +50,7 @@ class Worker:
         self.service = RecordingService(settings, tasks, self.hub, outbox, worker_id=self.id,
                                         claim_unowned=index == 0)
         self.cpu = CpuMeter()
+        self.costs = CostModel()  # what each kind of recording costs here, learned
         self.front_url = front_url  # where to ask who owns a room (relayed mix inputs)
         self.secret = secret
         # Rooms that recordings here read but that live on another worker: their encoded media
@@ -177,11 +179,21 @@ class Worker:
         held.update(f"{r.task.appid}/{r.task.roomid}" for r in self.service.recordings.values())
         return sorted(held)
 
+    def carried(self) -> list[tuple[str, float]]:
+        """(kind, units) of every running recording and received publication."""
+        units = [recording_kind(r.task.request) for r in list(self.service.recordings.values())]
+        return [*units, ("publisher", float(self.hub.publisher_count()))]
+
     async def status(self) -> dict[str, Any]:
+        cpu = self.cpu.sample()
+        carried = self.carried()
+        self.costs.observe(cpu, carried)
         return {
             "id": self.id,
             "pid": os.getpid(),
-            "cpu": round(self.cpu.sample(), 4),
+            "cpu": round(cpu, 4),
+            "committed": round(self.costs.committed(carried), 4),
+            "costs": self.costs.costs(),
             "recordings": len(self.service.recordings),
             "publishers": self.hub.publisher_count(),
             "rooms": self.rooms(),
