@@ -14,8 +14,12 @@ frames recorded, workers=1 and workers=2, and their ratio (goal ≥ 1.8× on 2 c
 Receive (bench_receive.py): source recording at 16 publishers on the lean receive path, beside
 stock aiortc's receive-only cost on the same streams in the same run (goals ≤ 0.5× and ≤ 0.015
 cores per recording).
+Third-party publisher (bench_thirdparty.py): 16 FFmpeg WHIP publishers (stereo Opus), cores per
+recording with AAC and with Opus kept (goals <= 0.015 and <= 0.008), and a burst of 32 starts
+on one worker against the capacity it shows one start at a time.
 Audio codecs (bench_audio.py): each AAC encoder setting's CPU, bit rate and SNR on voice-like,
-music-like and silent signals, mono 64 kbps and stereo 128 kbps, and the two Opus decoders.
+music-like, steady-tone and silent signals, mono 64 kbps and stereo 128 kbps, dual-mono stereo
+as stereo and as mono, the AAC encoders PyAV has, and the two Opus decoders.
 Cluster (bench_cluster.py): startrecord p50/p99 on 3 nodes on PostgreSQL + Redis, against one
 node. ``BENCH_QUICK=1`` shortens both (shorter holds, fewer cycles).
 """
@@ -40,6 +44,7 @@ import bench_load  # noqa: E402
 import bench_mixed  # noqa: E402
 import bench_receive  # noqa: E402
 import bench_storage  # noqa: E402
+import bench_thirdparty  # noqa: E402
 from common import (  # noqa: E402
     APPID,
     HEADERS,
@@ -140,6 +145,7 @@ def main() -> None:
         finally:
             server.stop()
         print("\n".join(bench_receive.run(clip)), flush=True)
+        print("\n".join(bench_thirdparty.run()), flush=True)
         print("\n".join(bench_capacity.run(clip)), flush=True)
         print("\n".join(bench_cluster.run(clip)), flush=True)
     print("\n".join(bench_storage.run()), flush=True)
