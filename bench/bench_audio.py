@@ -75,7 +75,8 @@ def signals() -> dict[str, np.ndarray]:
         "4 voices": np.clip(sum(voice(f, i) for i, f in enumerate((220, 330, 440, 550))), -1, 1),
         "music": music,
         "tone 440": 0.25 * np.sin(2 * np.pi * 440 * t),
-        "tone 300 AM": 0.25 * np.sin(2 * np.pi * 300 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)),
+        "tone 300 AM": 0.25 * np.sin(2 * np.pi * 300 * t)
+        * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)),
         "silence": np.zeros(t.size),
     }
 
@@ -168,7 +169,8 @@ def run() -> list[str]:
             pass
     lines.append(f"  AAC encoders in this PyAV: {', '.join(usable) or 'none'} "
                  f"(AAC codecs: {', '.join(encoders)})")
-    lines.append("  dual-mono stereo (both channels the same): as stereo 128 kbps, mono 64, mono 96 *:")
+    lines.append("  dual-mono stereo (both channels the same): as stereo 128 kbps, mono 64, "
+                 "mono 96 *:")
     for name in ("voice", "music", "tone 440"):
         cells = []
         for label, channels, rate in (("stereo", 2, 128_000), ("mono 64", 1, 64_000),

@@ -30,8 +30,8 @@ def opus_stereo(left: np.ndarray, right: np.ndarray) -> list[bytes]:
     pcm = (np.stack([left, right]).T.reshape(1, -1) * 32767).astype(np.int16)
     out: list[bytes] = []
     for start in range(0, left.size - 960 + 1, 960):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start * 2:(start + 960) * 2]),
-                                           format="s16", layout="stereo")
+        chunk = np.ascontiguousarray(pcm[:, start * 2:(start + 960) * 2])
+        frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
         frame.sample_rate, frame.pts, frame.time_base = RATE, start, TB
         out += [bytes(p) for p in enc.encode(frame)]
     return out

@@ -10,8 +10,9 @@ only while its segments are in the spool, which is not for long: the player list
 recordings only.
 
 Only names of the recording's own files are served (``{appid}_{roomid}_{recordid}...`` with
-``.m3u8``, ``.ts``, or for fMP4 ``.m4s`` and the ``_init.mp4`` sections, no path separators), and every path is resolved and checked to lie inside
-its directory, so a request can never read anything else.
+``.m3u8``, ``.ts``, or for fMP4 ``.m4s`` and the ``_init.mp4`` sections, no path
+separators), and every path is resolved and checked to lie inside its directory, so a request
+can never read anything else.
 """
 
 from __future__ import annotations

@@ -16,19 +16,20 @@ of an encode (measured in ``bench/bench_audio.py``).
 
 :class:`AudioToAac` is the codec chain (a PyAV decoder: Opus, AAC, MP3, MP2, G.711, ... →
 ``AudioResampler`` to fltp 48 kHz → 1024-sample frames → :class:`AacEncoder`); it counts
-samples and never looks at a clock.
+samples and never looks at a clock. :class:`OpusToAac` is that chain for Opus. How a
+publisher's stream is put on a recording's timeline is :mod:`cloudrec.media.audiotrack`.
 
 Dual mono: stereo whose two channels carry the same sound (what most WebRTC "stereo" from a
 mono microphone is, and what FFmpeg's WHIP muxer sends of a mono source) is encoded as mono
-AAC at 96 kbps: the SNR of the stereo 128 kbps encode (within 0.2 dB on voice and music) at
+AAC at 96 kbps: the SNR of the stereo 128 kbps encode (within 0.5 dB on voice and music) at
 the mono encoder's cost, 60-65 % of the stereo one on speech and music and half on a steady
-tone (``bench/bench_audio.py``). A stereo
-chain holds its first ``DUAL_MONO_FRAMES`` frames with sound (1 s of audio at most) before it
-opens its encoder: when their channels differ by no more than silence does (Opus' decoder gives the two channels of a
-dual-mono packet within 1e-9 of each other), the AAC is mono; otherwise stereo. The choice holds
-for the chain's life (the ADTS configuration of a stream never changes): a dual-mono start that
-later carries real stereo is recorded as its mid channel, ``(L + R) / 2``. :class:`OpusToAac` is that chain for Opus. How a
-publisher's stream is put on a recording's timeline is :mod:`cloudrec.media.audiotrack`.
+tone (``bench/bench_audio.py``). A stereo chain holds its first ``DUAL_MONO_FRAMES`` frames
+with sound (1 s of audio at most) before it opens its encoder: when their channels differ by
+no more than silence does (Opus' decoder gives the two channels of a dual-mono packet within
+1e-9 of each other), the AAC is mono; otherwise stereo. The choice holds for the chain's life
+(the ADTS configuration of a stream never changes): a dual-mono start that later carries real
+stereo is recorded as its mid channel, ``(L + R) / 2``. The ingest's normalisation keeps its
+layout (``dual_mono=False``).
 """
 
 from __future__ import annotations
@@ -332,8 +333,8 @@ class AudioToAac:
     def _open_encoder(self, channels: int) -> None:
         rate = self._bit_rate or AAC_BIT_RATE * channels // 2
         if channels < self.channels:  # dual mono: the stereo encode's SNR at mono's cost
-            rate = (self._bit_rate or AAC_BIT_RATE) * DUAL_MONO_RATE
-        self._encoder = AacEncoder(channels, int(rate))
+            rate = int((self._bit_rate or AAC_BIT_RATE) * DUAL_MONO_RATE)
+        self._encoder = AacEncoder(channels, rate)
 
     def _choose(self, frame: av.AudioFrame | None) -> bool:
         """Hold stereo frames until the encoder is chosen (the held ones are then encoded);
