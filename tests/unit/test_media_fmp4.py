@@ -104,3 +104,27 @@ def test_mp4_of_an_opus_recording(tmp_path: Path) -> None:
     if shutil.which("ffprobe"):
         meta = ffprobe(tmp_path / "out.mp4")
         assert {s["codec_name"] for s in meta["streams"]} == {"h264", "opus"}
+
+
+def test_opus_pause_and_camera_off(tmp_path: Path) -> None:
+    rec = record(tmp_path / "pause", publish(8.0, pause_at=3.0, pause_s=3.0),
+                 audio_codec="opus")
+    assert [s.discontinuity for s in rec.segments] == [False, True]
+    lines = rec.playlist_path.read_text().splitlines()
+    assert lines.count("#EXT-X-DISCONTINUITY") == 1 and lines.count(
+        f'#EXT-X-MAP:URI="{NAME}_init.mp4"') == 1
+
+    # video stops while audio goes on: the audio-led segment keeps the tracks of the section
+    rec = record(tmp_path / "off", publish(8.0, video_off=(2.0, 4.0)), audio_codec="opus")
+    segs = rec.segments
+    assert [s.discontinuity for s in segs] == [False, True, True]
+    assert all(s.init is not None for s in segs)
+    lines = rec.playlist_path.read_text().splitlines()
+    maps = [x for x in lines if x.startswith("#EXT-X-MAP")]
+    assert 1 <= len(maps) <= 3  # each change of section is named before its segment
+    info = probe(rec.playlist_path)
+    assert abs(info["audio_samples"] / 48000 - 8.0) < 0.15
+    assert info["video"] == 6 * FPS
+    # every segment reads back joined to its section, timestamps rising
+    starts = [min(probe_seg(tmp_path / "off", s)) for s in segs]
+    assert starts == sorted(starts)

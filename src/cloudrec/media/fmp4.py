@@ -16,8 +16,10 @@ mono and stereo packets alike, which is what WebRTC's ``opus/48000/2`` means.
 
 H.264 arrives in Annex B with SPS/PPS in band (the muxer turns it into length-prefixed samples
 and builds ``avcC`` from the first key frame); the picture size comes from that SPS. A segment
-with no video packet (an audio-led stretch) has an audio track only: its initialisation section
-differs, and the playlist names the new one before it.
+with no video packet (an audio-led stretch, the camera off) keeps the video track of the
+previous initialisation section (``template``), so players see the same tracks throughout; only
+a recording that starts with no video has an audio-only section first, and the playlist names
+each new section before the segment that needs it.
 """
 
 from __future__ import annotations
@@ -91,8 +93,11 @@ class Fmp4SegmentWriter:
     The muxer opens on the first packet (the video track needs the picture size of the first
     key frame's SPS). :meth:`close` keeps the initialisation section in :attr:`init`."""
 
-    def __init__(self, path: Path, *, video: bool, audio: bool) -> None:
+    def __init__(self, path: Path, *, video: bool, audio: bool,
+                 template: bytes | None = None) -> None:
         self.path = path
+        self._template = template  # an earlier initialisation section: its video track
+        self._template_in: av.container.InputContainer | None = None
         self._tmp = path.with_name(path.name + ".part")
         self._want_video, self._want_audio = video, audio
         self._container: av.container.OutputContainer | None = None
@@ -109,6 +114,11 @@ class Fmp4SegmentWriter:
             if self._want_video and size is not None:
                 self._streams["video"] = container.add_mux_stream(
                     "h264", width=size[0], height=size[1])
+            elif self._want_video and self._template:
+                self._template_in = av.open(io.BytesIO(self._template), "r", format="mp4")
+                if self._template_in.streams.video:
+                    self._streams["video"] = container.add_stream_from_template(
+                        self._template_in.streams.video[0])
             if self._want_audio:
                 self._streams["audio"] = container.add_stream_from_template(opus_template())
         except (av.FFmpegError, OSError) as exc:
@@ -143,6 +153,7 @@ class Fmp4SegmentWriter:
         try:
             if self._container is not None:
                 self._container.close()
+                self._close_template()
                 init, media = split_boxes(self._tmp.read_bytes())
             else:
                 init, media = b"", b""
@@ -157,11 +168,17 @@ class Fmp4SegmentWriter:
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise RecordingError(f"closing segment {self.path.name} failed: {exc}") from exc
 
+    def _close_template(self) -> None:
+        if self._template_in is not None:
+            self._template_in.close()
+            self._template_in = None
+
     def abort(self) -> None:
         """Drop the unfinished file."""
         if self._closed:
             return
         self._closed = True
+        self._close_template()
         if self._container is not None:
             try:
                 self._container.close()

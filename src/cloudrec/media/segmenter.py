@@ -182,10 +182,11 @@ class HlsSegmenter(Generic[S]):
         self._playlist = HlsPlaylist(self.playlist_path, segment_seconds, fmp4=fmp4)
         self.segments: list[SegmentInfo] = self._playlist.load() if resume else []
         self._init: tuple[str, bytes] | None = None  # fMP4: the latest initialisation section
-        if self.segments and self.segments[-1].init is not None:
-            last = self.directory / self.segments[-1].init
-            if last.exists():
-                self._init = (last.name, last.read_bytes())
+        self._init_names: dict[bytes, str] = {}  # fMP4: every section written, by content
+        for name in dict.fromkeys(s.init for s in self.segments if s.init is not None):
+            if (self.directory / name).exists():
+                self._init = (name, (self.directory / name).read_bytes())
+                self._init_names[self._init[1]] = name
         self.base = resume_base(self.segments)  # PTS offset past a resumed recording's end
         self.next_discontinuity = bool(self.segments)  # the next segment starts a new run
         self._seq = self.segments[-1].index + 1 if self.segments else 0
@@ -204,8 +205,12 @@ class HlsSegmenter(Generic[S]):
     def start(self, pts: int, discontinuity: bool) -> S:
         """Open the next segment (its ``.part`` file) at ``pts``."""
         path = self.directory / segment_name(self.basename, self._seq, self._ext)
-        writer_type = Fmp4SegmentWriter if self.fmp4 else TsSegmentWriter
-        writer = writer_type(path, video=self._video, audio=self._audio)
+        writer: TsSegmentWriter | Fmp4SegmentWriter
+        if self.fmp4:
+            writer = Fmp4SegmentWriter(path, video=self._video, audio=self._audio,
+                                       template=self._init[1] if self._init else None)
+        else:
+            writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
         seg = self._segment_type(self._seq, writer, pts, discontinuity, pts)
         self.open = seg
         self._seq += 1
@@ -236,15 +241,18 @@ class HlsSegmenter(Generic[S]):
         return info
 
     def _init_for(self, seg: OpenSegment) -> str | None:
-        """The initialisation section a closed fMP4 segment needs: the current one, or a new
-        file (durable before the playlist names it) when its tracks differ."""
+        """The initialisation section a closed fMP4 segment needs: the current one, one written
+        before with the same content, or a new file (durable before the playlist names it)."""
         assert isinstance(seg.writer, Fmp4SegmentWriter)
         data = seg.writer.init
         if not data:
             return self._init[0] if self._init is not None else None
         if self._init is None or self._init[1] != data:
-            name = init_name(self.basename, seg.seq if self._init is not None else 0)
-            atomic_write_bytes(self.directory / name, data)
+            name = self._init_names.get(data)
+            if name is None or not (self.directory / name).exists():
+                name = name or init_name(self.basename, seg.seq if self._init_names else 0)
+                atomic_write_bytes(self.directory / name, data)
+                self._init_names[data] = name
             self._init = (name, data)
         return self._init[0]
 
