@@ -4,13 +4,20 @@ the AAC settings do to the sound.
 Signals (48 kHz, ``SECONDS`` long, made here with numpy): voice-like (a gliding pitch with
 syllable-rate loudness and breath noise, as ``cloudrec publish --voice`` sends), four such
 voices summed (what a mix of a talking room encodes), music-like (a chord with harmonics and a
-little noise) and digital silence. For each AAC setting, in the channel count and bit rate
+little noise), steady tones (a 440 Hz sine; a 300 Hz tone with 3 Hz amplitude modulation) and
+digital silence. For each AAC setting, in the channel count and bit rate
 cloudrec uses (mono 64 kbps: a source recording of a microphone; stereo 128 kbps: a mix):
 
 - CPU milliseconds per second of audio (the encode calls alone);
 - the bit rate it produced;
 - the SNR of the decoded AAC against the input (FFmpeg's AAC decoder, the encoder's 1024
   samples of priming skipped): how much the setting costs in fidelity.
+
+Then dual-mono stereo (both channels the same voice, as WebRTC "stereo" from a mono microphone
+is): encoded as stereo 128 kbps against mono 64 kbps and what cloudrec does with it, mono 96 kbps
+(``cloudrec.media.audio``'s dual-mono choice), cost and SNR side by side; and which AAC
+encoders this PyAV has (``av.codecs_available``: FFmpeg's native ``aac`` only in the wheel, no
+``libfdk_aac``).
 
 Then the two Opus decoders PyAV offers on the same Opus packets (libopus 64 kbps), mono and
 stereo output. The rows that cloudrec uses are marked ``*``.
@@ -67,6 +74,9 @@ def signals() -> dict[str, np.ndarray]:
         "voice": voice(220, 1),
         "4 voices": np.clip(sum(voice(f, i) for i, f in enumerate((220, 330, 440, 550))), -1, 1),
         "music": music,
+        "tone 440": 0.25 * np.sin(2 * np.pi * 440 * t),
+        "tone 300 AM": 0.25 * np.sin(2 * np.pi * 300 * t)
+        * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)),
         "silence": np.zeros(t.size),
     }
 
@@ -149,6 +159,25 @@ def run() -> list[str]:
                 quality = "" if np.isnan(snr) else f", {snr:4.1f} dB"
                 cells.append(f"{name} {ms:4.1f} ms {kbps:5.1f} kbps{quality}")
             lines.append(f"    {label:28s} " + " | ".join(cells))
+    encoders = sorted(n for n in av.codecs_available if "aac" in n or "fdk" in n)
+    usable = []
+    for name in encoders:
+        try:
+            av.Codec(name, "w")
+            usable.append(name)
+        except Exception:  # noqa: BLE001 - a decoder only
+            pass
+    lines.append(f"  AAC encoders in this PyAV: {', '.join(usable) or 'none'} "
+                 f"(AAC codecs: {', '.join(encoders)})")
+    lines.append("  dual-mono stereo (both channels the same): as stereo 128 kbps, mono 64, "
+                 "mono 96 *:")
+    for name in ("voice", "music", "tone 440"):
+        cells = []
+        for label, channels, rate in (("stereo", 2, 128_000), ("mono 64", 1, 64_000),
+                                      ("mono 96 *", 1, 96_000)):
+            ms, kbps, snr = encode_aac(sigs[name], channels, rate, {"aac_coder": "fast"})
+            cells.append(f"{label} {ms:4.1f} ms {kbps:5.1f} kbps {snr:4.1f} dB")
+        lines.append(f"    {name:12s} " + " | ".join(cells))
     for channels in (1, 2):
         packets = opus_packets(sigs["voice"], channels)
         cells = [f"{decoder}{' *' if decoder == 'opus' else ''} to {layout} "

@@ -14,8 +14,12 @@ frames recorded, workers=1 and workers=2, and their ratio (goal ≥ 1.8× on 2 c
 Receive (bench_receive.py): source recording at 16 publishers on the lean receive path, beside
 stock aiortc's receive-only cost on the same streams in the same run (goals ≤ 0.5× and ≤ 0.015
 cores per recording).
+Third-party publisher (bench_thirdparty.py): 16 FFmpeg WHIP publishers (stereo Opus), cores per
+recording with AAC and with Opus kept (goals <= 0.015 and <= 0.008), and a burst of 32 starts
+on one worker against the capacity it shows one start at a time.
 Audio codecs (bench_audio.py): each AAC encoder setting's CPU, bit rate and SNR on voice-like,
-music-like and silent signals, mono 64 kbps and stereo 128 kbps, and the two Opus decoders.
+music-like, steady-tone and silent signals, mono 64 kbps and stereo 128 kbps, dual-mono stereo
+as stereo and as mono, the AAC encoders PyAV has, and the two Opus decoders.
 Push ingest (bench_ingest.py): 16 RTMP and 16 SRT publishers of H.264 + AAC at ~1 Mbps,
 recorded, in cores per stream beside ``ffmpeg -c copy -f hls`` doing the same remux (goals <= 0.01
 cores per stream and <= 1.3x FFmpeg).
@@ -47,6 +51,7 @@ import bench_load  # noqa: E402
 import bench_mixed  # noqa: E402
 import bench_receive  # noqa: E402
 import bench_storage  # noqa: E402
+import bench_thirdparty  # noqa: E402
 import bench_whep  # noqa: E402
 from common import (  # noqa: E402
     APPID,
@@ -152,6 +157,7 @@ def main() -> None:
                                  height=720, fps=30, bitrate=1_500_000, voice=True,
                                  audio_channels=1))
         print("\n".join(bench_whep.run(clip720)), flush=True)
+        print("\n".join(bench_thirdparty.run()), flush=True)
         print("\n".join(bench_capacity.run(clip)), flush=True)
         print("\n".join(bench_cluster.run(clip)), flush=True)
     print("\n".join(bench_ingest.run()), flush=True)

@@ -49,7 +49,7 @@ class Counters:
     def stored(self, name: str, size: int) -> None:
         self.files_stored += 1
         self.bytes_uploaded += size
-        if name.endswith(".ts"):
+        if name.endswith((".ts", ".m4s")):
             self.segments_stored += 1
 
     def recording_started(self, streamtype: int) -> None:

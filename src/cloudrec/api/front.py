@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from cloudrec.cluster import ClusterFull, Directory, WorkerInfo
+from cloudrec.cluster.costs import recording_kind
 from cloudrec.config import Settings, node_name, worker_count
 from cloudrec.errors import CapacityError, RecordingError
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
@@ -143,6 +144,7 @@ class Front:
 
     async def heartbeat(self) -> None:
         statuses: list[tuple[dict[str, Any], str]] = []
+        asked = time.time()  # a reservation made after this is not yet in a status
         if self.local is not None:
             local = await LocalWorkerClient(self.local).status()
             statuses.append((local, self.settings.base_url))
@@ -153,9 +155,11 @@ class Front:
         infos = [WorkerInfo(
             id=st["id"], node=self.node, url=url, public_url=self.settings.base_url,
             relay=st.get("relay", ""), cpu=float(st["cpu"]), capacity=self.settings.max_cpu,
+            committed=float(st.get("committed", -1.0)), costs=dict(st.get("costs") or {}),
             recordings=int(st["recordings"]), publishers=int(st["publishers"]),
             max_recordings=self.settings.max_recordings, draining=self.draining,
-            rooms=tuple(st["rooms"]), pid=int(st.get("pid", 0))) for st, url in statuses]
+            rooms=tuple(st["rooms"]), pid=int(st.get("pid", 0)), updated=asked)
+            for st, url in statuses]
         self.infos = infos
         self.worker_metrics = {str(st["id"]): st.get("metrics") or {} for st, _ in statuses}
         for st, _ in statuses:
@@ -293,14 +297,15 @@ class Front:
             raise not_publishing(named)
         if owners[req.roomid] is None:  # a mix whose own room has no publisher: hold it there
             target = await self.directory.place((appid, req.roomid), prefer=target.id)
-        why = target.refused(await self.directory.reserved(target.id))
+        cost = target.cost_of(*recording_kind(req.model_dump(mode="json")))
+        why = target.refused(await self.directory.reserved(target.id), cost=cost)
         if why is not None:
             self.tasks.check_resid(appid, req.resid)
             raise CapacityError(f"no capacity for a new recording: worker {target.id}, which "
                                 f"holds room {req.roomid!r}, is full ({why}); retry later")
         remote = [room for room, o in owners.items() if o is not None and o.id != target.id]
         recordid = await self.client_for(target).start(appid, req, remote)
-        await self.directory.reserve(target.id, target.cost_per_recording)
+        await self.directory.reserve(target.id, cost)
         return recordid
 
     async def stop(self, appid: int, req: StopRecordRequest) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """The directory's vocabulary: a worker's published state, admission, the interface.
 
-Admission follows livekit/egress's monitor: a worker's spare capacity is
-``capacity - measured cpu - reservations``, where a placement holds a reservation of the
-expected cost for a few seconds, until it shows in the measured CPU. Capacity is measured, not
-assumed: ``cpu`` is the worker's process tree's CPU over the last seconds, and the expected
-cost of a room or a recording is this worker's own measured cost per recording (a default until
-it has one).
+Admission counts committed cost (:mod:`cloudrec.cluster.costs`): a worker's spare capacity is
+``capacity - committed - reservations``, where ``committed`` is what the worker's running
+recordings and publishers cost at the costs it learned from its own process tree's CPU, and a
+start holds a reservation of the cost of its kind until the worker's next heartbeat counts it
+in ``committed`` (or a few seconds at most). A moment's CPU reading (``cpu``) is not counted:
+a neighbour's spike, or the start-up of the recordings just accepted, does not refuse a start
+the worker can hold. A worker that publishes no ``committed`` is judged on ``cpu``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class WorkerInfo:
     recordings: int = 0
     publishers: int = 0
     max_recordings: int = 0  # 0: no cap beyond CPU
+    committed: float = -1.0  # cores its recordings and publishers cost (cluster.costs); -1: unknown
+    costs: dict[str, float] = field(default_factory=dict)  # its learned cost of each kind
     draining: bool = False
     rooms: tuple[str, ...] = ()  # "appid/roomid" it holds
     pid: int = 0
@@ -61,6 +64,18 @@ class WorkerInfo:
             return DEFAULT_COST
         return min(max(self.cpu / units, 0.005), MAX_COST)
 
+    def cost_of(self, kind: str = "source_aac", units: float = 1.0) -> float:
+        """The reservation for a new recording of ``kind``: this worker's learned cost of that
+        kind (cluster.costs), or, from a worker that publishes none, its CPU per recording."""
+        if kind in self.costs:
+            return min(self.costs[kind] * units, MAX_COST * max(units, 1.0))
+        return self.cost_per_recording
+
+    @property
+    def load(self) -> float:
+        """What admission counts as used: committed cost where the worker publishes it."""
+        return self.committed if self.committed >= 0 else self.cpu
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["rooms"] = list(self.rooms)
@@ -72,19 +87,23 @@ class WorkerInfo:
         data["rooms"] = tuple(data.get("rooms") or ())
         return cls(**data)
 
-    def refused(self, reserved: float = 0.0, extra_recordings: int = 0) -> str | None:
-        """Why this worker takes no new recording, or None when it does."""
+    def refused(self, reserved: float = 0.0, extra_recordings: int = 0,
+                cost: float | None = None) -> str | None:
+        """Why this worker takes no new recording (of ``cost`` cores; its cost per recording
+        when None), or None when it does."""
         if self.draining:
             return "draining"
         if self.max_recordings and self.recordings + extra_recordings >= self.max_recordings:
             return f"{self.recordings} recordings of at most {self.max_recordings}"
-        if self.cpu + reserved + self.cost_per_recording > self.capacity:
-            return (f"CPU {self.cpu:.2f} + {reserved:.2f} reserved of {self.capacity:.2f} "
-                    "cores in use")
+        cost = self.cost_of() if cost is None else cost
+        if self.load + reserved + cost > self.capacity:
+            what = "committed" if self.committed >= 0 else "CPU"
+            return (f"{what} {self.load:.2f} + {reserved:.2f} reserved + {cost:.3f} of "
+                    f"{self.capacity:.2f} cores")
         return None
 
     def spare(self, reserved: float = 0.0) -> float:
-        return self.capacity - self.cpu - reserved
+        return self.capacity - self.load - reserved
 
 
 class ClusterFull(CapacityError):

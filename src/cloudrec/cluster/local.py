@@ -33,6 +33,10 @@ class LocalDirectory:
             del self._workers[gone]
         for info in workers:
             self._workers[info.id] = info
+            if info.committed >= 0:  # its committed cost now counts what was reserved before
+                made_before = info.updated + RESERVATION_S
+                self._reservations[info.id] = [
+                    (t, c) for t, c in self._reservations.get(info.id, []) if t > made_before]
             for room in info.rooms:
                 self._claims[room] = (info.id, now + self.lease_s)
 

@@ -54,6 +54,9 @@ class RedisDirectory:
                 pipe.sadd(PREFIX + "workers", info.id)
             await pipe.execute()
         for info in workers:
+            if info.committed >= 0:  # its committed cost now counts what was reserved before
+                await self._redis.zremrangebyscore(PREFIX + "reserve:" + info.id, 0,
+                                                   info.updated + RESERVATION_S)
             for room in info.rooms:
                 await self._renew(keys=[PREFIX + "room:" + room], args=[info.id, self._lease_ms])
 

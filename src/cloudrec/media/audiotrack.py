@@ -35,7 +35,7 @@ from cloudrec.mediatypes import EncodedFrame
 
 @dataclass(frozen=True, slots=True)
 class AudioPacket:
-    data: bytes  # ADTS + raw AAC frame
+    data: bytes  # ADTS + raw AAC frame (an Opus packet when the track keeps Opus)
     pts: int  # 90 kHz ticks on the recording's timeline
     gap: bool  # first packet after a pause or a new epoch (a timeline break)
     end: int  # 90 kHz tick where its last sample ends
@@ -99,13 +99,76 @@ class AdtsPassthrough:
         return self.packets()
 
 
+def opus_samples(data: bytes) -> int:
+    """Samples (48 kHz) in one Opus packet, from its TOC byte (RFC 6716 section 3.1)."""
+    if not data:
+        return 0
+    config, code = data[0] >> 3, data[0] & 0x03
+    if config < 12:  # SILK: 10, 20, 40, 60 ms
+        size = (480, 960, 1920, 2880)[config % 4]
+    elif config < 16:  # hybrid: 10, 20 ms
+        size = (480, 960)[config % 2]
+    else:  # CELT: 2.5, 5, 10, 20 ms
+        size = (120, 240, 480, 960)[config % 4]
+    if code == 0:
+        count = 1
+    elif code in (1, 2):
+        count = 2
+    else:
+        count = data[1] & 0x3F if len(data) > 1 else 0
+    return size * count
+
+
+class OpusPassthrough:
+    """Opus packets kept as they are (an fMP4 recording); ``fed`` counts 48 kHz samples.
+
+    Lost time is not filled: the next packet's PTS leaves the gap (as :class:`AdtsPassthrough`)."""
+
+    encoder_name = None
+    rate = SAMPLE_RATE
+
+    def __init__(self) -> None:
+        self.fed = 0
+        self._out: list[tuple[bytes, int]] = []
+
+    def decode(self, data: bytes) -> int:
+        samples = opus_samples(data)
+        if samples:
+            self._out.append((data, self.fed))
+            self.fed += samples
+        return samples
+
+    def silence(self, samples: int) -> None:
+        self.fed += samples
+
+    def align(self) -> int:
+        return self.fed
+
+    def reset_decoder(self) -> None:
+        pass
+
+    def packets(self) -> list[tuple[bytes, int]]:
+        out, self._out = self._out, []
+        return out
+
+    def flush(self) -> list[tuple[bytes, int]]:
+        return self.packets()
+
+
+def _packet_samples(codec: AudioCodec, data: bytes) -> int:
+    return opus_samples(data) if isinstance(codec, OpusPassthrough) else aac.adts_samples(data)
+
+
 def passes_through(config: aac.AacConfig | None) -> bool:
     """Whether AAC with this ADTS configuration is remuxed as it is: AAC-LC, 1 or 2 channels."""
     return config is not None and config.is_lc and config.channels in (1, 2)
 
 
-def codec_for(frame: EncodedFrame) -> AudioCodec:
-    """The chain for a track whose first frame is ``frame`` (Opus or AAC)."""
+def codec_for(frame: EncodedFrame, keep_opus: bool = False) -> AudioCodec:
+    """The chain for a track whose first frame is ``frame`` (Opus or AAC); Opus is kept as
+    it is when ``keep_opus``."""
+    if keep_opus and frame.codec == "opus":
+        return OpusPassthrough()
     if frame.codec == "aac":
         config = aac.parse_adts(frame.data)
         if passes_through(config):
@@ -123,7 +186,7 @@ def _same_stream(codec: AudioCodec, frame: EncodedFrame) -> bool:
     """Whether ``codec`` can go on with ``frame`` (same codec, same ADTS configuration)."""
     if isinstance(codec, AdtsPassthrough):
         return frame.codec == "aac" and aac.parse_adts(frame.data) == codec.config
-    if isinstance(codec, OpusToAac):
+    if isinstance(codec, (OpusToAac, OpusPassthrough)):
         return frame.codec == "opus"
     return frame.codec == "aac" and not passes_through(aac.parse_adts(frame.data))
 
@@ -146,8 +209,9 @@ class AudioTrack:
     anchor (the first packet, after a pause, on a new epoch), never per packet.
     """
 
-    def __init__(self, pause_s: float = 1.0) -> None:
+    def __init__(self, pause_s: float = 1.0, *, keep_opus: bool = False) -> None:
         self._pause_s = pause_s
+        self._keep_opus = keep_opus  # Opus packets given out as they are (fMP4 recordings)
         self._codec: AudioCodec | None = None
         self._anchors: deque[_Anchor] = deque()
         self._epoch: int | None = None
@@ -170,10 +234,10 @@ class AudioTrack:
     def push(self, frame: EncodedFrame, to_ticks: Callable[[float], int]) -> list[AudioPacket]:
         out: list[AudioPacket] = []
         if self._codec is None:
-            self._codec = codec_for(frame)
+            self._codec = codec_for(frame, self._keep_opus)
         elif frame.epoch != self._epoch and not _same_stream(self._codec, frame):
             out = self.flush()  # another codec or configuration: a new chain from here
-            self._codec, self._epoch = codec_for(frame), None
+            self._codec, self._epoch = codec_for(frame, self._keep_opus), None
             self._anchors.clear()
             self._anchor(frame.arrival, to_ticks, gap=True)
             self._flag_gap = True
@@ -223,6 +287,8 @@ class AudioTrack:
         self._anchors.append(_Anchor(sample, ticks, gap, self._codec.rate))
 
     def _collect(self, packets: list[tuple[bytes, int]]) -> list[AudioPacket]:
+        assert self._codec is not None
+        codec = self._codec
         out: list[AudioPacket] = []
         for data, sample in packets:
             while len(self._anchors) > 1 and self._anchors[1].sample <= sample:
@@ -230,7 +296,7 @@ class AudioTrack:
                 self._flag_gap = self._anchors[0].gap
             anchor = self._anchors[0]
             pts = anchor.to_ticks(sample)
-            end = anchor.to_ticks(sample + aac.adts_samples(data))
+            end = anchor.to_ticks(sample + _packet_samples(codec, data))
             out.append(AudioPacket(data, pts, self._flag_gap, end))
             self._end = max(self._end, end)
             self._flag_gap = False

@@ -27,10 +27,17 @@ class SegmentInfo:
     duration: float  # seconds, from integer PTS
     discontinuity: bool  # listed after #EXT-X-DISCONTINUITY
     size: int  # bytes
+    init: str | None = None  # fMP4: the initialisation section it needs (#EXT-X-MAP)
 
 
-def segment_name(basename: str, seq: int) -> str:
-    return f"{basename}_{seq:05d}.ts"
+def segment_name(basename: str, seq: int, ext: str = "ts") -> str:
+    return f"{basename}_{seq:05d}.{ext}"
+
+
+def init_name(basename: str, seq: int) -> str:
+    """An fMP4 recording's initialisation section: ``{base}_init.mp4`` for the first one,
+    ``{base}_{seq:05d}_init.mp4`` for one that a later segment ``seq`` brings (new tracks)."""
+    return f"{basename}_init.mp4" if seq == 0 else f"{basename}_{seq:05d}_init.mp4"
 
 
 def fsync_dir(directory: Path) -> None:
@@ -52,12 +59,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``, durable, readers seeing the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 class HlsPlaylist:
     """An EVENT playlist (``#EXT-X-PLAYLIST-TYPE:EVENT``, media sequence 0, never trimmed)."""
 
-    def __init__(self, path: Path, segment_seconds: float) -> None:
+    def __init__(self, path: Path, segment_seconds: float, *, fmp4: bool = False) -> None:
         self.path = path
         self.segment_seconds = segment_seconds
+        self.fmp4 = fmp4  # fMP4 segments: version 7, #EXT-X-MAP before the segments
 
     def target_duration(self, segments: list[SegmentInfo]) -> int:
         longest = max((s.duration for s in segments), default=0.0)
@@ -66,14 +85,18 @@ class HlsPlaylist:
     def render(self, segments: list[SegmentInfo], *, ended: bool) -> str:
         lines = [
             "#EXTM3U",
-            "#EXT-X-VERSION:3",
+            "#EXT-X-VERSION:7" if self.fmp4 else "#EXT-X-VERSION:3",
             "#EXT-X-PLAYLIST-TYPE:EVENT",
             f"#EXT-X-TARGETDURATION:{self.target_duration(segments)}",
             "#EXT-X-MEDIA-SEQUENCE:0",
         ]
+        init = None
         for seg in segments:
             if seg.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
+            if seg.init is not None and seg.init != init:
+                init = seg.init
+                lines.append(f'#EXT-X-MAP:URI="{init}"')
             lines.append(f"#EXTINF:{seg.duration:.3f},")
             lines.append(seg.name)
         if ended:
@@ -93,6 +116,7 @@ class HlsPlaylist:
 
 
 _EXTINF = re.compile(r"#EXTINF:\s*([0-9.]+)")
+_MAP = re.compile(r'#EXT-X-MAP:URI="([^"]+)"')
 
 
 def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
@@ -101,6 +125,7 @@ def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
     sequence = 0
     duration: float | None = None
     discontinuity = False
+    init: str | None = None
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
@@ -111,6 +136,8 @@ def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
             discontinuity = True
         elif (m := _EXTINF.match(line)) is not None:
             duration = float(m.group(1))
+        elif (m := _MAP.match(line)) is not None:
+            init = m.group(1)
         elif not line.startswith("#"):
             path = directory / line
             size = path.stat().st_size if path.exists() else 0
@@ -122,6 +149,7 @@ def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
                     duration=duration or 0.0,
                     discontinuity=discontinuity,
                     size=size,
+                    init=init,
                 )
             )
             duration, discontinuity = None, False

@@ -21,13 +21,17 @@ Tracks: the MP4 has a video track when some segment carries decodable video para
 audio track when some carries audio; the parameters of the first segment that has them are the
 track's. A later run with another picture size (a mix whose output changed) keeps its SPS/PPS
 in band, which decoders follow.
+
+fMP4 segments (a recording that keeps Opus) are read joined to their initialisation section;
+H.264 and Opus go into the MP4 as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from fractions import Fraction
@@ -49,6 +53,7 @@ class Mp4Source:
 
     name: str
     discontinuity: bool
+    init: str | None = None  # fMP4: the initialisation section it is read with
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,27 @@ def _streams(container: av.container.InputContainer, kinds: Iterable[str]
     return found
 
 
+@contextlib.contextmanager
+def _open_source(open_segment: SegmentOpener, source: Mp4Source, dest: Path
+                 ) -> Iterator[Path | None]:
+    """The segment's local path; an fMP4 segment is joined to its initialisation section
+    first (in a temporary file beside ``dest``), as a player reads it."""
+    if source.init is None:
+        with open_segment(source.name) as path:
+            yield path
+        return
+    joined = dest.with_name(f".join-{source.name}.mp4")
+    with open_segment(source.init) as init, open_segment(source.name) as path:
+        if init is None or path is None:
+            yield None
+            return
+        joined.write_bytes(init.read_bytes() + path.read_bytes())
+    try:
+        yield joined
+    finally:
+        joined.unlink(missing_ok=True)
+
+
 def remux_to_mp4(
     sources: list[Mp4Source],
     dest: Path,
@@ -107,7 +133,7 @@ def remux_to_mp4(
     part = dest.with_name(dest.name + ".part")
     part.unlink(missing_ok=True)
     with ExitStack() as opened:  # the template segments stay open until the tracks exist
-        templates = _find_templates(sources, open_segment, wanted, opened)
+        templates = _find_templates(sources, open_segment, wanted, opened, dest)
         if not templates:
             raise Mp4Error("no segment has media to write")
         writer = _Writer(part, templates)
@@ -115,7 +141,7 @@ def remux_to_mp4(
     written = 0
     try:
         for source in sources:
-            with open_segment(source.name) as path:
+            with _open_source(open_segment, source, dest) as path:
                 if path is None:
                     skipped.append(source.name)
                     log.error("MP4 %s: segment %s cannot be read; left out", dest.name,
@@ -150,6 +176,7 @@ def _find_templates(
     open_segment: SegmentOpener,
     wanted: tuple[str, ...],
     opened: ExitStack,
+    dest: Path,
 ) -> dict[str, av.stream.Stream]:
     """The parameters of each track: from the first segment that has usable ones. Usually the
     first segment has them all; an audio-led start (no video yet) looks further."""
@@ -159,7 +186,7 @@ def _find_templates(
         if not missing:
             break
         with ExitStack() as this:
-            path = this.enter_context(open_segment(source.name))
+            path = this.enter_context(_open_source(open_segment, source, dest))
             if path is None:
                 continue
             try:

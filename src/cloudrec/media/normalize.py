@@ -158,7 +158,7 @@ class PublicationNormalizer:
             rate = self._sample_rate or frame.clock_rate or SAMPLE_RATE
             channels = self._channels or self._probe_channels(frame, rate)
             chain = AudioToAac(frame.codec, 1 if channels == 1 else 2, sample_rate=rate,
-                               in_channels=channels)
+                               in_channels=channels, dual_mono=False)  # keeps its layout
             self._audio = _AudioOut(chain)
             self._note(chain.encoder_name)
         return self._audio_frames(self._audio.push(frame), frame)

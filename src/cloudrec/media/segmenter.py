@@ -26,12 +26,15 @@ from typing import Generic, TypeVar
 import av
 
 from cloudrec.errors import RecordingError
+from cloudrec.media.fmp4 import Fmp4SegmentWriter
 from cloudrec.media.hls import (
     PTS_ORIGIN,
     TS_CLOCK,
     HlsPlaylist,
     SegmentInfo,
+    atomic_write_bytes,
     fsync_dir,
+    init_name,
     segment_name,
 )
 
@@ -39,7 +42,10 @@ TS_TIME_BASE = Fraction(1, TS_CLOCK)
 
 
 def last_pts(path: Path) -> int | None:
-    """The largest PTS end (90 kHz) in a TS file, to keep timestamps rising after a resume."""
+    """The largest PTS end (90 kHz) in a TS file, to keep timestamps rising after a resume
+    (None for an fMP4 segment, which cannot be read without its initialisation section)."""
+    if path.suffix != ".ts":
+        return None
     try:
         with av.open(str(path)) as container:
             end = None
@@ -136,7 +142,7 @@ class OpenSegment:
     """The segment being written; timestamps in 90 kHz ticks."""
 
     seq: int  # media sequence number
-    writer: TsSegmentWriter
+    writer: TsSegmentWriter | Fmp4SegmentWriter
     start: int  # PTS of its first packet
     discontinuity: bool  # to be listed after #EXT-X-DISCONTINUITY
     end: int  # end of the latest packet written, any track
@@ -162,6 +168,7 @@ class HlsSegmenter(Generic[S]):
         segment_type: type[S],
         on_segment: Callable[[SegmentInfo], None] | None = None,
         resume: bool = False,
+        fmp4: bool = False,
     ) -> None:
         self.directory = Path(spool_dir)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -170,12 +177,20 @@ class HlsSegmenter(Generic[S]):
         self._segment_type = segment_type
         self._on_segment = on_segment
         self.playlist_path = self.directory / f"{basename}.m3u8"
-        self._playlist = HlsPlaylist(self.playlist_path, segment_seconds)
+        self.fmp4 = fmp4  # fMP4 segments (H.264 + Opus) instead of MPEG-TS
+        self._ext = "m4s" if fmp4 else "ts"
+        self._playlist = HlsPlaylist(self.playlist_path, segment_seconds, fmp4=fmp4)
         self.segments: list[SegmentInfo] = self._playlist.load() if resume else []
+        self._init: tuple[str, bytes] | None = None  # fMP4: the latest initialisation section
+        self._init_names: dict[bytes, str] = {}  # fMP4: every section written, by content
+        for name in dict.fromkeys(s.init for s in self.segments if s.init is not None):
+            if (self.directory / name).exists():
+                self._init = (name, (self.directory / name).read_bytes())
+                self._init_names[self._init[1]] = name
         self.base = resume_base(self.segments)  # PTS offset past a resumed recording's end
         self.next_discontinuity = bool(self.segments)  # the next segment starts a new run
         self._seq = self.segments[-1].index + 1 if self.segments else 0
-        for stale in self.directory.glob(f"{glob.escape(basename)}_*.ts.part"):
+        for stale in self.directory.glob(f"{glob.escape(basename)}_*.{self._ext}.part"):
             stale.unlink(missing_ok=True)
         self._playlist.write(self.segments)  # valid from the start, even with no segment yet
         self.open: S | None = None
@@ -189,8 +204,13 @@ class HlsSegmenter(Generic[S]):
 
     def start(self, pts: int, discontinuity: bool) -> S:
         """Open the next segment (its ``.part`` file) at ``pts``."""
-        path = self.directory / segment_name(self.basename, self._seq)
-        writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
+        path = self.directory / segment_name(self.basename, self._seq, self._ext)
+        writer: TsSegmentWriter | Fmp4SegmentWriter
+        if self.fmp4:
+            writer = Fmp4SegmentWriter(path, video=self._video, audio=self._audio,
+                                       template=self._init[1] if self._init else None)
+        else:
+            writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
         seg = self._segment_type(self._seq, writer, pts, discontinuity, pts)
         self.open = seg
         self._seq += 1
@@ -204,6 +224,7 @@ class HlsSegmenter(Generic[S]):
         assert seg is not None
         self.open = None
         size = seg.writer.close()
+        init = self._init_for(seg) if isinstance(seg.writer, Fmp4SegmentWriter) else None
         info = SegmentInfo(
             index=seg.seq,
             name=seg.writer.path.name,
@@ -211,12 +232,29 @@ class HlsSegmenter(Generic[S]):
             duration=max(end - seg.start, 0) / TS_CLOCK,
             discontinuity=seg.discontinuity,
             size=size,
+            init=init,
         )
         self.segments.append(info)
         self._playlist.write(self.segments, ended=final)
         if self._on_segment is not None:
             self._on_segment(info)
         return info
+
+    def _init_for(self, seg: OpenSegment) -> str | None:
+        """The initialisation section a closed fMP4 segment needs: the current one, one written
+        before with the same content, or a new file (durable before the playlist names it)."""
+        assert isinstance(seg.writer, Fmp4SegmentWriter)
+        data = seg.writer.init
+        if not data:
+            return self._init[0] if self._init is not None else None
+        if self._init is None or self._init[1] != data:
+            name = self._init_names.get(data)
+            if name is None or not (self.directory / name).exists():
+                name = name or init_name(self.basename, seg.seq if self._init_names else 0)
+                atomic_write_bytes(self.directory / name, data)
+                self._init_names[data] = name
+            self._init = (name, data)
+        return self._init[0]
 
     def end_playlist(self) -> None:
         """End the playlist with #EXT-X-ENDLIST (no segment open)."""

@@ -2,7 +2,9 @@
 
 H.264 is remuxed (never decoded or encoded); other video codecs go through
 :class:`~cloudrec.media.transcode.VideoTranscoder`; AAC-LC is remuxed and Opus (or other AAC)
-becomes AAC-LC 48 kHz (:mod:`cloudrec.media.audiotrack`).
+becomes AAC-LC 48 kHz (:mod:`cloudrec.media.audiotrack`). With ``audio_codec="opus"`` the
+segments are fMP4 (:mod:`cloudrec.media.fmp4`) and Opus is kept as it came (AAC audio is then
+not recorded).
 
 Timeline: every timestamp is an integer in 90 kHz ticks. A track's first frame is anchored to
 its arrival (the offset from the recording's first frame, converted to ticks once), after which
@@ -120,6 +122,7 @@ class SourceHlsRecorder:
         request_keyframe: Callable[[], None] | None = None,
         resume: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        audio_codec: str = "aac",
     ) -> None:
         if not (audio or video):
             raise ValueError("a recording needs audio, video or both")
@@ -132,14 +135,16 @@ class SourceHlsRecorder:
         self._cut_ticks = self._seg_ticks - round(KEYFRAME_LEAD_S * TS_CLOCK)
         self._segs = HlsSegmenter(spool_dir, basename, video=video, audio=audio,
                                   segment_seconds=segment_seconds, segment_type=_Open,
-                                  on_segment=on_segment, resume=resume)
+                                  on_segment=on_segment, resume=resume,
+                                  fmp4=audio_codec == "opus")
+        self._audio_codecs = ("opus",) if audio_codec == "opus" else ("opus", "aac")
         self.stats = RecorderStats()
         self._base = self._segs.base  # ticks added to every timestamp (past a resumed one's)
 
         self._t0: float | None = None
         self._closed = False
         self._vclock = _VideoClock(PAUSE_S)
-        self._atrack = AudioTrack(PAUSE_S)
+        self._atrack = AudioTrack(PAUSE_S, keep_opus=audio_codec == "opus")
         self._params = h264.ParameterSetCache()
         self._transcoder: VideoTranscoder | None = None
         self._video_codec = "h264"
@@ -176,7 +181,7 @@ class SourceHlsRecorder:
             self._t0 = frame.arrival
         if frame.kind == "video" and self._video:
             self._push_video(frame)
-        elif frame.kind == "audio" and self._audio and frame.codec in ("opus", "aac"):
+        elif frame.kind == "audio" and self._audio and frame.codec in self._audio_codecs:
             dropped = self._atrack.dropped
             packets = self._atrack.push(frame, self._to_ticks)
             self.stats.frames_dropped += self._atrack.dropped - dropped

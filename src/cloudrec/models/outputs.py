@@ -3,6 +3,8 @@
 - ``mp4`` (bool): an MP4 of the whole recording, ``{prefix}/{base}.mp4``, when it stops;
 - ``snapshotinterval`` (int, 5..3600 s): a JPEG of the video every that many seconds,
   ``{prefix}/{base}_{unixms}.jpg``;
+- ``audiocodec`` (``"aac"``, the default, or ``"opus"``): a source recording's audio in AAC
+  (MPEG-TS segments) or kept as the publisher's Opus (fMP4 segments, ``#EXT-X-MAP``, ``.m4s``);
 - ``pushurl`` (at most 2 ``rtmp://`` / ``srt://`` URLs of at most 256 bytes): the mix pushed
   live (mixed recordings only).
 
@@ -49,9 +51,21 @@ def _check_push_url(value: Any) -> str:
     return value
 
 
+AUDIO_CODECS = ("aac", "opus")
+
+
+def _check_audiocodec(value: Any) -> str:
+    if value is None:
+        return "aac"
+    if type(value) is not str or value not in AUDIO_CODECS:
+        raise problem('must be "aac" or "opus"')
+    return value
+
+
 StrictBool = Annotated[bool, PlainValidator(_check_bool, json_schema_input_type=bool)]
 SnapshotInterval = Annotated[int, int_rule(SNAPSHOT_MIN_S, SNAPSHOT_MAX_S)]
 PushUrl = Annotated[str, PlainValidator(_check_push_url, json_schema_input_type=str)]
+AudioCodec = Annotated[str, PlainValidator(_check_audiocodec, json_schema_input_type=str)]
 
 
 class Outputs(Model):
@@ -60,6 +74,7 @@ class Outputs(Model):
     mp4: StrictBool = False
     snapshotinterval: SnapshotInterval | None = None
     pushurl: list[PushUrl] | None = None
+    audiocodec: AudioCodec = "aac"
 
     @field_validator("pushurl")
     @classmethod

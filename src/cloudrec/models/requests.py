@@ -80,11 +80,14 @@ class StartRecordRequest(Model):
     def _outputs_fit_the_recording(cls, value: Outputs | None, info: ValidationInfo
                                    ) -> Outputs | None:
         """``pushurl`` needs a mix (there is no encoded stream of our own to push otherwise);
+        ``audiocodec`` "opus" needs a source recording (a mix encodes its own AAC);
         ``snapshotinterval`` needs video: recordtype 0/1 and, for a mix, an output with video."""
         if value is None:
             return None
         if value.pushurl is not None and info.data.get("streamtype") == 2:
             raise problem("is only for mixed recording (streamtype 1)", "pushurl")
+        if value.audiocodec == "opus" and info.data.get("streamtype") == 1:
+            raise problem("opus is only for source recording (streamtype 2)", "audiocodec")
         if value.snapshotinterval is not None:
             mixconfig = info.data.get("mixconfig")
             if info.data.get("recordtype") == 2:

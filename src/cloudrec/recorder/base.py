@@ -96,6 +96,7 @@ class Recording:
         self._stop_requested = asyncio.Event()
         self._closing = False
         self._recording = False
+        self._inits: set[str] = set()  # fMP4 initialisation sections queued for upload
         self.outputs = RecordingOutputs(self)  # MP4, snapshots and the file list
         self.pause_timeout_s = pause_timeout_s
         self.pause_state = PauseState.from_progress(task.progress)  # paused before a restart
@@ -273,6 +274,9 @@ class Recording:
         assert self.recorder is not None
         metrics.counters.segments_written += 1
         self.outputs.on_segment(segment)
+        if segment.init is not None and segment.init not in self._inits:  # fMP4: its init first
+            self._inits.add(segment.init)
+            self.uploader.submit_segment(segment.path.with_name(segment.init))
         self.uploader.submit_segment(segment.path)
         self.uploader.submit_playlist(self.recorder.playlist_path)
         self._save_progress()
@@ -283,7 +287,9 @@ class Recording:
             self._emit("file.uploaded", file=self.prefix + name, kind=kind, size=size)
             if self._closing:
                 self._save_progress()
-        elif name.endswith(".ts"):
+        elif name.endswith("_init.mp4"):
+            self._emit("file.uploaded", file=self.prefix + name, kind="init", size=size)
+        elif name.endswith((".ts", ".m4s")):
             self._log_event(logging.INFO, "segment_stored",
                             f"segment stored: {self.prefix + name} ({size} bytes)",
                             file=self.prefix + name, size=size)

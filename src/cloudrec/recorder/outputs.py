@@ -101,6 +101,8 @@ class RecordingOutputs:
         """A segment closed (before its upload is queued): keep a link for the MP4."""
         self._playlist_fresh = False
         if self.mp4:
+            if segment.init is not None:
+                self._keep(segment.init)
             self._keep(segment.name)
 
     def on_frame(self, frame: EncodedFrame, subscription: Subscription | None) -> None:
@@ -156,7 +158,9 @@ class RecordingOutputs:
             return
         for name in (s.name for s in segments):
             self._keep(name)
-        sources = [Mp4Source(s.name, s.discontinuity) for s in segments]
+        for name in {s.init for s in segments if s.init is not None}:
+            self._keep(name)
+        sources = [Mp4Source(s.name, s.discontinuity, s.init) for s in segments]
         opener = self._opener(asyncio.get_running_loop())
         dest = self.spool_dir / self.mp4_name
         kinds = tuple(self._rec.kinds)
@@ -283,6 +287,10 @@ class RecordingOutputs:
                         "duration": round(sum(s.duration for s in segments), 3),
                         "stored": self._playlist_fresh and all(
                             self._segment_stored(s) for s in segments)})
+        inits = list(dict.fromkeys(s.init for s in segments if s.init is not None))
+        for name in inits:  # fMP4: the initialisation sections the segments need
+            out.append({"name": prefix + name, "kind": "init",
+                        "size": self._init_size(name), "stored": name in self._stored})
         for s in segments:
             out.append({"name": prefix + s.name, "kind": "segment",
                         "size": s.size or self._stored.get(s.name, 0),
@@ -295,6 +303,12 @@ class RecordingOutputs:
             out.append({"name": prefix + info.name, "kind": "snapshot", "size": info.size,
                         "stored": info.name in self._stored})
         return out
+
+    def _init_size(self, name: str) -> int:
+        try:
+            return (self.spool_dir / name).stat().st_size
+        except OSError:
+            return self._stored.get(name, 0)
 
     def _segment_stored(self, segment: SegmentInfo) -> bool:
         if segment.name in self._stored:

@@ -18,6 +18,7 @@ from typing import Any
 from cloudrec.media.source import SourceHlsRecorder
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.recorder.base import Recording, basename_for, prefix_for
+from cloudrec.recorder.outputs import outputs_of
 from cloudrec.rooms import RoomHub, Subscription, SubscriptionClosed
 from cloudrec.tasks import Status, StopReason
 
@@ -70,6 +71,7 @@ class SourceRecording(Recording):
                 on_segment=self._on_segment,
                 request_keyframe=lambda: sub.request_keyframe(uid),
                 resume=resume,
+                audio_codec=str(outputs_of(self.task.request).get("audiocodec") or "aac"),
             )
             if resume:
                 self.uploader.submit_pending(self.recorder.playlist_path)

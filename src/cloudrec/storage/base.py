@@ -13,6 +13,7 @@ S3_VENDERS = {0: "Alibaba OSS", 1: "Tencent COS", 2: "Qiniu Kodo", 100: "S3-comp
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
     ".ts": "video/mp2t",
+    ".m4s": "video/iso.segment",
     ".mp4": "video/mp4",
     ".jpg": "image/jpeg",
 }

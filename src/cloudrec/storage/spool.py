@@ -113,12 +113,13 @@ class SpoolUploader:
 
     def submit_pending(self, playlist: Path | None) -> int:
         """After a restart: queue every segment still in the spool, then the playlist."""
-        segments = sorted(self.spool_dir.glob("*.ts"))
+        inits = sorted(self.spool_dir.glob("*_init.mp4"))  # fMP4: before the segments
+        segments = inits + sorted([*self.spool_dir.glob("*.ts"), *self.spool_dir.glob("*.m4s")])
         for seg in segments:
             self.submit_segment(seg)
         if playlist is not None and playlist.exists():
             self.submit_playlist(playlist)
-        return len(segments)
+        return len(segments) - len(inits)
 
     def _push(self, item: _Item) -> None:
         self._queue.append(item)

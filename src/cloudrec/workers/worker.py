@@ -19,6 +19,7 @@ import httpx
 
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.cluster import worker_id
+from cloudrec.cluster.costs import CostModel, recording_kind
 from cloudrec.config import Settings
 from cloudrec.ingest.publisher import PushIngest
 from cloudrec.ingress import IngressStore
@@ -62,6 +63,7 @@ class Worker:
                                       allow_private=settings.allow_private_urls)
         self.autorecord = AutoRecorder(self.hub, self.service, tasks, self.ingress_store)
         self.cpu = CpuMeter()
+        self.costs = CostModel()  # what each kind of recording costs here, learned
         self.front_url = front_url  # where to ask who owns a room (relayed mix inputs)
         self.secret = secret
         # Rooms that recordings here read but that live on another worker: their encoded media
@@ -224,11 +226,21 @@ class Worker:
         held.update(f"{r.spec['appid']}/{r.spec['roomid']}" for r in self.ingress.runners.values())
         return sorted(held)
 
+    def carried(self) -> list[tuple[str, float]]:
+        """(kind, units) of every running recording and received publication."""
+        units = [recording_kind(r.task.request) for r in list(self.service.recordings.values())]
+        return [*units, ("publisher", float(self.hub.publisher_count()))]
+
     async def status(self) -> dict[str, Any]:
+        cpu = self.cpu.sample()
+        carried = self.carried()
+        self.costs.observe(cpu, carried)
         return {
             "id": self.id,
             "pid": os.getpid(),
-            "cpu": round(self.cpu.sample(), 4),
+            "cpu": round(cpu, 4),
+            "committed": round(self.costs.committed(carried), 4),
+            "costs": self.costs.costs(),
             "recordings": len(self.service.recordings),
             "publishers": self.hub.publisher_count(),
             "rooms": self.rooms(),

@@ -1,0 +1,187 @@
+"""fMP4 (CMAF) segments of an HLS recording that keeps Opus as Opus: H.264 and Opus untouched.
+
+Each segment is muxed by PyAV's ``mp4`` muxer in fragmented mode, into its own ``.part`` file:
+``movflags=frag_custom+empty_moov+delay_moov+default_base_moof+frag_discont+skip_trailer``
+gives ``ftyp`` + ``moov`` (written once the first packets have given the H.264 parameters) and
+one ``moof`` + ``mdat`` fragment per segment, whose ``tfdt`` is the packets' own decode time
+(``frag_discont`` with the default edit list handling: no rebasing to zero), so segments of
+separate muxers follow each other on one timeline. On close the file is split: ``ftyp`` +
+``moov`` are the initialisation section (the playlist's ``#EXT-X-MAP``), the fragments are the
+``.m4s`` segment.
+
+Opus in MP4 needs its ``dOps`` box, which FFmpeg writes from the stream's ``OpusHead``
+extradata: the Opus stream is made from a template stream read from a tiny Ogg Opus file
+(mapping family 0, 2 channels, 48 kHz), made once per process. A stereo ``OpusHead`` decodes
+mono and stereo packets alike, which is what WebRTC's ``opus/48000/2`` means.
+
+H.264 arrives in Annex B with SPS/PPS in band (the muxer turns it into length-prefixed samples
+and builds ``avcC`` from the first key frame); the picture size comes from that SPS. A segment
+with no video packet (an audio-led stretch, the camera off) keeps the video track of the
+previous initialisation section (``template``), so players see the same tracks throughout; only
+a recording that starts with no video has an audio-only section first, and the playlist names
+each new section before the segment that needs it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from cloudrec.errors import RecordingError
+from cloudrec.media.codecs import h264
+from cloudrec.media.hls import TS_CLOCK, fsync_dir
+
+TIME_BASE = Fraction(1, TS_CLOCK)
+MOVFLAGS = "frag_custom+empty_moov+delay_moov+default_base_moof+frag_discont+skip_trailer"
+INIT_BOXES = (b"ftyp", b"moov")
+SEGMENT_BOXES = (b"styp", b"sidx", b"moof", b"mdat")
+
+_template_lock = threading.Lock()
+_template: tuple[av.container.InputContainer, av.stream.Stream] | None = None
+
+
+def opus_template() -> av.stream.Stream:
+    """An Opus stream (2 channels, 48 kHz) whose parameters carry an ``OpusHead``."""
+    global _template
+    with _template_lock:
+        if _template is None:
+            buf = io.BytesIO()
+            with av.open(buf, "w", format="ogg") as out:
+                stream = out.add_stream("libopus", rate=48_000, layout="stereo")
+                frame = av.AudioFrame(format="s16", layout="stereo", samples=960)
+                frame.sample_rate, frame.pts = 48_000, 0
+                for plane in frame.planes:
+                    plane.update(bytes(plane.buffer_size))
+                for packet in [*stream.encode(frame), *stream.encode(None)]:
+                    out.mux(packet)
+            buf.seek(0)
+            source = av.open(buf, "r", format="ogg")
+            _template = (source, source.streams.audio[0])
+        return _template[1]
+
+
+def split_boxes(data: bytes) -> tuple[bytes, bytes]:
+    """(initialisation section, media segment) of a fragmented MP4 file's top-level boxes."""
+    init, media = bytearray(), bytearray()
+    pos = 0
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        if size == 1:
+            size = struct.unpack_from(">Q", data, pos + 8)[0]
+        elif size == 0:
+            size = len(data) - pos
+        if size < 8:
+            raise ValueError(f"bad MP4 box at {pos}")
+        box = data[pos:pos + size]
+        if kind in INIT_BOXES:
+            init += box
+        elif kind in SEGMENT_BOXES:
+            media += box
+        pos += size
+    return bytes(init), bytes(media)
+
+
+class Fmp4SegmentWriter:
+    """One fMP4 segment (``.m4s``), with the same interface as the MPEG-TS segment writer.
+
+    The muxer opens on the first packet (the video track needs the picture size of the first
+    key frame's SPS). :meth:`close` keeps the initialisation section in :attr:`init`."""
+
+    def __init__(self, path: Path, *, video: bool, audio: bool,
+                 template: bytes | None = None) -> None:
+        self.path = path
+        self._template = template  # an earlier initialisation section: its video track
+        self._template_in: av.container.InputContainer | None = None
+        self._tmp = path.with_name(path.name + ".part")
+        self._want_video, self._want_audio = video, audio
+        self._container: av.container.OutputContainer | None = None
+        self._streams: dict[str, av.stream.Stream] = {}
+        self._closed = False
+        self.packets = 0
+        self.init: bytes = b""
+
+    def _open(self, kind: str, data: bytes) -> None:
+        size = h264.picture_size(data) if kind == "video" else None
+        try:
+            container = av.open(str(self._tmp), "w", format="mp4",
+                                options={"movflags": MOVFLAGS})
+            if self._want_video and size is not None:
+                self._streams["video"] = container.add_mux_stream(
+                    "h264", width=size[0], height=size[1])
+            elif self._want_video and self._template:
+                self._template_in = av.open(io.BytesIO(self._template), "r", format="mp4")
+                if self._template_in.streams.video:
+                    self._streams["video"] = container.add_stream_from_template(
+                        self._template_in.streams.video[0])
+            if self._want_audio:
+                self._streams["audio"] = container.add_stream_from_template(opus_template())
+        except (av.FFmpegError, OSError) as exc:
+            raise RecordingError(f"cannot open segment {self.path.name}: {exc}") from exc
+        self._container = container
+
+    def write(self, kind: str, data: bytes, pts: int, *, keyframe: bool = False) -> None:
+        """Mux one H.264 access unit or one Opus packet at ``pts`` (90 kHz ticks)."""
+        if self._container is None:
+            self._open(kind, data)
+        stream = self._streams.get(kind)
+        if stream is None:
+            if kind == "video" and self._want_video:
+                return  # video after an audio-led start: this segment is audio only
+            raise ValueError(f"segment {self.path.name} has no {kind} stream")
+        assert self._container is not None
+        packet = av.Packet(data)
+        packet.stream = stream
+        packet.time_base = TIME_BASE
+        packet.pts = packet.dts = pts
+        packet.is_keyframe = keyframe or kind == "audio"
+        try:
+            self._container.mux(packet)
+        except (av.FFmpegError, OSError) as exc:
+            raise RecordingError(f"writing segment {self.path.name} failed: {exc}") from exc
+        self.packets += 1
+
+    def close(self) -> int:
+        """Finish the file, keep its initialisation section, make the fragments durable under
+        the segment's final name; returns the segment's size in bytes."""
+        self._closed = True
+        try:
+            if self._container is not None:
+                self._container.close()
+                self._close_template()
+                init, media = split_boxes(self._tmp.read_bytes())
+            else:
+                init, media = b"", b""
+            self.init = init
+            with open(self._tmp, "wb") as f:
+                f.write(media)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self._tmp, self.path)
+            fsync_dir(self.path.parent)
+            return len(media)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise RecordingError(f"closing segment {self.path.name} failed: {exc}") from exc
+
+    def _close_template(self) -> None:
+        if self._template_in is not None:
+            self._template_in.close()
+            self._template_in = None
+
+    def abort(self) -> None:
+        """Drop the unfinished file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close_template()
+        if self._container is not None:
+            try:
+                self._container.close()
+            except (av.FFmpegError, OSError):
+                pass
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,113 @@
+"""Opus kept as Opus through the whole service: a WebRTC publisher recorded with
+``outputs.audiocodec = "opus"``, its fMP4 HLS stored, read by ffprobe, listed and called back
+with its initialisation section, made into an MP4, and played by hls.js in Chromium while it
+records and, once stopped, to its end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.test_callbacks import Receiver, serving
+from tests.e2e.test_console import (
+    PASSWORD,
+    STORAGE,
+    _browser,
+    _drive_console,
+    _requests,
+    needs_browser,
+    publish,
+)
+from tests.helpers import (
+    APPID,
+    file_kinds,
+    make_settings,
+    query_until,
+    running_server,
+    source_body,
+    startrecord,
+)
+
+ROOM, UID = "console-room", "alice"
+
+PLAY_TO_END = """
+const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+const video = document.createElement("video");
+video.muted = true;
+document.body.appendChild(video);
+const hls = new window.Hls();
+let error = null;
+hls.on(window.Hls.Events.ERROR, (_e, data) => { if (data.fatal) error = data.details; });
+video.addEventListener("ended", () => done({ended: true, time: video.currentTime, error}));
+setTimeout(() => done({ended: false, time: video.currentTime, error}), 40000);
+hls.loadSource(url);
+hls.attachMedia(video);
+video.playbackRate = 4;
+video.play().catch((e) => { error = String(e); });
+"""
+
+
+def ffprobe(path: Path) -> dict[str, Any]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                          "stream=codec_name:format=duration", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def _play_to_end(driver: Any, base: str, url: str) -> dict[str, Any]:
+    driver.set_script_timeout(60)
+    driver.get(base + "/")
+    return driver.execute_async_script(PLAY_TO_END, url)
+
+
+@needs_browser
+async def test_opus_recording_plays_live_and_to_its_end(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, operator_password=PASSWORD, segment_seconds=2.0,
+                             idle_timeout_s=10.0, write_rate_per_s=100, query_rate_per_s=1000)
+    rx = Receiver(failures=0)
+    async with serving(rx) as hook, running_server(settings) as server:
+        pub = await publish(server, ROOM, UID)
+        driver = await asyncio.to_thread(_browser, tmp_path)
+        try:
+            resid = await server.apply()
+            body = source_body(resid, ROOM, UID, storagecfg=dict(STORAGE), callbackurl=hook,
+                               outputs={"audiocodec": "opus", "mp4": True})
+            data = await startrecord(server.call, body)
+            assert data["code"] == 0, data
+            recordid = str(data["recordid"])
+            shown = await asyncio.to_thread(_drive_console, driver, server.base, recordid, None)
+            await asyncio.sleep(2.0)
+            await server.call("stoprecord", {"resid": resid, "appid": APPID, "roomid": ROOM,
+                                             "recordid": recordid})
+            final = await query_until(server.call, ROOM, recordid,
+                                      lambda a: a.get("code") == 4013 or "mp4" in file_kinds(a),
+                                      what="the MP4")
+            base = f"{APPID}_{ROOM}_{recordid}_{UID}"
+            url = f"{server.base}/console/files/{recordid}/{base}.m3u8"
+            ended = await asyncio.to_thread(_play_to_end, driver, server.base, url)
+            urls, errors = await asyncio.to_thread(_requests, driver)
+        finally:
+            await asyncio.to_thread(driver.quit)
+            await pub.stop()
+        stored = server.storage_root() / "console"
+    assert shown["advanced"] > 1.5, f"the player did not advance live: {shown}"
+    assert ended["ended"] and ended["error"] is None, ended
+    assert any(u.endswith(".m4s") for u in urls) and any(u.endswith("_init.mp4") for u in urls)
+    assert errors == [], errors
+    kinds = file_kinds(final)
+    assert "init" in kinds and "segment" in kinds and "mp4" in kinds, final
+    lines = (stored / f"{base}.m3u8").read_text().splitlines()
+    assert "#EXT-X-VERSION:7" in lines and f'#EXT-X-MAP:URI="{base}_init.mp4"' in lines
+    assert lines[-1] == "#EXT-X-ENDLIST"
+    events = [e for e, _, _ in rx.accepted]
+    uploaded = {e["data"]["kind"] for e in events if e["type"] == "file.uploaded"}
+    assert {"init", "segment", "mp4"} <= uploaded, uploaded
+    if shutil.which("ffprobe"):
+        for path in (stored / f"{base}.m3u8", stored / f"{base}.mp4"):
+            meta = ffprobe(path)
+            assert {s["codec_name"] for s in meta["streams"]} == {"h264", "opus"}, meta
+            assert float(meta["format"]["duration"]) > 3.0, meta
