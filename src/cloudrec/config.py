@@ -67,6 +67,7 @@ class Settings:
     allow_private_storage: bool = False  # may storagecfg.endpoint be a loopback/private address
     # -- operators (the console at /, /docs) ---------------------------------------------------
     operator_password: str = ""  # "": the console is open on loopback, closed elsewhere
+    console_sample_s: float = 5.0  # how often the console's charts take a sample (120 kept)
     apps: tuple[AppConfig, ...] = field(default_factory=tuple)
 
     @property

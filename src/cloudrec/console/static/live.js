@@ -1,0 +1,127 @@
+// The console's live view and its writes: "watch live" plays one publisher over WHEP (a
+// recvonly RTCPeerConnection; the offer goes to /whep/... with a play token the console mints
+// for the signed-in operator; DELETE on close), and a recording is started or stopped through
+// the console's JSON writes (always a JSON body: the console's guard against forged requests).
+"use strict";
+
+const live = { pc: null, session: null, key: null, timer: null };
+
+async function postJSON(path, body) {
+  const response = await fetch(path, {
+    method: "POST", credentials: "same-origin", cache: "no-store",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}),
+  });
+  let data = {};
+  try { data = await response.json(); } catch (_err) { data = {}; }
+  if (!response.ok) {
+    const err = new Error((data.code !== undefined ? data.code + ": " : "HTTP " + response.status + ": ") +
+      (data.message || data.error || response.statusText));
+    err.code = data.code;
+    throw err;
+  }
+  return data;
+}
+
+function gathered(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((done) => {
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(done, 2000);  // go on with the candidates gathered so far
+  });
+}
+
+function liveState(text) { document.getElementById("live-state").textContent = text; }
+
+async function watchLive(appid, roomid, uid) {
+  closeLive();
+  const key = appid + "/" + roomid + "/" + uid;
+  live.key = key;
+  document.getElementById("live-section").hidden = false;
+  document.getElementById("live-title").textContent = "app " + appid + " · " + roomid + " / " + uid;
+  const video = document.getElementById("live");
+  liveState("connecting…");
+  try {
+    const grant = await postJSON("/console/api/playtoken", { appid, roomid, uid });
+    if (live.key !== key) return;
+    const pc = new RTCPeerConnection();
+    live.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    const remote = new MediaStream();
+    pc.addEventListener("track", (event) => {
+      remote.addTrack(event.track);
+      video.srcObject = remote;
+      video.play().catch(() => {});
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      if (live.pc === pc) liveState(pc.connectionState);
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    const response = await fetch(grant.whep, {
+      method: "POST", body: pc.localDescription.sdp, cache: "no-store",
+      headers: { "Content-Type": "application/sdp", "Authorization": "Bearer " + grant.token },
+    });
+    const answer = await response.text();
+    if (response.status !== 201) throw new Error("WHEP " + response.status + ": " + answer.trim());
+    const session = new URL(response.headers.get("Location"), location.href).href;
+    if (live.pc !== pc) { fetch(session, { method: "DELETE" }).catch(() => {}); return; }
+    live.session = session;
+    await pc.setRemoteDescription({ type: "answer", sdp: answer });
+    live.timer = setInterval(() => {
+      if (video.videoWidth) liveState(pc.connectionState + " · " + video.videoWidth + "×" +
+        video.videoHeight + " · " + video.currentTime.toFixed(1) + " s");
+    }, 1000);
+  } catch (err) {
+    if (live.key === key) liveState("cannot watch: " + err.message);
+  }
+}
+
+function closeLive() {
+  clearInterval(live.timer);
+  live.timer = null;
+  if (live.pc) live.pc.close();
+  if (live.session) fetch(live.session, { method: "DELETE", keepalive: true }).catch(() => {});
+  live.pc = null;
+  live.session = null;
+  live.key = null;
+  const video = document.getElementById("live");
+  video.srcObject = null;
+}
+
+function notice(text, bad) {
+  const box = document.getElementById("notice");
+  box.hidden = false;
+  box.className = bad ? "error" : "muted";
+  box.textContent = text;
+}
+
+async function startRecording(appid, roomid, uid) {
+  try {
+    const started = await postJSON("/console/api/recordings", { appid, roomid, uid });
+    notice("started recording " + started.recordid + " of " + roomid + " / " + uid, false);
+    return started;
+  } catch (err) {
+    notice("cannot start a recording of " + roomid + " / " + uid + ": " + err.message, true);
+    return null;
+  }
+}
+
+async function stopRecording(recordid) {
+  try {
+    const stopped = await postJSON("/console/api/recordings/" + encodeURIComponent(recordid) + "/stop", {});
+    notice("stopped recording " + recordid + " (" + stopped.files + " files)", false);
+    return stopped;
+  } catch (err) {
+    notice("cannot stop " + recordid + ": " + err.message, true);
+    return null;
+  }
+}
+
+document.getElementById("live-close").addEventListener("click", () => {
+  closeLive();
+  document.getElementById("live-section").hidden = true;
+});
+window.addEventListener("pagehide", closeLive);
+window.cloudrecLive = { watchLive, closeLive, startRecording, stopRecording, live };
