@@ -81,8 +81,12 @@ async function watchLive(appid, roomid, uid) {
 function closeLive() {
   clearInterval(live.timer);
   live.timer = null;
-  if (live.pc) live.pc.close();
-  if (live.session) fetch(live.session, { method: "DELETE", keepalive: true }).catch(() => {});
+  const pc = live.pc;
+  // DELETE first, then close: a closed peer connection ends the session on its own
+  if (live.session) {
+    fetch(live.session, { method: "DELETE", keepalive: true }).catch(() => {})
+      .finally(() => { if (pc) pc.close(); });
+  } else if (pc) pc.close();
   live.pc = null;
   live.session = null;
   live.key = null;
