@@ -154,6 +154,9 @@ def _drive(driver: Any, base: str) -> dict[str, Any]:
     first = driver.execute_script(current)
     time.sleep(2.0)
     shown["advanced"] = driver.execute_script(current) - first
+    delay = "return document.getElementById('live').dataset.delay"
+    wait.until(lambda d: d.execute_script(delay))
+    shown["delay"] = float(driver.execute_script(delay))
 
     # the charts
     charts = f'[data-series="publisher:{APPID}/live-room/dave"] figure[data-chart]'
@@ -197,6 +200,7 @@ async def test_console_watches_live_charts_and_records(tmp_path: Path) -> None:
     assert shown["width"] == 320, shown
     assert shown["first_picture_s"] < 5.0, shown
     assert shown["advanced"] > 1.0, f"the live video did not advance: {shown}"
+    assert shown["delay"] < 1.0, f"the live video plays {shown['delay']} s behind: {shown}"
     assert shown["charts"] == ["bitrate", "frame rate"], shown
     assert shown["node_charts"] >= 2, shown
     assert "stopped recording" in shown["notice"], shown

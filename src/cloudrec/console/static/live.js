@@ -31,6 +31,18 @@ function gathered(pc) {
   });
 }
 
+// The receiver's mean jitter-buffer delay of the video (seconds): how far behind the packets
+// the picture plays, the server-to-screen share of the latency.
+async function playoutDelay(pc) {
+  const stats = await pc.getStats();
+  for (const s of stats.values()) {
+    if (s.type === "inbound-rtp" && s.kind === "video" && s.jitterBufferEmittedCount) {
+      return s.jitterBufferDelay / s.jitterBufferEmittedCount;
+    }
+  }
+  return null;
+}
+
 function liveState(text) { document.getElementById("live-state").textContent = text; }
 
 async function watchLive(appid, roomid, uid) {
@@ -69,9 +81,12 @@ async function watchLive(appid, roomid, uid) {
     if (live.pc !== pc) { fetch(session, { method: "DELETE" }).catch(() => {}); return; }
     live.session = session;
     await pc.setRemoteDescription({ type: "answer", sdp: answer });
-    live.timer = setInterval(() => {
-      if (video.videoWidth) liveState(pc.connectionState + " · " + video.videoWidth + "×" +
-        video.videoHeight + " · " + video.currentTime.toFixed(1) + " s");
+    live.timer = setInterval(async () => {
+      if (!video.videoWidth || live.pc !== pc) return;
+      const delay = await playoutDelay(pc);
+      video.dataset.delay = delay === null ? "" : delay.toFixed(3);
+      liveState(pc.connectionState + " · " + video.videoWidth + "×" + video.videoHeight +
+        (delay === null ? "" : " · buffered " + Math.round(delay * 1000) + " ms"));
     }, 1000);
   } catch (err) {
     if (live.key === key) liveState("cannot watch: " + err.message);
