@@ -257,7 +257,7 @@ def check_settings(settings: Settings) -> None:
         if f.type in ("int", "float") and not value >= 0:
             raise ConfigError(f.name, f"is {value}, below 0",
                               f"set 0 or more {_where(f.name)}")
-    for name in ("idle_timeout_s", "segment_seconds", "resid_ttl_s"):
+    for name in ("idle_timeout_s", "segment_seconds", "resid_ttl_s", "console_sample_s"):
         if not getattr(s, name) > 0:
             raise ConfigError(name, "is 0, not a positive number",
                               f"set a positive number of seconds {_where(name)}")
