@@ -47,7 +47,7 @@ function lineChart(name, unit, times, values, end, span, color, digits) {
     run.push([x(t).toFixed(1), y(v).toFixed(1)]);
   });
   flush();
-  root.append(svg("text", { x: CHART_W - 4, y: 12, "text-anchor": "end", "font-size": 10,
+  root.append(svg("text", { x: 4, y: 12, "text-anchor": "start", "font-size": 10,
     fill: "#6b7684" }, "max " + top + " " + unit));
   const last = present.length ? present[present.length - 1] : null;
   const figure = document.createElement("figure");
