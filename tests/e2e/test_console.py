@@ -125,8 +125,9 @@ def _drive_console(driver: Any, base: str, recordid: str,
     time.sleep(3.0)
     shown["advanced"] = driver.execute_script(current) - first
     if screenshot is not None:  # with the publisher playing live beside the recording
-        driver.find_element(By.CSS_SELECTOR, '[data-room="' + str(APPID) + '/console-room"] '
-                            'tr[data-uid="alice"] button[data-action="watch"]').click()
+        driver.execute_script(  # one call: the page redraws its rooms every refresh
+            "document.querySelector(arguments[0]).click()", f'[data-room="{APPID}/console-room"]'
+            ' tr[data-uid="alice"] button[data-action="watch"]')
         wait.until(lambda d: d.execute_script("return document.getElementById('live').videoWidth"))
         driver.set_window_size(1500, 1250)
         driver.execute_script("window.scrollTo(0, 0)")

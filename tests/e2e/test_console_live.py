@@ -97,6 +97,12 @@ async def test_console_writes_samples_and_play_tokens(tmp_path: Path) -> None:
                              json={**body, "appid": 999})
             assert r.status_code == 400 and r.json()["code"] == 2101
 
+            r = await c.post(base + "/console/api/recordings", headers=BEARER,
+                             json={**body, "recordtype": 7})
+            assert r.status_code == 400 and "recordtype" in r.json()["message"]
+            r = await c.get(base + "/console/api/samples")
+            assert r.status_code == 401
+
             # errors keep their seed code: nobody publishes as "nobody"
             r = await c.post(base + "/console/api/recordings", headers=BEARER,
                              json={"appid": APPID, "roomid": "empty-room", "uid": "nobody"})
@@ -132,6 +138,13 @@ async def test_console_writes_samples_and_play_tokens(tmp_path: Path) -> None:
 
 # -- in a browser ----------------------------------------------------------------------------------
 
+def _click(driver: Any, css: str) -> bool:
+    """Click the element now matching ``css`` (the page redraws its tables every refresh, so a
+    found element may be replaced before a second call reaches it)."""
+    return bool(driver.execute_script(
+        "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;", css))
+
+
 def _drive(driver: Any, base: str) -> dict[str, Any]:
     wait = WebDriverWait(driver, 30, poll_frequency=0.2)
     driver.get(base + "/")
@@ -140,11 +153,10 @@ def _drive(driver: Any, base: str) -> dict[str, Any]:
     driver.find_element(By.CSS_SELECTOR, "form.signin button").click()
     wait.until(lambda d: d.current_url == base + "/")
     row_css = f'[data-room="{APPID}/live-room"] tr[data-uid="dave"]'
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row_css))
     shown: dict[str, Any] = {}
 
     # watch live
-    driver.find_element(By.CSS_SELECTOR, row_css + ' button[data-action="watch"]').click()
+    wait.until(lambda d: _click(d, row_css + ' button[data-action="watch"]'))
     width = "return document.getElementById('live').videoWidth"
     current = "return document.getElementById('live').currentTime"
     started = time.monotonic()
@@ -158,28 +170,27 @@ def _drive(driver: Any, base: str) -> dict[str, Any]:
     wait.until(lambda d: d.execute_script(delay))
     shown["delay"] = float(driver.execute_script(delay))
 
-    # the charts
-    charts = f'[data-series="publisher:{APPID}/live-room/dave"] figure[data-chart]'
-    wait.until(lambda d: any(int(f.get_attribute("data-points")) >= 2
-                             for f in d.find_elements(By.CSS_SELECTOR, charts)))
-    shown["charts"] = [f.get_attribute("data-chart")
-                       for f in driver.find_elements(By.CSS_SELECTOR, charts)]
-    shown["node_charts"] = len(driver.find_elements(
-        By.CSS_SELECTOR, '[data-series^="node:"] svg.chart polyline'))
+    # the charts: each figure's name and number of points, read in one go
+    charts = (f'[data-series="publisher:{APPID}/live-room/dave"] figure[data-chart]')
+    read = ("return [...document.querySelectorAll(arguments[0])]"
+            ".map((f) => [f.dataset.chart, Number(f.dataset.points)])")
+    wait.until(lambda d: any(n >= 2 for _, n in d.execute_script(read, charts)))
+    shown["charts"] = [name for name, _ in driver.execute_script(read, charts)]
+    shown["node_charts"] = driver.execute_script(
+        "return document.querySelectorAll('[data-series^=\"node:\"] svg.chart polyline').length")
 
     # record, listed, stop
-    driver.find_element(By.CSS_SELECTOR, row_css + ' button[data-action="record"]').click()
-    recording = 'tr[data-recordid][data-state="recording"]'
-    row = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, recording))[0]
-    shown["recordid"] = row.get_attribute("data-recordid")
+    wait.until(lambda d: _click(d, row_css + ' button[data-action="record"]'))
+    recording = "return document.querySelector('tr[data-recordid][data-state=\"recording\"]')" \
+        "?.dataset.recordid"
+    shown["recordid"] = wait.until(lambda d: d.execute_script(recording))
     time.sleep(3.0)  # a few segments
-    driver.find_element(By.CSS_SELECTOR, f'tr[data-recordid="{shown["recordid"]}"] '
-                                         'button[data-action="stop"]').click()
-    wait.until(lambda d: d.find_elements(
-        By.CSS_SELECTOR, f'tr[data-recordid="{shown["recordid"]}"][data-state="stopped"]'))
-    shown["notice"] = driver.find_element(By.ID, "notice").text
+    row = f'tr[data-recordid="{shown["recordid"]}"]'
+    wait.until(lambda d: _click(d, row + ' button[data-action="stop"]'))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row + '[data-state="stopped"]'))
+    shown["notice"] = driver.execute_script("return document.getElementById('notice').textContent")
     shown["page"] = driver.page_source
-    driver.find_element(By.ID, "live-close").click()
+    _click(driver, "#live-close")
     time.sleep(0.5)
     return shown
 

@@ -86,12 +86,16 @@ def play_token(settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def start_source(front: Any, settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
-    """A source recording (audio and video) of one publisher into local storage (vender 101),
-    through ``apply`` and ``start``: ``{"recordid", "resid"}``."""
+    """A source recording of one publisher into local storage (vender 101), through ``apply``
+    and ``start``: ``{"recordid", "resid"}``. ``recordtype`` as in the API: 0 (audio and
+    video, the default), 1 (video) or 2 (audio)."""
     appid, roomid, uid = _target(settings, body)
+    recordtype = body.get("recordtype", 0)
+    if recordtype not in (0, 1, 2) or isinstance(recordtype, bool):
+        raise InvalidParameter("recordtype", "must be 0 (audio and video), 1 (video) or 2 (audio)")
     resid = front.apply(appid)
     req = parse_request(StartRecordRequest, {
-        "resid": resid, "appid": appid, "roomid": roomid, "uid": uid, "recordtype": 0,
+        "resid": resid, "appid": appid, "roomid": roomid, "uid": uid, "recordtype": recordtype,
         "streamtype": 2, "storagecfg": CONSOLE_STORAGE}, appid)
     return {"recordid": await front.start(appid, req), "resid": resid}
 

@@ -73,7 +73,7 @@ function drawRooms(rooms) {
       el("td", {}, el("button", { class: "play live", type: "button", "data-action": "watch",
         onclick: () => window.cloudrecLive.watchLive(room.appid, room.roomid, p.uid) }, "● Watch live"), " ",
         el("button", { class: "record", type: "button", "data-action": "record",
-          onclick: async () => { await window.cloudrecLive.startRecording(room.appid, room.roomid, p.uid); schedule(); } },
+          onclick: async () => { await window.cloudrecLive.startRecording(room.appid, room.roomid, p.uid, p.kinds); schedule(); } },
           "Record"))));
     box.append(el("div", { class: "room", "data-room": room.appid + "/" + room.roomid },
       el("h3", {}, el("code", {}, room.roomid), el("span", { class: "muted" }, "app " + room.appid),

@@ -116,9 +116,12 @@ function notice(text, bad) {
   box.textContent = text;
 }
 
-async function startRecording(appid, roomid, uid) {
+// kinds: the publisher's tracks ("audio", "video"); the recording takes what it publishes
+async function startRecording(appid, roomid, uid, kinds) {
+  const audio = !kinds || kinds.includes("audio"), video = !kinds || kinds.includes("video");
+  const recordtype = audio && video ? 0 : (video ? 1 : 2);
   try {
-    const started = await postJSON("/console/api/recordings", { appid, roomid, uid });
+    const started = await postJSON("/console/api/recordings", { appid, roomid, uid, recordtype });
     notice("started recording " + started.recordid + " of " + roomid + " / " + uid, false);
     return started;
   } catch (err) {
