@@ -72,6 +72,7 @@ class Settings:
     allow_private_storage: bool = False  # may storagecfg.endpoint be a loopback/private address
     # -- operators (the console at /, /docs) ---------------------------------------------------
     operator_password: str = ""  # "": the console is open on loopback, closed elsewhere
+    console_sample_s: float = 5.0  # how often the console's charts take a sample (120 kept)
     apps: tuple[AppConfig, ...] = field(default_factory=tuple)
 
     @property
@@ -262,7 +263,7 @@ def check_settings(settings: Settings) -> None:
         if f.type in ("int", "float") and not value >= 0:
             raise ConfigError(f.name, f"is {value}, below 0",
                               f"set 0 or more {_where(f.name)}")
-    for name in ("idle_timeout_s", "segment_seconds", "resid_ttl_s"):
+    for name in ("idle_timeout_s", "segment_seconds", "resid_ttl_s", "console_sample_s"):
         if not getattr(s, name) > 0:
             raise ConfigError(name, "is 0, not a positive number",
                               f"set a positive number of seconds {_where(name)}")

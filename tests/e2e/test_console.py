@@ -124,7 +124,11 @@ def _drive_console(driver: Any, base: str, recordid: str,
     first = driver.execute_script(current)
     time.sleep(3.0)
     shown["advanced"] = driver.execute_script(current) - first
-    if screenshot is not None:
+    if screenshot is not None:  # with the publisher playing live beside the recording
+        driver.execute_script(  # one call: the page redraws its rooms every refresh
+            "document.querySelector(arguments[0]).click()", f'[data-room="{APPID}/console-room"]'
+            ' tr[data-uid="alice"] button[data-action="watch"]')
+        wait.until(lambda d: d.execute_script("return document.getElementById('live').videoWidth"))
         driver.set_window_size(1500, 1250)
         driver.execute_script("window.scrollTo(0, 0)")
         time.sleep(2.5)  # one more refresh, with the player running
@@ -153,7 +157,8 @@ def _requests(driver: Any) -> tuple[list[str], list[tuple[str, int]]]:
 @needs_browser
 async def test_console_in_a_browser(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, operator_password=PASSWORD, segment_seconds=2.0,
-                             idle_timeout_s=10.0, write_rate_per_s=100, query_rate_per_s=1000)
+                             idle_timeout_s=10.0, write_rate_per_s=100, query_rate_per_s=1000,
+                             console_sample_s=1.0)
     rx = Receiver(failures=0)
     async with serving(rx) as hook, running_server(settings) as server:
         pub = await publish(server, "console-room", "alice")

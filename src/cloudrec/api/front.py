@@ -69,6 +69,7 @@ class Front:
         self._orphaned_since: dict[str, float] = {}
         self._loops: list[asyncio.Task[None]] = []
         self.push: Any = None  # the RTMP/SRT listeners (cloudrec.ingest.gateway.PushGateway)
+        self.periodic: list[tuple[float, Any]] = []  # (period, coroutine function) run while open
 
     def _in_process_worker(self) -> InProcessWorker:
         """``workers = 1``: the front is its own worker. The only place the front loads the
@@ -92,6 +93,8 @@ class Front:
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._every(HEARTBEAT_S, self.heartbeat)),
                        loop.create_task(self._every(SWEEP_S, self.sweep_orphans))]
+        self._loops += [loop.create_task(self._every(period, work))
+                        for period, work in self.periodic]
         await self._open_push()
 
     async def _open_push(self) -> None:

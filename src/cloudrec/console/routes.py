@@ -3,7 +3,10 @@
 Pages: ``/`` (the console), ``/login`` (sign-in form, POST signs in), ``/logout`` (POST),
 ``/docs`` (Swagger UI) and ``/openapi.json``. JSON for the page and for scripts, under
 ``/console/api/``: ``overview``, ``rooms``, ``recordings`` (``?appid=&roomid=&state=&before=
-&limit=``), ``recordings/{recordid}`` and ``nodes``. A recording's files: ``/console/files/
+&limit=``), ``recordings/{recordid}``, ``nodes`` and ``samples`` (the charts' last 10
+minutes). Writes, POST with a JSON body: ``playtoken`` (a play token to watch a publisher over
+WHEP), ``recordings`` (start a source recording of a publisher) and ``recordings/{recordid}/
+stop``. A recording's files: ``/console/files/
 {recordid}/{name}``. The bundled assets: ``/console/static/`` (open: they are the same public
 code for everyone and the sign-in page needs its style sheet).
 
@@ -11,12 +14,15 @@ Everything but the assets and the sign-in form asks :class:`OperatorAuth`; a pag
 session is redirected to the sign-in form, JSON and files answer 401. Every JSON answer is
 redacted (:mod:`cloudrec.console.redact`) and marked ``no-store``; pages carry a
 Content-Security-Policy that allows this server only, so even a bug in the page cannot make the
-browser fetch from anywhere else.
+browser fetch from anywhere else. A write needs, beyond the credential, the JSON content type:
+a page of another site cannot send one without the browser asking this server first (and the
+cookie is ``SameSite=Strict``), so no cross-site request forgery reaches a write.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -27,11 +33,12 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 
 from cloudrec import __version__
 from cloudrec.config import Settings
-from cloudrec.console import files, views
+from cloudrec.console import files, live, views
 from cloudrec.console.assets import HLS_JS, STATIC_DIR, STATIC_URL
 from cloudrec.console.auth import COOKIE, SESSION_S, OperatorAuth, SignInRequired
 from cloudrec.console.docs import docs_page
 from cloudrec.console.redact import redact
+from cloudrec.errors import CloudrecError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,27 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+async def _write_body(request: Request) -> dict[str, Any] | JSONResponse:
+    """The JSON object of a write, or the answer refusing it (not JSON: 415)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        return JSONResponse({"code": 2101, "message": "a console write needs a JSON body "
+                             "(Content-Type: application/json)"}, status_code=415,
+                            headers=NO_STORE)
+    try:
+        body = json.loads((await request.body())[:65536] or b"{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return JSONResponse({"code": 2101, "message": "invalid parameter body: not a JSON "
+                             "object"}, status_code=400, headers=NO_STORE)
+    return body
+
+
+def _error(exc: CloudrecError) -> JSONResponse:
+    return _json(live.error_body(exc), exc.http_status)
+
+
 def mount_console(app: FastAPI, settings: Settings, front: Any) -> OperatorAuth:
     """Add the console, its sign-in and ``/docs`` to ``app`` (built with ``docs_url``,
     ``redoc_url`` and ``openapi_url`` set to None). The auth is returned and kept as
@@ -66,6 +94,9 @@ def mount_console(app: FastAPI, settings: Settings, front: Any) -> OperatorAuth:
     its ``check(request)`` (a 401, or the sign-in redirect, follows)."""
     auth = OperatorAuth(settings)
     auth.announce(settings.base_url)
+    samples = live.Samples(front, settings.console_sample_s)
+    front.periodic.append((settings.console_sample_s, samples.sample))
+    app.state.console_samples = samples
     app.state.operator_auth = auth
 
     def operator(request: Request) -> None:
@@ -176,6 +207,46 @@ def mount_console(app: FastAPI, settings: Settings, front: Any) -> OperatorAuth:
     @api.get("/nodes")
     async def nodes() -> JSONResponse:
         return _json({"nodes": await views.nodes(front)})
+
+    @api.get("/samples")
+    async def samples_json() -> JSONResponse:
+        return _json(samples.series())
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    @api.post("/playtoken")
+    async def playtoken(request: Request) -> JSONResponse:
+        body = await _write_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:  # the answer is a play token for the page: not redacted, never an app's secret
+            return JSONResponse(live.play_token(settings, body), headers=NO_STORE)
+        except CloudrecError as exc:
+            return _error(exc)
+
+    @api.post("/recordings")
+    async def start_recording(request: Request) -> JSONResponse:
+        body = await _write_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            started = await live.start_source(front, settings, body)
+        except CloudrecError as exc:
+            return _error(exc)
+        log.info("console: operator started recording %s", started["recordid"])
+        return _json({"code": 0, "message": "success", **started})
+
+    @api.post("/recordings/{recordid}/stop")
+    async def stop_recording(recordid: str, request: Request) -> JSONResponse:
+        body = await _write_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            stopped = await live.stop(front, recordid)
+        except CloudrecError as exc:
+            return _error(exc)
+        log.info("console: operator stopped recording %s", recordid)
+        return _json({"code": 0, "message": "success", **stopped})
 
     # -- a recording's files ----------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 // The cloudrec console: polls the node's /console/api/* every POLL_MS and draws rooms,
-// recordings and workers; plays a recording's HLS with the bundled hls.js. Everything is built
+// recordings, workers and charts (charts.js); plays a recording's HLS with the bundled hls.js
+// and a publisher live over WHEP (live.js), which also starts and stops recordings. Everything is built
 // with DOM calls and textContent (never innerHTML), so names and error messages from the
 // server are shown, never interpreted.
 "use strict";
@@ -68,14 +69,19 @@ function drawRooms(rooms) {
       el("td", {}, p.fps ? num(p.fps, 1) + " fps" : "–"),
       el("td", {}, num(p.kbps, 0) + " kbps"),
       el("td", {}, since(p.connected_at)),
-      el("td", { class: "muted" }, p.worker)));
+      el("td", { class: "muted" }, p.worker),
+      el("td", {}, el("button", { class: "play live", type: "button", "data-action": "watch",
+        onclick: () => window.cloudrecLive.watchLive(room.appid, room.roomid, p.uid) }, "● Watch live"), " ",
+        el("button", { class: "record", type: "button", "data-action": "record",
+          onclick: async () => { await window.cloudrecLive.startRecording(room.appid, room.roomid, p.uid, p.kinds); schedule(); } },
+          "Record"))));
     box.append(el("div", { class: "room", "data-room": room.appid + "/" + room.roomid },
       el("h3", {}, el("code", {}, room.roomid), el("span", { class: "muted" }, "app " + room.appid),
         el("span", { class: "muted" }, room.publishers.length + " publisher" +
           (room.publishers.length === 1 ? "" : "s"))),
       rows.length ? el("table", {},
         el("thead", {}, el("tr", {}, ["uid", "codecs", "picture", "frame rate", "bitrate",
-          "connected since", "worker"].map((h) => el("th", {}, h)))),
+          "connected since", "worker", ""].map((h) => el("th", {}, h)))),
         el("tbody", {}, rows)) : el("p", { class: "muted" }, "No publisher (held by " + room.worker + ")")));
   }
 }
@@ -125,7 +131,10 @@ function drawRecordings(recordings) {
       el("td", {}, eventChips(r)),
       el("td", {}, r.player ? el("button", { class: "play", type: "button",
         onclick: () => play(r) }, r.active ? "▶ Live" : "▶ Play") :
-        el("span", { class: "muted", title: "only local storage (vender 101) is readable here" }, "–"))));
+        el("span", { class: "muted", title: "only local storage (vender 101) is readable here" }, "–"),
+        r.active ? el("button", { class: "stop", type: "button", "data-action": "stop",
+          onclick: async () => { await window.cloudrecLive.stopRecording(r.recordid); schedule(); } },
+          "■ Stop") : null)));
   }
 }
 
@@ -239,8 +248,9 @@ function recordingsQuery() {
 
 async function refresh() {
   try {
-    const [overview, rooms, recordings] = await Promise.all([
-      getJSON("/console/api/overview"), getJSON("/console/api/rooms"), getJSON(recordingsQuery())]);
+    const [overview, rooms, recordings, samples] = await Promise.all([
+      getJSON("/console/api/overview"), getJSON("/console/api/rooms"), getJSON(recordingsQuery()),
+      getJSON("/console/api/samples")]);
     $("summary").textContent = "node " + overview.node + " · " + overview.nodes + " node(s), " +
       overview.workers + " worker(s) · " + overview.publishers + " publisher(s) · " +
       overview.recordings + " recording(s)";
@@ -255,6 +265,8 @@ async function refresh() {
     drawRooms(rooms.rooms);
     drawRecordings(recordings.recordings);
     drawIngresses(await getJSON("/console/api/ingresses"));
+    $("charts-period").textContent = samples.period_s;
+    window.cloudrecCharts.drawCharts($("charts"), samples);
     const many = overview.workers > 1;
     $("nodes-section").hidden = !many;
     if (many) drawNodes((await getJSON("/console/api/nodes")).nodes);
