@@ -77,10 +77,17 @@ async def test_janus_room_is_mirrored_and_recorded(node: Server, tmp_path: Path)
             await wait_for(lambda: uids(node, room) == {"alice"}, timeout=10,
                            what="the leaver gone")
             await stop(node, room, rec_alice)
-            assert (await ingress(node, "DELETE", f"/{ingressid}"))["code"] == 0
-            await wait_for(lambda: not uids(node, room), timeout=10, what="an empty room")
-        finally:
+        except BaseException:
             await late.stop()
             await alice.stop()
+            raise
+    try:  # Janus is gone: its publishers leave, the ingress retries
+        await wait_for(lambda: not uids(node, room), timeout=10, what="an empty room")
+        retrying = await wait_state(node, ingressid, {"retrying"})
+        assert retrying["error"], retrying
+        assert (await ingress(node, "DELETE", f"/{ingressid}"))["code"] == 0
+    finally:
+        await late.stop()
+        await alice.stop()
     check_recording(alice_list, 5.0)
     check_recording(late_list, 3.0)  # VP8 comes out as H.264
