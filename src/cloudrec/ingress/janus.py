@@ -190,11 +190,8 @@ class _Mirror:
         self.room = int(query.get("room", "0"))
         self.auth = {k: query[k] for k in ("secret", "admin_key") if query.get(k)}
         self.pin = query.get("pin")
-        parts = urlsplit(base)
-        janus_host = parts.hostname or "127.0.0.1"
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.janus_ip = socket.getaddrinfo(janus_host, port, type=socket.SOCK_DGRAM)[0][4][0]
-        self.host = query.get("host") or _local_address(self.janus_ip, port)
+        self.host = query.get("host") or ""
+        self.janus_ip = ""
         self.api = JanusApi(base)
         self.handle = 0
         self.forwards: dict[int, _Forward] = {}
@@ -230,6 +227,8 @@ class _Mirror:
             return f"the Janus room {self.room} was destroyed"
         if data.get("error_code"):
             return f"Janus refused to join room {self.room}: {data.get('error')}"
+        if data.get("videoroom") == "joined":
+            self.runner.media_started()  # the mirror is active, with or without publishers
         for publisher in data.get("publishers") or []:
             await self._add(publisher)
         for key in ("leaving", "unpublished"):
@@ -252,18 +251,39 @@ class _Mirror:
         for pid in [p for p in self.forwards if p not in publishing]:
             await self._remove(pid, "left the Janus room")
 
+    async def _resolve(self) -> None:
+        """Janus's address (RTCP goes there) and ours as Janus reaches it (the ports' address;
+        a ``host`` given must be an address of this host: the ports are bound to it)."""
+        parts = urlsplit(self.base)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname or "127.0.0.1", port, type=socket.SOCK_DGRAM)
+        self.janus_ip = str(infos[0][4][0])
+        self.host = self.host or _local_address(self.janus_ip, port)
+
     async def run(self) -> str:
-        await self.api.create()
-        self.handle = await self.api.attach(PLUGIN)
-        join: dict[str, Any] = {"request": "join", "ptype": "publisher", "room": self.room,
-                                "display": "cloudrec"}
-        if self.pin:
-            join["pin"] = self.pin
-        found = await self.api.request(self.handle, {"request": "exists", "room": self.room})
-        if not found.get("exists"):
-            raise JanusError(f"Janus has no VideoRoom {self.room}")
-        await self.api.send(self.handle, join)
-        self.runner.media_started()  # joined: the mirror is active, with or without publishers
+        try:
+            await self._resolve()
+            await self.api.create()
+            self.handle = await self.api.attach(PLUGIN)
+            found = await self.api.request(self.handle, {"request": "exists", "room": self.room})
+            if not found.get("exists"):
+                raise JanusError(f"Janus has no VideoRoom {self.room}")
+            join: dict[str, Any] = {"request": "join", "ptype": "publisher", "room": self.room,
+                                    "display": "cloudrec"}
+            if self.pin:
+                join["pin"] = self.pin
+            await self.api.send(self.handle, join)
+            return await self._follow()
+        except (httpx.HTTPError, JanusError, OSError):
+            self.alive = False
+            raise
+        finally:
+            for pid in list(self.forwards):
+                await self._remove(pid, "the Janus mirror ended")
+            await self.api.close()
+
+    async def _follow(self) -> str:
         events = asyncio.create_task(self._events())
         try:
             while not self.stop.is_set():
@@ -272,18 +292,9 @@ class _Mirror:
                     return events.result()
                 await self._reconcile()
             return "stopped"
-        except (httpx.HTTPError, JanusError, OSError):
-            self.alive = False
-            raise
         finally:
             events.cancel()
             await asyncio.gather(events, return_exceptions=True)
-            if events.done() and not events.cancelled() and events.exception() is not None:
-                self.alive = False
-            for pid in list(self.forwards):
-                await self._remove(pid, "the Janus mirror ended")
-            await self.api.close()
-
 
 async def pull_janus(runner: IngressRunner, stop: threading.Event) -> str:
     """Mirror the Janus room until ``stop`` or until Janus fails (raised)."""

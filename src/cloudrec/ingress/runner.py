@@ -157,7 +157,7 @@ class IngressRunner:
     async def _stats(self) -> None:
         while True:
             await asyncio.sleep(STATS_S)
-            if self.publishers and self.state == "active" and not self._stop.is_set():
+            if self.state == "active" and not self._stop.is_set():
                 try:
                     self.store.set_publishers(
                         self.id, [p.describe() for p in self.publishers.values()])
