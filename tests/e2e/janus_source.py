@@ -1,20 +1,24 @@
-"""Debian's Janus (1.1) on loopback for the tests, and aiortc publishers in its VideoRoom.
+"""Debian's Janus (1.1) for the tests, in a network namespace of its own, and aiortc
+publishers in its VideoRoom.
 
-:func:`janus_server` starts ``janus`` with a minimal configuration in a temporary folder: only
-the VideoRoom plugin and the HTTP transport (on a free loopback port), one room (``ROOM``,
-secret ``SECRET``) taking H.264 or VP8 and Opus. :class:`JanusPublisher` joins that room over the
-HTTP API and publishes the synthetic test pattern and tone (:mod:`cloudrec.webrtc.synthetic`).
+:func:`janus_server` starts ``janus`` inside a namespace the test created
+(:func:`tests.e2e.netns.private_netns`) with a minimal configuration in a temporary folder: only
+the VideoRoom plugin and the HTTP transport (on the namespace's veth address), one room
+(``ROOM``, secret ``SECRET``) taking H.264 or VP8 and Opus. :class:`JanusPublisher` joins that
+room over the HTTP API and publishes the synthetic test pattern and tone
+(:mod:`cloudrec.webrtc.synthetic`).
 
-The publishers' WebRTC leg needs a host candidate both sides can reach: Janus skips loopback
-interfaces when it gathers, and aiortc does too, so the leg connects over the host's first
-non-loopback IPv4 address (:func:`host_address`); on a host with none the tests are skipped.
+The publishers' WebRTC leg needs a host candidate both sides can reach, and Janus skips
+loopback interfaces when it gathers: the leg runs over the veth pair. Janus gathers only its
+end (``ice_enforce_list``); each publisher gathers only this host's end, not every interface
+as aioice does by default, and checks once connected that its candidates and nominated pairs
+are on the pair.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,9 +30,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 
 from cloudrec.ingress.janus_api import JanusApi
 from cloudrec.webrtc.synthetic import Pacer, TestPatternTrack, ToneTrack
+from tests.e2e.netns import Netns
 
 ROOM = 1234
 SECRET = "room-secret"
+HTTP_PORT = 8088  # the namespace is new: nothing else listens there
 LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 
 
@@ -36,24 +42,7 @@ def janus_available() -> bool:
     return shutil.which("janus") is not None and (LIB / "plugins/libjanus_videoroom.so").exists()
 
 
-def host_address() -> str | None:
-    """This host's first non-loopback IPv4 address, where Janus and aiortc both gather."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
-                         capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-        fields = line.split()
-        if "inet" in fields:
-            return fields[fields.index("inet") + 1].split("/")[0]
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _configs(root: Path, port: int) -> Path:
+def _configs(root: Path, ns: Netns) -> Path:
     cfg = root / "cfg"
     for sub, names in (("plugins", ["libjanus_videoroom.so"]),
                        ("transports", ["libjanus_http.so"]), ("events", []), ("loggers", [])):
@@ -67,10 +56,10 @@ def _configs(root: Path, port: int) -> Path:
         f'  transports_folder = "{root}/transports"\n  events_folder = "{root}/events"\n'
         f'  loggers_folder = "{root}/loggers"\n  debug_level = 4\n  session_timeout = 60\n'
         "}\nmedia: { rtp_port_range = \"20000-40000\" }\n"
-        'nat: { ice_ignore_list = "vmnet" }\n')
+        f'nat: {{ ice_enforce_list = "{ns.ns_if}" }}\n')
     (cfg / "janus.transport.http.jcfg").write_text(
-        f'general: {{ json = "plain", base_path = "/janus", http = true, port = {port},\n'
-        '  ip = "127.0.0.1", https = false }\nadmin: { admin_http = false }\n')
+        f'general: {{ json = "plain", base_path = "/janus", http = true, port = {HTTP_PORT},\n'
+        f'  ip = "{ns.ns_ip}", https = false }}\nadmin: {{ admin_http = false }}\n')
     (cfg / "janus.plugin.videoroom.jcfg").write_text(
         f'general: {{ }}\nroom-{ROOM}: {{ description = "cloudrec test", secret = "{SECRET}",\n'
         '  publishers = 6, bitrate = 1000000, audiocodec = "opus",\n'
@@ -79,15 +68,14 @@ def _configs(root: Path, port: int) -> Path:
 
 
 @asynccontextmanager
-async def janus_server(root: Path) -> AsyncIterator[str]:
-    """Janus on a free loopback port; yields its HTTP API URL (``http://127.0.0.1:P/janus``)."""
-    port = _free_port()
-    cfg = _configs(root, port)
+async def janus_server(root: Path, ns: Netns) -> AsyncIterator[str]:
+    """Janus in ``ns``; yields its HTTP API URL (``http://NS_IP:HTTP_PORT/janus``)."""
+    cfg = _configs(root, ns)
     log = (root / "janus.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        "janus", "-F", str(cfg), "-C", str(cfg / "janus.jcfg"), stdout=log,
+        *ns.exec("janus", "-F", str(cfg), "-C", str(cfg / "janus.jcfg")), stdout=log,
         stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/janus"
+    url = f"http://{ns.ns_ip}:{HTTP_PORT}/janus"
     try:
         async with httpx.AsyncClient(timeout=2) as http:
             for _ in range(100):
@@ -118,14 +106,47 @@ def _preferences(kind: str, codec: str) -> list[Any]:
     return [c for c in caps if c.mimeType.lower() == f"{kind}/{codec}"]
 
 
-class JanusPublisher:
-    """One participant of the room publishing the test pattern (``video_codec``) and a tone."""
+def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    """The aioice connections of ``pc``'s transports."""
+    found = {id(c): c for c in (t.sender.transport.transport.iceGatherer._connection
+                                for t in pc.getTransceivers())}
+    return list(found.values())
 
-    def __init__(self, url: str, display: str | None, video_codec: str = "h264") -> None:
+
+def _gather_only(connection: Any, address: str) -> None:
+    """Make ``connection`` gather a host candidate on ``address`` alone (aioice gathers on every
+    interface of the host)."""
+    gather = connection.get_component_candidates
+
+    async def get_component_candidates(component: int, addresses: list[str],
+                                       timeout: int = 5) -> list[Any]:
+        return await gather(component=component, addresses=[address], timeout=timeout)
+
+    connection.get_component_candidates = get_component_candidates
+
+
+class JanusPublisher:
+    """One participant of the room publishing the test pattern (``video_codec``) and a tone,
+    its WebRTC leg on ``ns``'s veth pair alone."""
+
+    def __init__(self, url: str, ns: Netns, display: str | None,
+                 video_codec: str = "h264") -> None:
         self.api = JanusApi(url)
+        self.ns = ns
         self.display, self.video_codec = display, video_codec
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.id: int | None = None
+
+    def _check_pairs(self) -> None:
+        """Every local candidate on this host's end of the pair, every nominated pair between
+        the two ends."""
+        for connection in _ice_connections(self.pc):
+            hosts = {c.host for c in connection.local_candidates}
+            pairs = {(p.local_candidate.host, p.remote_candidate.host)
+                     for p in connection._nominated.values()}
+            if hosts != {self.ns.host_ip} or pairs != {(self.ns.host_ip, self.ns.ns_ip)}:
+                raise RuntimeError(f"the WebRTC leg to Janus left the veth pair: local "
+                                   f"candidates {hosts}, nominated pairs {pairs}")
 
     async def _event(self, handle: int, what: str, timeout: float = 10.0) -> dict[str, Any]:
         async def wait() -> dict[str, Any]:
@@ -153,6 +174,8 @@ class JanusPublisher:
                              (ToneTrack(440.0, pacer), "opus")):
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
             transceiver.setCodecPreferences(_preferences(track.kind, codec))
+        for connection in _ice_connections(self.pc):
+            _gather_only(connection, self.ns.host_ip)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"type": "offer", "sdp": self.pc.localDescription.sdp}
         await self.api.send(handle, {"request": "publish", "audio": True, "video": True}, offer)
@@ -163,6 +186,7 @@ class JanusPublisher:
         await self.pc.setRemoteDescription(RTCSessionDescription(jsep["sdp"], jsep["type"]))
         for _ in range(200):
             if self.pc.connectionState == "connected":
+                self._check_pairs()
                 return
             if self.pc.connectionState in ("failed", "closed"):
                 break

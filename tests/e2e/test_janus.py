@@ -1,13 +1,15 @@
-"""A Janus VideoRoom mirrored into a cloudrec room: Debian's ``janus`` on loopback, aiortc
-publishers in its room (H.264, then a late joiner with VP8 and no display name), a
-``janus+http://`` ingress that forwards each of them by RTP into the room; both are recorded
-and the files decoded; the late joiner appears under its Janus id, a leaver leaves, and
-deleting the ingress empties the room.
+"""A Janus VideoRoom mirrored into a cloudrec room: Debian's ``janus`` in a network namespace
+the test creates (joined to this host by a veth pair, the only path the test's traffic takes
+besides loopback), aiortc publishers in its room (H.264, then a late joiner with VP8 and no
+display name), a ``janus+http://`` ingress that forwards each of them by RTP into the room (to
+this host's end of the pair); both are recorded and the files decoded; the late joiner appears
+under its Janus id, a leaver leaves, and deleting the ingress empties the room.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -16,18 +18,24 @@ from tests.e2e.janus_source import (
     ROOM,
     SECRET,
     JanusPublisher,
-    host_address,
     janus_available,
     janus_server,
 )
+from tests.e2e.netns import Netns, NetnsUnavailable, private_netns
 from tests.e2e.test_ingress import check_recording, ingress, playlist_of, record, stop, wait_state
 from tests.helpers import APPID, Server, make_settings, running_server, seconds_in, wait_for
 
-pytestmark = [
-    pytest.mark.skipif(not janus_available(), reason="Debian's janus is not installed"),
-    pytest.mark.skipif(host_address() is None,
-                       reason="no non-loopback address for the publishers' WebRTC leg to Janus"),
-]
+pytestmark = pytest.mark.skipif(not janus_available(), reason="Debian's janus is not installed")
+
+
+@pytest.fixture
+def ns() -> Iterator[Netns]:
+    with ExitStack() as stack:
+        try:
+            netns = stack.enter_context(private_netns())
+        except NetnsUnavailable as e:
+            pytest.skip(f"Janus runs in a network namespace of the test's own, and here {e}")
+        yield netns
 
 
 @pytest.fixture
@@ -41,14 +49,15 @@ def uids(server: Server, room: str) -> set[str]:
     return {p.uid for p in server.app.state.hub.publishers(APPID, room)}
 
 
-async def test_janus_room_is_mirrored_and_recorded(node: Server, tmp_path: Path) -> None:
+async def test_janus_room_is_mirrored_and_recorded(node: Server, ns: Netns,
+                                                   tmp_path: Path) -> None:
     room = "janusroom"
-    async with janus_server(tmp_path / "janus") as janus:
-        alice = JanusPublisher(janus, "alice", "h264")
+    async with janus_server(tmp_path / "janus", ns) as janus:
+        alice = JanusPublisher(janus, ns, "alice", "h264")
         await alice.start()
-        late = JanusPublisher(janus, None, "vp8")
-        try:
-            url = f"janus+{janus}?room={ROOM}&secret={SECRET}"
+        late = JanusPublisher(janus, ns, None, "vp8")
+        try:  # Janus forwards to this host's end of the veth pair
+            url = f"janus+{janus}?room={ROOM}&secret={SECRET}&host={ns.host_ip}"
             created = await ingress(node, "POST", body={"roomid": room, "url": url})
             assert created["code"] == 0, created
             ingressid = created["ingressid"]
