@@ -14,6 +14,9 @@
 #          from a real webrtcbin pipeline, run with the system Python).
 #          gir1.2-gst-rtsp-server-1.0 (tests/e2e/test_ingress.py pulls from a GStreamer RTSP server
 #          serving H.264 + G.711 like an IP camera).
+#          janus and iproute2 (tests/e2e/test_janus.py runs Janus's VideoRoom, with a configuration
+#          of its own, in a network namespace it creates with ip netns and a veth pair, and mirrors
+#          its publishers).
 set -euo pipefail
 purpose=${1:-test}
 need=()
@@ -38,6 +41,8 @@ else
     /usr/bin/python3 -c 'import gi' >/dev/null 2>&1 || need+=(python3-gi)
     compgen -G '/usr/lib/*/girepository-1.0/GstRtspServer-1.0.typelib' >/dev/null \
       || need+=(gir1.2-gst-rtsp-server-1.0)
+    command -v janus >/dev/null 2>&1 || need+=(janus)
+    command -v ip >/dev/null 2>&1 || need+=(iproute2)
   fi
 fi
 [ ${#need[@]} -eq 0 ] && exit 0

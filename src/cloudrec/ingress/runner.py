@@ -61,11 +61,12 @@ class Publisher:
         self.source_codecs: dict[str, str] = {}
 
     def open(self, kinds: frozenset[str], codecs: dict[str, str],
-             source_codecs: dict[str, str] | None = None) -> None:
+             source_codecs: dict[str, str] | None = None, upstream: Any = None) -> None:
         r = self.runner
         self.source_codecs = dict(source_codecs or codecs)
         self.pub = r.hub.attach(r.spec["appid"], r.spec["roomid"], self.uid, kinds=kinds,
-                                codecs=dict(codecs), upstream=_Upstream(), origin=r.kind)
+                                codecs=dict(codecs), upstream=upstream or _Upstream(),
+                                origin=r.kind)
         r.publishers[self.uid] = self
         r.media_started()
 
@@ -156,7 +157,7 @@ class IngressRunner:
     async def _stats(self) -> None:
         while True:
             await asyncio.sleep(STATS_S)
-            if self.publishers and self.state == "active" and not self._stop.is_set():
+            if self.state == "active" and not self._stop.is_set():
                 try:
                     self.store.set_publishers(
                         self.id, [p.describe() for p in self.publishers.values()])

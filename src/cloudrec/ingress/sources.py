@@ -7,7 +7,8 @@ frames, and returns why the connection ended or raises what failed.
 - ``srt``: a caller connection through libsrt, MPEG-TS demuxed by PyAV
   (:mod:`cloudrec.ingress.srt_pull`);
 - ``whep``: a recvonly WebRTC session (:mod:`cloudrec.webrtc.whep_pull`);
-- ``janus``: accepted by the API, not pulled yet (its state says ``error``).
+- ``janus``: a mirror of a Janus VideoRoom, each of its publishers forwarded by Janus as
+  plain RTP (:mod:`cloudrec.ingress.janus`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ async def whep_source(runner: IngressRunner, stop: threading.Event) -> str:
 
 
 async def janus_source(runner: IngressRunner, stop: threading.Event) -> str:
-    raise NotImplementedError("mirroring a Janus VideoRoom is not supported yet")
+    from cloudrec.ingress.janus import pull_janus
+
+    return await pull_janus(runner, stop)
 
 
 def source_for(kind: str) -> Source:

@@ -1,5 +1,8 @@
 """The SRTP receiver: one connection's SRTP/SRTCP datagrams in, whole encoded frames out.
 
+The same receiver takes plain RTP/RTCP (an SFU's RTP forward, :mod:`cloudrec.ingress.janus`)
+through :meth:`LeanReceiver.plain_port`: the SRTP port is not involved, the rest is shared.
+
 It does only what a recorder needs, on the ICE, DTLS and SRTP keys that aiortc negotiated
 (:mod:`cloudrec.webrtc`); the name "lean receive path" in settings and logs means this module.
 
@@ -172,6 +175,48 @@ class _Port:
                 logger.exception("lean receive path failed on a packet")
 
 
+class _Clear:
+    """No SRTP: what goes out is sent as it is."""
+
+    @staticmethod
+    def protect_rtcp(packet: bytes) -> bytes:
+        return packet
+
+
+class _PlainPort:
+    """The receive side of one unencrypted RTP or RTCP socket (an RTP forward of an SFU). A
+    port that ``latches`` becomes the way RTCP goes back, to where its last datagram came from;
+    a port made with ``send``/``addr`` is that way from the start."""
+
+    __slots__ = ("owner", "tx", "send", "addr", "latch")
+
+    def __init__(self, owner: LeanReceiver, latch: bool) -> None:
+        self.owner = owner
+        self.tx = _Clear()
+        self.send: Callable[[bytes, Any], None] | None = None
+        self.addr: Any = None
+        self.latch = latch
+
+    def __call__(self, data: bytes, now: float, send: Callable[[bytes, Any], None],
+                 addr: Any) -> bool:
+        owner = self.owner
+        if owner.closed or len(data) < 2:
+            return True
+        if self.latch:
+            owner._port = self
+            self.send, self.addr = send, addr
+        try:
+            if 192 <= data[1] <= 223:
+                owner._on_rtcp(data, now)
+            else:
+                owner._on_rtp(data, now)
+        except Exception:
+            if not owner._failed:
+                owner._failed = True
+                logger.exception("plain RTP receive failed on a packet")
+        return True
+
+
 class LeanReceiver:
     """One publication's media: every datagram of its transports, frames out to ``on_frame``."""
 
@@ -182,7 +227,7 @@ class LeanReceiver:
         self._rtcp_ssrc = rtcp_ssrc
         self._ast_id = abs_send_time_id or 0
         self._bwe = RembEstimate() if remb and any(c.kind == "video" for c in codecs) else None
-        self._port: _Port | None = None
+        self._port: _Port | _PlainPort | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._slots: dict[int, _Slot] = {}
         self._fir_seq: dict[int, int] = {}  # media SSRC: the last FIR's sequence number
@@ -203,6 +248,17 @@ class LeanReceiver:
     def port(self, sessions: Sessions) -> _Port:
         """The datagram handler for one DTLS transport (given how to read its SRTP sessions)."""
         return _Port(self, sessions)
+
+    def plain_port(self, *, latch: bool = False, send: Callable[[bytes, Any], None] | None = None,
+                   addr: Any = None) -> _PlainPort:
+        """The datagram handler for one socket of plain RTP/RTCP (no SRTP). RTCP (receiver
+        reports, NACK, PLI/FIR) goes back through ``send`` to ``addr`` when given, or to where
+        the datagrams of a ``latch`` port come from."""
+        port = _PlainPort(self, latch)
+        if send is not None:
+            port.send, port.addr = send, addr
+            self._port = port
+        return port
 
     def start(self) -> None:
         if self._timer is None and not self.closed:
