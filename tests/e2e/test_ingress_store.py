@@ -29,7 +29,7 @@ def test_ingresses_and_rules(database: str) -> None:
         assert [i.ingressid for i in store.owned_by("n/w1")] == [ing.ingressid]
         assert store.get(ing.ingressid, appid=2) is None
         assert store.delete(ing.ingressid) and not store.delete(ing.ingressid)
-        assert store.get(ing.ingressid).state == "stopped" and store.list() == []
+        assert store.get(ing.ingressid).state == "stopped" and store.ingresses() == []
         assert not store.claim(ing.ingressid, "n/w2", "n/w1")  # deleted: nobody runs it
         rule = store.add_rule(1, "c-*", 2, {"recordtype": 0})
         assert [r.ruleid for r in store.rules(1)] == [rule.ruleid] and store.rules(2) == []
