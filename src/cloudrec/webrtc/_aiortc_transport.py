@@ -83,7 +83,8 @@ from aiortc.rtcicetransport import RTCIceGatherer
 from cloudrec.webrtc.ice import IceOptions
 
 __all__ = ["AIOICE_VERSION", "AIORTC_VERSION", "DTLS_CIPHERS", "MediaHandler",
-           "TransportInternalsError", "attach_media", "check_internals", "prepare"]
+           "TransportInternalsError", "attach_media", "check_internals", "media_route",
+           "prepare"]
 
 AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
@@ -153,6 +154,24 @@ def attach_media(pc: RTCPeerConnection,
     for dtls in transports:
         connection = dtls.transport.iceGatherer._connection
         _media[connection] = make_handler(_srtp_sessions(dtls))
+
+
+def media_route(pc: RTCPeerConnection) -> Callable[[], tuple[Callable[[bytes, Any], None], Any]
+                                                   | None]:
+    """A function giving ``(sendto, address)`` of ``pc``'s nominated ICE pair (the socket's
+    synchronous ``sendto`` and the remote address), or None while none is nominated: where
+    the lean send path sends before the peer has sent anything."""
+    connections = [dtls.transport.iceGatherer._connection
+                   for dtls in {t.receiver.transport for t in pc.getTransceivers()}]
+
+    def route() -> tuple[Callable[[bytes, Any], None], Any] | None:
+        for connection in connections:
+            for pair in list(connection._nominated.values()):
+                udp = getattr(pair.protocol, "transport", None)
+                if udp is not None:
+                    return udp.sendto, pair.remote_addr
+        return None
+    return route
 
 
 def _srtp_sessions(dtls: Any) -> Callable[[], tuple[Any, Any]]:

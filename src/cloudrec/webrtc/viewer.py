@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections.abc import Coroutine
 from typing import Any
@@ -48,18 +49,26 @@ from cloudrec.errors import CapacityError, InvalidParameter, RecordingError
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.rooms.hub import RoomHub
 from cloudrec.rooms.subscription import PublisherEvent, PublisherInfo, RoomKey, Subscription
+from cloudrec.rtp.sender import LeanSender, SendStream
 from cloudrec.webrtc import _aiortc_sender as sender_internals
 from cloudrec.webrtc import _aiortc_tap as tap
 from cloudrec.webrtc import _aiortc_transport as transport
 from cloudrec.webrtc.ice import IceOptions
-from cloudrec.webrtc.viewer_feed import AacFeeds, KeyframeLimiter, PacketTrack, RisingClock
+from cloudrec.webrtc.viewer_feed import (
+    AacFeeds,
+    KeyframeLimiter,
+    PacketTrack,
+    PayloadCache,
+    RisingClock,
+)
 
-__all__ = ["NOT_PUBLISHING", "ViewerSession", "WebRtcViewers"]
+__all__ = ["NOT_PUBLISHING", "SEND_PATHS", "ViewerSession", "WebRtcViewers"]
 
 logger = logging.getLogger(__name__)
 
 NOT_PUBLISHING = 4005  # the code of "uid is not publishing in this room" (WHEP answers 404)
 CLOCK = {"video": 90_000, "audio": 48_000}
+SEND_PATHS = ("lean", "aiortc")
 
 
 def _preferences(kind: str, codec: str) -> list[Any]:
@@ -90,6 +99,8 @@ class ViewerSession:
         self.watchdog: asyncio.TimerHandle | None = None
         self.waiting: asyncio.TimerHandle | None = None  # the publisher left: how long to wait
         self.pump: asyncio.Task[None] | None = None
+        self.lean: LeanSender | None = None  # the lean send path's sender
+        self.params: dict[str, sender_internals.SendParameters] = {}
 
     # -- frames out ----------------------------------------------------------------------------
 
@@ -115,10 +126,31 @@ class ViewerSession:
                     return
                 self.need_key = False
         pts = self.clocks[frame.kind].map(frame.timestamp, frame.epoch, frame.arrival)
+        lean = self.lean
+        if lean is not None:
+            if (frame.kind in lean.streams or self._lean_stream(frame.kind)) and lean.send_frame(
+                    frame.kind, self.service.payloads.payloads(frame), pts, frame.arrival):
+                self.frames += 1
+            elif frame.kind == "video":
+                self.need_key = True  # not sent (no keys or route yet): start at a keyframe
+            return
         if not track.put(frame.data, pts, self.clocks[frame.kind].time_base) \
                 and frame.kind == "video" and not frame.keyframe:
             self.need_key = True  # the queue started over: wait for the next keyframe
         self.frames += 1
+
+    def _lean_stream(self, kind: str) -> bool:
+        """Add ``kind``'s stream to the lean sender once aiortc has negotiated it."""
+        params = self.params.get(kind)
+        if params is None or not params.ready or self.lean is None:
+            return False
+        rtx = params.rtx_payload_type
+        assert params.payload_type is not None
+        self.lean.cname = params.cname.encode()
+        self.lean.add_stream(SendStream(kind, params.ssrc, params.payload_type,
+                                        params.clock_rate, params.rtx_ssrc if rtx else None, rtx))
+        self.lean.start()
+        return True
 
     def _event(self, event: PublisherEvent) -> None:
         if event.kind == "unpublished":
@@ -177,6 +209,8 @@ class ViewerSession:
             self.service.aac.unlisten(self.key, self.uid, self.send)
             self.aac = False
         self.sub.close()
+        if self.lean is not None:
+            self.lean.close()
         if self.pump is not None and self.pump is not asyncio.current_task():
             self.pump.cancel()
         for track in self.tracks.values():
@@ -188,7 +222,14 @@ class WebRtcViewers:
 
     def __init__(self, hub: RoomHub, *, ice: IceOptions | None = None, max_viewers: int = 50,
                  publisher_wait_s: float = 30.0, connect_timeout_s: float = 20.0,
-                 ice_servers: list[Any] | None = None) -> None:
+                 ice_servers: list[Any] | None = None, send_path: str | None = None) -> None:
+        """``send_path``: ``"lean"`` (:mod:`cloudrec.rtp.sender`) or ``"aiortc"`` (aiortc's
+        RTCRtpSender); default ``CLOUDREC_SEND_PATH``, else ``"lean"``."""
+        path = send_path or os.environ.get("CLOUDREC_SEND_PATH", "") or "lean"
+        if path not in SEND_PATHS:
+            raise ValueError(f"send_path must be one of {SEND_PATHS}, not {path!r}")
+        self.send_path = path
+        self.payloads = PayloadCache()
         self.hub = hub
         self.ice = ice or IceOptions.build((), None, 30.0)
         self.max_viewers = max_viewers
@@ -247,6 +288,8 @@ class WebRtcViewers:
                 transceiver.setCodecPreferences(preferences)
                 sender_internals.on_keyframe_request(transceiver.sender,
                                                      session.on_keyframe_request)
+                if self.send_path == "lean":
+                    session.params[kind] = sender_internals.take_over(transceiver.sender)
                 session.tracks[kind] = track
                 session.codecs[kind] = str(codecs[kind])
             try:
@@ -261,6 +304,10 @@ class WebRtcViewers:
                     raise InvalidParameter("sdp", f"the viewer takes no {transceiver.kind} "
                                            f"codec of the publisher's ({codecs[transceiver.kind]})")
             transport.prepare(pc, self.ice)
+            if self.send_path == "lean":
+                session.lean = LeanSender("", session.on_keyframe_request)
+                session.lean.set_route(transport.media_route(pc))
+                transport.attach_media(pc, session.lean.port)
             await pc.setLocalDescription(answer)
             if self._closed:
                 raise RuntimeError("viewers closed")
