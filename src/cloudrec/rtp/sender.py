@@ -179,7 +179,7 @@ class LeanSender:
 
     def transmit(self, packet: bytes) -> None:
         """Protect one RTP packet and send it."""
-        self._sendto(self._tx.protect(packet), self._addr)  # type: ignore[misc,union-attr]
+        self._sendto(self._tx.protect(packet), self._addr)  # type: ignore[misc]
 
     def _fail(self, exc: Exception) -> None:
         if isinstance(exc, (OSError, pylibsrtp.Error, AttributeError)):
