@@ -68,17 +68,24 @@ async def _viewers(base: str, room: str, uid: str, count: int) -> None:
     from cloudrec.webrtc.whep_client import Viewer
 
     viewers = []
+    counts: list[list[int]] = []
     for i in range(count):
         viewer = Viewer(f"{base}/whep/{APPID}/{room}/{uid}",
                         make_token(APPID, room, f"viewer{i}", SECRET, play=True))
+        pc = viewer.pc
+
+        @pc.on("connectionstatechange")
+        def _connected(pc: Any = pc) -> None:  # from now on its media is only counted
+            if pc.connectionState == "connected":
+                counts.append(transport.swallow_media(pc))
+
         await viewer.start()
         viewers.append(viewer)
-    deadline = time.monotonic() + 30
-    while any(v.pc.connectionState != "connected" for v in viewers):
+    deadline = time.monotonic() + 60
+    while len(counts) < count:
         if time.monotonic() > deadline:
-            raise RuntimeError("viewers did not connect")
+            raise RuntimeError(f"{count - len(counts)} viewers did not connect")
         await asyncio.sleep(0.1)
-    counts = [transport.swallow_media(v.pc) for v in viewers]
     print("ready", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
