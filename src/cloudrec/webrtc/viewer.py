@@ -2,17 +2,27 @@
 a room subscription to one publisher (a reader of the room plane, like a recording).
 
 :meth:`WebRtcViewers.play` answers a WHEP offer for publisher ``uid`` of a room. The answer
-takes the publisher's own codecs (H.264 or VP8, Opus), so frames pass as they are: each
-:class:`~cloudrec.mediatypes.EncodedFrame` becomes an ``av.Packet`` that aiortc's
-``RTCRtpSender`` packetises, encrypts (SRTP) and keeps in its history, so NACKs are answered
-from it (in RTX where the viewer negotiated RTX). Nothing is decoded and nothing re-encoded,
-except AAC (RTMP and SRT publishers), which browsers do not take: it is transcoded to Opus
-once per publication by an encoder the viewers of that publication share
-(:class:`~cloudrec.webrtc.viewer_feed.AacFeeds`).
+takes the publisher's own codecs (H.264 or VP8, Opus), so frames pass as they are. Nothing is
+decoded and nothing re-encoded, except AAC (RTMP and SRT publishers), which browsers do not
+take: it is transcoded to Opus once per publication by an encoder the viewers of that
+publication share (:class:`~cloudrec.webrtc.viewer_feed.AacFeeds`).
 
-Timing: the sender's SSRC and sequence numbers are its own; timestamps are the publication's,
-moved so that they keep rising across a publisher's reconnect (a new epoch starts from where
-the previous one ended, plus the time between them: :class:`RisingClock`).
+Send path: by default (``send_path="lean"``) aiortc negotiates, connects and does DTLS only
+(its senders are kept from sending, :func:`~cloudrec.webrtc._aiortc_sender.take_over`); each
+:class:`~cloudrec.mediatypes.EncodedFrame` is cut into RTP payloads once for all viewers of
+the publication (:class:`~cloudrec.webrtc.viewer_feed.PayloadCache`) and each viewer's
+:class:`~cloudrec.rtp.sender.LeanSender` sends them synchronously from the frame fan-out, with
+its own headers and SRTP, answers NACKs from its packet cache (RTX where negotiated), takes
+PLI/FIR and sends sender reports; the viewer's SRTCP reaches it through the same hook as the
+lean receive path's (:func:`~cloudrec.webrtc._aiortc_transport.attach_media`).
+``send_path="aiortc"`` (or ``CLOUDREC_SEND_PATH=aiortc``) keeps aiortc's ``RTCRtpSender``
+sending: each frame becomes an ``av.Packet`` that it packetises, encrypts and keeps in its
+history for NACKs, per viewer, in coroutines.
+
+Timing: the sender's SSRC and sequence numbers are its own (the SSRCs the answer announces);
+timestamps are the publication's, moved so that they keep rising across a publisher's
+reconnect (a new epoch starts from where the previous one ended, plus the time between them:
+:class:`RisingClock`).
 
 Keyframes: a viewer's PLI or FIR goes upstream through its subscription
 (:meth:`~cloudrec.rooms.subscription.Subscription.request_keyframe`), at most one per publication
