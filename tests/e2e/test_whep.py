@@ -16,6 +16,7 @@ from aiortc import RTCPeerConnection
 
 from cloudrec.rtp import rtcp
 from cloudrec.tokens import make_token
+from cloudrec.webrtc.viewer import ViewerSession
 from cloudrec.webrtc.whep_client import PlayError, Viewer
 from cloudrec.webrtc.whip_client import Publisher
 from tests.e2e.test_recording import publish
@@ -96,10 +97,25 @@ async def test_a_late_joiner_sees_a_picture_within_3_s(server: Server) -> None:
         await pub.stop()
 
 
-def make_lossy(pc: RTCPeerConnection, loss: float, seed: int = 11) -> dict[str, int]:
-    """Drop ``loss`` of what ``pc`` sends as RTP (retransmissions included, not RTCP)."""
+def make_lossy(session: ViewerSession, loss: float, seed: int = 11) -> dict[str, int]:
+    """Drop ``loss`` of what the viewer's session sends as RTP (retransmissions included, not
+    RTCP), on the send path it uses."""
     rng = random.Random(seed)
     counts = {"sent": 0, "dropped": 0}
+    lean = session.lean
+    if lean is not None:
+        transmit = lean.transmit
+
+        def lossy_transmit(packet: bytes) -> None:
+            counts["sent"] += 1
+            if rng.random() < loss:
+                counts["dropped"] += 1
+                return
+            transmit(packet)
+
+        lean.transmit = lossy_transmit  # type: ignore[method-assign]
+        return counts
+    pc = session.pc
     for dtls in {sender.transport for sender in pc.getSenders()}:
         send = dtls._send_rtp
 
@@ -121,7 +137,7 @@ async def test_loss_on_the_viewers_path_is_recovered_by_nack(server: Server) -> 
     await viewer.start()
     try:
         session = server.app.state.viewers.sessions()[0]
-        counts = make_lossy(session.pc, 0.05)
+        counts = make_lossy(session, 0.05)
         await viewer.wait_pictures(1)
         sent0, got0 = session.frames, len(viewer.pictures)
         await asyncio.sleep(8.0)
@@ -131,6 +147,11 @@ async def test_loss_on_the_viewers_path_is_recovered_by_nack(server: Server) -> 
     finally:
         await viewer.stop()
         await pub.stop()
+    lean = session.lean
+    if lean is not None:
+        counts["retransmitted"] = sum(s.retransmitted for s in lean.streams.values())
+        counts["unanswered"] = sum(s.unanswered for s in lean.streams.values())
+        assert counts["retransmitted"] >= counts["dropped"] // 2  # answered on the lean path
     print(f"sent {sent} frames, decoded {got}, packets {counts}")
     assert counts["dropped"] >= 8
     assert got >= 0.97 * sent

@@ -55,6 +55,11 @@ Media (the lean receive path, :mod:`cloudrec.rtp.receiver`)
     handler reads the DTLS transport's libsrtp sessions (``_rx_srtp``/``_tx_srtp``, set when
     the handshake completes) and answers through the socket the datagram came in on, to its
     source address. DTLS and STUN always go aiortc's and aioice's way.
+
+    The lean send path (:mod:`cloudrec.rtp.sender`) takes a viewer's SRTCP through the same
+    hook, and sends through :func:`media_route` (the nominated pair's socket and remote
+    address) until the viewer's first authentic datagram says where it sends from.
+    :func:`swallow_media` is for load generators: a connected peer's media counted and dropped.
 """
 
 from __future__ import annotations
@@ -83,7 +88,8 @@ from aiortc.rtcicetransport import RTCIceGatherer
 from cloudrec.webrtc.ice import IceOptions
 
 __all__ = ["AIOICE_VERSION", "AIORTC_VERSION", "DTLS_CIPHERS", "MediaHandler",
-           "TransportInternalsError", "attach_media", "check_internals", "prepare"]
+           "TransportInternalsError", "attach_media", "check_internals", "media_route",
+           "prepare", "swallow_media"]
 
 AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
@@ -153,6 +159,47 @@ def attach_media(pc: RTCPeerConnection,
     for dtls in transports:
         connection = dtls.transport.iceGatherer._connection
         _media[connection] = make_handler(_srtp_sessions(dtls))
+
+
+def media_route(pc: RTCPeerConnection) -> Callable[[], tuple[Callable[[bytes, Any], None], Any]
+                                                   | None]:
+    """A function giving ``(sendto, address)`` of ``pc``'s nominated ICE pair (the socket's
+    synchronous ``sendto`` and the remote address), or None while none is nominated: where
+    the lean send path sends before the peer has sent anything."""
+    connections = [dtls.transport.iceGatherer._connection
+                   for dtls in {t.receiver.transport for t in pc.getTransceivers()}]
+
+    def route() -> tuple[Callable[[bytes, Any], None], Any] | None:
+        for connection in connections:
+            for pair in list(connection._nominated.values()):
+                udp = getattr(pair.protocol, "transport", None)
+                if udp is not None:
+                    return udp.sendto, pair.remote_addr
+        return None
+    return route
+
+
+def swallow_media(pc: RTCPeerConnection) -> list[int]:
+    """Count and drop every SRTP/SRTCP datagram that comes to ``pc``'s connected ICE sockets
+    from now on (nothing is decrypted; aiortc's receivers get nothing): a load generator's
+    viewer that costs a Python call per packet. Returns ``[datagrams, bytes]``, updated."""
+    counts = [0, 0]
+    for dtls in {t.receiver.transport for t in pc.getTransceivers()}:
+        connection = dtls.transport.iceGatherer._connection
+        nominated = [pair.protocol for pair in connection._nominated.values()]
+        protocols = {id(p): p for p in [*connection._protocols, *nominated]}
+        for protocol in protocols.values():
+            received = protocol.datagram_received
+
+            def datagram_received(data: bytes, addr: Any, received: Any = received) -> None:
+                if data and 127 < data[0] < 192:
+                    counts[0] += 1
+                    counts[1] += len(data)
+                    return
+                received(data, addr)
+
+            protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
+    return counts
 
 
 def _srtp_sessions(dtls: Any) -> Callable[[], tuple[Any, Any]]:

@@ -2,17 +2,27 @@
 a room subscription to one publisher (a reader of the room plane, like a recording).
 
 :meth:`WebRtcViewers.play` answers a WHEP offer for publisher ``uid`` of a room. The answer
-takes the publisher's own codecs (H.264 or VP8, Opus), so frames pass as they are: each
-:class:`~cloudrec.mediatypes.EncodedFrame` becomes an ``av.Packet`` that aiortc's
-``RTCRtpSender`` packetises, encrypts (SRTP) and keeps in its history, so NACKs are answered
-from it (in RTX where the viewer negotiated RTX). Nothing is decoded and nothing re-encoded,
-except AAC (RTMP and SRT publishers), which browsers do not take: it is transcoded to Opus
-once per publication by an encoder the viewers of that publication share
-(:class:`~cloudrec.webrtc.viewer_feed.AacFeeds`).
+takes the publisher's own codecs (H.264 or VP8, Opus), so frames pass as they are. Nothing is
+decoded and nothing re-encoded, except AAC (RTMP and SRT publishers), which browsers do not
+take: it is transcoded to Opus once per publication by an encoder the viewers of that
+publication share (:class:`~cloudrec.webrtc.viewer_feed.AacFeeds`).
 
-Timing: the sender's SSRC and sequence numbers are its own; timestamps are the publication's,
-moved so that they keep rising across a publisher's reconnect (a new epoch starts from where
-the previous one ended, plus the time between them: :class:`RisingClock`).
+Send path: by default (``send_path="lean"``) aiortc negotiates, connects and does DTLS only
+(its senders are kept from sending, :func:`~cloudrec.webrtc._aiortc_sender.take_over`); each
+:class:`~cloudrec.mediatypes.EncodedFrame` is cut into RTP payloads once for all viewers of
+the publication (:class:`~cloudrec.webrtc.viewer_feed.PayloadCache`) and each viewer's
+:class:`~cloudrec.rtp.sender.LeanSender` sends them synchronously from the frame fan-out, with
+its own headers and SRTP, answers NACKs from its packet cache (RTX where negotiated), takes
+PLI/FIR and sends sender reports; the viewer's SRTCP reaches it through the same hook as the
+lean receive path's (:func:`~cloudrec.webrtc._aiortc_transport.attach_media`).
+``send_path="aiortc"`` (or ``CLOUDREC_SEND_PATH=aiortc``) keeps aiortc's ``RTCRtpSender``
+sending: each frame becomes an ``av.Packet`` that it packetises, encrypts and keeps in its
+history for NACKs, per viewer, in coroutines.
+
+Timing: the sender's SSRC and sequence numbers are its own (the SSRCs the answer announces);
+timestamps are the publication's, moved so that they keep rising across a publisher's
+reconnect (a new epoch starts from where the previous one ended, plus the time between them:
+:class:`RisingClock`).
 
 Keyframes: a viewer's PLI or FIR goes upstream through its subscription
 (:meth:`~cloudrec.rooms.subscription.Subscription.request_keyframe`), at most one per publication
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections.abc import Coroutine
 from typing import Any
@@ -48,18 +59,26 @@ from cloudrec.errors import CapacityError, InvalidParameter, RecordingError
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.rooms.hub import RoomHub
 from cloudrec.rooms.subscription import PublisherEvent, PublisherInfo, RoomKey, Subscription
+from cloudrec.rtp.sender import LeanSender, SendStream
 from cloudrec.webrtc import _aiortc_sender as sender_internals
 from cloudrec.webrtc import _aiortc_tap as tap
 from cloudrec.webrtc import _aiortc_transport as transport
 from cloudrec.webrtc.ice import IceOptions
-from cloudrec.webrtc.viewer_feed import AacFeeds, KeyframeLimiter, PacketTrack, RisingClock
+from cloudrec.webrtc.viewer_feed import (
+    AacFeeds,
+    KeyframeLimiter,
+    PacketTrack,
+    PayloadCache,
+    RisingClock,
+)
 
-__all__ = ["NOT_PUBLISHING", "ViewerSession", "WebRtcViewers"]
+__all__ = ["NOT_PUBLISHING", "SEND_PATHS", "ViewerSession", "WebRtcViewers"]
 
 logger = logging.getLogger(__name__)
 
 NOT_PUBLISHING = 4005  # the code of "uid is not publishing in this room" (WHEP answers 404)
 CLOCK = {"video": 90_000, "audio": 48_000}
+SEND_PATHS = ("lean", "aiortc")
 
 
 def _preferences(kind: str, codec: str) -> list[Any]:
@@ -90,6 +109,8 @@ class ViewerSession:
         self.watchdog: asyncio.TimerHandle | None = None
         self.waiting: asyncio.TimerHandle | None = None  # the publisher left: how long to wait
         self.pump: asyncio.Task[None] | None = None
+        self.lean: LeanSender | None = None  # the lean send path's sender
+        self.params: dict[str, sender_internals.SendParameters] = {}
 
     # -- frames out ----------------------------------------------------------------------------
 
@@ -115,10 +136,31 @@ class ViewerSession:
                     return
                 self.need_key = False
         pts = self.clocks[frame.kind].map(frame.timestamp, frame.epoch, frame.arrival)
+        lean = self.lean
+        if lean is not None:
+            if (frame.kind in lean.streams or self._lean_stream(frame.kind)) and lean.send_frame(
+                    frame.kind, self.service.payloads.payloads(frame), pts, frame.arrival):
+                self.frames += 1
+            elif frame.kind == "video":
+                self.need_key = True  # not sent (no keys or route yet): start at a keyframe
+            return
         if not track.put(frame.data, pts, self.clocks[frame.kind].time_base) \
                 and frame.kind == "video" and not frame.keyframe:
             self.need_key = True  # the queue started over: wait for the next keyframe
         self.frames += 1
+
+    def _lean_stream(self, kind: str) -> bool:
+        """Add ``kind``'s stream to the lean sender once aiortc has negotiated it."""
+        params = self.params.get(kind)
+        if params is None or not params.ready or self.lean is None:
+            return False
+        rtx = params.rtx_payload_type
+        assert params.payload_type is not None
+        self.lean.cname = params.cname.encode()
+        self.lean.add_stream(SendStream(kind, params.ssrc, params.payload_type,
+                                        params.clock_rate, params.rtx_ssrc if rtx else None, rtx))
+        self.lean.start()
+        return True
 
     def _event(self, event: PublisherEvent) -> None:
         if event.kind == "unpublished":
@@ -177,6 +219,8 @@ class ViewerSession:
             self.service.aac.unlisten(self.key, self.uid, self.send)
             self.aac = False
         self.sub.close()
+        if self.lean is not None:
+            self.lean.close()
         if self.pump is not None and self.pump is not asyncio.current_task():
             self.pump.cancel()
         for track in self.tracks.values():
@@ -188,7 +232,14 @@ class WebRtcViewers:
 
     def __init__(self, hub: RoomHub, *, ice: IceOptions | None = None, max_viewers: int = 50,
                  publisher_wait_s: float = 30.0, connect_timeout_s: float = 20.0,
-                 ice_servers: list[Any] | None = None) -> None:
+                 ice_servers: list[Any] | None = None, send_path: str | None = None) -> None:
+        """``send_path``: ``"lean"`` (:mod:`cloudrec.rtp.sender`) or ``"aiortc"`` (aiortc's
+        RTCRtpSender); default ``CLOUDREC_SEND_PATH``, else ``"lean"``."""
+        path = send_path or os.environ.get("CLOUDREC_SEND_PATH", "") or "lean"
+        if path not in SEND_PATHS:
+            raise ValueError(f"send_path must be one of {SEND_PATHS}, not {path!r}")
+        self.send_path = path
+        self.payloads = PayloadCache()
         self.hub = hub
         self.ice = ice or IceOptions.build((), None, 30.0)
         self.max_viewers = max_viewers
@@ -247,6 +298,8 @@ class WebRtcViewers:
                 transceiver.setCodecPreferences(preferences)
                 sender_internals.on_keyframe_request(transceiver.sender,
                                                      session.on_keyframe_request)
+                if self.send_path == "lean":
+                    session.params[kind] = sender_internals.take_over(transceiver.sender)
                 session.tracks[kind] = track
                 session.codecs[kind] = str(codecs[kind])
             try:
@@ -261,6 +314,10 @@ class WebRtcViewers:
                     raise InvalidParameter("sdp", f"the viewer takes no {transceiver.kind} "
                                            f"codec of the publisher's ({codecs[transceiver.kind]})")
             transport.prepare(pc, self.ice)
+            if self.send_path == "lean":
+                session.lean = LeanSender("", session.on_keyframe_request)
+                session.lean.set_route(transport.media_route(pc))
+                transport.attach_media(pc, session.lean.port)
             await pc.setLocalDescription(answer)
             if self._closed:
                 raise RuntimeError("viewers closed")

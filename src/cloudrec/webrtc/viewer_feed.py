@@ -2,9 +2,12 @@
 across a publisher's reconnect, rate-limited keyframe requests, and the AAC → Opus transcoder
 the viewers of one publication share.
 
-Nothing here decodes video: frames from the room (:class:`~cloudrec.mediatypes.EncodedFrame`)
-become ``av.Packet`` objects that aiortc's sender packetises as they are
-(:mod:`cloudrec.webrtc._aiortc_sender`).
+Nothing here decodes video. On the lean send path (the default) a frame from the room
+(:class:`~cloudrec.mediatypes.EncodedFrame`) becomes its RTP payloads once, in
+:class:`PayloadCache`, which every viewer of the publication shares, and each viewer's
+:class:`~cloudrec.rtp.sender.LeanSender` sends them with its own headers. On the aiortc send
+path frames become ``av.Packet`` objects that aiortc's sender packetises as they are, per
+viewer (:mod:`cloudrec.webrtc._aiortc_sender`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -23,9 +26,10 @@ from cloudrec.media.aac_opus import OPUS_RATE, AacToOpus
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.rooms.hub import RoomHub
 from cloudrec.rooms.subscription import PublisherEvent, RoomKey, Subscription
+from cloudrec.rtp.packetize import packetize
 from cloudrec.webrtc._aiortc_sender import encoded_packet
 
-__all__ = ["AacFeeds", "KeyframeLimiter", "PacketTrack", "RisingClock"]
+__all__ = ["AacFeeds", "KeyframeLimiter", "PacketTrack", "PayloadCache", "RisingClock"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,31 @@ class PacketTrack(MediaStreamTrack):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+class PayloadCache:
+    """The RTP payloads of the last few video frames, by frame: a publication writes one
+    :class:`~cloudrec.mediatypes.EncodedFrame` object to all its subscriptions, so each of its
+    viewers finds the payloads the first one built (the frame is held with its payloads, so
+    its ``id`` is not reused while it is here)."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[EncodedFrame, list[bytes]]] = OrderedDict()
+        self.built = 0
+
+    def payloads(self, frame: EncodedFrame) -> list[bytes]:
+        if frame.kind != "video":
+            return [frame.data]  # audio: one packet per frame, as it is
+        entry = self._entries.get(id(frame))
+        if entry is not None and entry[0] is frame:
+            return entry[1]
+        payloads = packetize(frame.codec, frame.data)
+        self.built += 1
+        self._entries[id(frame)] = (frame, payloads)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return payloads
 
 
 class RisingClock:
