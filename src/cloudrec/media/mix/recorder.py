@@ -242,7 +242,7 @@ class MixedHlsRecorder:
         if self._t0 is None:
             if not self._inputs.has_media:
                 return 0
-            self._t0 = now
+            self._t0 = self._inputs.origin = now
         return self.advance_to(round((now - self._t0) * TS_CLOCK), now=now)
 
     def _frame_ticks(self, n: int) -> int:
@@ -285,6 +285,8 @@ class MixedHlsRecorder:
             self._switch_encoder()
         if self._audio:
             self._mix_to(rel)
+        if self._t0 is not None:
+            self._inputs.show(self._t0 + rel / TS_CLOCK)
         t = time.perf_counter()
         current = self._inputs.current
         layers = [(p, current(p.key, now)) for p in self._placements]
@@ -393,6 +395,7 @@ class MixedHlsRecorder:
             return
         if self._t0 is not None:
             self._t0 += max(0.0, now - self._paused_at)
+            self._inputs.origin = self._t0
         self._paused_at = None
         for key in self._inputs.keys:
             self._inputs.resync(key)
