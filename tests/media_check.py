@@ -118,3 +118,23 @@ def lip_sync_offsets(path: Path) -> list[float]:
         if near:
             offsets.append(min(near, key=abs))
     return offsets
+
+
+def playlist_dates(playlist: Path) -> list[float | None]:
+    """Each listed segment's ``#EXT-X-PROGRAM-DATE-TIME`` (s since the epoch), in order."""
+    from cloudrec.media.hls import parse_playlist
+
+    return [s.date for s in parse_playlist(playlist.read_text(), playlist.parent)]
+
+
+def flash_wall_times(playlist: Path) -> list[float]:
+    """The wall-clock time of every flash of a recording: its first segment's
+    ``#EXT-X-PROGRAM-DATE-TIME`` plus the flash's PTS past that segment's first packet (for a
+    recording of one run, without a discontinuity)."""
+    from cloudrec.media.hls import parse_playlist
+
+    first = parse_playlist(playlist.read_text(), playlist.parent)[0]
+    assert first.date is not None, "no #EXT-X-PROGRAM-DATE-TIME"
+    with av.open(str(first.path)) as container:
+        start = min(float(p.pts * p.time_base) for p in container.demux() if p.pts is not None)
+    return [first.date + t - start for t in flash_onsets(playlist)]

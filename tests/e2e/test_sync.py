@@ -25,7 +25,7 @@ from tests.e2e.test_mixed import start_mixed
 from tests.e2e.test_mixed import stop as stop_mixed
 from tests.e2e.test_recording import playlist_of, start, stop
 from tests.helpers import APPID, SECRET, make_settings, running_server
-from tests.media_check import lip_sync_offsets
+from tests.media_check import flash_wall_times, lip_sync_offsets, playlist_dates
 
 SOURCE_GOAL_S = 0.045
 MIX_GOAL_S = 0.070
@@ -100,3 +100,44 @@ async def test_flash_and_beep_line_up_in_a_source_recording_and_a_mix(tmp_path: 
     assert len(source) >= 10 and len(mixed) >= 10, (source, mixed)
     assert max(abs(o) for o in source) <= SOURCE_GOAL_S, summary(source)
     assert max(abs(o) for o in mixed) <= MIX_GOAL_S, summary(mixed)
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+async def test_two_recordings_of_one_room_line_up_on_program_date_time(tmp_path: Path) -> None:
+    """One FFmpeg process publishes the same clip as two users of a room; their source
+    recordings, started 4 s apart, agree on the wall-clock time of every flash."""
+    clip = make_flash_clip(tmp_path / "flash.mkv", 24)
+    log = tmp_path / "ffmpeg.log"
+    settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100,
+                             segment_seconds=4.0)
+    room, uids = "timeline", ("left", "right")
+    async with running_server(settings) as server:
+        webrtc = server.app.state.webrtc
+        proc = await ffmpeg_whip_many(clip, [
+            (server.whip_url(room, uid), make_token(APPID, room, uid, SECRET)) for uid in uids
+        ], log)
+        try:
+            for uid in uids:
+                await _wait_for(lambda u=uid: _has_media(webrtc, room, u), 20,  # type: ignore[misc]
+                                "no media from FFmpeg", proc, log)
+            first = await start(server, room, uids[0], 0)
+            await asyncio.sleep(4)
+            second = await start(server, room, uids[1], 0)
+            await asyncio.sleep(10)
+            for (resid, recordid, _) in (first, second):
+                await stop(server, room, resid, recordid)
+            answer = await server.call(f"queryrecord/{room}/{second[1]}")
+        finally:
+            await _end(proc)
+    a = flash_wall_times(playlist_of(server, room, first[1], uids[0]))
+    b = flash_wall_times(playlist_of(server, room, second[1], uids[1]))
+    dates_a = playlist_dates(playlist_of(server, room, first[1], uids[0]))
+    dates_b = playlist_dates(playlist_of(server, room, second[1], uids[1]))
+    assert all(d is not None for d in dates_a + dates_b)
+    assert 2.5 <= dates_b[0] - dates_a[0] <= 6.0, (dates_a, dates_b)  # type: ignore[operator]
+    pairs = [min((y - x for y in b), key=abs) for x in a if b[0] - 0.5 <= x <= b[-1] + 0.5]
+    print("program date time, right - left:", summary(pairs))
+    assert len(pairs) >= 6 and max(abs(d) for d in pairs) <= 0.100, pairs
+    data = answer.get("data", answer)
+    assert abs(data["firstframetime"] - dates_b[0] * 1000) <= 1, data  # type: ignore[operator]

@@ -11,12 +11,17 @@ Durability rules (a crash must never leave a listed segment truncated):
 whose timestamps then start 1 s past the old ones behind ``#EXT-X-DISCONTINUITY``), stale
 ``.part`` files removed, the open segment, closing and listing it. When to cut is the caller's
 policy (:mod:`cloudrec.media.source`, :mod:`cloudrec.media.mix.output`).
+
+The room timeline: the recorder tells the segmenter which wall-clock time a PTS stands for
+(:meth:`HlsSegmenter.set_clock`); every segment opened after that is listed with the time of
+its first frame (``#EXT-X-PROGRAM-DATE-TIME``, :attr:`SegmentInfo.date`).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +41,11 @@ from cloudrec.media.hls import (
 )
 
 TS_TIME_BASE = Fraction(1, TS_CLOCK)
+
+
+def unix_time(monotonic: float) -> float:
+    """The wall-clock time (s since the epoch) of a ``time.monotonic()`` reading."""
+    return time.time() - (time.monotonic() - monotonic)
 
 
 def last_pts(path: Path) -> int | None:
@@ -179,6 +189,27 @@ class HlsSegmenter(Generic[S]):
             stale.unlink(missing_ok=True)
         self._playlist.write(self.segments)  # valid from the start, even with no segment yet
         self.open: S | None = None
+        self._clock: tuple[int, float] | None = None  # (PTS, its wall time)
+        self._dates: dict[int, float] = {}  # sequence number -> wall time of its first frame
+
+    def set_clock(self, pts: int, unix: float) -> None:
+        """PTS ``pts`` (90 kHz) is wall-clock time ``unix`` (s since the epoch) from now on."""
+        self._clock = (pts, unix)
+
+    def date_of(self, pts: int) -> float | None:
+        """The wall-clock time of PTS ``pts`` (None before :meth:`set_clock`)."""
+        if self._clock is None:
+            return None
+        return self._clock[1] + (pts - self._clock[0]) / TS_CLOCK
+
+    @property
+    def first_frame_time(self) -> float | None:
+        """The wall-clock time of the recording's first frame, where known."""
+        for seg in self.segments:
+            if seg.date is not None:
+                return seg.date
+        seg = self.open
+        return self._dates.get(seg.seq) if seg is not None else None
 
     @property
     def duration(self) -> float:
@@ -192,6 +223,9 @@ class HlsSegmenter(Generic[S]):
         path = self.directory / segment_name(self.basename, self._seq)
         writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
         seg = self._segment_type(self._seq, writer, pts, discontinuity, pts)
+        date = self.date_of(pts)
+        if date is not None:
+            self._dates[seg.seq] = date
         self.open = seg
         self._seq += 1
         self.next_discontinuity = False
@@ -211,6 +245,7 @@ class HlsSegmenter(Generic[S]):
             duration=max(end - seg.start, 0) / TS_CLOCK,
             discontinuity=seg.discontinuity,
             size=size,
+            date=self._dates.pop(seg.seq, None),
         )
         self.segments.append(info)
         self._playlist.write(self.segments, ended=final)

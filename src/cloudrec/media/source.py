@@ -29,7 +29,7 @@ from pathlib import Path
 from cloudrec.media.audiotrack import AudioPacket, AudioTrack
 from cloudrec.media.codecs import h264
 from cloudrec.media.hls import PTS_ORIGIN, TS_CLOCK, SegmentInfo
-from cloudrec.media.segmenter import HlsSegmenter, OpenSegment
+from cloudrec.media.segmenter import HlsSegmenter, OpenSegment, unix_time
 from cloudrec.media.transcode import VideoTranscoder
 from cloudrec.mediatypes import EncodedFrame
 
@@ -174,6 +174,7 @@ class SourceHlsRecorder:
         self.stats.frames_in += 1
         if self._t0 is None:
             self._t0 = frame.arrival
+            self._segs.set_clock(PTS_ORIGIN + self._base, unix_time(frame.arrival))
         if frame.kind == "video" and self._video:
             self._push_video(frame)
         elif frame.kind == "audio" and self._audio and frame.codec in ("opus", "aac"):

@@ -38,7 +38,7 @@ from cloudrec.diskfull import is_disk_full, is_disk_full_text
 from cloudrec.media.hls import SegmentInfo
 from cloudrec.recorder.events import Emit, EventQueue
 from cloudrec.recorder.lifecycle import Ending, HlsMedia, SpoolMedia, end_playlist, queue_last_files
-from cloudrec.recorder.outputs import RecordingOutputs
+from cloudrec.recorder.outputs import RecordingOutputs, first_frame_ms
 from cloudrec.recorder.progress import TaskState
 from cloudrec.storage import ObjectStore, SpoolUploader
 from cloudrec.tasks import Status, StopReason, Task, TaskStore
@@ -322,6 +322,7 @@ class Recording:
             "kinds": sorted(self.kinds),
             "playlist": self.prefix + self.basename + ".m3u8",
             "segments": len(rec.segments) if rec else 0,
+            "firstframetime": first_frame_ms(rec.segments) if rec else None,
             "duration": round(rec.duration, 3) if rec else 0.0,
             "storedfiles": self.uploader.stored_files,
             "storedbytes": self.uploader.stored_bytes,
