@@ -114,6 +114,7 @@ class HlsPlaylist:
 
 
 _EXTINF = re.compile(r"#EXTINF:\s*([0-9.]+)")
+_NUMBERED = re.compile(r"_(\d{5,})\.ts$")
 
 
 def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
@@ -138,9 +139,10 @@ def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
         elif not line.startswith("#"):
             path = directory / line
             size = path.stat().st_size if path.exists() else 0
+            numbered = _NUMBERED.search(line)  # a resume elsewhere may have skipped numbers
             segments.append(
                 SegmentInfo(
-                    index=sequence + len(segments),
+                    index=int(numbered.group(1)) if numbered else sequence + len(segments),
                     name=line,
                     path=path,
                     duration=duration or 0.0,

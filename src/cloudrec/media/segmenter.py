@@ -12,6 +12,12 @@ whose timestamps then start 1 s past the old ones behind ``#EXT-X-DISCONTINUITY`
 ``.part`` files removed, the open segment, closing and listing it. When to cut is the caller's
 policy (:mod:`cloudrec.media.source`, :mod:`cloudrec.media.mix.output`).
 
+A resume never reuses a name: besides the playlist it finds, it reads ``.{basename}.next``
+in the spool (:func:`reserve_sequence`: the next number a task resumed elsewhere knows of, e.g.
+from the task store, when no playlist could be fetched) and numbers on from the larger; a
+resumed recording with no listed segment but a reserved number starts after
+``#EXT-X-DISCONTINUITY`` too.
+
 The room timeline: the recorder tells the segmenter which wall-clock time a PTS stands for
 (:meth:`HlsSegmenter.set_clock`); every segment opened after that is listed with the time of
 its first frame (``#EXT-X-PROGRAM-DATE-TIME``, :attr:`SegmentInfo.date`).
@@ -141,6 +147,25 @@ def resume_base(segments: list[SegmentInfo]) -> int:
     return max(0, old_end + TS_CLOCK - PTS_ORIGIN)
 
 
+def next_file(spool_dir: Path, basename: str) -> Path:
+    return Path(spool_dir) / f".{basename}.next"
+
+
+def reserve_sequence(spool_dir: Path, basename: str, seq: int) -> None:
+    """Make a resume of ``basename`` in ``spool_dir`` number its segments from ``seq`` on at
+    least (see the module docstring)."""
+    path = next_file(spool_dir, basename)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{seq}\n", encoding="utf-8")
+
+
+def reserved_sequence(spool_dir: Path, basename: str) -> int:
+    try:
+        return max(0, int(next_file(spool_dir, basename).read_text(encoding="utf-8").strip()))
+    except (OSError, ValueError):
+        return 0
+
+
 @dataclass(slots=True)
 class OpenSegment:
     """The segment being written; timestamps in 90 kHz ticks."""
@@ -183,8 +208,10 @@ class HlsSegmenter(Generic[S]):
         self._playlist = HlsPlaylist(self.playlist_path, segment_seconds)
         self.segments: list[SegmentInfo] = self._playlist.load() if resume else []
         self.base = resume_base(self.segments)  # PTS offset past a resumed recording's end
-        self.next_discontinuity = bool(self.segments)  # the next segment starts a new run
-        self._seq = self.segments[-1].index + 1 if self.segments else 0
+        listed = self.segments[-1].index + 1 if self.segments else 0
+        self._seq = max(listed, reserved_sequence(spool_dir, basename)) if resume else 0
+        # the next segment starts a new run
+        self.next_discontinuity = bool(self.segments) or self._seq > 0
         for stale in self.directory.glob(f"{glob.escape(basename)}_*.ts.part"):
             stale.unlink(missing_ok=True)
         self._playlist.write(self.segments)  # valid from the start, even with no segment yet

@@ -58,6 +58,13 @@ def prefix_for(storagecfg: dict[str, Any]) -> str:
     return "".join(f"{item}/" for item in items)
 
 
+def next_segment(saved: dict[str, Any], segments: list[SegmentInfo]) -> int:
+    """The least sequence number a resume elsewhere may give a new segment: past the last
+    listed one and the one open after it (whose file a dead node may still have closed)."""
+    known = int(saved.get("nextsegment") or 0)
+    return max(known, segments[-1].index + 2) if segments else known
+
+
 class Recording:
     def __init__(
         self,
@@ -323,6 +330,7 @@ class Recording:
             "playlist": self.prefix + self.basename + ".m3u8",
             "segments": len(rec.segments) if rec else 0,
             "firstframetime": first_frame_ms(rec.segments) if rec else None,
+            "nextsegment": next_segment(self.task.progress, rec.segments if rec else []),
             "duration": round(rec.duration, 3) if rec else 0.0,
             "storedfiles": self.uploader.stored_files,
             "storedbytes": self.uploader.stored_bytes,

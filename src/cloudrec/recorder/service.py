@@ -20,6 +20,7 @@ from cloudrec.config import Settings
 from cloudrec.errors import RecordingError, StorageError
 from cloudrec.media.hls import atomic_write_text
 from cloudrec.media.push.fanout import ffmpeg_protocols
+from cloudrec.media.segmenter import reserve_sequence
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.models.rules import (
     RECORD_KINDS,
@@ -302,11 +303,18 @@ class RecordingService:
     async def _fetch_playlist(self, task: Task, store: ObjectStore) -> None:
         """A task resumed on another node than the one that began it has no playlist in this
         spool: fetch the stored one, so the recording goes on in the same playlist and every
-        segment stored before keeps its place in it."""
+        segment stored before keeps its place in it. Its numbering goes on past what the task
+        store knows too (the stored playlist may lag behind the files the dead node closed,
+        and a node's own disk cannot be read at all): a name is never used twice."""
         spool_dir = self.spool.task_dir(task.recordid)
         name = basename_for(task) + ".m3u8"
         if (spool_dir / name).exists():
             return
+        progress = task.progress
+        counted = int(progress.get("segments") or 0)
+        known = int(progress.get("nextsegment") or (counted + 1 if counted else 0))
+        if known:
+            reserve_sequence(spool_dir, basename_for(task), known)
         data = await store.get_bytes(prefix_for(task.request["storagecfg"]) + name)
         if data is not None:
             spool_dir.mkdir(parents=True, exist_ok=True)
