@@ -280,6 +280,17 @@ class HlsSegmenter(Generic[S]):
             self._on_segment(info)
         return info
 
+    def merge(self, returned: list[SegmentInfo]) -> list[SegmentInfo]:
+        """List segments a node that came back stored for this recording (numbers this one
+        never uses: see the module docstring) in their place by number; returns those added.
+        The playlist is rewritten when any was."""
+        listed = {s.name for s in self.segments}
+        added = [s for s in returned if s.name not in listed]
+        if added:
+            self.segments[:] = sorted([*self.segments, *added], key=lambda s: s.index)
+            self._playlist.write(self.segments)
+        return added
+
     def end_playlist(self) -> None:
         """End the playlist with #EXT-X-ENDLIST (no segment open)."""
         self._playlist.write(self.segments, ended=True)

@@ -187,6 +187,11 @@ class SourceHlsRecorder:
         else:
             self.stats.frames_dropped += 1
 
+    def merge_segments(self, returned: list[SegmentInfo]) -> list[SegmentInfo]:
+        """List segments stored for this recording by a node that came back (see
+        :meth:`~cloudrec.media.segmenter.HlsSegmenter.merge`)."""
+        return self._segs.merge(returned)
+
     def pause(self, now: float) -> None:
         """``pauserecord``: end the open segment where its media ends (it is stored now, not
         after the pause); frames must not be pushed until :meth:`resume`."""

@@ -281,8 +281,32 @@ class Recording:
         metrics.counters.segments_written += 1
         self.outputs.on_segment(segment)
         self.uploader.submit_segment(segment.path)
+        self._list_returned_segments()
         self.uploader.submit_playlist(self.recorder.playlist_path)
         self._save_progress()
+
+    def _list_returned_segments(self) -> None:
+        """Segments a node that came back stored for this task (its spool's, from before it
+        died) are listed in this playlist in their place: the task store hands them over."""
+        merge = getattr(self.recorder, "merge_segments", None)
+        if merge is None:
+            return
+        recordid = self.task.recordid
+        try:
+            entries = self.tasks.returned_segments(recordid)
+            if not entries:
+                return
+            spool = self.uploader.spool_dir
+            merge([SegmentInfo(index=int(e["index"]), name=e["name"], path=spool / e["name"],
+                               duration=float(e["duration"]),
+                               discontinuity=bool(e["discontinuity"]), size=int(e["size"]),
+                               date=e.get("date")) for e in entries])
+            self.tasks.forget_returned_segments(recordid, [e["name"] for e in entries])
+            log.info("recording %s: %d segment(s) a returning node stored are listed",
+                     recordid, len(entries))
+        except Exception:  # the task store is down: the next segment tries again
+            log.warning("recording %s: returned segments not listed yet", recordid,
+                        exc_info=True)
 
     def _on_stored(self, name: str, size: int) -> None:
         kind = self.outputs.on_stored(name, size)  # "mp4", "snapshot" or None
