@@ -181,8 +181,10 @@ def restart_postgres(url: str) -> None:
 
         pw = pwd.getpwnam("postgres")
         user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    # the restarted server keeps pg_ctl's stdout and stderr: never pipes (they would not close)
     subprocess.run([str(_postgres_bin() / "pg_ctl"), "-D", data, "-m", "fast", "-w",
-                    "restart"], check=True, capture_output=True, cwd="/tmp", **user)
+                    "-l", str(Path(data).parent / "restart.log"), "restart"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp", **user)
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -269,9 +271,11 @@ async def run(tmp: Path) -> dict[str, Any]:
                 if restarted["redis"] is None and now >= SECONDS / 2:
                     await asyncio.to_thread(restart_redis, redis_url)
                     restarted["redis"] = round(now, 1)
+                    print(f"{now:.0f} s: redis restarted", flush=True)
                 elif restarted["postgres"] is None and now >= SECONDS / 2 + 20:
                     await asyncio.to_thread(restart_postgres, pg_url)
                     restarted["postgres"] = round(now, 1)
+                    print(f"{now:.0f} s: postgres restarted", flush=True)
                 await asyncio.sleep(min(SAMPLE_S, max(0.1, end - time.monotonic())))
             for rec in recordings:
                 node = nodes[0]
