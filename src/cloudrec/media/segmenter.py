@@ -230,15 +230,6 @@ class HlsSegmenter(Generic[S]):
         return self._clock[1] + (pts - self._clock[0]) / TS_CLOCK
 
     @property
-    def first_frame_time(self) -> float | None:
-        """The wall-clock time of the recording's first frame, where known."""
-        for seg in self.segments:
-            if seg.date is not None:
-                return seg.date
-        seg = self.open
-        return self._dates.get(seg.seq) if seg is not None else None
-
-    @property
     def duration(self) -> float:
         """Seconds recorded so far (closed segments plus the open one)."""
         seg = self.open  # read once: a monitoring thread may ask while the recorder writes
