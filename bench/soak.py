@@ -219,16 +219,26 @@ def whole(playlist: Path) -> dict[str, Any]:
     segments = parse_playlist(text, playlist.parent)
     names = [s.name for s in segments]
     missing = [s.name for s in segments if not s.path.exists()]
-    frames = 0
+    frames = audio = 0
+    damaged: list[str] = []
     for seg in segments:  # one by one: a playlist without ENDLIST is live to FFmpeg
-        if seg.path.exists():
+        if not seg.path.exists():
+            continue
+        try:
             with av.open(str(seg.path)) as container:
-                for _ in container.decode(video=0):
-                    frames += 1
+                for frame in container.decode(*container.streams.video,
+                                              *container.streams.audio):
+                    if isinstance(frame, av.VideoFrame):
+                        frames += 1
+                    else:
+                        audio += 1
+        except av.FFmpegError:
+            damaged.append(seg.name)
     listed = sum(s.duration for s in segments)
-    ok = text.rstrip().endswith("#EXT-X-ENDLIST") and not missing and len(set(names)) == len(names)
-    return {"whole": ok, "segments": len(segments), "missing": missing,
-            "duration": round(listed, 1), "frames": frames,
+    ok = (text.rstrip().endswith("#EXT-X-ENDLIST") and not missing and not damaged
+          and len(set(names)) == len(names))
+    return {"whole": ok, "segments": len(segments), "missing": missing, "damaged": damaged,
+            "duration": round(listed, 1), "frames": frames, "audio_frames": audio,
             "discontinuities": text.count("#EXT-X-DISCONTINUITY")}
 
 
