@@ -96,9 +96,9 @@ def _role(sample: dict[str, Any], front: int) -> str:
     if sample["pid"] == front:
         return "front"
     cmd = sample["cmd"]
-    if "worker" in cmd:
-        return "worker"
-    return "mix" if "mix" in cmd or "multiprocessing" in cmd else "child"
+    if "media.mix" in cmd or "multiprocessing" in cmd:
+        return "mix"
+    return "worker" if "workers.main" in cmd else "child"
 
 
 # -- the load -------------------------------------------------------------------------------
