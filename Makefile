@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test bench demo setup setup-serve clean
+.PHONY: serve test bench soak demo setup setup-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
@@ -35,6 +35,11 @@ test: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# Not in CI: two hours (SOAK_SECONDS) of a 2-node cluster with publishers coming and going.
+SOAK_SECONDS ?= 7200
+soak: setup
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) bench/soak.py
 
 demo: setup-serve
 	$(VENV)/bin/cloudrec demo

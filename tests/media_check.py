@@ -62,3 +62,79 @@ def ffprobe_streams(playlist: Path) -> list[dict[str, object]] | None:
 
 def playlist_lines(playlist: Path) -> list[str]:
     return playlist.read_text().splitlines()
+
+
+# -- lip sync: a picture that flashes white and a beep that starts at the same instant ---------
+
+
+def flash_onsets(path: Path) -> list[float]:
+    """Times (s, container clock) where the picture's mean luma jumps from dark to bright."""
+    onsets: list[float] = []
+    with av.open(str(path)) as container:
+        was_bright = True  # an onset needs a dark frame before it
+        for frame in container.decode(video=0):
+            luma = float(frame.to_ndarray(format="gray").mean())
+            bright = luma > 128
+            if bright and not was_bright and frame.pts is not None:
+                onsets.append(float(frame.pts * frame.time_base))
+            was_bright = bright
+    return onsets
+
+
+def beep_onsets(path: Path, window_s: float = 0.002) -> list[float]:
+    """Times (s, container clock) where the audio's RMS over ``window_s`` jumps out of silence."""
+    import numpy as np
+
+    onsets: list[float] = []
+    with av.open(str(path)) as container:
+        loud = True
+        for frame in container.decode(audio=0):
+            if frame.pts is None:
+                continue
+            t0 = float(frame.pts * frame.time_base)
+            samples = frame.to_ndarray().astype(np.float64)
+            if frame.format.is_packed:
+                samples = samples.reshape(-1, frame.layout.nb_channels).T
+            mono = samples.mean(axis=0)
+            if frame.format.name.startswith("s16"):
+                mono /= 32768.0
+            step = max(1, int(frame.sample_rate * window_s))
+            for i in range(0, len(mono) - step + 1, step):
+                rms = float(np.sqrt(np.mean(mono[i : i + step] ** 2)))
+                now_loud = rms > 0.05
+                if now_loud and not loud:
+                    onsets.append(t0 + i / frame.sample_rate)
+                loud = now_loud if now_loud or rms < 0.01 else loud
+    return onsets
+
+
+def lip_sync_offsets(path: Path) -> list[float]:
+    """Audio minus picture (s) for every flash that has a beep within half a second of it:
+    positive is audio late. ``path`` is a playlist or a media file."""
+    beeps = beep_onsets(path)
+    offsets: list[float] = []
+    for flash in flash_onsets(path):
+        near = [b - flash for b in beeps if abs(b - flash) < 0.5]
+        if near:
+            offsets.append(min(near, key=abs))
+    return offsets
+
+
+def playlist_dates(playlist: Path) -> list[float | None]:
+    """Each listed segment's ``#EXT-X-PROGRAM-DATE-TIME`` (s since the epoch), in order."""
+    from cloudrec.media.hls import parse_playlist
+
+    return [s.date for s in parse_playlist(playlist.read_text(), playlist.parent)]
+
+
+def flash_wall_times(playlist: Path) -> list[float]:
+    """The wall-clock time of every flash of a recording: its first segment's
+    ``#EXT-X-PROGRAM-DATE-TIME`` plus the flash's PTS past that segment's first packet (for a
+    recording of one run, without a discontinuity)."""
+    from cloudrec.media.hls import parse_playlist
+
+    first = parse_playlist(playlist.read_text(), playlist.parent)[0]
+    assert first.date is not None, "no #EXT-X-PROGRAM-DATE-TIME"
+    with av.open(str(first.path)) as container:
+        start = min(float(p.pts * p.time_base) for p in container.demux() if p.pts is not None)
+    return [first.date + t - start for t in flash_onsets(playlist)]

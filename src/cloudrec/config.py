@@ -70,10 +70,18 @@ class Settings:
     tls_key: str = ""  # its PEM private key
     # -- storage ------------------------------------------------------------------------------
     allow_private_storage: bool = False  # may storagecfg.endpoint be a loopback/private address
+    # local storage (vender 101): "" is data_dir/storage; a cluster gives every node one shared
+    # root (a network file system) so a task resumed on another node finds its files
+    storage_root: str = ""
     # -- operators (the console at /, /docs) ---------------------------------------------------
     operator_password: str = ""  # "": the console is open on loopback, closed elsewhere
     console_sample_s: float = 5.0  # how often the console's charts take a sample (120 kept)
     apps: tuple[AppConfig, ...] = field(default_factory=tuple)
+
+    @property
+    def local_storage_dir(self) -> Path:
+        """Where local storage (vender 101) keeps its buckets."""
+        return Path(self.storage_root) if self.storage_root else self.data_dir / "storage"
 
     @property
     def base_url(self) -> str:
@@ -343,12 +351,13 @@ def _check_cluster(s: Settings) -> None:
 
 def start_warnings(settings: Settings) -> list[str]:
     """What a node with these (valid) settings warns about once at start."""
-    if not settings.redis_url:
+    if not settings.redis_url or settings.storage_root:
         return []
     return ["this node is part of a cluster (redis_url is set), and vender 101 (local "
             "storage) writes to this node's own disk under data_dir: recordings written to "
-            "local storage on one node are not visible to the others; give a cluster's "
-            "recordings an S3-compatible storagecfg"]
+            "local storage on one node are not visible to the others; set storage_root to a "
+            "directory every node shares, or give a cluster's recordings an S3-compatible "
+            "storagecfg"]
 
 
 def with_dev_app(settings: Settings) -> Settings:

@@ -13,7 +13,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from cloudrec.webrtc.whip_client import Publisher, PublishError
-from tests.helpers import APPID, free_port, query_until, source_body, wait_for
+from tests.helpers import APPID, LOCAL_STORAGE, free_port, query_until, source_body, wait_for
 from tests.media_check import playlist_lines, probe_playlist
 from tests.nodes import Node, worker_of
 
@@ -63,10 +63,17 @@ def s3() -> Iterator[S3]:
 @pytest.fixture
 async def cluster(tmp_path: Path, postgres_url: str, redis_url: str,
                   request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
-    extra = getattr(request, "param", {})
+    extra = dict(getattr(request, "param", {}))
+    if extra.get("storage_root") == "ROOT":  # one shared root, each node through its own link
+        (tmp_path / "shared").mkdir(exist_ok=True)
+        for name in ("A", "B", "C"):
+            (tmp_path / f"root-{name}").symlink_to(tmp_path / "shared")
     nodes = [Node(tmp_path / name, node_id=name, workers=1, database_url=postgres_url,
                   redis_url=redis_url, cluster_secret="cluster-test-secret",
-                  allow_private_storage=True, **extra) for name in ("A", "B", "C")]
+                  allow_private_storage=True,
+                  **{**extra, **({"storage_root": str(tmp_path / f"root-{name}")}
+                                 if "storage_root" in extra else {})})
+             for name in ("A", "B", "C")]
     for node in nodes:
         node.start()
     try:
@@ -253,3 +260,73 @@ async def test_a_mix_across_nodes_shows_both_rooms(cluster: list[Node], s3: S3,
     last = frames[-1][1]
     assert near(at(last, (80, 120)), RED), at(last, (80, 120))
     assert near(at(last, (240, 120)), BLUE), at(last, (240, 120))
+
+
+@pytest.mark.parametrize("cluster", [{"storage_root": "ROOT"}], indirect=True)
+async def test_a_killed_node_never_reuses_a_name_and_its_segments_are_listed(
+        cluster: list[Node], tmp_path: Path) -> None:
+    """Local storage under one shared ``storage_root`` (each node reaches it through its own
+    link). The recording node cannot store (its link is broken) and is SIGKILLed: the task goes
+    on elsewhere past every number the task store knows, after a discontinuity; the dead node
+    comes back, stores what its spool kept, and the owner lists those segments in place."""
+    shared = tmp_path / "shared"
+    storagecfg = {**LOCAL_STORAGE, "bucket": "bkt", "fileprefix": ["p"]}
+    pub = await cluster[0].publisher("n1", "eve")
+    victim = await holder(cluster, "n1")
+    resid = (await victim.call("applyrecord", {}))["resid"]
+    recordid = await start_on(victim, resid, "n1", "eve", storagecfg)
+    link = Path(victim.settings["storage_root"])
+    link.unlink()
+    link.write_text("not a directory: the victim's store fails")
+    await query_until(victim.call, "n1", recordid,
+                      lambda q: q["code"] == 0 and q["data"].get("segments", 0) >= 3,
+                      what="three segments closed on the victim")
+    victim.kill()
+    await pub.stop()
+    live = [n for n in cluster if n is not victim]
+    killed = time.monotonic()
+    pub = None
+    while pub is None:
+        assert time.monotonic() - killed < 20, "the dead node's room was not freed in time"
+        try:
+            pub = await live[0].publisher("n1", "eve")
+        except PublishError:
+            await asyncio.sleep(0.5)
+    playlist = shared / "bkt" / "p" / (base_of("n1", recordid, "eve") + ".m3u8")
+
+    def names() -> list[str]:
+        try:
+            return [x for x in playlist.read_text().splitlines() if x.endswith(".ts")]
+        except OSError:
+            return []
+
+    await wait_for(lambda: len(names()) >= 2, interval=0.2, what="the new owner's segments")
+    first_new = names()[0]
+    # the dead node comes back, its link mended
+    link.unlink()
+    link.symlink_to(shared)
+    back = Node(victim.data_dir, victim.port, **{k: v for k, v in victim.settings.items()
+                                                if k not in ("data_dir", "port")})
+    back.start()
+    cluster[cluster.index(victim)] = back
+    await back.ready()
+    await wait_for(lambda: names()[0] < first_new, timeout=40, interval=0.2,
+                   what="the returning node's segments listed")
+    stopped = await live[1].call("stoprecord", {"resid": resid, "appid": APPID, "roomid": "n1",
+                                                "recordid": recordid})
+    assert stopped["code"] == 0, stopped
+    await pub.stop()
+    await wait_for(lambda: playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST"),
+                   interval=0.2, what="the playlist ended")
+    lines = playlist.read_text().splitlines()
+    listed = [x for x in lines if x.endswith(".ts")]
+    numbers = [int(x.rsplit("_", 1)[1][:-3]) for x in listed]
+    print("listed:", numbers, "discontinuities:", lines.count("#EXT-X-DISCONTINUITY"))
+    assert len(set(listed)) == len(listed) and numbers == sorted(numbers), listed
+    old = [n for n in numbers if n < int(first_new.rsplit("_", 1)[1][:-3])]
+    assert len(old) >= 3, listed  # what the dead node closed, listed in place
+    assert "#EXT-X-DISCONTINUITY" in lines
+    for name in listed:
+        assert (playlist.parent / name).stat().st_size > 0, name
+    probe = probe_playlist(playlist)
+    assert probe.video_frames > 0 and probe.audio_frames > 0

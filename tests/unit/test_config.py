@@ -206,6 +206,11 @@ def test_cluster_warns_that_local_storage_stays_on_the_node() -> None:
     assert start_warnings(Settings(database_url="postgresql://db/c")) == []
     (warning,) = start_warnings(CLUSTER)
     assert "vender 101" in warning and "own disk" in warning and "\n" not in warning
+    assert "storage_root" in warning
+    shared = replace(CLUSTER, storage_root="/mnt/shared/recordings")
+    assert start_warnings(shared) == []  # a root every node sees
+    assert shared.local_storage_dir == Path("/mnt/shared/recordings")
+    assert Settings(data_dir=Path("/d")).local_storage_dir == Path("/d/storage")
 
 
 def serve(tmp_path: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:

@@ -149,3 +149,21 @@ def test_adts_header_fields() -> None:
     assert frame_length == 107
     assert (header[2] >> 2) & 0xF == 3  # 48 kHz
     assert ((header[2] & 1) << 2) | (header[3] >> 6) == 2  # stereo
+
+
+def test_program_date_time_is_written_and_read_back(tmp_path: Path) -> None:
+    """Every segment whose first frame's wall-clock time is known is listed after
+    #EXT-X-PROGRAM-DATE-TIME (UTC, to the ms), and a resumed playlist keeps it."""
+    from dataclasses import replace
+
+    playlist = HlsPlaylist(tmp_path / "app_room_rec_u1.m3u8", 6.0)
+    segs = [replace(_seg(tmp_path, 0, 6.0), date=1_765_000_000.123),
+            replace(_seg(tmp_path, 1, 6.0, True), date=1_765_000_007.5), _seg(tmp_path, 2, 2.0)]
+    playlist.write(segs)
+    lines = playlist.path.read_text().splitlines()
+    assert "#EXT-X-PROGRAM-DATE-TIME:2025-12-06T05:46:40.123Z" in lines
+    at = lines.index("#EXT-X-PROGRAM-DATE-TIME:2025-12-06T05:46:47.500Z")
+    assert lines[at - 1] == "#EXT-X-DISCONTINUITY" and lines[at + 1].startswith("#EXTINF")
+    back = playlist.load()
+    assert [s.date for s in back] == [pytest.approx(1_765_000_000.123),
+                                      pytest.approx(1_765_000_007.5), None]

@@ -396,3 +396,21 @@ def test_vp8_is_transcoded_to_h264(tmp_path: Path) -> None:
     assert info["codec"] == "h264" and info["size"] == (W, H) and info["video"] == 4 * FPS
     assert abs(video_duration(info) - 4.0) < 0.1
     assert_monotonic(rec.segments)
+
+
+def test_resume_elsewhere_numbers_on_from_what_the_task_store_knows(tmp_path: Path) -> None:
+    """A node that resumes a recording without its playlist (the dead node's own disk) never
+    reuses a name: it numbers on from the reserved sequence, after a discontinuity."""
+    from cloudrec.media.segmenter import reserve_sequence
+
+    reserve_sequence(tmp_path, "10034_room_rec_u1", 3)
+    rec = record(tmp_path, publish(4.0), segment_seconds=2.0, resume=True)
+    assert [s.index for s in rec.segments] == [3, 4]
+    assert [s.discontinuity for s in rec.segments] == [True, False]
+    lines = playlist_lines(rec)
+    assert lines.count("#EXT-X-DISCONTINUITY") == 1
+    assert [x for x in lines if x.endswith(".ts")] == ["10034_room_rec_u1_00003.ts",
+                                                       "10034_room_rec_u1_00004.ts"]
+    assert all(s.date is not None for s in rec.segments)  # the room timeline
+    again = record(tmp_path, publish(2.0), segment_seconds=2.0, resume=True)
+    assert [s.index for s in again.segments] == [3, 4, 5]  # read back by their names

@@ -56,8 +56,9 @@ def _inside(base: Path, *parts: str) -> Path | None:
     return path
 
 
-def locate(task: Task, name: str, data_dir: Path) -> Path | None:
-    """The file ``name`` of the task's recording, or None when this node has no such file."""
+def locate(task: Task, name: str, data_dir: Path, storage: Path | None = None) -> Path | None:
+    """The file ``name`` of the task's recording, or None when this node has no such file
+    (``storage``: local storage's root, by default ``data_dir/storage``)."""
     if NAME.fullmatch(name) is None or not name.startswith(basename(task)):
         return None
     spooled = [p for d in sorted(data_dir.glob("spool*"))
@@ -65,7 +66,7 @@ def locate(task: Task, name: str, data_dir: Path) -> Path | None:
     stored: list[Path] = []
     cfg: dict[str, Any] = task.request.get("storagecfg") or {}
     if cfg.get("vender") == VENDER_LOCAL and isinstance(cfg.get("bucket"), str):
-        storage = data_dir / "storage"
+        storage = storage or data_dir / "storage"
         bucket = _inside_dir(storage, cfg["bucket"])
         if bucket is not None:
             found = _inside(bucket, *[p for p in prefix(task).split("/") if p], name)

@@ -253,7 +253,8 @@ def mount_console(app: FastAPI, settings: Settings, front: Any) -> OperatorAuth:
     @router.get("/console/files/{recordid}/{name}", dependencies=[Depends(operator)])
     async def recording_file(recordid: str, name: str) -> Response:
         task = front.tasks.get(recordid) if files.NAME.fullmatch(name) else None
-        path = files.locate(task, name, settings.data_dir) if task is not None else None
+        path = (files.locate(task, name, settings.data_dir, settings.local_storage_dir)
+                if task is not None else None)
         if path is None:
             return JSONResponse({"error": "no such file on this node"}, status_code=404,
                                 headers=NO_STORE)

@@ -1,5 +1,9 @@
 """HLS playlists: the EVENT playlist of a recording and the segments it lists.
 
+Every segment is listed after ``#EXT-X-PROGRAM-DATE-TIME`` when its first frame's wall-clock
+time is known (the room's clock: see :meth:`cloudrec.media.segmenter.HlsSegmenter.set_clock`),
+and a playlist read back keeps it.
+
 The playlist is written to a temporary file, fsynced and renamed over the old one, so readers
 see the old or the new list, never half of one. The segment files themselves are
 :mod:`cloudrec.media.segmenter`'s. No PyAV here: the control plane may read playlists.
@@ -11,6 +15,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 TS_CLOCK = 90_000  # MPEG-TS timestamps are in 90 kHz ticks
@@ -28,6 +33,20 @@ class SegmentInfo:
     discontinuity: bool  # listed after #EXT-X-DISCONTINUITY
     size: int  # bytes
     init: str | None = None  # fMP4: the initialisation section it needs (#EXT-X-MAP)
+    date: float | None = None  # wall-clock time of its first frame (s since the epoch)
+
+
+def program_date(unix: float) -> str:
+    """``#EXT-X-PROGRAM-DATE-TIME``'s value: ISO 8601 in UTC, to the millisecond."""
+    moment = datetime.fromtimestamp(round(unix * 1000) / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_program_date(value: str) -> float | None:
+    try:
+        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def segment_name(basename: str, seq: int, ext: str = "ts") -> str:
@@ -97,6 +116,8 @@ class HlsPlaylist:
             if seg.init is not None and seg.init != init:
                 init = seg.init
                 lines.append(f'#EXT-X-MAP:URI="{init}"')
+            if seg.date is not None:
+                lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{program_date(seg.date)}")
             lines.append(f"#EXTINF:{seg.duration:.3f},")
             lines.append(seg.name)
         if ended:
@@ -117,6 +138,7 @@ class HlsPlaylist:
 
 _EXTINF = re.compile(r"#EXTINF:\s*([0-9.]+)")
 _MAP = re.compile(r'#EXT-X-MAP:URI="([^"]+)"')
+_NUMBERED = re.compile(r"_(\d{5,})\.(?:ts|m4s)$")
 
 
 def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
@@ -126,6 +148,7 @@ def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
     duration: float | None = None
     discontinuity = False
     init: str | None = None
+    date: float | None = None
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
@@ -134,6 +157,8 @@ def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
             sequence = int(line.split(":", 1)[1])
         elif line == "#EXT-X-DISCONTINUITY":
             discontinuity = True
+        elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            date = parse_program_date(line.split(":", 1)[1])
         elif (m := _EXTINF.match(line)) is not None:
             duration = float(m.group(1))
         elif (m := _MAP.match(line)) is not None:
@@ -141,16 +166,18 @@ def parse_playlist(text: str, directory: Path) -> list[SegmentInfo]:
         elif not line.startswith("#"):
             path = directory / line
             size = path.stat().st_size if path.exists() else 0
+            numbered = _NUMBERED.search(line)  # a resume elsewhere may have skipped numbers
             segments.append(
                 SegmentInfo(
-                    index=sequence + len(segments),
+                    index=int(numbered.group(1)) if numbered else sequence + len(segments),
                     name=line,
                     path=path,
                     duration=duration or 0.0,
                     discontinuity=discontinuity,
                     size=size,
                     init=init,
+                    date=date,
                 )
             )
-            duration, discontinuity = None, False
+            duration, discontinuity, date = None, False, None
     return segments

@@ -34,6 +34,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
@@ -121,13 +122,15 @@ def remux_to_mp4(
     open_segment: SegmentOpener,
     *,
     kinds: Iterable[str] = KINDS,
+    creation_time: float | None = None,
 ) -> Mp4Info:
     """Remux ``sources`` (in order) into ``dest``; returns what was written.
 
     ``open_segment(name)`` is a context manager factory yielding the segment's local path (a
     file of the spool, or a copy fetched from the store) or None when it is gone. ``dest`` is
     written under ``{dest}.part`` and renamed into place once complete and fsynced. Raises
-    Mp4Error when no segment had a track to write.
+    Mp4Error when no segment had a track to write. ``creation_time`` (s since the epoch: the
+    first frame's wall-clock time) is written as the file's ``creation_time``.
     """
     wanted = tuple(k for k in KINDS if k in set(kinds))
     part = dest.with_name(dest.name + ".part")
@@ -136,7 +139,7 @@ def remux_to_mp4(
         templates = _find_templates(sources, open_segment, wanted, opened, dest)
         if not templates:
             raise Mp4Error("no segment has media to write")
-        writer = _Writer(part, templates)
+        writer = _Writer(part, templates, creation_time)
     skipped: list[str] = []
     written = 0
     try:
@@ -203,9 +206,13 @@ def _find_templates(
 class _Writer:
     """The MP4 being written: output tracks, the running offset, per-track last DTS."""
 
-    def __init__(self, path: Path, templates: dict[str, av.stream.Stream]) -> None:
+    def __init__(self, path: Path, templates: dict[str, av.stream.Stream],
+                 creation_time: float | None = None) -> None:
         self._container = av.open(str(path), "w", format="mp4",
                                   options={"movflags": "+faststart"})
+        if creation_time is not None:
+            moment = datetime.fromtimestamp(creation_time, UTC)
+            self._container.metadata["creation_time"] = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         self._out: dict[str, av.stream.Stream] = {}
         for kind, template in templates.items():
             stream = self._container.add_stream_from_template(template)

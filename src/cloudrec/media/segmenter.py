@@ -11,12 +11,23 @@ Durability rules (a crash must never leave a listed segment truncated):
 whose timestamps then start 1 s past the old ones behind ``#EXT-X-DISCONTINUITY``), stale
 ``.part`` files removed, the open segment, closing and listing it. When to cut is the caller's
 policy (:mod:`cloudrec.media.source`, :mod:`cloudrec.media.mix.output`).
+
+A resume never reuses a name: besides the playlist it finds, it reads ``.{basename}.next``
+in the spool (:func:`reserve_sequence`: the next number a task resumed elsewhere knows of, e.g.
+from the task store, when no playlist could be fetched) and numbers on from the larger; a
+resumed recording with no listed segment but a reserved number starts after
+``#EXT-X-DISCONTINUITY`` too.
+
+The room timeline: the recorder tells the segmenter which wall-clock time a PTS stands for
+(:meth:`HlsSegmenter.set_clock`); every segment opened after that is listed with the time of
+its first frame (``#EXT-X-PROGRAM-DATE-TIME``, :attr:`SegmentInfo.date`).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,6 +50,11 @@ from cloudrec.media.hls import (
 )
 
 TS_TIME_BASE = Fraction(1, TS_CLOCK)
+
+
+def unix_time(monotonic: float) -> float:
+    """The wall-clock time (s since the epoch) of a ``time.monotonic()`` reading."""
+    return time.time() - (time.monotonic() - monotonic)
 
 
 def last_pts(path: Path) -> int | None:
@@ -137,6 +153,25 @@ def resume_base(segments: list[SegmentInfo]) -> int:
     return max(0, old_end + TS_CLOCK - PTS_ORIGIN)
 
 
+def next_file(spool_dir: Path, basename: str) -> Path:
+    return Path(spool_dir) / f".{basename}.next"
+
+
+def reserve_sequence(spool_dir: Path, basename: str, seq: int) -> None:
+    """Make a resume of ``basename`` in ``spool_dir`` number its segments from ``seq`` on at
+    least (see the module docstring)."""
+    path = next_file(spool_dir, basename)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{seq}\n", encoding="utf-8")
+
+
+def reserved_sequence(spool_dir: Path, basename: str) -> int:
+    try:
+        return max(0, int(next_file(spool_dir, basename).read_text(encoding="utf-8").strip()))
+    except (OSError, ValueError):
+        return 0
+
+
 @dataclass(slots=True)
 class OpenSegment:
     """The segment being written; timestamps in 90 kHz ticks."""
@@ -188,12 +223,26 @@ class HlsSegmenter(Generic[S]):
                 self._init = (name, (self.directory / name).read_bytes())
                 self._init_names[self._init[1]] = name
         self.base = resume_base(self.segments)  # PTS offset past a resumed recording's end
-        self.next_discontinuity = bool(self.segments)  # the next segment starts a new run
-        self._seq = self.segments[-1].index + 1 if self.segments else 0
+        listed = self.segments[-1].index + 1 if self.segments else 0
+        self._seq = max(listed, reserved_sequence(spool_dir, basename)) if resume else 0
+        # the next segment starts a new run
+        self.next_discontinuity = bool(self.segments) or self._seq > 0
         for stale in self.directory.glob(f"{glob.escape(basename)}_*.{self._ext}.part"):
             stale.unlink(missing_ok=True)
         self._playlist.write(self.segments)  # valid from the start, even with no segment yet
         self.open: S | None = None
+        self._clock: tuple[int, float] | None = None  # (PTS, its wall time)
+        self._dates: dict[int, float] = {}  # sequence number -> wall time of its first frame
+
+    def set_clock(self, pts: int, unix: float) -> None:
+        """PTS ``pts`` (90 kHz) is wall-clock time ``unix`` (s since the epoch) from now on."""
+        self._clock = (pts, unix)
+
+    def date_of(self, pts: int) -> float | None:
+        """The wall-clock time of PTS ``pts`` (None before :meth:`set_clock`)."""
+        if self._clock is None:
+            return None
+        return self._clock[1] + (pts - self._clock[0]) / TS_CLOCK
 
     @property
     def duration(self) -> float:
@@ -212,6 +261,9 @@ class HlsSegmenter(Generic[S]):
         else:
             writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
         seg = self._segment_type(self._seq, writer, pts, discontinuity, pts)
+        date = self.date_of(pts)
+        if date is not None:
+            self._dates[seg.seq] = date
         self.open = seg
         self._seq += 1
         self.next_discontinuity = False
@@ -233,6 +285,7 @@ class HlsSegmenter(Generic[S]):
             discontinuity=seg.discontinuity,
             size=size,
             init=init,
+            date=self._dates.pop(seg.seq, None),
         )
         self.segments.append(info)
         self._playlist.write(self.segments, ended=final)
@@ -255,6 +308,17 @@ class HlsSegmenter(Generic[S]):
                 self._init_names[data] = name
             self._init = (name, data)
         return self._init[0]
+
+    def merge(self, returned: list[SegmentInfo]) -> list[SegmentInfo]:
+        """List segments a node that came back stored for this recording (numbers this one
+        never uses: see the module docstring) in their place by number; returns those added.
+        The playlist is rewritten when any was."""
+        listed = {s.name for s in self.segments}
+        added = [s for s in returned if s.name not in listed]
+        if added:
+            self.segments[:] = sorted([*self.segments, *added], key=lambda s: s.index)
+            self._playlist.write(self.segments)
+        return added
 
     def end_playlist(self) -> None:
         """End the playlist with #EXT-X-ENDLIST (no segment open)."""

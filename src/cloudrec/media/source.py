@@ -31,7 +31,7 @@ from pathlib import Path
 from cloudrec.media.audiotrack import AudioPacket, AudioTrack
 from cloudrec.media.codecs import h264
 from cloudrec.media.hls import PTS_ORIGIN, TS_CLOCK, SegmentInfo
-from cloudrec.media.segmenter import HlsSegmenter, OpenSegment
+from cloudrec.media.segmenter import HlsSegmenter, OpenSegment, unix_time
 from cloudrec.media.transcode import VideoTranscoder
 from cloudrec.mediatypes import EncodedFrame
 
@@ -179,6 +179,7 @@ class SourceHlsRecorder:
         self.stats.frames_in += 1
         if self._t0 is None:
             self._t0 = frame.arrival
+            self._segs.set_clock(PTS_ORIGIN + self._base, unix_time(frame.arrival))
         if frame.kind == "video" and self._video:
             self._push_video(frame)
         elif frame.kind == "audio" and self._audio and frame.codec in self._audio_codecs:
@@ -190,6 +191,11 @@ class SourceHlsRecorder:
                 self._audio_packet(packet, frame.arrival)
         else:
             self.stats.frames_dropped += 1
+
+    def merge_segments(self, returned: list[SegmentInfo]) -> list[SegmentInfo]:
+        """List segments stored for this recording by a node that came back (see
+        :meth:`~cloudrec.media.segmenter.HlsSegmenter.merge`)."""
+        return self._segs.merge(returned)
 
     def pause(self, now: float) -> None:
         """``pauserecord``: end the open segment where its media ends (it is stored now, not

@@ -38,7 +38,7 @@ from cloudrec.diskfull import is_disk_full, is_disk_full_text
 from cloudrec.media.hls import SegmentInfo
 from cloudrec.recorder.events import Emit, EventQueue
 from cloudrec.recorder.lifecycle import Ending, HlsMedia, SpoolMedia, end_playlist, queue_last_files
-from cloudrec.recorder.outputs import RecordingOutputs
+from cloudrec.recorder.outputs import RecordingOutputs, first_frame_ms
 from cloudrec.recorder.progress import TaskState
 from cloudrec.storage import ObjectStore, SpoolUploader
 from cloudrec.tasks import Status, StopReason, Task, TaskStore
@@ -56,6 +56,13 @@ def basename_for(task: Task) -> str:
 def prefix_for(storagecfg: dict[str, Any]) -> str:
     items = storagecfg.get("fileprefix") or []
     return "".join(f"{item}/" for item in items)
+
+
+def next_segment(saved: dict[str, Any], segments: list[SegmentInfo]) -> int:
+    """The least sequence number a resume elsewhere may give a new segment: past the last
+    listed one and the one open after it (whose file a dead node may still have closed)."""
+    known = int(saved.get("nextsegment") or 0)
+    return max(known, segments[-1].index + 2) if segments else known
 
 
 class Recording:
@@ -278,8 +285,32 @@ class Recording:
             self._inits.add(segment.init)
             self.uploader.submit_segment(segment.path.with_name(segment.init))
         self.uploader.submit_segment(segment.path)
+        self._list_returned_segments()
         self.uploader.submit_playlist(self.recorder.playlist_path)
         self._save_progress()
+
+    def _list_returned_segments(self) -> None:
+        """Segments a node that came back stored for this task (its spool's, from before it
+        died) are listed in this playlist in their place: the task store hands them over."""
+        merge = getattr(self.recorder, "merge_segments", None)
+        if merge is None:
+            return
+        recordid = self.task.recordid
+        try:
+            entries = self.tasks.returned_segments(recordid)
+            if not entries:
+                return
+            spool = self.uploader.spool_dir
+            merge([SegmentInfo(index=int(e["index"]), name=e["name"], path=spool / e["name"],
+                               duration=float(e["duration"]),
+                               discontinuity=bool(e["discontinuity"]), size=int(e["size"]),
+                               date=e.get("date")) for e in entries])
+            self.tasks.forget_returned_segments(recordid, [e["name"] for e in entries])
+            log.info("recording %s: %d segment(s) a returning node stored are listed",
+                     recordid, len(entries))
+        except Exception:  # the task store is down: the next segment tries again
+            log.warning("recording %s: returned segments not listed yet", recordid,
+                        exc_info=True)
 
     def _on_stored(self, name: str, size: int) -> None:
         kind = self.outputs.on_stored(name, size)  # "mp4", "snapshot" or None
@@ -328,6 +359,8 @@ class Recording:
             "kinds": sorted(self.kinds),
             "playlist": self.prefix + self.basename + ".m3u8",
             "segments": len(rec.segments) if rec else 0,
+            "firstframetime": first_frame_ms(rec.segments) if rec else None,
+            "nextsegment": next_segment(self.task.progress, rec.segments if rec else []),
             "duration": round(rec.duration, 3) if rec else 0.0,
             "storedfiles": self.uploader.stored_files,
             "storedbytes": self.uploader.stored_bytes,

@@ -167,7 +167,10 @@ class RecordingOutputs:
         started = time.monotonic()
         for attempt in range(len(MP4_RETRY_S) + 1):
             try:
-                info = await asyncio.to_thread(remux_to_mp4, sources, dest, opener, kinds=kinds)
+                first = first_frame_ms(segments)
+                info = await asyncio.to_thread(
+                    remux_to_mp4, sources, dest, opener, kinds=kinds,
+                    creation_time=None if first is None else first / 1000)
                 break
             except Exception as exc:
                 if is_disk_full(exc) and attempt < len(MP4_RETRY_S):
@@ -285,6 +288,7 @@ class RecordingOutputs:
                 size = self._stored.get(playlist, 0)
             out.append({"name": prefix + playlist, "kind": "playlist", "size": size,
                         "duration": round(sum(s.duration for s in segments), 3),
+                        "firstframetime": first_frame_ms(segments),
                         "stored": self._playlist_fresh and all(
                             self._segment_stored(s) for s in segments)})
         inits = list(dict.fromkeys(s.init for s in segments if s.init is not None))
@@ -294,7 +298,8 @@ class RecordingOutputs:
         for s in segments:
             out.append({"name": prefix + s.name, "kind": "segment",
                         "size": s.size or self._stored.get(s.name, 0),
-                        "duration": round(s.duration, 3), "stored": self._segment_stored(s)})
+                        "duration": round(s.duration, 3), "stored": self._segment_stored(s),
+                        "firstframetime": first_frame_ms([s])})
         if self.mp4_info is not None:
             out.append({"name": prefix + self.mp4_name, "kind": "mp4",
                         "size": self.mp4_info.size, "duration": round(self.mp4_info.duration, 3),
@@ -314,6 +319,15 @@ class RecordingOutputs:
         if segment.name in self._stored:
             return True
         return not (self.spool_dir / segment.name).exists()
+
+
+def first_frame_ms(segments: list[SegmentInfo]) -> int | None:
+    """The wall-clock time (ms since the epoch) of the first frame of ``segments``, where the
+    playlist knows it (``#EXT-X-PROGRAM-DATE-TIME``)."""
+    for seg in segments:
+        if seg.date is not None:
+            return round(seg.date * 1000)
+    return None
 
 
 def read_journal(spool_dir: Path) -> tuple[list[SnapshotInfo], dict[str, int]]:

@@ -18,8 +18,9 @@ from typing import Any
 from cloudrec.callbacks import CallbackOutbox
 from cloudrec.config import Settings
 from cloudrec.errors import RecordingError, StorageError
-from cloudrec.media.hls import atomic_write_text
+from cloudrec.media.hls import atomic_write_text, parse_playlist
 from cloudrec.media.push.fanout import ffmpeg_protocols
+from cloudrec.media.segmenter import reserve_sequence
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.models.rules import (
     RECORD_KINDS,
@@ -70,7 +71,7 @@ class RecordingService:
             kinds = self._source_start_checks(appid, req)
         storagecfg = req.storagecfg.model_dump()
         try:
-            store = open_store(storagecfg, self.settings.data_dir)
+            store = open_store(storagecfg, self.settings.local_storage_dir)
             await store.probe(allow_private=self.settings.allow_private_storage)
         except StorageError as exc:
             if exc.message.startswith("storagecfg"):
@@ -248,7 +249,7 @@ class RecordingService:
             if spooled.active and recordid in active and not self._owns(spooled):
                 self._store_segments_of(spooled)
                 continue
-            store = open_store(spooled.request["storagecfg"], self.settings.data_dir)
+            store = open_store(spooled.request["storagecfg"], self.settings.local_storage_dir)
             uploader = SpoolUploader(store, prefix_for(spooled.request["storagecfg"]),
                                      self.spool.task_dir(recordid))
             # the recorder's playlists, not the ".name.tmp" / ".upload-name" files beside them
@@ -272,7 +273,7 @@ class RecordingService:
     async def _resume(self, task: Task) -> bool:
         kinds = frozenset(task.progress.get("kinds") or RECORD_KINDS[task.recordtype])
         try:
-            store = open_store(task.request["storagecfg"], self.settings.data_dir)
+            store = open_store(task.request["storagecfg"], self.settings.local_storage_dir)
             await self._fetch_playlist(task, store)
             self._launch(task, kinds, store, resume=True)
             return True
@@ -302,26 +303,54 @@ class RecordingService:
     async def _fetch_playlist(self, task: Task, store: ObjectStore) -> None:
         """A task resumed on another node than the one that began it has no playlist in this
         spool: fetch the stored one, so the recording goes on in the same playlist and every
-        segment stored before keeps its place in it."""
+        segment stored before keeps its place in it. Its numbering goes on past what the task
+        store knows too (the stored playlist may lag behind the files the dead node closed,
+        and a node's own disk cannot be read at all): a name is never used twice."""
         spool_dir = self.spool.task_dir(task.recordid)
         name = basename_for(task) + ".m3u8"
         if (spool_dir / name).exists():
             return
+        progress = task.progress
+        counted = int(progress.get("segments") or 0)
+        known = int(progress.get("nextsegment") or (counted + 1 if counted else 0))
+        if known:
+            reserve_sequence(spool_dir, basename_for(task), known)
         data = await store.get_bytes(prefix_for(task.request["storagecfg"]) + name)
         if data is not None:
             spool_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(spool_dir / name, data.decode())
 
     def _store_segments_of(self, task: Task) -> None:
-        """Store the segments a task left in this spool when it went on elsewhere."""
-        store = open_store(task.request["storagecfg"], self.settings.data_dir)
+        """Store the segments a task left in this spool when it went on elsewhere, then hand
+        the ones this spool's playlist lists to the task's owner, which lists them in its
+        playlist in their place (segment numbers are never reused: they cannot clash)."""
+        store = open_store(task.request["storagecfg"], self.settings.local_storage_dir)
         uploader = SpoolUploader(store, prefix_for(task.request["storagecfg"]),
                                  self.spool.task_dir(task.recordid))
+        playlist = uploader.spool_dir / (basename_for(task) + ".m3u8")
+        listed = parse_playlist(playlist.read_text(), uploader.spool_dir) \
+            if playlist.exists() else []
+        entries = [{"name": s.name, "index": s.index, "duration": s.duration,
+                    "discontinuity": s.discontinuity, "size": s.size, "date": s.date}
+                   for s in listed if s.path.exists()]
         if uploader.submit_pending(None):
             log.info("storing the segments recording %s left in this spool", task.recordid)
             self._leftovers.append(uploader)
             asyncio.get_running_loop().create_task(
-                self._store_leftovers(task.recordid, uploader))
+                self._return_segments(task.recordid, uploader, entries))
+
+    async def _return_segments(self, recordid: str, uploader: SpoolUploader,
+                               entries: list[dict[str, Any]]) -> None:
+        await uploader.drain()
+        if entries:
+            try:
+                self.tasks.return_segments(recordid, entries)
+                log.info("recording %s: %d stored segment(s) handed to its owner to list",
+                         recordid, len(entries))
+            except Exception:
+                log.exception("recording %s: returned segments not handed over", recordid)
+        self._leftovers.remove(uploader)
+        self.spool.remove(recordid)
 
     async def shutdown(self) -> None:
         """Finalise every open recording (reason shutdown) and wait for its files, bounded."""

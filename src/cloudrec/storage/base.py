@@ -46,8 +46,9 @@ def object_key(prefix: str, name: str) -> str:
     return f"{prefix}{name}"
 
 
-def open_store(storagecfg: dict[str, Any], data_dir: Path) -> ObjectStore:
-    """Build the store a task writes to: 101 a local directory, 0/1/2/100 an S3 bucket.
+def open_store(storagecfg: dict[str, Any], local_root: Path) -> ObjectStore:
+    """Build the store a task writes to: 101 a directory (bucket) under ``local_root`` (the
+    setting ``storage_root``, by default ``data_dir/storage``), 0/1/2/100 an S3 bucket.
 
     Raises StorageError (4004) for an endpoint that cannot be a store's address; reaching the
     store is ``probe()``'s job.
@@ -56,7 +57,7 @@ def open_store(storagecfg: dict[str, Any], data_dir: Path) -> ObjectStore:
     if vender == VENDER_LOCAL:
         from cloudrec.storage.local import LocalStore
 
-        return LocalStore(data_dir / "storage" / storagecfg["bucket"])
+        return LocalStore(local_root / storagecfg["bucket"])
     if vender in S3_VENDERS:
         from cloudrec.storage.s3 import S3Store
 

@@ -59,6 +59,14 @@ ALTER TABLE tasks ADD COLUMN owner TEXT;
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner);
 CREATE INDEX IF NOT EXISTS tasks_room ON tasks(appid, roomid);
 """,
+    """
+CREATE TABLE IF NOT EXISTS returned_segments (
+    recordid TEXT NOT NULL,
+    name TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (recordid, name)
+);
+""",
 ]
 
 _ACTIVE = tuple(int(s) for s in ACTIVE)
@@ -278,6 +286,29 @@ class TaskStore:
             args.append(error)
         args.append(recordid)
         self._db.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE recordid = ?", args)
+
+    # -- segments a returning node stored for a task that went on elsewhere --------------------
+
+    def return_segments(self, recordid: str, entries: list[dict[str, Any]]) -> None:
+        """Hand the task's current owner segments a node that came back stored for it (each
+        ``{"name", "index", "duration", "discontinuity", "date"}``); the owner lists them."""
+        with self._db.transaction() as db:
+            for entry in entries:
+                db.execute("DELETE FROM returned_segments WHERE recordid = ? AND name = ?",
+                           (recordid, entry["name"]))
+                db.execute("INSERT INTO returned_segments (recordid, name, entry) "
+                           "VALUES (?, ?, ?)", (recordid, entry["name"], json.dumps(entry)))
+
+    def returned_segments(self, recordid: str) -> list[dict[str, Any]]:
+        rows = self._db.fetchall("SELECT entry FROM returned_segments WHERE recordid = ?",
+                                 (recordid,))
+        return sorted((json.loads(r["entry"]) for r in rows), key=lambda e: e["index"])
+
+    def forget_returned_segments(self, recordid: str, names: list[str]) -> None:
+        """The owner's playlist lists ``names`` now."""
+        for name in names:
+            self._db.execute("DELETE FROM returned_segments WHERE recordid = ? AND name = ?",
+                             (recordid, name))
 
     def set_progress(self, recordid: str, progress: dict[str, Any]) -> None:
         self._db.execute(

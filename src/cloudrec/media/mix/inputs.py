@@ -10,11 +10,22 @@ Opus is decoded into the :class:`~cloudrec.media.mix.mixer.AudioMixer`. Lost pac
 timestamp jump) become silence so the input keeps its time; an input whose audio starts, or
 restarts after ``AUDIO_PAUSE_S`` or a new epoch, gets ``AUDIO_PRIME`` samples of silence first:
 the jitter buffer that keeps a real-time mix from running dry between packets.
+
+Lip sync (real time, once the mix clock has an ``origin``): every input frame is placed on the
+wall clock through its own track's mapping, ``media time + offset``, where ``offset`` is the
+least ``arrival - media time`` seen on that track (the least delayed frame), allowed to rise by
+``DRIFT`` per second so a publisher's clock that runs slow is followed. Both tracks then play
+``LATENCY_S`` after that wall time: a decoded picture waits in its input's queue until the mix
+frame whose time has come (:meth:`MixInputs.show`), and decoded audio is written at its sample
+position in the mixer (silence where it is early, the oldest samples dropped where it is late,
+beyond ``SLIP`` samples either way). Without an origin (media-time rendering) pictures show at
+once and audio follows its FIFO.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -29,6 +40,10 @@ STALE_S = 2.0
 AUDIO_PRIME = 3072  # samples (3 AAC frames, 64 ms)
 AUDIO_PAUSE_S = 1.0
 KEYFRAME_RETRY_S = 1.0
+LATENCY_S = AUDIO_PRIME / SAMPLE_RATE  # both tracks play this long after their wall time
+DRIFT = 0.001  # s per s: how fast a track's offset may rise
+SLIP = SAMPLE_RATE // 100  # 10 ms: audio further from its place than this is moved
+MAX_PENDING = 60  # decoded pictures waiting to show, per input
 _DECODERS = {"h264": "h264", "vp8": "vp8", "vp9": "vp9", "av1": "libdav1d"}
 
 
@@ -51,9 +66,31 @@ class MixedStats:
     audio_s: float = 0.0
 
 
+class TrackClock:
+    """One track's mapping from media time to the wall clock (see the module docstring)."""
+
+    __slots__ = ("at", "offset")
+
+    def __init__(self) -> None:
+        self.offset: float | None = None
+        self.at = 0.0
+
+    def wall(self, frame: EncodedFrame) -> float:
+        """The wall-clock time (``time.monotonic()``) of ``frame``'s first sample."""
+        media = frame.timestamp / (frame.clock_rate or SAMPLE_RATE)
+        seen = frame.arrival - media
+        if self.offset is None:
+            self.offset = seen
+        else:
+            self.offset = min(self.offset + DRIFT * max(0.0, frame.arrival - self.at), seen)
+        self.at = frame.arrival
+        return media + self.offset
+
+
 class _Input:
-    __slots__ = ("adec", "aepoch", "asked_at", "frame", "key", "last_audio", "last_video",
-                 "need_key", "next_rtp", "vcodec", "vdec", "vepoch")
+    __slots__ = ("aclock", "adec", "aepoch", "asked_at", "frame", "key", "last_audio",
+                 "last_video", "need_key", "next_rtp", "pending", "vclock", "vcodec", "vdec",
+                 "vepoch")
 
     def __init__(self, key: Key) -> None:
         self.key = key
@@ -68,6 +105,9 @@ class _Input:
         self.aepoch: int | None = None
         self.next_rtp = 0
         self.last_audio = -1e9
+        self.vclock = TrackClock()
+        self.aclock = TrackClock()
+        self.pending: deque[tuple[float, av.VideoFrame]] = deque()  # (show at, picture)
 
 
 class MixInputs:
@@ -86,6 +126,7 @@ class MixInputs:
         self._video: frozenset[Key] = frozenset()
         self._audio: frozenset[Key] = frozenset()
         self.has_media = False  # some input frame was taken
+        self.origin: float | None = None  # the wall time of the mix clock's zero (real time)
 
     @property
     def keys(self) -> frozenset[Key]:
@@ -107,6 +148,7 @@ class MixInputs:
         inp = self._inputs.get(key)
         if inp is not None:
             inp.frame = None
+            inp.pending.clear()
             inp.vdec = inp.adec = None
             inp.vepoch = inp.aepoch = None
 
@@ -115,6 +157,14 @@ class MixInputs:
         inp = self._inputs.get(key)
         if inp is not None:
             inp.need_key = True
+
+    def show(self, at: float) -> None:
+        """The mix frame at wall time ``at`` is due: every picture whose time has come is the
+        current one of its input."""
+        for inp in self._inputs.values():
+            pending = inp.pending
+            while pending and pending[0][0] <= at:
+                inp.frame = pending.popleft()[1]
 
     def current(self, key: Key, now: float | None) -> av.VideoFrame | None:
         """The latest picture of ``key``; None when it has none (or, with ``now``, a stale one)."""
@@ -163,6 +213,7 @@ class MixInputs:
             assert isinstance(dec, av.VideoCodecContext)
             dec.thread_count = 1  # no frame-threading delay, and inputs are small
             inp.vdec, inp.vcodec, inp.vepoch, inp.need_key = dec, frame.codec, frame.epoch, True
+            inp.vclock = TrackClock()
         self.has_media = True
         if inp.need_key:
             if not frame.keyframe:
@@ -176,8 +227,14 @@ class MixInputs:
             inp.need_key = True
             self._ask_keyframe(inp, frame.arrival)
             return
+        show_at = None if self.origin is None else inp.vclock.wall(frame) + LATENCY_S
         for decoded in frames:
-            inp.frame = decoded
+            if show_at is None:
+                inp.frame = decoded
+            else:
+                inp.pending.append((show_at, decoded))
+                if len(inp.pending) > MAX_PENDING:
+                    inp.frame = inp.pending.popleft()[1]
             inp.last_video = frame.arrival
             self._stats.video_decoded += 1
 
@@ -195,6 +252,7 @@ class MixInputs:
             # the TOC byte's stereo flag: what the publisher actually sends
             dec.layout = "stereo" if not frame.data or frame.data[0] & 0x04 else "mono"
             inp.adec, inp.aepoch = dec, frame.epoch
+            inp.aclock = TrackClock()
         elif not restart:
             missing = (frame.timestamp - inp.next_rtp) * SAMPLE_RATE // rate
             if missing <= -480:  # a duplicate, or a packet after its slot
@@ -203,7 +261,7 @@ class MixInputs:
                 mixer.push_silence(inp.key, min(missing, SAMPLE_RATE))
         self.has_media = True
         inp.last_audio = frame.arrival
-        if restart:
+        if restart and self.origin is None:
             mixer.push_silence(inp.key, max(0, AUDIO_PRIME - mixer.buffered(inp.key)))
         assert inp.adec is not None
         try:
@@ -211,8 +269,20 @@ class MixInputs:
         except av.FFmpegError:
             self._stats.decode_errors += 1
             return
+        early = 0 if self.origin is None else self._early(mixer, inp, frame)
+        if early > SLIP:
+            mixer.push_silence(inp.key, min(early, SAMPLE_RATE))
         samples = 0
         for decoded in frames:
             samples += decoded.samples
             mixer.push(inp.key, decoded)
+        if early < -SLIP:
+            mixer.drop(inp.key, -early)
         inp.next_rtp = frame.timestamp + samples * rate // SAMPLE_RATE
+
+    def _early(self, mixer: AudioMixer, inp: _Input, frame: EncodedFrame) -> int:
+        """Samples between ``inp``'s write position in the mixer and where ``frame`` belongs
+        on the mix clock (positive: the frame is early)."""
+        assert self.origin is not None
+        target = round((inp.aclock.wall(frame) + LATENCY_S - self.origin) * SAMPLE_RATE)
+        return target - (mixer.clock + mixer.buffered(inp.key))

@@ -212,6 +212,12 @@ class AudioMixer:
         else:
             state.fifo.push(samples, n)
 
+    def drop(self, key: Hashable, samples: int) -> None:
+        """Drop up to ``samples`` of ``key``'s oldest queued samples (its audio runs late)."""
+        state = self._inputs.get(key)
+        if state is not None:
+            state.fifo.drop(samples)
+
     def push_silence(self, key: Hashable, samples: int) -> None:
         """Queue ``samples`` (48 kHz) of silence for ``key``: audio it lost on the way."""
         self._input(key).fifo.push(None, samples)

@@ -56,7 +56,7 @@ from av.video.frame import PictureType
 from cloudrec.media.audio import adts_header
 from cloudrec.media.hls import PTS_ORIGIN, TS_CLOCK, SegmentInfo
 from cloudrec.media.mix.compose import Compositor
-from cloudrec.media.mix.inputs import Key, MixedStats, MixInputs
+from cloudrec.media.mix.inputs import LATENCY_S, Key, MixedStats, MixInputs
 from cloudrec.media.mix.layout import Placement, placements_from_config
 from cloudrec.media.mix.mixer import SAMPLE_RATE, AudioMixer
 from cloudrec.media.mix.output import (
@@ -67,6 +67,7 @@ from cloudrec.media.mix.output import (
     open_h264_encoder,
 )
 from cloudrec.media.mix.sei import SeiInserter
+from cloudrec.media.segmenter import unix_time
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.models.mixconfig import MixConfig
 
@@ -242,8 +243,15 @@ class MixedHlsRecorder:
         if self._t0 is None:
             if not self._inputs.has_media:
                 return 0
-            self._t0 = now
+            self._t0 = self._inputs.origin = now
+            self._set_clock()
         return self.advance_to(round((now - self._t0) * TS_CLOCK), now=now)
+
+    def _set_clock(self) -> None:
+        """The room timeline: what the mix shows at clock tick 0 was at the inputs' wall time
+        ``_t0 - LATENCY_S``."""
+        assert self._t0 is not None
+        self._out.set_clock(self._pts(0), unix_time(self._t0) - LATENCY_S)
 
     def _frame_ticks(self, n: int) -> int:
         return self._anchor_ticks + (n - self._anchor_frame) * TS_CLOCK // self._fps
@@ -285,6 +293,8 @@ class MixedHlsRecorder:
             self._switch_encoder()
         if self._audio:
             self._mix_to(rel)
+        if self._t0 is not None:
+            self._inputs.show(self._t0 + rel / TS_CLOCK)
         t = time.perf_counter()
         current = self._inputs.current
         layers = [(p, current(p.key, now)) for p in self._placements]
@@ -393,6 +403,8 @@ class MixedHlsRecorder:
             return
         if self._t0 is not None:
             self._t0 += max(0.0, now - self._paused_at)
+            self._inputs.origin = self._t0
+            self._set_clock()
         self._paused_at = None
         for key in self._inputs.keys:
             self._inputs.resync(key)

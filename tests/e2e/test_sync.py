@@ -1,0 +1,143 @@
+"""Lip sync and the room timeline, measured in what is stored: FFmpeg's WHIP muxer publishes a
+picture that flashes white at every whole second with a 1 kHz beep that starts at the same
+instant; the offset between the flash and the beep is read back with PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cloudrec.tokens import make_token
+from tests.e2e.test_interop import (  # noqa: F401 (ffmpeg_whip: a fixture)
+    FFMPEG,
+    _end,
+    _has_media,
+    _wait_for,
+    ffmpeg_whip,
+    needs_ffmpeg,
+)
+from tests.e2e.test_mixed import playlist_of as mixed_playlist_of
+from tests.e2e.test_mixed import start_mixed
+from tests.e2e.test_mixed import stop as stop_mixed
+from tests.e2e.test_recording import playlist_of, start, stop
+from tests.helpers import APPID, SECRET, make_settings, running_server
+from tests.media_check import flash_wall_times, lip_sync_offsets, playlist_dates
+
+SOURCE_GOAL_S = 0.045
+MIX_GOAL_S = 0.070
+OUT = {"streamtype": 0, "videowidth": 320, "videoheight": 240, "videobitrate": 500,
+       "videofps": 30, "videogop": 60}
+
+
+def make_flash_clip(path: Path, seconds: float) -> Path:
+    """320x240@30 H.264 that is white for the first 100 ms of every second, black otherwise,
+    and Opus that beeps 1 kHz over the same 100 ms."""
+    assert FFMPEG is not None
+    gate = "lt(mod(t\\,1)\\,0.1)"
+    subprocess.run(
+        [FFMPEG, "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", f"color=black:s=320x240:r=30:d={seconds},"
+         f"drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable='{gate}'",
+         "-f", "lavfi", "-i", f"sine=f=1000:sample_rate=48000:d={seconds},"
+         f"volume='if({gate}\\,1\\,0)':eval=frame",
+         "-c:v", "libx264", "-profile:v", "baseline", "-preset", "ultrafast", "-tune",
+         "zerolatency", "-g", "30", "-bf", "0", "-pix_fmt", "yuv420p",
+         "-c:a", "libopus", "-ac", "2", "-b:a", "64k", "-frame_duration", "20", str(path)],
+        check=True, timeout=120)
+    return path
+
+
+async def ffmpeg_whip_many(clip: Path, targets: list[tuple[str, str]],
+                           log: Path) -> asyncio.subprocess.Process:
+    """One FFmpeg process that sends ``clip`` in real time to every (url, token) of
+    ``targets``, each a WHIP output of its own."""
+    assert FFMPEG is not None
+    args = [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "info", "-re", "-i", str(clip)]
+    for url, token in targets:
+        args += ["-map", "0", "-c", "copy", "-f", "whip", "-authorization", token, url]
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(*args, stdout=subprocess.DEVNULL,
+                                                    stderr=out)
+
+
+def summary(offsets: list[float]) -> str:
+    ms = [round(o * 1000) for o in offsets]
+    return f"median {statistics.median(ms)} ms, min {min(ms)}, max {max(ms)}, n {len(ms)}"
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+async def test_flash_and_beep_line_up_in_a_source_recording_and_a_mix(tmp_path: Path) -> None:
+    clip = make_flash_clip(tmp_path / "flash.mkv", 24)
+    log = tmp_path / "ffmpeg.log"
+    settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100,
+                             segment_seconds=4.0)
+    room, uid = "sync", "flash"
+    async with running_server(settings) as server:
+        webrtc = server.app.state.webrtc
+        proc = await ffmpeg_whip_many(
+            clip, [(server.whip_url(room, uid), make_token(APPID, room, uid, SECRET))], log)
+        try:
+            await _wait_for(lambda: _has_media(webrtc, room, uid), 20,
+                            "no media from FFmpeg", proc, log)
+            resid, recordid, _ = await start(server, room, uid, 0)
+            mres, mrec = await start_mixed(server, room, {
+                "input": [{"uid": uid, "roomid": room, "streamtype": 0, "zOrder": 0,
+                           "layoutX": 0, "layoutY": 0, "layoutW": 320, "layoutH": 240,
+                           "crop": 0}], "output": OUT})
+            await asyncio.sleep(16)
+            await stop(server, room, resid, recordid)
+            await stop_mixed(server, room, mres, mrec)
+        finally:
+            await _end(proc)
+    source = lip_sync_offsets(playlist_of(server, room, recordid, uid))
+    mixed = lip_sync_offsets(mixed_playlist_of(server, room, mrec))
+    print("source:", summary(source), "\nmix:", summary(mixed))
+    assert len(source) >= 10 and len(mixed) >= 10, (source, mixed)
+    assert max(abs(o) for o in source) <= SOURCE_GOAL_S, summary(source)
+    assert max(abs(o) for o in mixed) <= MIX_GOAL_S, summary(mixed)
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+async def test_two_recordings_of_one_room_line_up_on_program_date_time(tmp_path: Path) -> None:
+    """One FFmpeg process publishes the same clip as two users of a room; their source
+    recordings, started 4 s apart, agree on the wall-clock time of every flash."""
+    clip = make_flash_clip(tmp_path / "flash.mkv", 24)
+    log = tmp_path / "ffmpeg.log"
+    settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100,
+                             segment_seconds=4.0)
+    room, uids = "timeline", ("left", "right")
+    async with running_server(settings) as server:
+        webrtc = server.app.state.webrtc
+        proc = await ffmpeg_whip_many(clip, [
+            (server.whip_url(room, uid), make_token(APPID, room, uid, SECRET)) for uid in uids
+        ], log)
+        try:
+            for uid in uids:
+                await _wait_for(lambda u=uid: _has_media(webrtc, room, u), 20,  # type: ignore[misc]
+                                "no media from FFmpeg", proc, log)
+            first = await start(server, room, uids[0], 0)
+            await asyncio.sleep(4)
+            second = await start(server, room, uids[1], 0)
+            await asyncio.sleep(10)
+            for (resid, recordid, _) in (first, second):
+                await stop(server, room, resid, recordid)
+            answer = await server.call(f"queryrecord/{room}/{second[1]}")
+        finally:
+            await _end(proc)
+    a = flash_wall_times(playlist_of(server, room, first[1], uids[0]))
+    b = flash_wall_times(playlist_of(server, room, second[1], uids[1]))
+    dates_a = playlist_dates(playlist_of(server, room, first[1], uids[0]))
+    dates_b = playlist_dates(playlist_of(server, room, second[1], uids[1]))
+    assert all(d is not None for d in dates_a + dates_b)
+    assert 2.5 <= dates_b[0] - dates_a[0] <= 6.0, (dates_a, dates_b)  # type: ignore[operator]
+    pairs = [min((y - x for y in b), key=abs) for x in a if b[0] - 0.5 <= x <= b[-1] + 0.5]
+    print("program date time, right - left:", summary(pairs))
+    assert len(pairs) >= 6 and max(abs(d) for d in pairs) <= 0.100, pairs
+    data = answer.get("data", answer)
+    assert abs(data["firstframetime"] - dates_b[0] * 1000) <= 1, data  # type: ignore[operator]
