@@ -9,7 +9,9 @@ FFmpeg processes at a lower priority. Measured in turn on the same publishers:
 - every publisher recorded with ``outputs.audiocodec = "opus"`` (fMP4, Opus kept: a remux);
 
 printed as cores per recording (the server's CPU over the recordings, receiving included).
-Goals: <= 0.015 (AAC) and <= 0.008 (Opus kept).
+Goals: <= 0.015 (AAC) and <= 0.008 (Opus kept). Beside each: the worker's busiest thread (its
+event loop) in cores, what bounds one worker process (one thread cannot pass one core), and the
+projection for 16 cores at ``max_cpu = 0.85`` (13.6 cores) from the measured cost.
 
 Then admission: a burst of ``BURST`` starts at once (source AAC, the publishers recorded
 twice over) against the capacity the same worker shows when the starts come one by one, a
@@ -38,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import (  # noqa: E402
     APPID,
+    CLK_TCK,
     HEADERS,
     SECRET,
     ServerProcess,
     headline,
-    measure_cores,
     start_server,
 )
 
@@ -61,6 +63,32 @@ AUDIO = {
     "music": ("aevalsrc=0.1*sin(2*PI*261.6*t)+0.1*sin(2*PI*392*t)|0.1*sin(2*PI*329.6*t)"
               "+0.1*sin(2*PI*392*t):s=48000", []),
 }
+
+
+USABLE_16 = 16 * 0.85  # cores a 16-core node admits on (max_cpu = 0.85)
+
+
+def _thread_ticks(pid: int) -> dict[str, int]:
+    ticks: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks[f"{name}/{task.name}"] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def measure_threads(pid: int, seconds: float) -> tuple[float, float, str]:
+    """The process's cores over ``seconds``, its busiest thread's cores and that thread's name."""
+    t0, a = time.monotonic(), _thread_ticks(pid)
+    time.sleep(seconds)
+    b, wall = _thread_ticks(pid), time.monotonic() - t0
+    used = {k: (v - a.get(k, 0)) / CLK_TCK / wall for k, v in b.items()}
+    busiest = max(used, key=lambda k: used[k])
+    return sum(used.values()), used[busiest], busiest.split("/")[0]
 
 
 def ffmpeg() -> str | None:
@@ -137,21 +165,32 @@ def run() -> list[str]:
                 probe = start(client, server, room, uids[-1], "aac")  # all are publishing
                 stop_all(client, server, room, [probe])
                 time.sleep(2)
-                floor = measure_cores(server.proc.pid, MEASURE_S) / PUBLISHERS
+                floor = measure_threads(server.proc.pid, MEASURE_S)[0] / PUBLISHERS
                 per: dict[str, float] = {}
+                loop: dict[str, tuple[float, str]] = {}
                 for codec in ("aac", "opus"):
                     started = [start(client, server, room, u, codec) for u in uids]
                     bad = [r for r in started if r["code"] != 0]
                     if bad:
                         raise RuntimeError(f"startrecord ({codec}): {bad[0]}")
                     time.sleep(3)
-                    per[codec] = measure_cores(server.proc.pid, MEASURE_S) / PUBLISHERS
+                    cores, busiest, name = measure_threads(server.proc.pid, MEASURE_S)
+                    per[codec], loop[codec] = cores / PUBLISHERS, (busiest, name)
                     stop_all(client, server, room, started)
                 lines.append(
                     f"FFmpeg WHIP x{PUBLISHERS} ({SIGNAL}, stereo Opus): AAC {per['aac']:.4f} "
                     f"cores/recording (goal <= 0.015), Opus kept {per['opus']:.4f} (goal <= "
                     f"0.008), receive-only floor {floor:.4f} cores/stream")
                 headline(lines[-1])
+                for codec in ("aac", "opus"):
+                    busiest, name = loop[codec]
+                    lines.append(
+                        f"  {codec}: busiest thread ({name}) {busiest:.3f} cores of the worker's "
+                        f"{per[codec] * PUBLISHERS:.3f}: one worker process holds ~"
+                        f"{0.85 * PUBLISHERS / max(busiest, 1e-6):.0f} such recordings before "
+                        f"that thread fills a core; 16 cores (13.6 usable) ~"
+                        f"{USABLE_16 / per[codec]:.0f} recordings, as many workers as cores")
+                    headline(lines[-1])
                 lines.append(burst_line(client, server, room, uids))
                 headline(lines[-1])
         finally:
