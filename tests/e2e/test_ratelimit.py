@@ -75,3 +75,43 @@ async def test_redis_limit_holds_under_concurrent_checks(redis_url: str) -> None
     finally:
         for node in nodes:
             await node.close()
+
+
+async def test_redis_limit_lets_calls_through_while_redis_is_down_and_recovers() -> None:
+    """A limiter whose Redis goes away never refuses (no 2104 for a stoprecord), and counts
+    again as soon as a Redis answers on its address, with no stale connection failing a call."""
+    import subprocess
+    import time
+
+    import redis
+
+    from tests.services import _redis_bin, start_redis
+
+    url, stop = start_redis()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    limiter = RedisRateLimiter(url, 2, window_s=1.0, namespace="restart")
+    second = None
+    try:
+        assert await admitted(limiter, "app", 3) == 2
+        stop()
+        began = asyncio.get_running_loop().time()
+        assert await admitted(limiter, "app", 3) == 3  # let through while Redis is gone
+        assert asyncio.get_running_loop().time() - began < 10
+        second = subprocess.Popen([_redis_bin(), "--port", str(port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the second redis-server did not start"
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.1)  # past the window
+        assert await admitted(limiter, "app", 3) == 2  # counting again, empty Redis
+    finally:
+        await limiter.close()
+        if second is not None:
+            second.terminate()
+            second.wait(10)

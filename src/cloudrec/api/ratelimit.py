@@ -7,12 +7,15 @@ raising 2105 past the limit, so the API awaits either the same way.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import deque
 from typing import Any, Callable, Hashable
 
 from cloudrec.errors import RateLimited
+
+log = logging.getLogger(__name__)
 
 
 def _message(what: str, limit: int, window_s: float) -> str:
@@ -90,11 +93,17 @@ class RedisRateLimiter:
         client: Any = None,
     ) -> None:
         import redis.asyncio
+        import redis.exceptions
 
         self.limit = limit
         self.window_s = window_s
         self.namespace = namespace
-        self._client = client if client is not None else redis.asyncio.Redis.from_url(redis_url)
+        # health_check_interval: a pooled connection idle for a while is pinged before use,
+        # so one left from before a Redis restart is replaced instead of failing a call
+        self._client = client if client is not None else redis.asyncio.Redis.from_url(
+            redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5)
+        self._redis_errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError,)
+        self._warned_at = 0.0
         self._owns_client = client is None
         self._script = self._client.register_script(_SLIDING_WINDOW)
 
@@ -105,10 +114,20 @@ class RedisRateLimiter:
     async def check(self, key: Hashable, what: str) -> None:
         """Count a call for ``key`` across the cluster; raise 2105 when it is over the limit."""
         # A unique member per call: two calls in the same microsecond both count.
-        allowed = await self._script(
-            keys=[self.redis_key(key)],
-            args=[int(self.window_s * 1_000_000), self.limit, uuid.uuid4().hex],
-        )
+        try:
+            allowed = await self._script(
+                keys=[self.redis_key(key)],
+                args=[int(self.window_s * 1_000_000), self.limit, uuid.uuid4().hex],
+            )
+        except self._redis_errors as exc:
+            # Redis is down or restarting: the call is let through rather than refused, so a
+            # limiter's outage never stops recordings from being started, stopped or queried
+            now = time.monotonic()
+            if now - self._warned_at > 10.0:
+                self._warned_at = now
+                log.warning("rate limit not checked, Redis is unavailable (%s): calls are "
+                            "let through until it answers", exc)
+            return
         if not int(allowed):
             raise RateLimited(_message(what, self.limit, self.window_s))
 
