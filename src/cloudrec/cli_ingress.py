@@ -31,6 +31,7 @@ def _fail(message: str, status: int = 1) -> NoReturn:
 
 @contextmanager
 def _client(ctx: typer.Context) -> Iterator[RecordClient]:
+    """The client, with the API's refusals and an unreachable server turned into messages."""
     client = ctx.obj.client()
     try:
         yield client
