@@ -17,6 +17,7 @@ from pydantic import Field, PlainValidator, ValidationInfo, field_validator
 
 from ._fields import AppId, HttpUrl, Model, RoomId, Uid, _has_control, int_rule, problem
 from .mixconfig import MixConfig
+from .requests import _empty_is_none, _mixconfig_for_mixed, _same_appid
 from .storage import StorageConfig
 
 MAX_SOURCE_URL_BYTES = 2048
@@ -119,29 +120,11 @@ class AutoRecordRequest(Model):
     storagecfg: StorageConfig
     callbackurl: HttpUrl | None = None
 
-    @field_validator("appid")
-    @classmethod
-    def _same_appid(cls, value: int | None, info: ValidationInfo) -> int | None:
-        path_appid = (info.context or {}).get("path_appid")
-        if value is not None and path_appid is not None and value != path_appid:
-            raise problem(f"must equal the appid in the path ({path_appid})")
-        return value
+    _appid_matches = field_validator("appid")(_same_appid)
 
-    @field_validator("mixconfig", mode="wrap")
-    @classmethod
-    def _mixconfig_for_mixed(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
-        streamtype = info.data.get("streamtype")
-        if streamtype == 2 and value is not None:
-            raise problem("is not allowed for source recording (streamtype 2)")
-        result = handler(value)
-        if result is None and streamtype == 1:
-            raise problem("is required for mixed recording (streamtype 1)")
-        return result
+    _mixconfig_for_mixed = field_validator("mixconfig", mode="wrap")(_mixconfig_for_mixed)
 
-    @field_validator("callbackurl", mode="before")
-    @classmethod
-    def _empty_callback_is_none(cls, value: Any) -> Any:
-        return None if value == "" else value
+    _empty_callback_is_none = field_validator("callbackurl", mode="before")(_empty_is_none)
 
 
 def room_matches(pattern: str, roomid: str) -> bool:
