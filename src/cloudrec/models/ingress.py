@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, PlainValidator, ValidationInfo, field_validator
 
-from ._fields import AppId, HttpUrl, Model, RoomId, Uid, _has_control, int_rule, problem
+from ._fields import AppId, HttpUrl, Model, RoomId, Uid, int_rule, problem, split_url
 from .mixconfig import MixConfig
 from .requests import _empty_is_none, _mixconfig_for_mixed, _same_appid
 from .storage import StorageConfig
@@ -43,16 +43,9 @@ def source_host_port(url: str) -> tuple[str, int]:
 
 
 def _check_source_url(value: Any) -> str:
-    if type(value) is not str or not value or _has_control(value) or " " in value:
-        raise problem(_DESC)
-    if len(value.encode("utf-8")) > MAX_SOURCE_URL_BYTES:
-        raise problem(_DESC)
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise problem("has a port that is not a number in 0..65535") from None
+    parts = split_url(value, _DESC, MAX_SOURCE_URL_BYTES,
+                      port="has a port that is not a number in 0..65535")
+    host = parts.hostname
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise problem(f"has an unknown scheme {parts.scheme + '://' if scheme else '(none)'}; "
