@@ -196,9 +196,7 @@ class HttpWorkerClient(WorkerClient):
         except (httpx.HTTPError, ValueError) as exc:
             raise WorkerUnavailable(
                 f"worker at {self.url} did not answer ({type(exc).__name__})") from exc
-        if "error" in answer:
-            raise decode_error(answer["error"])
-        return dict(answer["ok"])
+        return _result(answer)
 
     async def _stream(self, op: str, args: dict[str, Any],
                       chunks: AsyncIterator[bytes]) -> dict[str, Any]:
@@ -213,9 +211,14 @@ class HttpWorkerClient(WorkerClient):
         except (httpx.HTTPError, ValueError) as exc:
             raise WorkerUnavailable(
                 f"worker at {self.url} dropped the stream ({type(exc).__name__})") from exc
-        if "error" in answer:
-            raise decode_error(answer["error"])
-        return dict(answer["ok"])
+        return _result(answer)
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+def _result(answer: Any) -> dict[str, Any]:
+    """A worker's ``{"ok": ...}``, or the error its ``{"error": ...}`` encodes, raised."""
+    if "error" in answer:
+        raise decode_error(answer["error"])
+    return dict(answer["ok"])
