@@ -98,8 +98,9 @@ def packet_frame(packet: Any, timeline: Timeline, params: dict[int, tuple[bytes,
 
     H.264 becomes one Annex B access unit with SPS/PPS in front of every keyframe (AVCC packets
     re-framed); AAC one ADTS frame. ``params`` keeps each stream's SPS/PPS and AVCC length size
-    between calls; ``names`` maps FFmpeg's codec names to ours; ``audio_rate`` is the clock of
-    audio whose codec context has no sample rate."""
+    between calls, read from the extradata until it holds them; ``names`` maps FFmpeg's codec
+    names to ours; ``audio_rate`` is the clock of audio whose codec context has no sample
+    rate."""
     stream = packet.stream
     if packet.size == 0 or stream.type not in ("video", "audio"):
         return None
@@ -114,7 +115,7 @@ def packet_frame(packet: Any, timeline: Timeline, params: dict[int, tuple[bytes,
     if stream.type == "video":
         rate = 90000
         if name == "h264":
-            if stream.index not in params:
+            if not params.get(stream.index, (b"",))[0]:  # until the extradata has them
                 params[stream.index] = _annexb_params(ctx.extradata)
             annexb, length = params[stream.index]
             nals = split_avcc(data, length) if length else split_annexb(data)
