@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -31,6 +31,7 @@ def _fail(message: str, status: int = 1) -> NoReturn:
 
 @contextmanager
 def _client(ctx: typer.Context) -> Iterator[RecordClient]:
+    """The client, with the API's refusals and an unreachable server turned into messages."""
     client = ctx.obj.client()
     try:
         yield client
@@ -44,6 +45,17 @@ def _client(ctx: typer.Context) -> Iterator[RecordClient]:
 
 def _when(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((ms or 0) / 1000))
+
+
+def _listing(items: list[dict[str, Any]], as_json: bool, header: str,
+             row: Callable[[dict[str, Any]], str]) -> None:
+    """``items`` as JSON, or as a table: ``header``, then one ``row`` each."""
+    if as_json:
+        typer.echo(json.dumps(items, indent=2, ensure_ascii=False))
+        return
+    typer.echo(header)
+    for item in items:
+        typer.echo(row(item))
 
 
 @ingress_app.command("add")
@@ -67,15 +79,12 @@ def ingress_list(ctx: typer.Context,
     params = {"roomid": room} if room else None
     with _client(ctx) as client:
         items = client.call_v1("GET", "ingress", params=params)["data"]["ingresses"]
-    if as_json:
-        typer.echo(json.dumps(items, indent=2, ensure_ascii=False))
-        return
-    typer.echo(f"{'INGRESSID':<28} {'ROOM':<16} {'UID':<12} {'KIND':<6} {'STATE':<10} "
-               f"{'SINCE':<19}  URL / ERROR")
-    for i in items:
-        typer.echo(f"{i['ingressid']:<28} {i['roomid']:<16} {i.get('uid') or '-':<12} "
-                   f"{i['kind']:<6} {i['state']:<10} {_when(i['since']):<19}  "
-                   f"{i['url']}{'  (' + i['error'] + ')' if i.get('error') else ''}")
+    _listing(items, as_json,
+             f"{'INGRESSID':<28} {'ROOM':<16} {'UID':<12} {'KIND':<6} {'STATE':<10} "
+             f"{'SINCE':<19}  URL / ERROR",
+             lambda i: f"{i['ingressid']:<28} {i['roomid']:<16} {i.get('uid') or '-':<12} "
+                       f"{i['kind']:<6} {i['state']:<10} {_when(i['since']):<19}  "
+                       f"{i['url']}{'  (' + i['error'] + ')' if i.get('error') else ''}")
 
 
 @ingress_app.command("show")
@@ -125,14 +134,11 @@ def autorecord_list(ctx: typer.Context,
     """The app's rules."""
     with _client(ctx) as client:
         rules = client.call_v1("GET", "autorecord")["data"]["rules"]
-    if as_json:
-        typer.echo(json.dumps(rules, indent=2, ensure_ascii=False))
-        return
-    typer.echo(f"{'RULEID':<22} {'ROOMS':<20} {'TYPE':<6} {'RECORDTYPE':<10} CREATED")
-    for r in rules:
-        typer.echo(f"{r['ruleid']:<22} {r['roomid']:<20} "
-                   f"{'mixed' if r['streamtype'] == 1 else 'source':<6} {r['recordtype']:<10} "
-                   f"{_when(r.get('createtime'))}")
+    _listing(rules, as_json,
+             f"{'RULEID':<22} {'ROOMS':<20} {'TYPE':<6} {'RECORDTYPE':<10} CREATED",
+             lambda r: f"{r['ruleid']:<22} {r['roomid']:<20} "
+                       f"{'mixed' if r['streamtype'] == 1 else 'source':<6} "
+                       f"{r['recordtype']:<10} {_when(r.get('createtime'))}")
 
 
 @autorecord_app.command("delete")

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, NoReturn, Optional
+from typing import Any, Optional
 
 import typer
 
-from cloudrec.cli_ingress import autorecord_app, ingress_app
-from cloudrec.client import STATUS_NAMES, ApiError, ClientError, RecordClient, resolve
+from cloudrec.cli_ingress import _client, _fail, autorecord_app, ingress_app
+from cloudrec.client import STATUS_NAMES, ClientError, RecordClient, resolve
 
 rec_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -41,25 +40,6 @@ class _Ctx:
             return RecordClient(resolve(**self.options))
         except ClientError as exc:
             _fail(str(exc), 2)
-
-
-def _fail(message: str, status: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(status)
-
-
-@contextmanager
-def _client(ctx: typer.Context) -> Iterator[RecordClient]:
-    """The client, with the API's refusals and an unreachable server turned into messages."""
-    client = ctx.obj.client()
-    try:
-        yield client
-    except ApiError as exc:
-        _fail(f"{exc.code} {exc.message}", 1)
-    except ClientError as exc:
-        _fail(str(exc), 3)
-    finally:
-        client.close()
 
 
 @rec_app.callback()

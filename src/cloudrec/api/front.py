@@ -232,26 +232,31 @@ class Front:
         owner = await self.directory.owner(key)
         return owner.relay if owner is not None else None
 
+    async def _session_worker(self, session_id: str) -> tuple[WorkerInfo, str] | None:
+        """The worker a WHIP or WHEP session id names, and the worker's own session id; None
+        for an id that names no known worker."""
+        worker, _, session = session_id.partition(".")
+        try:
+            worker_id = base64.urlsafe_b64decode(worker + "=" * (-len(worker) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+        info = next((w for w in self.infos if w.id == worker_id), None)
+        if info is None:
+            info = next((w for w in await self.directory.workers() if w.id == worker_id), None)
+        if info is None or not session:
+            return None
+        return info, session
+
     # -- WHIP -----------------------------------------------------------------------------------
 
     async def publish(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]:
         owner = await self._place(appid, roomid)
         answer, session = await self.client_for(owner).publish(appid, roomid, uid, offer_sdp)
-        worker = base64.urlsafe_b64encode(owner.id.encode()).decode().rstrip("=")
-        return answer, f"{worker}.{session}"
+        return answer, _session_id(owner, session)
 
     async def unpublish(self, session_id: str) -> bool:
-        worker, _, session = session_id.partition(".")
-        try:
-            worker_id = base64.urlsafe_b64decode(worker + "=" * (-len(worker) % 4)).decode()
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False
-        info = next((w for w in self.infos if w.id == worker_id), None)
-        if info is None:
-            info = next((w for w in await self.directory.workers() if w.id == worker_id), None)
-        if info is None or not session:
-            return False
-        return await self.client_for(info).unpublish(session)
+        found = await self._session_worker(session_id)
+        return found is not None and await self.client_for(found[0]).unpublish(found[1])
 
     # -- WHEP and the room page ----------------------------------------------------------------
 
@@ -262,21 +267,11 @@ class Front:
         if owner is None:
             raise RecordingError(f"uid {uid!r} is not publishing in room {roomid!r}", 4005)
         answer, session = await self.client_for(owner).play(appid, roomid, uid, offer_sdp)
-        worker = base64.urlsafe_b64encode(owner.id.encode()).decode().rstrip("=")
-        return answer, f"{worker}.{session}"
+        return answer, _session_id(owner, session)
 
     async def stop_play(self, session_id: str) -> bool:
-        worker, _, session = session_id.partition(".")
-        try:
-            worker_id = base64.urlsafe_b64decode(worker + "=" * (-len(worker) % 4)).decode()
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False
-        info = next((w for w in self.infos if w.id == worker_id), None)
-        if info is None:
-            info = next((w for w in await self.directory.workers() if w.id == worker_id), None)
-        if info is None or not session:
-            return False
-        return await self.client_for(info).stop_play(session)
+        found = await self._session_worker(session_id)
+        return found is not None and await self.client_for(found[0]).stop_play(found[1])
 
     async def room_publishers(self, appid: int, roomid: str) -> list[str]:
         """The uids publishing in a room, in join order, from the worker that owns it (none
@@ -366,3 +361,9 @@ class Front:
 
     def recordings(self) -> int:
         return sum(w.recordings for w in self.infos)
+
+
+def _session_id(owner: WorkerInfo, session: str) -> str:
+    """A WHIP or WHEP session id that names the worker holding the session."""
+    worker = base64.urlsafe_b64encode(owner.id.encode()).decode().rstrip("=")
+    return f"{worker}.{session}"

@@ -14,73 +14,21 @@ ingressid answers 4013.
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from cloudrec.api.auth import authenticate
 from cloudrec.api.ingress_front import IngressFront
 from cloudrec.api.metrics import ApiMetrics
-from cloudrec.api.recordoss import MAX_BODY, SeedResponse, envelope, error_response
-from cloudrec.api.trace import new_trace_id
+from cloudrec.api.recordoss import SeedRoutes, read_body
 from cloudrec.config import Settings
-from cloudrec.diskfull import api_error
-from cloudrec.errors import CloudrecError, InvalidParameter
+from cloudrec.errors import InvalidParameter
 from cloudrec.models import parse_request
 from cloudrec.models._fields import _SAFE_ID, MAX_ID_CHARS
 from cloudrec.models.ingress import IngressRequest
 
-log = logging.getLogger(__name__)
-
 BASE = "/app/{appid}/v1/ingress"
-Work = Callable[[int], Awaitable[dict[str, Any]]]
-
-
-class SeedRoutes:
-    """Auth → rate limit → the work → the seed's envelope, as the recordoss verbs answer."""
-
-    def __init__(self, settings: Settings, writes: Any, metrics: ApiMetrics | None) -> None:
-        self.settings = settings
-        self.writes = writes
-        self.metrics = metrics
-
-    async def handle(self, request: Request, appid: str, endpoint: str,
-                     work: Work) -> JSONResponse:
-        began = time.perf_counter()
-        response = await self._answer(request, appid, endpoint, work)
-        if self.metrics is not None:
-            self.metrics.observe(endpoint, response.code, time.perf_counter() - began)
-        return response
-
-    async def _answer(self, request: Request, appid: str, endpoint: str,
-                      work: Work) -> SeedResponse:
-        trace_id = request.query_params.get("traceId") or new_trace_id()
-        try:
-            numeric = appid.isascii() and appid.isdigit() and len(appid) < 12
-            path_appid = int(appid) if numeric else -1
-            authenticate(request, path_appid, self.settings)
-            await self.writes.check((path_appid, endpoint), f"{endpoint} per AppID")
-            extra = await work(path_appid)
-        except CloudrecError as exc:
-            return error_response(exc, trace_id)
-        except Exception as exc:
-            log.exception("%s failed (traceId %s)", endpoint, trace_id)
-            return error_response(api_error(exc), trace_id)
-        return SeedResponse(envelope(0, "success", trace_id, **extra))
-
-
-async def read_body(request: Request) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise InvalidParameter("body", f"larger than {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def json_object(raw: bytes) -> bytes:

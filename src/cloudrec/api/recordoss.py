@@ -61,6 +61,63 @@ def error_response(exc: CloudrecError, trace_id: str) -> SeedResponse:
                         status_code=exc.http_status)
 
 
+Work = Callable[[int], Awaitable[dict[str, Any]]]
+
+
+class SeedRoutes:
+    """Auth → rate limit → the work → the seed's envelope, each answer counted for the
+    metrics: the shape every recordoss verb (and the ingress and auto-record verbs) answers."""
+
+    def __init__(self, settings: Settings, writes: Any, metrics: ApiMetrics | None,
+                 queries: Any = None) -> None:
+        self.settings = settings
+        self.writes = writes
+        self.queries = queries
+        self.metrics = metrics
+
+    async def handle(self, request: Request, appid: str, endpoint: str, work: Work,
+                     rate_key: Callable[[int], tuple[Any, ...]] | None = None) -> JSONResponse:
+        """Answers with ``work(appid)``'s fields in the envelope. Rate-limited per AppID and
+        endpoint (writes), or with ``rate_key(appid)`` as the key (queries)."""
+        began = time.perf_counter()
+        response = await self._answer(request, appid, endpoint, work, rate_key)
+        if self.metrics is not None:
+            self.metrics.observe(endpoint, response.code, time.perf_counter() - began)
+        return response
+
+    async def _answer(self, request: Request, appid: str, endpoint: str, work: Work,
+                      rate_key: Callable[[int], tuple[Any, ...]] | None) -> SeedResponse:
+        trace_id = request.query_params.get("traceId") or new_trace_id()
+        try:
+            # ASCII digits only: '²'.isdigit() is True, yet int('²') raises
+            numeric = appid.isascii() and appid.isdigit() and len(appid) < 12
+            path_appid = int(appid) if numeric else -1
+            authenticate(request, path_appid, self.settings)
+            if rate_key is None:
+                await self.writes.check((path_appid, endpoint), f"{endpoint} per AppID")
+            else:
+                await self.queries.check(rate_key(path_appid), f"{endpoint} per recordid")
+            extra = await work(path_appid)
+        except CloudrecError as exc:
+            return error_response(exc, trace_id)
+        except Exception as exc:  # 2104; its message names the disk when that is full
+            log.exception("%s failed (traceId %s)", endpoint, trace_id)
+            return error_response(api_error(exc), trace_id)
+        return SeedResponse(envelope(0, "success", trace_id, **extra))
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body; 2101 beyond :data:`MAX_BODY` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise InvalidParameter("body", f"larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def rate_limiters(settings: Settings) -> tuple[Any, Any]:
     """Per-node limits, or limits shared by the whole cluster when it has a Redis."""
     if settings.redis_url:
@@ -76,58 +133,13 @@ def recordoss_router(settings: Settings, service: Front,
     router = APIRouter()
     writes, queries = limiters or rate_limiters(settings)
 
-    async def handle(
-        request: Request,
-        appid: str,
-        endpoint: str,
-        work: Callable[[int], Awaitable[dict[str, Any]]],
-        rate_key: Callable[[int], tuple[Any, ...]] | None = None,
-    ) -> JSONResponse:
-        began = time.perf_counter()
-        response = await answer(request, appid, endpoint, work, rate_key)
-        if metrics is not None:
-            metrics.observe(endpoint, response.code, time.perf_counter() - began)
-        return response
-
-    async def answer(
-        request: Request,
-        appid: str,
-        endpoint: str,
-        work: Callable[[int], Awaitable[dict[str, Any]]],
-        rate_key: Callable[[int], tuple[Any, ...]] | None = None,
-    ) -> SeedResponse:
-        trace_id = request.query_params.get("traceId") or new_trace_id()
-        try:
-            # ASCII digits only: '²'.isdigit() is True, yet int('²') raises
-            numeric = appid.isascii() and appid.isdigit() and len(appid) < 12
-            path_appid = int(appid) if numeric else -1
-            authenticate(request, path_appid, settings)
-            if rate_key is None:
-                await writes.check((path_appid, endpoint), f"{endpoint} per AppID")
-            else:
-                await queries.check(rate_key(path_appid), f"{endpoint} per recordid")
-            extra = await work(path_appid)
-        except CloudrecError as exc:
-            return error_response(exc, trace_id)
-        except Exception as exc:  # 2104; its message names the disk when that is full
-            log.exception("%s failed (traceId %s)", endpoint, trace_id)
-            return error_response(api_error(exc), trace_id)
-        return SeedResponse(envelope(0, "success", trace_id, **extra))
-
-    async def body_of(request: Request) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise InvalidParameter("body", f"larger than {MAX_BODY} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    seed = SeedRoutes(settings, writes, metrics, queries)
+    handle = seed.handle
 
     @router.post(BASE + "/applyrecord")
     async def applyrecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            parse_request(ApplyRecordRequest, await body_of(request), app)
+            parse_request(ApplyRecordRequest, await read_body(request), app)
             return {"resid": service.apply(app)}
 
         return await handle(request, appid, "applyrecord", work)
@@ -135,7 +147,7 @@ def recordoss_router(settings: Settings, service: Front,
     @router.post(BASE + "/startrecord")
     async def startrecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            req = parse_request(StartRecordRequest, await body_of(request), app)
+            req = parse_request(StartRecordRequest, await read_body(request), app)
             return {"recordid": await service.start(app, req)}
 
         return await handle(request, appid, "startrecord", work)
@@ -143,7 +155,7 @@ def recordoss_router(settings: Settings, service: Front,
     @router.post(BASE + "/stoprecord")
     async def stoprecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            req = parse_request(StopRecordRequest, await body_of(request), app)
+            req = parse_request(StopRecordRequest, await read_body(request), app)
             stopped = await service.stop(app, req)
             return {"recordid": stopped["recordid"], "files": stopped["files"]}
 
@@ -154,7 +166,7 @@ def recordoss_router(settings: Settings, service: Front,
         codes; 4004 names the state when the task is paused already, or not paused."""
         async def route(appid: str, request: Request) -> JSONResponse:
             async def work(app: int) -> dict[str, Any]:
-                req = parse_request(StopRecordRequest, await body_of(request), app)
+                req = parse_request(StopRecordRequest, await read_body(request), app)
                 return await service.pause(app, req, resume=resume)
 
             return await handle(request, appid, endpoint, work)
@@ -167,7 +179,7 @@ def recordoss_router(settings: Settings, service: Front,
     @router.post(BASE + "/updatemixrecord")
     async def updatemixrecord(appid: str, request: Request) -> JSONResponse:
         async def work(app: int) -> dict[str, Any]:
-            req = parse_request(UpdateMixRecordRequest, await body_of(request), app)
+            req = parse_request(UpdateMixRecordRequest, await read_body(request), app)
             return {"recordid": await service.update(app, req)}
 
         return await handle(request, appid, "updatemixrecord", work)

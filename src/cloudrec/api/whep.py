@@ -37,7 +37,15 @@ from typing import Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
-from cloudrec.api.whip import _CORS, MAX_SDP_BYTES, _bearer, _error, _preflight, _read_bounded
+from cloudrec.api.whip import (
+    _CORS,
+    _bearer,
+    _created,
+    _error,
+    _preflight,
+    _read_offer,
+    _session_routes,
+)
 from cloudrec.errors import AuthError, CapacityError, CloudrecError, InvalidParameter
 from cloudrec.tokens import verify_room_token
 
@@ -135,16 +143,9 @@ def whep_router(front: Playing, secret_for: Callable[[int], str | None]) -> APIR
         app = authorize(appid, roomid, _bearer(request))
         if isinstance(app, Response):
             return app
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/sdp":
-            return _error(400, "Content-Type must be application/sdp")
-        body = await _read_bounded(request, MAX_SDP_BYTES)
-        if body is None:
-            return _error(400, f"SDP offer too large (more than {MAX_SDP_BYTES} bytes)")
-        try:
-            offer = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return _error(400, "SDP offer is not UTF-8")
+        offer = await _read_offer(request)
+        if isinstance(offer, Response):
+            return offer
         try:
             answer, session_id = await front.play(app, roomid, uid, offer)
         except CapacityError as exc:
@@ -165,28 +166,13 @@ def whep_router(front: Playing, secret_for: Callable[[int], str | None]) -> APIR
         except Exception as exc:  # aiortc on an odd offer; never a 500 for client input
             logger.exception("WHEP play failed")
             return _error(400, f"cannot answer the offer: {exc}")
-        return Response(answer, status_code=201, media_type="application/sdp",
-                        headers={**_CORS, "Location": f"/whep/session/{session_id}",
-                                 "ETag": f'"{session_id}"'})
+        return _created(answer, f"/whep/session/{session_id}")
 
     @router.options("/whep/{appid}/{roomid}/{uid}")
     async def whep_play_preflight(appid: str, roomid: str, uid: str) -> Response:
         return _preflight("POST, OPTIONS")
 
-    @router.delete("/whep/session/{session_id}")
-    async def whep_delete(session_id: str) -> Response:
-        if await front.stop_play(session_id):
-            return Response(status_code=200, headers=_CORS)
-        return _error(404, "unknown WHEP session")
-
-    @router.patch("/whep/session/{session_id}")
-    async def whep_patch(session_id: str) -> Response:
-        return _error(405, "trickle ICE and ICE restarts are not supported; "
-                      "send an offer with all candidates", Allow="DELETE, OPTIONS")
-
-    @router.options("/whep/session/{session_id}")
-    async def whep_session_preflight(session_id: str) -> Response:
-        return _preflight("DELETE, OPTIONS")
+    _session_routes(router, "whep", front.stop_play)
 
     @router.get("/rooms/{appid}/{roomid}/events")
     async def room_events(appid: str, roomid: str, request: Request) -> Response:

@@ -22,7 +22,7 @@ carries ``Access-Control-Allow-Origin: *`` so a page on another origin can publi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Protocol
 
@@ -85,6 +85,49 @@ async def _read_bounded(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+async def _read_offer(request: Request) -> str | Response:
+    """The request's SDP offer, or the 400 that refuses it: another content type than
+    ``application/sdp``, a body over :data:`MAX_SDP_BYTES`, or one that is not UTF-8."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/sdp":
+        return _error(400, "Content-Type must be application/sdp")
+    body = await _read_bounded(request, MAX_SDP_BYTES)
+    if body is None:
+        return _error(400, f"SDP offer too large (more than {MAX_SDP_BYTES} bytes)")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _error(400, "SDP offer is not UTF-8")
+
+
+def _created(answer: str, location: str) -> Response:
+    """201 with the SDP answer, the session's ``Location`` and its ``ETag``."""
+    session_id = location.rsplit("/", 1)[-1]
+    return Response(answer, status_code=201, media_type="application/sdp",
+                    headers={**_CORS, "Location": location, "ETag": f'"{session_id}"'})
+
+
+def _session_routes(router: APIRouter, kind: str, stop: Callable[[str], Awaitable[bool]]) -> None:
+    """``DELETE``, ``PATCH`` (405: no trickle ICE, no ICE restart) and ``OPTIONS`` on
+    ``/{kind}/session/{id}``; DELETE ends the session with ``stop(id)``."""
+    path = f"/{kind}/session/{{session_id}}"
+
+    @router.delete(path, name=f"{kind}_delete")
+    async def delete(session_id: str) -> Response:
+        if await stop(session_id):
+            return Response(status_code=200, headers=_CORS)
+        return _error(404, f"unknown {kind.upper()} session")
+
+    @router.patch(path, name=f"{kind}_patch")
+    async def patch(session_id: str) -> Response:
+        return _error(405, "trickle ICE and ICE restarts are not supported; "
+                      "send an offer with all candidates", Allow="DELETE, OPTIONS")
+
+    @router.options(path, name=f"{kind}_session_preflight")
+    async def preflight(session_id: str) -> Response:
+        return _preflight("DELETE, OPTIONS")
+
+
 class Publishing(Protocol):
     """What WHIP publishes into: a :class:`~cloudrec.webrtc.ingest.WebRtcIngest`, or a node's
     front that routes each room to the worker (or node) that owns it."""
@@ -114,16 +157,9 @@ def whip_router(hub: Publishing, secret_for: Callable[[int], str | None]) -> API
             return _error(403, exc.message)
         except AuthError as exc:
             return _error(401, exc.message, **{"WWW-Authenticate": 'Bearer realm="whip"'})
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/sdp":
-            return _error(400, "Content-Type must be application/sdp")
-        body = await _read_bounded(request, MAX_SDP_BYTES)
-        if body is None:
-            return _error(400, f"SDP offer too large (more than {MAX_SDP_BYTES} bytes)")
-        try:
-            offer = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return _error(400, "SDP offer is not UTF-8")
+        offer = await _read_offer(request)
+        if isinstance(offer, Response):
+            return offer
         try:
             answer, session_id = await hub.publish(int(appid), roomid, uid, offer)
         except CapacityError as exc:
@@ -138,32 +174,13 @@ def whip_router(hub: Publishing, secret_for: Callable[[int], str | None]) -> API
         except Exception as exc:  # aiortc on an odd offer; never a 500 for client input
             logger.exception("WHIP publish failed")
             return _error(400, f"cannot answer the offer: {exc}")
-        return Response(
-            answer,
-            status_code=201,
-            media_type="application/sdp",
-            headers={**_CORS, "Location": f"/whip/session/{session_id}",
-                     "ETag": f'"{session_id}"'},
-        )
+        return _created(answer, f"/whip/session/{session_id}")
 
     @router.options("/whip/{appid}/{roomid}/{uid}")
     async def whip_publish_preflight(appid: str, roomid: str, uid: str) -> Response:
         return _preflight("POST, OPTIONS")
 
-    @router.delete("/whip/session/{session_id}")
-    async def whip_delete(session_id: str) -> Response:
-        if await hub.unpublish(session_id):
-            return Response(status_code=200, headers=_CORS)
-        return _error(404, "unknown WHIP session")
-
-    @router.patch("/whip/session/{session_id}")
-    async def whip_patch(session_id: str) -> Response:
-        return _error(405, "trickle ICE and ICE restarts are not supported; "
-                      "send an offer with all candidates", Allow="DELETE, OPTIONS")
-
-    @router.options("/whip/session/{session_id}")
-    async def whip_session_preflight(session_id: str) -> Response:
-        return _preflight("DELETE, OPTIONS")
+    _session_routes(router, "whip", hub.unpublish)
 
     @router.get("/publish", response_class=HTMLResponse)
     async def publish_page() -> HTMLResponse:

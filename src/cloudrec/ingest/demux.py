@@ -25,11 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..media.codecs.aac import parse_adts, parse_asc
-from ..media.codecs.h264 import access_unit, parse_avc_config, split_annexb
+from ..media.codecs.h264 import access_unit, parse_avc_config, split_annexb, split_avcc
 from ..mediatypes import EncodedFrame
 from .base import Timeline
 
-__all__ = ["ByteFeed", "CODEC_NAMES", "demux_frames"]
+__all__ = ["ByteFeed", "CODEC_NAMES", "demux_frames", "packet_frame"]
 
 FEED_LIMIT = 4 << 20  # bytes a feed holds before the writer waits
 CODEC_NAMES = {"hevc": "h265", "mpeg4": "mpeg4", "pcm_alaw": "pcma", "pcm_mulaw": "pcmu"}
@@ -81,17 +81,26 @@ def demux_frames(source: Any, epoch: int, deliver: Callable[[EncodedFrame], bool
     import av  # PyAV: only where media is demuxed
 
     with av.open(source, mode="r", format=fmt, options=options or PROBE) as container:
-        timeline, params = Timeline(90000), dict[int, bytes]()
+        timeline, params = Timeline(90000), dict[int, tuple[bytes, int]]()
         if container.start_time is not None:  # the earliest stream's start, in microseconds
             timeline.origin = container.start_time * 9 // 100
         for packet in container.demux():
-            frame = _frame(packet, timeline, params, epoch)
+            frame = packet_frame(packet, timeline, params, epoch)
             if frame is not None and not deliver(frame):
                 return
 
 
-def _frame(packet: Any, timeline: Timeline, params: dict[int, bytes],
-           epoch: int) -> EncodedFrame | None:
+def packet_frame(packet: Any, timeline: Timeline, params: dict[int, tuple[bytes, int]],
+                 epoch: int, *, names: dict[str, str] = CODEC_NAMES,
+                 audio_rate: int = 90000) -> EncodedFrame | None:
+    """The :class:`EncodedFrame` of one PyAV packet, or None for an empty packet, one without a
+    time, or one of a stream that is neither video nor audio.
+
+    H.264 becomes one Annex B access unit with SPS/PPS in front of every keyframe (AVCC packets
+    re-framed); AAC one ADTS frame. ``params`` keeps each stream's SPS/PPS and AVCC length size
+    between calls, read from the extradata until it holds them; ``names`` maps FFmpeg's codec
+    names to ours; ``audio_rate`` is the clock of audio whose codec context has no sample
+    rate."""
     stream = packet.stream
     if packet.size == 0 or stream.type not in ("video", "audio"):
         return None
@@ -101,29 +110,34 @@ def _frame(packet: Any, timeline: Timeline, params: dict[int, bytes],
         return None
     t = t * 90000 * tb.numerator // tb.denominator
     ctx = stream.codec_context
-    name = CODEC_NAMES.get(ctx.name, ctx.name)
+    name = names.get(ctx.name, ctx.name)
     data, keyframe = bytes(packet), bool(packet.is_keyframe)
     if stream.type == "video":
         rate = 90000
         if name == "h264":
-            params[stream.index] = params.get(stream.index) or _annexb_params(ctx.extradata)
-            data, keyframe = access_unit(split_annexb(data), keyframe, params[stream.index])
+            if not params.get(stream.index, (b"",))[0]:  # until the extradata has them
+                params[stream.index] = _annexb_params(ctx.extradata)
+            annexb, length = params[stream.index]
+            nals = split_avcc(data, length) if length else split_annexb(data)
+            data, keyframe = access_unit(nals, keyframe, annexb)
     else:
         keyframe = True
-        rate = getattr(ctx, "sample_rate", 0) or 90000
+        rate = getattr(ctx, "sample_rate", 0) or audio_rate
         if name == "aac":
             data, rate = _adts(data, ctx.extradata, rate)
     return EncodedFrame(stream.type, name, data, timeline.at(t, rate), rate, time.monotonic(),
                         keyframe, epoch)
 
 
-def _annexb_params(extradata: bytes | None) -> bytes:
-    """Annex B SPS/PPS from a stream's extradata (Annex B already, or an avcC record)."""
+def _annexb_params(extradata: bytes | None) -> tuple[bytes, int]:
+    """Annex B SPS/PPS from a stream's extradata (Annex B already, or an avcC record), and the
+    AVCC length size of its packets (0: the packets are Annex B)."""
     if not extradata:
-        return b""
+        return b"", 0
     if extradata[0] == 1:
-        return parse_avc_config(extradata).annexb
-    return extradata
+        config = parse_avc_config(extradata)
+        return config.annexb, config.length_size
+    return extradata, 0
 
 
 def _adts(data: bytes, extradata: bytes | None, rate: int) -> tuple[bytes, int]:

@@ -30,10 +30,8 @@ from typing import Any
 import av
 
 from cloudrec.ingest.base import Timeline
-from cloudrec.media.codecs.aac import parse_adts, parse_asc
-from cloudrec.media.codecs.h264 import access_unit, parse_avc_config, split_annexb, split_avcc
+from cloudrec.ingest.demux import packet_frame
 from cloudrec.media.normalize import PublicationNormalizer
-from cloudrec.mediatypes import EncodedFrame
 
 MAX_QUEUED = 256
 CODEC_NAMES = {"hevc": "h265", "pcm_alaw": "pcma", "pcm_mulaw": "pcmu", "mp3float": "mp3"}
@@ -66,26 +64,6 @@ def open_options(url: str, read_timeout_s: float) -> dict[str, str]:
 
 class _Stop(Exception):
     pass
-
-
-def _annexb_params(extradata: bytes | None) -> tuple[bytes, int]:
-    """Annex B SPS/PPS from extradata, and the AVCC length size (0: packets are Annex B)."""
-    if not extradata:
-        return b"", 0
-    if extradata[0] == 1:
-        config = parse_avc_config(extradata)
-        return config.annexb, config.length_size
-    return extradata, 0
-
-
-def _adts(data: bytes, extradata: bytes | None, rate: int) -> tuple[bytes, int]:
-    config = parse_adts(data)
-    if config is not None:
-        return data, config.sample_rate
-    if not extradata:
-        raise ValueError("AAC without ADTS headers or an AudioSpecificConfig")
-    config = parse_asc(extradata)
-    return config.adts(data), config.sample_rate
 
 
 class _Reader:
@@ -139,35 +117,12 @@ class _Reader:
         for packet in container.demux(*streams):
             if self.stop.is_set():
                 return "stopped"
-            if packet.size == 0:
+            frame = packet_frame(packet, timeline, params, 0, names=CODEC_NAMES,
+                                 audio_rate=8000)
+            if frame is None:
                 continue
-            t = packet.pts if packet.pts is not None else packet.dts
-            tb = packet.stream.time_base
-            if t is None or tb is None:
-                continue
-            t90 = t * 90000 * tb.numerator // tb.denominator
-            kind = packet.stream.type
-            ctx = packet.stream.codec_context
-            name = source_codecs[kind]
-            data, key = bytes(packet), bool(packet.is_keyframe)
-            if kind == "video":
-                rate = 90000
-                if name == "h264":
-                    index = packet.stream.index
-                    if index not in params:
-                        params[index] = _annexb_params(ctx.extradata)
-                    annexb, length = params[index]
-                    nals = split_avcc(data, length) if length else split_annexb(data)
-                    data, key = access_unit(nals, key, annexb)
-            else:
-                key = True
-                rate = getattr(ctx, "sample_rate", 0) or 8000
-                if name == "aac":
-                    data, rate = _adts(data, ctx.extradata, rate)
-            ts = timeline.at(t90, rate)
             if self.paced:
-                began = self._pace(began, ts / rate)
-            frame = EncodedFrame(kind, name, data, ts, rate, time.monotonic(), key, 0)
+                began = self._pace(began, frame.timestamp / frame.clock_rate)
             for out in normalizer.push(frame):
                 self._hand(self.on_frame, (out.kind, out.codec, out.clock_rate, out.data,
                                            out.timestamp))

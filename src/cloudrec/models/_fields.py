@@ -16,7 +16,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import BaseModel, ConfigDict, PlainValidator
 from pydantic_core import PydanticCustomError
@@ -129,21 +129,33 @@ def text_rule(
     return PlainValidator(check, json_schema_input_type=str)
 
 
+def split_url(value: Any, desc: str, max_bytes: int, *, port: str | None = None
+              ) -> SplitResult:
+    """``value`` split as a URL; ``problem(desc)`` when it is no string, empty, has control
+    characters or spaces, is over ``max_bytes`` (UTF-8) or cannot be split. With ``port``
+    (the problem to report) the port must be a number in 0..65535, and a URL that cannot be
+    split reports ``port`` too."""
+    if type(value) is not str or not value or _has_control(value) or " " in value:
+        raise problem(desc)
+    if len(value.encode("utf-8")) > max_bytes:
+        raise problem(desc)
+    try:
+        parts = urlsplit(value)
+        parts.hostname  # noqa: B018 - raises ValueError on a bad address
+        if port is not None:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise problem(port or desc) from None
+    return parts
+
+
 def url_rule() -> PlainValidator:
     """An http(s) URL with a host, at most 256 bytes (UTF-8)."""
     desc = f"must be an http(s) URL of at most {MAX_URL_BYTES} bytes"
 
     def check(value: Any) -> str:
-        if type(value) is not str or not value or _has_control(value) or " " in value:
-            raise problem(desc)
-        if len(value.encode("utf-8")) > MAX_URL_BYTES:
-            raise problem(desc)
-        try:
-            parts = urlsplit(value)
-            host = parts.hostname
-        except ValueError:
-            raise problem(desc) from None
-        if parts.scheme.lower() not in ("http", "https") or not host:
+        parts = split_url(value, desc, MAX_URL_BYTES)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise problem(desc)
         return value
 

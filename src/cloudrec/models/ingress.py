@@ -15,8 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, PlainValidator, ValidationInfo, field_validator
 
-from ._fields import AppId, HttpUrl, Model, RoomId, Uid, _has_control, int_rule, problem
+from ._fields import AppId, HttpUrl, Model, RoomId, Uid, int_rule, problem, split_url
 from .mixconfig import MixConfig
+from .requests import _empty_is_none, _mixconfig_for_mixed, _same_appid
 from .storage import StorageConfig
 
 MAX_SOURCE_URL_BYTES = 2048
@@ -42,16 +43,9 @@ def source_host_port(url: str) -> tuple[str, int]:
 
 
 def _check_source_url(value: Any) -> str:
-    if type(value) is not str or not value or _has_control(value) or " " in value:
-        raise problem(_DESC)
-    if len(value.encode("utf-8")) > MAX_SOURCE_URL_BYTES:
-        raise problem(_DESC)
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise problem("has a port that is not a number in 0..65535") from None
+    parts = split_url(value, _DESC, MAX_SOURCE_URL_BYTES,
+                      port="has a port that is not a number in 0..65535")
+    host = parts.hostname
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise problem(f"has an unknown scheme {parts.scheme + '://' if scheme else '(none)'}; "
@@ -119,29 +113,11 @@ class AutoRecordRequest(Model):
     storagecfg: StorageConfig
     callbackurl: HttpUrl | None = None
 
-    @field_validator("appid")
-    @classmethod
-    def _same_appid(cls, value: int | None, info: ValidationInfo) -> int | None:
-        path_appid = (info.context or {}).get("path_appid")
-        if value is not None and path_appid is not None and value != path_appid:
-            raise problem(f"must equal the appid in the path ({path_appid})")
-        return value
+    _appid_matches = field_validator("appid")(_same_appid)
 
-    @field_validator("mixconfig", mode="wrap")
-    @classmethod
-    def _mixconfig_for_mixed(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
-        streamtype = info.data.get("streamtype")
-        if streamtype == 2 and value is not None:
-            raise problem("is not allowed for source recording (streamtype 2)")
-        result = handler(value)
-        if result is None and streamtype == 1:
-            raise problem("is required for mixed recording (streamtype 1)")
-        return result
+    _mixconfig_for_mixed = field_validator("mixconfig", mode="wrap")(_mixconfig_for_mixed)
 
-    @field_validator("callbackurl", mode="before")
-    @classmethod
-    def _empty_callback_is_none(cls, value: Any) -> Any:
-        return None if value == "" else value
+    _empty_callback_is_none = field_validator("callbackurl", mode="before")(_empty_is_none)
 
 
 def room_matches(pattern: str, roomid: str) -> bool:

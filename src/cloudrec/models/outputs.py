@@ -15,11 +15,10 @@ The checks that depend on the rest of the request (no ``pushurl`` for a source r
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import PlainValidator, field_validator
 
-from ._fields import MAX_URL_BYTES, Model, _has_control, int_rule, problem
+from ._fields import MAX_URL_BYTES, Model, int_rule, problem, split_url
 
 SNAPSHOT_MIN_S, SNAPSHOT_MAX_S = 5, 3600
 MAX_PUSH_URLS = 2
@@ -36,17 +35,8 @@ def _check_bool(value: Any) -> bool:
 
 def _check_push_url(value: Any) -> str:
     desc = f"must be an rtmp:// or srt:// URL of at most {MAX_URL_BYTES} bytes"
-    if type(value) is not str or not value or _has_control(value) or " " in value:
-        raise problem(desc)
-    if len(value.encode("utf-8")) > MAX_URL_BYTES:
-        raise problem(desc)
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError:
-        raise problem(desc) from None
-    if parts.scheme.lower() not in PUSH_SCHEMES or not host:
+    parts = split_url(value, desc, MAX_URL_BYTES, port=desc)
+    if parts.scheme.lower() not in PUSH_SCHEMES or not parts.hostname:
         raise problem(desc)
     return value
 

@@ -34,6 +34,23 @@ def _same_appid(value: int | None, info: ValidationInfo) -> int | None:
     return value
 
 
+def _mixconfig_for_mixed(value: Any, handler: Any, info: ValidationInfo) -> Any:
+    """``mixconfig``: required for a mixed recording (streamtype 1), refused for a source
+    recording (streamtype 2)."""
+    streamtype = info.data.get("streamtype")
+    if streamtype == 2 and value is not None:
+        raise problem("is not allowed for source recording (streamtype 2)")
+    result = handler(value)
+    if result is None and streamtype == 1:
+        raise problem("is required for mixed recording (streamtype 1)")
+    return result
+
+
+def _empty_is_none(value: Any) -> Any:
+    """An empty string counts as no value (``"callbackurl": ""``)."""
+    return None if value == "" else value
+
+
 class ApplyRecordRequest(Model):
     """applyrecord: the seed sends no body; an optional appid/roomid is checked if given."""
 
@@ -57,16 +74,7 @@ class StartRecordRequest(Model):
 
     _appid_matches = field_validator("appid")(_same_appid)
 
-    @field_validator("mixconfig", mode="wrap")
-    @classmethod
-    def _mixconfig_for_mixed(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
-        streamtype = info.data.get("streamtype")
-        if streamtype == 2 and value is not None:
-            raise problem("is not allowed for source recording (streamtype 2)")
-        result = handler(value)
-        if result is None and streamtype == 1:
-            raise problem("is required for mixed recording (streamtype 1)")
-        return result
+    _mixconfig_for_mixed = field_validator("mixconfig", mode="wrap")(_mixconfig_for_mixed)
 
     @field_validator("uid")
     @classmethod
@@ -97,10 +105,7 @@ class StartRecordRequest(Model):
                               f"{mixconfig.output.streamtype} has none", "snapshotinterval")
         return value
 
-    @field_validator("callbackurl", mode="before")
-    @classmethod
-    def _empty_callback_is_none(cls, value: Any) -> Any:
-        return None if value == "" else value
+    _empty_callback_is_none = field_validator("callbackurl", mode="before")(_empty_is_none)
 
     @property
     def is_mixed(self) -> bool:

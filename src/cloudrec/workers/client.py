@@ -59,18 +59,25 @@ class WorkerClient:
     async def close(self) -> None:
         pass
 
+    async def _offer(self, op: str, appid: int, roomid: str, uid: str,
+                     sdp: str) -> tuple[str, str]:
+        result = await self._call(op, {"appid": appid, "roomid": roomid, "uid": uid,
+                                       "sdp": sdp}, DEFAULT_TIMEOUT_S)
+        return str(result["answer"]), str(result["session"])
+
+    async def _end_session(self, op: str, session: str) -> bool:
+        result = await self._call(op, {"session": session}, DEFAULT_TIMEOUT_S)
+        return bool(result["found"])
+
     # -- rooms ----------------------------------------------------------------------------------
 
     async def publish(self, appid: int, roomid: str, uid: str, sdp: str) -> tuple[str, str]:
         """A WHIP offer: ``(answer SDP, session id on that worker)``."""
-        result = await self._call("publish", {"appid": appid, "roomid": roomid, "uid": uid,
-                                              "sdp": sdp}, DEFAULT_TIMEOUT_S)
-        return str(result["answer"]), str(result["session"])
+        return await self._offer("publish", appid, roomid, uid, sdp)
 
     async def unpublish(self, session: str) -> bool:
         """End a WHIP session; whether the worker had it."""
-        result = await self._call("unpublish", {"session": session}, DEFAULT_TIMEOUT_S)
-        return bool(result["found"])
+        return await self._end_session("unpublish", session)
 
     async def publications(self, timeout: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
         """The publications received on the worker, with what each sends."""
@@ -79,14 +86,11 @@ class WorkerClient:
 
     async def play(self, appid: int, roomid: str, uid: str, sdp: str) -> tuple[str, str]:
         """A WHEP offer to watch ``uid``: ``(answer SDP, session id on that worker)``."""
-        result = await self._call("play", {"appid": appid, "roomid": roomid, "uid": uid,
-                                           "sdp": sdp}, DEFAULT_TIMEOUT_S)
-        return str(result["answer"]), str(result["session"])
+        return await self._offer("play", appid, roomid, uid, sdp)
 
     async def stop_play(self, session: str) -> bool:
         """End a WHEP session; whether the worker had it."""
-        result = await self._call("stop_play", {"session": session}, DEFAULT_TIMEOUT_S)
-        return bool(result["found"])
+        return await self._end_session("stop_play", session)
 
     async def room_publishers(self, appid: int, roomid: str,
                               timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
@@ -192,9 +196,7 @@ class HttpWorkerClient(WorkerClient):
         except (httpx.HTTPError, ValueError) as exc:
             raise WorkerUnavailable(
                 f"worker at {self.url} did not answer ({type(exc).__name__})") from exc
-        if "error" in answer:
-            raise decode_error(answer["error"])
-        return dict(answer["ok"])
+        return _result(answer)
 
     async def _stream(self, op: str, args: dict[str, Any],
                       chunks: AsyncIterator[bytes]) -> dict[str, Any]:
@@ -209,9 +211,14 @@ class HttpWorkerClient(WorkerClient):
         except (httpx.HTTPError, ValueError) as exc:
             raise WorkerUnavailable(
                 f"worker at {self.url} dropped the stream ({type(exc).__name__})") from exc
-        if "error" in answer:
-            raise decode_error(answer["error"])
-        return dict(answer["ok"])
+        return _result(answer)
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+def _result(answer: Any) -> dict[str, Any]:
+    """A worker's ``{"ok": ...}``, or the error its ``{"error": ...}`` encodes, raised."""
+    if "error" in answer:
+        raise decode_error(answer["error"])
+    return dict(answer["ok"])

@@ -30,9 +30,9 @@ def internal_router(worker_for: Callable[[], Any], secret: str) -> APIRouter:
     """``/internal/{op}`` for the worker ``worker_for()`` returns (None while it starts)."""
     router = APIRouter(include_in_schema=False)
 
-    @router.post("/internal/ingest_stream")
-    async def ingest_stream(request: Request) -> JSONResponse:
-        """A publisher's byte stream: arguments in a header, the body read as it comes."""
+    def admitted(request: Request) -> Any:
+        """The worker, or the refusal: 401 without the internal secret, 2104 while the worker
+        starts."""
         if not hmac.compare_digest(request.headers.get(SECRET_HEADER, ""), secret):
             return JSONResponse({"error": {"code": 1001, "message": "bad internal credential"}},
                                 status_code=401)
@@ -40,6 +40,14 @@ def internal_router(worker_for: Callable[[], Any], secret: str) -> APIRouter:
         if worker is None:
             return JSONResponse({"error": {"code": 2104, "message": "worker starting",
                                            "closed": True}})
+        return worker
+
+    @router.post("/internal/ingest_stream")
+    async def ingest_stream(request: Request) -> JSONResponse:
+        """A publisher's byte stream: arguments in a header, the body read as it comes."""
+        worker = admitted(request)
+        if isinstance(worker, JSONResponse):
+            return worker
         try:
             args = dict(json.loads(request.headers.get(ARGS_HEADER) or "{}"))
             return JSONResponse({"ok": await worker.ingest_stream(**args,
@@ -49,13 +57,9 @@ def internal_router(worker_for: Callable[[], Any], secret: str) -> APIRouter:
 
     @router.post("/internal/{op}")
     async def internal(op: str, request: Request) -> JSONResponse:
-        if not hmac.compare_digest(request.headers.get(SECRET_HEADER, ""), secret):
-            return JSONResponse({"error": {"code": 1001, "message": "bad internal credential"}},
-                                status_code=401)
-        worker = worker_for()
-        if worker is None:
-            return JSONResponse({"error": {"code": 2104, "message": "worker starting",
-                                           "closed": True}})
+        worker = admitted(request)
+        if isinstance(worker, JSONResponse):
+            return worker
         try:
             args = await request.json()
             return JSONResponse({"ok": await dispatch(worker, op, dict(args))})
