@@ -21,6 +21,19 @@ RECORD_KINDS = {0: frozenset({"audio", "video"}), 1: frozenset({"video"}),
 
 NOT_PUBLISHING = 4005
 
+#: The cores a web page recording reserves beyond a mix's measured cost: its browser (the
+#: screencast's JPEG encoding, the page's own rendering and scripts) and the page's H.264/Opus
+#: encoding, measured at 1280x720@15 (``bench/bench_webpage.py``).
+WEBPAGE_CORES = 0.6
+
+
+def webpage_cost(req: Any) -> float:
+    """What a ``startrecord`` of a web page reserves beyond a mix's cost (0 for others)."""
+    mixconfig = getattr(req, "mixconfig", None)
+    if req.streamtype == 1 and mixconfig is not None and mixconfig.webpage is not None:
+        return WEBPAGE_CORES
+    return 0.0
+
 
 def mixed_kinds(recordtype: int, mixconfig: MixConfig) -> frozenset[str]:
     """The tracks of a mixed recording: what recordtype asks for and the output has."""

@@ -1,0 +1,176 @@
+"""Recording a web page: a local page that cycles full-window colours and plays a 440 Hz tone
+(WebAudio) is recorded by a headless chromium; the stored HLS is decoded with PyAV: the colours
+appear in order and the tone's frequency is in the audio. A crashed renderer is restarted and
+the recording goes on; URLs that are not http(s), or private without allow_private_urls,
+answer 2101.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from tests.helpers import APPID, LOCAL_STORAGE, Server, make_settings, query_until, running_server
+
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium")
+
+PAGE = """<!doctype html><html><body style="margin:0;background:rgb(255,0,0)">
+<script>
+const colours = ['rgb(255,0,0)', 'rgb(0,255,0)', 'rgb(0,0,255)'];
+let i = 0;
+setInterval(() => { i = (i + 1) % 3; document.body.style.background = colours[i]; }, 1000);
+const ctx = new AudioContext();
+const osc = ctx.createOscillator(); osc.frequency.value = 440;
+const gain = ctx.createGain(); gain.gain.value = 0.5;
+osc.connect(gain); gain.connect(ctx.destination); osc.start();
+</script></body></html>"""
+OUT = {"streamtype": 0, "videowidth": 320, "videoheight": 240, "videobitrate": 500,
+       "videofps": 15, "videogop": 15}
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[str]:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text(PAGE)
+    handler = partial(_QuietHandler, directory=str(root))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
+    httpd.shutdown()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    settings = make_settings(tmp_path, idle_timeout_s=10.0, segment_seconds=1.0,
+                             allow_private_urls=True, write_rate_per_s=1000,
+                             query_rate_per_s=1000)
+    async with running_server(settings) as s:
+        yield s
+
+
+def body(resid: str, room: str, webpage: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"resid": resid, "appid": APPID, "roomid": room, "recordtype": 0, "streamtype": 1,
+            "mixconfig": {"webpage": webpage, "output": OUT},
+            "storagecfg": dict(LOCAL_STORAGE), **extra}
+
+
+def colour_sequence(playlist: Path) -> list[str]:
+    """The full-frame colours of the recording, one letter per run of frames."""
+    names = []
+    with av.open(str(playlist)) as c:
+        for frame in c.decode(video=0):
+            mean = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+            top = int(np.argmax(mean))
+            if mean[top] > 150 and sorted(mean)[1] < 80:
+                name = "RGB"[top]
+                if not names or names[-1] != name:
+                    names.append(name)
+    return names
+
+
+def dominant_hz(playlist: Path) -> float:
+    with av.open(str(playlist)) as c:
+        samples = np.concatenate([f.to_ndarray().reshape(f.to_ndarray().shape[0], -1)[0]
+                                  for f in c.decode(audio=0)])
+    samples = samples[len(samples) // 4:]
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / 48000)[int(np.argmax(spectrum))])
+
+
+async def stop_task(server: Server, room: str, recordid: str, resid: str) -> dict[str, Any]:
+    data = await server.call("stoprecord", {"resid": resid, "appid": APPID, "roomid": room,
+                                            "recordid": recordid})
+    assert data["code"] == 0, data
+    return data
+
+
+async def test_a_page_is_recorded_with_its_colours_and_its_tone(server: Server, site: str
+                                                                ) -> None:
+    resid = await server.apply()
+    data = await server.call("startrecord", body(resid, "page", {"url": site}))
+    assert data["code"] == 0, data
+    recordid = str(data["recordid"])
+    await asyncio.sleep(7)
+    answer = await server.call(f"queryrecord/page/{recordid}")
+    assert answer["code"] == 0 and answer["data"]["webpage"]["url"] == site, answer
+    await stop_task(server, "page", recordid, resid)
+    playlist = server.storage_root() / "test1" / "test2" / f"{APPID}_page_{recordid}.m3u8"
+    assert playlist.exists()
+    seq = "".join(colour_sequence(playlist))
+    assert any(seq[i:i + 3] in ("RGB", "GBR", "BRG") for i in range(len(seq))), seq
+    assert "RGBR" in seq + seq or "GBRG" in seq or "BRGB" in seq, seq
+    hz = dominant_hz(playlist)
+    print("colours", seq, "tone", hz)
+    assert abs(hz - 440) < 10
+
+
+async def test_a_crashed_renderer_is_restarted_and_the_recording_goes_on(
+        server: Server, site: str) -> None:
+    resid = await server.apply()
+    data = await server.call("startrecord", body(resid, "crash", {"url": site}))
+    assert data["code"] == 0, data
+    recordid = str(data["recordid"])
+    recording = server.app.state.service.recordings[recordid]
+    await _until(lambda: recording.page is not None and recording.recorder is not None
+                 and recording.recorder.progress.duration > 1.0)
+    recording.page.kill_renderer()
+    answer = await query_until(server.call, "crash", recordid,
+                               lambda a: a["data"].get("webpage", {}).get("restarts", 0) >= 1,
+                               what="a restart")
+    assert any("crashed" in w for w in answer["data"]["warnings"]), answer
+    await _until(lambda: recording.page is not None, timeout=20)
+    before = recording.recorder.progress.duration
+    await asyncio.sleep(3)
+    assert recording.recorder.progress.duration > before + 2
+    await stop_task(server, "crash", recordid, resid)
+    playlist = server.storage_root() / "test1" / "test2" / f"{APPID}_crash_{recordid}.m3u8"
+    assert len(colour_sequence(playlist)) >= 3
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "javascript:alert(1)", "chrome://crash",
+                                 "data:text/html,hi", "not a url", "http://"])
+async def test_bad_urls_answer_2101(server: Server, url: str) -> None:
+    resid = await server.apply()
+    data = await server.call("startrecord", body(resid, "bad", {"url": url}))
+    assert data["code"] == 2101 and "mixconfig.webpage.url" in data["message"], data
+
+
+async def test_private_addresses_need_allow_private_urls(tmp_path: Path, site: str) -> None:
+    async with running_server(make_settings(tmp_path)) as server:
+        resid = await server.apply()
+        data = await server.call("startrecord", body(resid, "priv", {"url": site}))
+        assert data["code"] == 2101 and "mixconfig.webpage.url" in data["message"], data
+        assert "allow_private_urls" in data["message"]
+
+
+async def test_webpage_is_alone(server: Server, site: str) -> None:
+    resid = await server.apply()
+    start = body(resid, "alone", {"url": site})
+    start["mixconfig"]["templateid"] = 1
+    data = await server.call("startrecord", start)
+    assert data["code"] == 2101 and "mixconfig.webpage" in data["message"], data
+
+
+async def _until(cond: Any, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.1)
