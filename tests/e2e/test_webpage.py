@@ -174,3 +174,83 @@ async def _until(cond: Any, timeout: float = 20.0) -> None:
     while not cond():
         assert loop.time() < deadline, "timed out"
         await asyncio.sleep(0.1)
+
+
+YELLOW_PAGE = '<!doctype html><html><body style="margin:0;background:rgb(255,255,0)"></body></html>'
+SIGNAL_PAGE = """<!doctype html><html><body style="margin:0;background:rgb(0,0,255)"><script>
+setTimeout(() => cloudrecStart(), 1500);
+setTimeout(() => cloudrecStop(), 4500);
+</script></body></html>"""
+LEAVING_PAGE = """<!doctype html><html><body style="margin:0;background:rgb(0,255,0)"><script>
+setTimeout(() => { location.href = location.href.replace('127.0.0.1', 'localhost')
+                   .replace('leaving', 'yellow'); }, 1000);
+</script></body></html>"""
+
+
+def _is_yellow(frame: av.VideoFrame) -> bool:
+    r, g, b = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+    return r > 180 and g > 180 and b < 80
+
+
+async def test_updatemixrecord_navigates_without_a_gap(server: Server, site: str) -> None:
+    (Path(server.settings.data_dir) / "site" / "yellow.html").write_text(YELLOW_PAGE)
+    resid = await server.apply()
+    start = body(resid, "nav", {"url": site})
+    recordid = str((await server.call("startrecord", start))["recordid"])
+    recording = server.app.state.service.recordings[recordid]
+    await _until(lambda: recording.recorder is not None
+                 and recording.recorder.progress.duration > 2.0)
+    update = {"resid": resid, "appid": APPID, "roomid": "nav", "recordid": recordid,
+              "mixconfig": {"webpage": {"url": site.replace("index", "yellow")}, "output": OUT}}
+    data = await server.call("updatemixrecord", update)
+    assert data["code"] == 0, data
+    await asyncio.sleep(2.5)
+    answer = await server.call(f"queryrecord/nav/{recordid}")
+    assert answer["data"]["webpage"]["url"].endswith("yellow.html"), answer
+    await stop_task(server, "nav", recordid, resid)
+    playlist = server.storage_root() / "test1" / "test2" / f"{APPID}_nav_{recordid}.m3u8"
+    with av.open(str(playlist)) as c:
+        frames = list(c.decode(video=0))
+        times = [float(f.time) for f in frames]
+    assert _is_yellow(frames[-1])
+    assert max(b - a for a, b in zip(times, times[1:])) < 0.2  # no gap: 15 fps throughout
+    assert "#EXT-X-DISCONTINUITY" not in playlist.read_text()
+
+
+async def test_waitforsignal_starts_and_stops_with_the_page(server: Server, site: str) -> None:
+    (Path(server.settings.data_dir) / "site" / "signal.html").write_text(SIGNAL_PAGE)
+    resid = await server.apply()
+    start = body(resid, "sig", {"url": site.replace("index", "signal"), "waitforsignal": True})
+    recordid = str((await server.call("startrecord", start))["recordid"])
+    answer = await query_until(server.call, "sig", recordid, lambda a: a["code"] == 4013,
+                               timeout=30, what="the page's cloudrecStop()")
+    assert 1.5 < answer["data"]["duration"] < 4.5, answer
+
+
+async def test_navigation_only_within_allow_origins(server: Server, site: str) -> None:
+    root = Path(server.settings.data_dir) / "site"
+    (root / "yellow.html").write_text(YELLOW_PAGE)
+    (root / "leaving.html").write_text(LEAVING_PAGE)
+    resid = await server.apply()
+    origin = site.rsplit("/", 1)[0]
+    start = body(resid, "orig", {"url": site.replace("index", "leaving"),
+                                 "allow_origins": [origin]})
+    recordid = str((await server.call("startrecord", start))["recordid"])
+    answer = await query_until(
+        server.call, "orig", recordid,
+        lambda a: any("allow_origins" in w for w in a["data"].get("warnings", [])),
+        what="the refused navigation")
+    await asyncio.sleep(1)
+    await stop_task(server, "orig", recordid, resid)
+    playlist = server.storage_root() / "test1" / "test2" / f"{APPID}_orig_{recordid}.m3u8"
+    with av.open(str(playlist)) as c:
+        assert not any(_is_yellow(f) for f in c.decode(video=0)), answer
+
+
+async def test_timeout_s_stops_the_recording(server: Server, site: str) -> None:
+    resid = await server.apply()
+    start = body(resid, "tmo", {"url": site, "timeout_s": 3})
+    recordid = str((await server.call("startrecord", start))["recordid"])
+    answer = await query_until(server.call, "tmo", recordid, lambda a: a["code"] == 4013,
+                               timeout=30, what="timeout_s")
+    assert answer["data"]["duration"] < 4.5, answer

@@ -133,6 +133,7 @@ class BrowserPage:
     crashed: asyncio.Event = field(default_factory=asyncio.Event)
     _profile: str = ""
     _frame_id: str | None = None
+    _allowed: set[str] = field(default_factory=set)
 
     async def launch(self) -> None:
         self._profile = tempfile.mkdtemp(prefix="cloudrec-page-")
@@ -196,6 +197,7 @@ class BrowserPage:
     async def navigate(self, url: str) -> None:
         """Go to ``url``; a page that does not load in time is a warning, not an error."""
         assert self.cdp is not None
+        self._allowed.add(origin_of(url))  # the page asked for is always allowed
         loaded = asyncio.get_running_loop().create_future()
         self.cdp.on("Page.loadEventFired",
                     lambda _p, _s: loaded.done() or loaded.set_result(None))
@@ -246,8 +248,8 @@ class BrowserPage:
     async def _judge(self, params: dict) -> None:
         assert self.cdp is not None and self.allow_origins is not None
         url = params["request"]["url"]
-        allowed = {origin_of(o) for o in self.allow_origins}
-        main = params.get("frameId") == self._main_frame()
+        allowed = self._allowed | {origin_of(o) for o in self.allow_origins}
+        main = params.get("frameId") == self._frame_id
         with contextlib.suppress(CdpClosed, CdpError, TimeoutError):
             if main and origin_of(url) not in allowed:
                 self.events.on_warning(f"navigation to {origin_of(url)} refused: not in "
@@ -257,9 +259,6 @@ class BrowserPage:
             else:
                 await self.cdp.call("Fetch.continueRequest",
                                     {"requestId": params["requestId"]}, session=self.session)
-
-    def _main_frame(self) -> str | None:
-        return self._frame_id
 
     def kill_renderer(self) -> None:
         """For tests: SIGKILL the page's renderer processes."""

@@ -194,8 +194,9 @@ class WebpageRecording(MixedRecording):
         finally:
             self.page = None
             await loop.run_in_executor(None, encoder.stop)
-            if self._pub is not None:
-                self.hub.detach(self._pub, "browser closed", keep_place=True)
+            if self._pub is not None:  # a restart keeps the page's place in its room
+                self.hub.detach(self._pub, "browser closed",
+                                keep_place=not self._stop_requested.is_set())
                 self._pub = None
             await page.close()
 
