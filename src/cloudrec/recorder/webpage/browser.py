@@ -2,18 +2,29 @@
 
 Pictures: the DevTools screencast (``Page.startScreencast``), JPEG frames at the output size,
 sent by the compositor when the page changes (each acknowledged, so a slow reader slows the
-browser instead of queueing). Sound: a script added to every document before the page's own
+browser instead of queueing). Every frame is taken: ``everyNthFrame`` counts frames that
+changed, so a page that changes once a second would show one change in N.
+
+Sound: a script added to every document before the page's own
 (``Page.addScriptToEvaluateOnNewDocument``) taps every ``AudioContext`` that connects to its
 destination and every ``<audio>``/``<video>`` that plays (``captureStream()``) into one 48 kHz
 tap context, whose ``ScriptProcessorNode`` hands 16-bit stereo PCM to the worker through a
-DevTools binding (``Runtime.addBinding``). Chromium's own tab capture (``getDisplayMedia`` with
-``preferCurrentTab``) answers "Could not start video source" in headless mode, and a virtual
-display with PulseAudio is what makes other recorders heavy; the screencast needs neither.
+DevTools binding (``Runtime.addBinding``). The browser itself runs ``--mute-audio``: no sound
+device is opened.
+
+Why this capture: Chromium's own tab capture (``getDisplayMedia`` with ``preferCurrentTab``
+and MediaRecorder) would hand over encoded H.264 and Opus, but in headless mode it answers
+"Could not start video source" / "Could not start audio source" (chromium 156 here). A virtual
+display (Xvfb) with PulseAudio and a grabber is what makes other recorders heavy and fragile
+(a display server and a sound server per recording, PulseAudio's client limits). The
+screencast and the tap need no X server and no sound server: one browser process tree and one
+DevTools websocket per recording. The price is the screencast's JPEG readback and encoding.
 
 ``cloudrecStart()`` / ``cloudrecStop()`` are bindings too (``waitforsignal``). With
 ``allow_origins``, main-frame navigations are paused (``Fetch`` domain) and only those to an
-allowed origin go on. A crashed renderer (``Inspector.targetCrashed``) or a closed DevTools
-connection ends :meth:`BrowserPage.run`; the caller starts a new browser.
+allowed origin (or the origin of a URL the API asked for) go on. A crashed renderer
+(``Inspector.targetCrashed``) or a closed DevTools connection ends :meth:`BrowserPage.run`;
+the caller starts a new browser.
 """
 
 from __future__ import annotations
@@ -134,6 +145,7 @@ class BrowserPage:
     _profile: str = ""
     _frame_id: str | None = None
     _allowed: set[str] = field(default_factory=set)
+    _loaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def launch(self) -> None:
         self._profile = tempfile.mkdtemp(prefix="cloudrec-page-")
@@ -178,6 +190,7 @@ class BrowserPage:
         cdp.on("Runtime.bindingCalled", self._on_binding)
         cdp.on("Inspector.targetCrashed", lambda _p, _s: self.crashed.set())
         cdp.on("Fetch.requestPaused", self._on_request)
+        cdp.on("Page.loadEventFired", lambda _p, _s: self._loaded.set())
         for method in ("Page.enable", "Runtime.enable", "Inspector.enable"):
             await cdp.call(method, session=s)
         for name in ("cloudrecAudio", "cloudrecSignal"):
@@ -191,16 +204,14 @@ class BrowserPage:
             await cdp.call("Fetch.enable", {"patterns": [{"resourceType": "Document"}]},
                            session=s)
         await cdp.call("Page.startScreencast",
-                       {"format": "jpeg", "quality": 85, "maxWidth": self.width,
+                       {"format": "jpeg", "quality": 80, "maxWidth": self.width,
                         "maxHeight": self.height, "everyNthFrame": 1}, session=s)
 
     async def navigate(self, url: str) -> None:
         """Go to ``url``; a page that does not load in time is a warning, not an error."""
         assert self.cdp is not None
         self._allowed.add(origin_of(url))  # the page asked for is always allowed
-        loaded = asyncio.get_running_loop().create_future()
-        self.cdp.on("Page.loadEventFired",
-                    lambda _p, _s: loaded.done() or loaded.set_result(None))
+        self._loaded.clear()
         try:
             answer = await self.cdp.call("Page.navigate", {"url": url}, session=self.session)
         except (CdpError, TimeoutError) as exc:
@@ -210,7 +221,7 @@ class BrowserPage:
             self.events.on_warning(f"page {url} did not load: {answer['errorText']}")
             return
         try:
-            await asyncio.wait_for(asyncio.shield(loaded), LOAD_TIMEOUT_S)
+            await asyncio.wait_for(self._loaded.wait(), LOAD_TIMEOUT_S)
         except TimeoutError:
             self.events.on_warning(f"page {url} did not finish loading in "
                                    f"{LOAD_TIMEOUT_S:.0f} s")

@@ -3,15 +3,15 @@ Opus 48 kHz stereo, written like any publisher's frames (``Publication.write``).
 
 The screencast sends a picture only when the page changes; a clock at ``fps`` encodes the
 latest one (decoded once, scaled to ``width``×``height``), so the publication has a steady
-frame rate and integer timestamps (frame index × 90000 / fps). Sound arrives as 16-bit PCM and
-is cut into 20 ms Opus packets, timestamps counted in samples. Encoding runs in one thread per
-page; frames go to the room on the loop.
+frame rate and integer timestamps (frame index × 90000 / fps). This hop to the mix is on
+loopback: ultrafast at constant quality, the mix's encoder setting the recording's bit rate.
+Sound arrives as 16-bit PCM and is cut into 20 ms Opus packets, timestamps counted in samples.
+Encoding runs in one thread per page; frames go to the room on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import threading
 import time
@@ -20,7 +20,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from cloudrec.media.mix.output import VideoParams, open_h264_encoder
+from cloudrec.media.mix.output import VideoParams
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class PageEncoder:
         self._jpeg: bytes | None = None
         self._jpeg_new = False
         self._frame: av.VideoFrame | None = None
+        self._jpeg_decoder = av.CodecContext.create("mjpeg", "r")
         self._pcm = bytearray()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -77,7 +78,7 @@ class PageEncoder:
 
     def _run(self) -> None:
         try:
-            venc = open_h264_encoder(self.params) if self.video else None
+            venc = open_page_encoder(self.params) if self.video else None
             aenc = _open_opus() if self.audio else None
             started = time.monotonic()
             period = 1.0 / self.params.fps
@@ -102,10 +103,9 @@ class PageEncoder:
             self._jpeg_new = False
         if fresh and jpeg is not None:
             try:
-                with av.open(io.BytesIO(jpeg), format="mjpeg") as c:
-                    image = next(c.decode(video=0))
+                image = self._jpeg_decoder.decode(av.Packet(jpeg))[0]
                 self._frame = image.reformat(self.params.width, self.params.height, "yuv420p")
-            except (av.FFmpegError, StopIteration) as exc:
+            except (av.FFmpegError, IndexError) as exc:
                 log.warning("a screencast picture could not be decoded: %s", exc)
         if self._frame is None:
             blank = np.zeros((self.params.height, self.params.width, 3), np.uint8)
@@ -122,7 +122,7 @@ class PageEncoder:
         self._key = False
         self.frames += 1
         for packet in enc.encode(out):
-            ts = int(packet.pts) * VIDEO_CLOCK // self.params.fps
+            ts = int(packet.pts or 0) * VIDEO_CLOCK // self.params.fps
             self.loop.call_soon_threadsafe(self.write, "video", "h264", VIDEO_CLOCK,
                                            bytes(packet), ts)
 
@@ -145,6 +145,24 @@ class PageEncoder:
                 self._opus_ts += OPUS_SAMPLES
                 self.loop.call_soon_threadsafe(self.write, "audio", "opus", 48000,
                                                bytes(packet), ts)
+
+
+def open_page_encoder(params: VideoParams) -> av.VideoCodecContext:
+    """libx264 for the page's hop to the mix on loopback: ultrafast at constant quality
+    (CRF 20; the mix's own encoder sets the recording's bit rate), zerolatency, no B-frames,
+    keyint = GOP, SPS/PPS before every IDR, an IDR on request."""
+    enc = av.CodecContext.create("libx264", "w")
+    assert isinstance(enc, av.VideoCodecContext)
+    enc.width, enc.height, enc.pix_fmt = params.width, params.height, "yuv420p"
+    enc.time_base = Fraction(1, params.fps)
+    enc.framerate = Fraction(params.fps, 1)
+    enc.gop_size = params.gop
+    enc.max_b_frames = 0
+    enc.thread_count = 1
+    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": "20",
+                   "forced-idr": "1", "x264-params": "repeat-headers=1:bframes=0"}
+    enc.open()
+    return enc
 
 
 def _open_opus() -> av.AudioCodecContext:

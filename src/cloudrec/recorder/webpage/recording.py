@@ -171,7 +171,8 @@ class WebpageRecording(MixedRecording):
         page = BrowserPage(width, height, PageEvents(encoder.picture, encoder.sound,
                                                      self._on_signal, self._warn),
                            allow_origins=self.webpage.allow_origins)
-        codecs = {k: c for k, c in (("video", "h264"), ("audio", "opus")) if k in self.kinds}
+        codecs: dict[str, str | None] = {
+            k: c for k, c in (("video", "h264"), ("audio", "opus")) if k in self.kinds}
         try:
             await page.launch()
             self._pub = self.hub.attach(self.task.appid, page_room(self.task.recordid),
