@@ -22,9 +22,10 @@ RECORD_KINDS = {0: frozenset({"audio", "video"}), 1: frozenset({"video"}),
 NOT_PUBLISHING = 4005
 
 #: The cores a web page recording reserves beyond a mix's measured cost: its browser (the
-#: screencast's JPEG encoding, the page's own rendering and scripts) and the page's H.264/Opus
-#: encoding, measured at 1280x720@15 (``bench/bench_webpage.py``).
-WEBPAGE_CORES = 0.6
+#: page's rendering and scripts, the screencast's JPEG encoding: 0.40-0.62 cores) and the
+#: page's own H.264/Opus encoding, measured at 1280x720@15 by ``bench/bench_webpage.py``
+#: (0.56-0.98 cores in all, the mix included, on a busy 2-core box).
+WEBPAGE_CORES = 0.7
 
 
 def webpage_cost(req: Any) -> float:
