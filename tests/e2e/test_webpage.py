@@ -254,3 +254,17 @@ async def test_timeout_s_stops_the_recording(server: Server, site: str) -> None:
     answer = await query_until(server.call, "tmo", recordid, lambda a: a["code"] == 4013,
                                timeout=30, what="timeout_s")
     assert answer["data"]["duration"] < 4.5, answer
+
+
+async def test_a_page_that_does_not_load_is_a_warning(server: Server) -> None:
+    from tests.helpers import free_port
+    resid = await server.apply()
+    start = body(resid, "noload", {"url": f"http://127.0.0.1:{free_port()}/"})
+    recordid = str((await server.call("startrecord", start))["recordid"])
+    answer = await query_until(
+        server.call, "noload", recordid,
+        lambda a: any("did not load" in w for w in a["data"].get("warnings", [])),
+        what="the warning")
+    assert answer["data"]["status"] in (1, 2), answer
+    await stop_task(server, "noload", recordid, resid)
+    assert not server.app.state.service.recordings

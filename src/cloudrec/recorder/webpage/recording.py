@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 PAGE_UID = "webpage"
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
+BROWSER_STOP_S = 10.0
 URL_FIELD = "mixconfig.webpage.url"
 
 
@@ -129,6 +130,20 @@ class WebpageRecording(MixedRecording):
         if mixconfig.webpage.url != old_url and self.page is not None:
             await self.page.navigate(mixconfig.webpage.url)
         self._save_progress()
+
+    async def _finish(self) -> None:
+        """The browser ends before the recording's files are finished (bounded)."""
+        self._stop_requested.set()
+        supervisor = self._supervisor
+        if supervisor is not None and not supervisor.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(supervisor), BROWSER_STOP_S)
+            except (TimeoutError, Exception):
+                page = self.page
+                if page is not None:
+                    await page.close()
+                supervisor.cancel()
+        await super()._finish()
 
     # -- the browser ------------------------------------------------------------------------------
 
