@@ -268,3 +268,22 @@ async def test_a_page_that_does_not_load_is_a_warning(server: Server) -> None:
     assert answer["data"]["status"] in (1, 2), answer
     await stop_task(server, "noload", recordid, resid)
     assert not server.app.state.service.recordings
+
+
+async def test_the_console_shows_the_url_and_the_last_snapshot(server: Server, site: str
+                                                                ) -> None:
+    resid = await server.apply()
+    start = body(resid, "cons", {"url": site}, outputs={"snapshotinterval": 5})
+    recordid = str((await server.call("startrecord", start))["recordid"])
+    base = server.base + "/console/api/recordings/" + recordid
+
+    async def shown() -> dict[str, Any] | None:
+        item = (await server.client.get(base)).json()
+        return item if item.get("snapshot") else None
+
+    from tests.helpers import wait_for
+    item = await wait_for(shown, timeout=30, what="a snapshot in the console")
+    assert item["webpage"] == site
+    picture = await server.client.get(server.base + item["snapshot"])
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+    await stop_task(server, "cons", recordid, resid)

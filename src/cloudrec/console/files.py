@@ -10,8 +10,8 @@ only while its segments are in the spool, which is not for long: the player list
 recordings only.
 
 Only names of the recording's own files are served (``{appid}_{roomid}_{recordid}...`` with
-``.m3u8`` or ``.ts``, no path separators), and every path is resolved and checked to lie inside
-its directory, so a request can never read anything else.
+``.m3u8``, ``.ts`` or a snapshot's ``.jpg``, no path separators), and every path is resolved
+and checked to lie inside its directory, so a request can never read anything else.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 from cloudrec.storage.base import VENDER_LOCAL
 from cloudrec.tasks.store import Task
 
-NAME = re.compile(r"[A-Za-z0-9_.@-]{1,400}\.(m3u8|ts)")
-CONTENT_TYPES = {"m3u8": "application/vnd.apple.mpegurl", "ts": "video/mp2t"}
+NAME = re.compile(r"[A-Za-z0-9_.@-]{1,400}\.(m3u8|ts|jpg)")
+CONTENT_TYPES = {"m3u8": "application/vnd.apple.mpegurl", "ts": "video/mp2t",
+                 "jpg": "image/jpeg"}
 
 
 def basename(task: Task) -> str:
