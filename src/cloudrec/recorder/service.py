@@ -169,6 +169,9 @@ class RecordingService:
         recording = self.recordings.get(task.recordid)
         if not isinstance(recording, MixedRecording):
             raise mix_not_running()
+        if req.mixconfig.webpage is not None and not isinstance(recording, WebpageRecording):
+            raise RecordingError("mixconfig.webpage: this mixed recording records streams; "
+                                 "what it records is fixed at startrecord", 4016)
         kinds = mixed_kinds(task.recordtype, req.mixconfig)
         if kinds != recording.kinds:
             raise RecordingError(
