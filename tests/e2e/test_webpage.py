@@ -121,8 +121,9 @@ async def test_a_page_is_recorded_with_its_colours_and_its_tone(server: Server, 
     assert abs(hz - 440) < 10
 
 
+@pytest.mark.parametrize("what", ["renderer", "browser"])
 async def test_a_crashed_renderer_is_restarted_and_the_recording_goes_on(
-        server: Server, site: str) -> None:
+        server: Server, site: str, what: str) -> None:
     resid = await server.apply()
     data = await server.call("startrecord", body(resid, "crash", {"url": site}))
     assert data["code"] == 0, data
@@ -130,11 +131,15 @@ async def test_a_crashed_renderer_is_restarted_and_the_recording_goes_on(
     recording = server.app.state.service.recordings[recordid]
     await _until(lambda: recording.page is not None and recording.recorder is not None
                  and recording.recorder.progress.duration > 1.0)
-    recording.page.kill_renderer()
+    if what == "renderer":
+        recording.page.kill_renderer()
+    else:
+        recording.page.process.kill()
     answer = await query_until(server.call, "crash", recordid,
                                lambda a: a["data"].get("webpage", {}).get("restarts", 0) >= 1,
                                what="a restart")
-    assert any("crashed" in w for w in answer["data"]["warnings"]), answer
+    why = "crashed" if what == "renderer" else "exited"
+    assert any(why in w for w in answer["data"]["warnings"]), answer
     await _until(lambda: recording.page is not None, timeout=20)
     before = recording.recorder.progress.duration
     await asyncio.sleep(3)

@@ -14,8 +14,9 @@ showed. After ``MAX_RESTARTS`` restarts within ``RESTART_WINDOW_S`` the recordin
 reason ``error``. A browser never runs in the worker's process, so its death cannot take the
 worker down.
 
-``webpage.waitforsignal``: nothing is published until the page calls ``cloudrecStart()``;
-``cloudrecStop()`` stops the recording (reason ``api``). ``webpage.timeout_s``: the recording
+``webpage.waitforsignal``: nothing is published until the page calls ``cloudrecStart()`` (a
+live page waiting for it does not count as idle); ``cloudrecStop()`` stops the recording
+(reason ``api``). ``webpage.timeout_s``: the recording
 stops by itself after that long. ``updatemixrecord`` with another ``webpage.url`` navigates the
 same browser: the encoder keeps sending the last picture meanwhile, so there is no gap.
 """
@@ -220,6 +221,8 @@ class WebpageRecording(MixedRecording):
         pub = self._pub
         if pub is not None and self.signalled:
             pub.write(kind, codec, clock, data, ts)
+        elif pub is not None:  # a live page waiting to call cloudrecStart() is not idle
+            self.last_media = time.monotonic()
 
     def _on_signal(self, signal: str) -> None:
         if signal == "start" and not self.signalled:
