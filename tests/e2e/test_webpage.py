@@ -117,7 +117,7 @@ async def test_a_page_is_recorded_with_its_colours_and_its_tone(server: Server, 
     assert any(seq[i:i + 3] in ("RGB", "GBR", "BRG") for i in range(len(seq))), seq
     assert "RGBR" in seq + seq or "GBRG" in seq or "BRGB" in seq, seq
     hz = dominant_hz(playlist)
-    print("colours", seq, "tone", hz)
+    print("colours", seq, "tone", hz, playlist)
     assert abs(hz - 440) < 10
 
 

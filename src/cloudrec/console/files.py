@@ -69,8 +69,8 @@ def locate(task: Task, name: str, data_dir: Path) -> Path | None:
         if bucket is not None:
             found = _inside(bucket, *[p for p in prefix(task).split("/") if p], name)
             stored = [found] if found is not None else []
-    if name.endswith(".m3u8") and not task.active:
-        candidates = stored or spooled  # the ended playlist is the stored one
+    if (name.endswith(".m3u8") and not task.active) or name.endswith(".jpg"):
+        candidates = stored or spooled  # the ended playlist, a snapshot: the stored one
     else:
         candidates = spooled or stored
     return candidates[0] if candidates else None

@@ -51,6 +51,7 @@ CHROMIUM = os.environ.get("CLOUDREC_CHROMIUM", "chromium")
 LAUNCH_TIMEOUT_S = 20.0
 LOAD_TIMEOUT_S = 15.0
 PR_SET_PDEATHSIG = 1
+JPEG_QUALITY = 80
 
 TAP_SCRIPT = r"""
 (() => {
@@ -144,7 +145,10 @@ class BrowserPage:
     cdp: Cdp | None = None
     session: str | None = None
     crashed: asyncio.Event = field(default_factory=asyncio.Event)
+    frame_period: float = 0.0
     _profile: str = ""
+    _next_ack: float = 0.0
+    _frames: int = 0
     _frame_id: str | None = None
     _allowed: set[str] = field(default_factory=set)
     _loaded: asyncio.Event = field(default_factory=asyncio.Event)
@@ -206,7 +210,7 @@ class BrowserPage:
             await cdp.call("Fetch.enable", {"patterns": [{"resourceType": "Document"}]},
                            session=s)
         await cdp.call("Page.startScreencast",
-                       {"format": "jpeg", "quality": 80, "maxWidth": self.width,
+                       {"format": "jpeg", "quality": JPEG_QUALITY, "maxWidth": self.width,
                         "maxHeight": self.height, "everyNthFrame": 1}, session=s)
 
     async def navigate(self, url: str) -> None:
@@ -240,14 +244,34 @@ class BrowserPage:
 
     def _on_frame(self, params: dict, session: str | None) -> None:
         assert self.cdp is not None
+        self._frames += 1
         asyncio.ensure_future(self._ack(params["sessionId"]))
         self.events.on_picture(base64.b64decode(params["data"]))
 
     async def _ack(self, frame: int) -> None:
+        """Acknowledge a frame no sooner than ``frame_period`` after the previous one: the
+        browser encodes no JPEG it would have to drop. A change made while a frame waited is
+        not sent when nothing changes after it, so a quiet page after a delayed
+        acknowledgement gets one screenshot (``Page.captureScreenshot``)."""
+        loop = asyncio.get_running_loop()
+        wait = self._next_ack - loop.time()
+        self._next_ack = max(loop.time(), self._next_ack) + self.frame_period
+        if wait > 0:
+            await asyncio.sleep(wait)
+        seen = self._frames
         with contextlib.suppress(CdpClosed, CdpError, TimeoutError):
             assert self.cdp is not None
             await self.cdp.call("Page.screencastFrameAck", {"sessionId": frame},
                                 session=self.session)
+            if wait <= 0:
+                return
+            await asyncio.sleep(2 * self.frame_period)
+            if self._frames == seen:
+                shot = await self.cdp.call("Page.captureScreenshot",
+                                           {"format": "jpeg", "quality": JPEG_QUALITY},
+                                           session=self.session)
+                if self._frames == seen:
+                    self.events.on_picture(base64.b64decode(shot["data"]))
 
     def _on_binding(self, params: dict, session: str | None) -> None:
         if params.get("name") == "cloudrecAudio":

@@ -186,6 +186,7 @@ class WebpageRecording(MixedRecording):
                               audio="audio" in self.kinds)
         page = BrowserPage(width, height, PageEvents(encoder.picture, encoder.sound,
                                                      self._on_signal, self._warn),
+                           frame_period=1.0 / out.videofps,
                            allow_origins=self.webpage.allow_origins)
         codecs: dict[str, str | None] = {
             k: c for k, c in (("video", "h264"), ("audio", "opus")) if k in self.kinds}
