@@ -1,9 +1,11 @@
 """One headless Debian chromium showing one page, and what leaves it: pictures and sound.
 
 Pictures: the DevTools screencast (``Page.startScreencast``), JPEG frames at the output size,
-sent by the compositor when the page changes (each acknowledged, so a slow reader slows the
-browser instead of queueing). Every frame is taken: ``everyNthFrame`` counts frames that
-changed, so a page that changes once a second would show one change in N.
+sent by the compositor when the page changes. Each is acknowledged no sooner than
+``frame_period`` after the previous one, so the browser encodes no JPEG the recording would
+drop (``everyNthFrame`` would not do: it counts frames that changed, so a page that changes
+once a second would show one change in N); a page that goes quiet after a delayed
+acknowledgement gets one screenshot, so its last change is kept.
 
 Sound: a script added to every document before the page's own
 (``Page.addScriptToEvaluateOnNewDocument``) taps every ``AudioContext`` that connects to its
