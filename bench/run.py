@@ -28,6 +28,8 @@ node. ``BENCH_QUICK=1`` shortens both (shorter holds, fewer cycles).
 WHEP (bench_whep.py): cost per viewer at ``BENCH_WHEP_VIEWERS`` (50) viewers of one 720p
 1.5 Mbps publisher beside the receive path's cost for it, and glass-to-glass latency by a colour
 change (goals <= 0.004 cores per viewer, median <= 200 ms).
+Web page (bench_webpage.py): cores and peak memory of a 1280x720@15 recording of a page that
+animates and plays sound, beside Xvfb + chromium + ffmpeg x11grab/libx264 of the same page.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import bench_mixed  # noqa: E402
 import bench_receive  # noqa: E402
 import bench_storage  # noqa: E402
 import bench_thirdparty  # noqa: E402
+import bench_webpage  # noqa: E402
 import bench_whep  # noqa: E402
 from common import (  # noqa: E402
     APPID,
@@ -164,6 +167,7 @@ def main() -> None:
     print("\n".join(bench_storage.run()), flush=True)
     print("\n".join(bench_audio.run()), flush=True)
     print("\n".join(bench_mixed.run()), flush=True)
+    print("\n".join(bench_webpage.run()), flush=True)
     print("\nsummary (the cost per recording, the mix against libx264, the capacity):")
     print("\n".join(f"  {line}" for line in HEADLINES), flush=True)
 

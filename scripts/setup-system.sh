@@ -3,7 +3,8 @@
 #   venv:  python3-venv, when Debian's Python cannot make a virtual environment yet.
 #   serve: fonts-noto-cjk (NotoSansCJK, the font of mixed recordings' text and timestamp
 #          watermarks, so Chinese renders; without it they fall back to Pillow's default font),
-#          libsrt1.5-gnutls (the SRT listener of push ingest binds it through ctypes).
+#          libsrt1.5-gnutls (the SRT listener of push ingest binds it through ctypes),
+#          chromium (a web page recording, mixconfig.webpage, runs one headless chromium).
 #   test:  also ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the
 #          benchmark reference and, in listen mode, the RTMP server and reader of the live-push
 #          test, tests/e2e/test_pause_push.py; PyAV wheels bundle their own FFmpeg, so the service does not need
@@ -17,6 +18,8 @@
 #          janus and iproute2 (tests/e2e/test_janus.py runs Janus's VideoRoom, with a configuration
 #          of its own, in a network namespace it creates with ip netns and a veth pair, and mirrors
 #          its publishers).
+#          xvfb (bench/bench_webpage.py compares a web page recording with ffmpeg's x11grab
+#          of the same page on a virtual display).
 set -euo pipefail
 purpose=${1:-test}
 need=()
@@ -25,9 +28,10 @@ if [ "$purpose" = venv ]; then
 else
   [ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
   compgen -G '/usr/lib/*/libsrt*.so.1.5*' >/dev/null || need+=(libsrt1.5-gnutls)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
   if [ "$purpose" != serve ]; then
     command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
-    command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)
     command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)

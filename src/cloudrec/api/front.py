@@ -33,7 +33,7 @@ from cloudrec.cluster.costs import recording_kind
 from cloudrec.config import Settings, node_name, worker_count
 from cloudrec.errors import CapacityError, RecordingError
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
-from cloudrec.models.rules import check_push_urls, not_publishing, start_rooms
+from cloudrec.models.rules import check_push_urls, not_publishing, start_rooms, webpage_cost
 from cloudrec.tasks import TaskService, TaskStore
 from cloudrec.workers import HttpWorkerClient, LocalWorkerClient, WorkerClient
 from cloudrec.workers.client import InProcessWorker
@@ -290,12 +290,16 @@ class Front:
         rooms = list(dict.fromkeys([req.roomid, *named]))
         owners = {room: await self.directory.owner((appid, room)) for room in rooms}
         target = owners[req.roomid] or next((o for o in owners.values() if o is not None), None)
+        extra = webpage_cost(req)  # a web page needs no publisher, and costs a browser
+        if target is None and extra:
+            self.tasks.check_resid(appid, req.resid)
+            target = await self.directory.place((appid, req.roomid))
         if target is None:
             self.tasks.check_resid(appid, req.resid)  # 4012/4011 come before 4005
             raise not_publishing(named)
         if owners[req.roomid] is None:  # a mix whose own room has no publisher: hold it there
             target = await self.directory.place((appid, req.roomid), prefer=target.id)
-        cost = target.cost_of(*recording_kind(req.model_dump(mode="json")))
+        cost = target.cost_of(*recording_kind(req.model_dump(mode="json"))) + extra
         why = target.refused(await self.directory.reserved(target.id), cost=cost)
         if why is not None:
             self.tasks.check_resid(appid, req.resid)

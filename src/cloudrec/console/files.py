@@ -10,9 +10,9 @@ only while its segments are in the spool, which is not for long: the player list
 recordings only.
 
 Only names of the recording's own files are served (``{appid}_{roomid}_{recordid}...`` with
-``.m3u8``, ``.ts``, or for fMP4 ``.m4s`` and the ``_init.mp4`` sections, no path
-separators), and every path is resolved and checked to lie inside its directory, so a request
-can never read anything else.
+``.m3u8``, ``.ts``, for fMP4 ``.m4s`` and the ``_init.mp4`` sections, or a snapshot's
+``.jpg``, no path separators), and every path is resolved and checked to lie inside its
+directory, so a request can never read anything else.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 from cloudrec.storage.base import VENDER_LOCAL
 from cloudrec.tasks.store import Task
 
-NAME = re.compile(r"[A-Za-z0-9_.@-]{1,400}\.(m3u8|ts|m4s|mp4)")
+NAME = re.compile(r"[A-Za-z0-9_.@-]{1,400}\.(m3u8|ts|m4s|mp4|jpg)")
 CONTENT_TYPES = {"m3u8": "application/vnd.apple.mpegurl", "ts": "video/mp2t",
-                 "m4s": "video/iso.segment", "mp4": "video/mp4"}
+                 "m4s": "video/iso.segment", "mp4": "video/mp4", "jpg": "image/jpeg"}
 
 
 def basename(task: Task) -> str:
@@ -71,8 +71,8 @@ def locate(task: Task, name: str, data_dir: Path, storage: Path | None = None) -
         if bucket is not None:
             found = _inside(bucket, *[p for p in prefix(task).split("/") if p], name)
             stored = [found] if found is not None else []
-    if name.endswith(".m3u8") and not task.active:
-        candidates = stored or spooled  # the ended playlist is the stored one
+    if (name.endswith(".m3u8") and not task.active) or name.endswith(".jpg"):
+        candidates = stored or spooled  # the ended playlist, a snapshot: the stored one
     else:
         candidates = spooled or stored
     return candidates[0] if candidates else None

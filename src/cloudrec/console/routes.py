@@ -260,6 +260,13 @@ def mount_console(app: FastAPI, settings: Settings, front: Any) -> OperatorAuth:
                                 headers=NO_STORE)
         kind = name.rsplit(".", 1)[1]
         headers = {"Cache-Control": "no-cache" if kind == "m3u8" else "private, max-age=3600"}
+        if kind == "jpg" and task is not None:  # small; it may leave the spool meanwhile
+            for _ in range(3):
+                try:
+                    return Response(path.read_bytes(), media_type="image/jpeg",
+                                    headers=headers)
+                except FileNotFoundError:
+                    path = files.locate(task, name, settings.data_dir) or path
         return FileResponse(path, media_type=files.CONTENT_TYPES[kind], headers=headers)
 
     app.include_router(router)

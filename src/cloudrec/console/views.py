@@ -98,6 +98,8 @@ async def recording(front: Any, task: Task, *, detail: bool = False) -> dict[str
         "framesskipped": progress.get("framesskipped", 0),
         "framesdropped": progress.get("framesdropped", 0),
         "inputs": progress.get("inputs"),
+        "webpage": ((task.request.get("mixconfig") or {}).get("webpage") or {}).get("url"),
+        "snapshot": _last_snapshot(task, progress),
         "storage": {"vender": cfg.get("vender"), "bucket": cfg.get("bucket"),
                     "prefix": files.prefix(task)},
         "playlist": progress.get("playlist") or files.prefix(task) + files.basename(task) + ".m3u8",
@@ -110,6 +112,14 @@ async def recording(front: Any, task: Task, *, detail: bool = False) -> dict[str
         item["request"] = task.request
         item["progress"] = progress
     return item
+
+
+def _last_snapshot(task: Task, progress: dict[str, Any]) -> str | None:
+    """The console's URL of the recording's latest snapshot, where the console can read it."""
+    shots = [f["name"] for f in progress.get("files") or [] if f.get("kind") == "snapshot"]
+    if not shots or not files.playable(task):
+        return None
+    return f"/console/files/{task.recordid}/{shots[-1].rsplit('/', 1)[-1]}"
 
 
 async def _progress(front: Any, task: Task) -> dict[str, Any]:

@@ -236,8 +236,21 @@ class MixOutput(Model):
         return base64.b64decode(self.base64seidata) if self.base64seidata is not None else None
 
 
+class WebPage(Model):
+    """A web page recorded in place of streams: its ``url`` (http or https), whether it
+    starts and stops the recording itself (``waitforsignal``: ``cloudrecStart()`` /
+    ``cloudrecStop()``), how long it may record at most (``timeout_s``), and the origins a
+    navigation may go to (``allow_origins``, ``scheme://host[:port]``; any when unset)."""
+
+    url: HttpUrl
+    waitforsignal: bool = False
+    timeout_s: Annotated[int, int_rule(0, 86400, lo_open=True)] | None = None
+    allow_origins: list[HttpUrl] | None = None
+
+
 class MixConfig(Model):
-    """A layout template (``templateid``, one room) or a custom ``input`` list, and the output.
+    """A layout template (``templateid``, one room), a custom ``input`` list, or a web page
+    (``webpage``), and the output.
 
     The seed's table spells the list ``intput`` and its examples ``input``: both are accepted;
     it is serialised as ``input``.
@@ -247,6 +260,7 @@ class MixConfig(Model):
         None, validation_alias=AliasChoices("input", "intput"), serialization_alias="input"
     )
     templateid: Annotated[int, int_rule(1, 5)] | None = None
+    webpage: WebPage | None = None
     output: MixOutput
 
     @field_validator("templateid")
@@ -256,8 +270,18 @@ class MixConfig(Model):
             raise problem("cannot be combined with an input list: give one or the other")
         return value
 
+    @field_validator("webpage")
+    @classmethod
+    def _webpage_alone(cls, value: WebPage | None, info: ValidationInfo) -> WebPage | None:
+        if value is not None and (info.data.get("input_list") or info.data.get("templateid")):
+            raise problem("cannot be combined with input or templateid: a web page is the "
+                          "whole picture")
+        return value
+
     @model_validator(mode="after")
     def _inputs_needed(self) -> MixConfig:
+        if self.webpage is not None:
+            return self
         # Audio-only mixing without an input list mixes every audio stream of the room (seed).
         if self.templateid is None and not self.input_list and self.output.streamtype != 2:
             raise problem(

@@ -21,6 +21,20 @@ RECORD_KINDS = {0: frozenset({"audio", "video"}), 1: frozenset({"video"}),
 
 NOT_PUBLISHING = 4005
 
+#: The cores a web page recording reserves beyond a mix's measured cost: its browser (the
+#: page's rendering and scripts, the screencast's JPEG encoding: 0.40-0.62 cores) and the
+#: page's own H.264/Opus encoding, measured at 1280x720@15 by ``bench/bench_webpage.py``
+#: (0.56-0.98 cores in all, the mix included, on a busy 2-core box).
+WEBPAGE_CORES = 0.7
+
+
+def webpage_cost(req: Any) -> float:
+    """What a ``startrecord`` of a web page reserves beyond a mix's cost (0 for others)."""
+    mixconfig = getattr(req, "mixconfig", None)
+    if req.streamtype == 1 and mixconfig is not None and mixconfig.webpage is not None:
+        return WEBPAGE_CORES
+    return 0.0
+
 
 def mixed_kinds(recordtype: int, mixconfig: MixConfig) -> frozenset[str]:
     """The tracks of a mixed recording: what recordtype asks for and the output has."""

@@ -33,6 +33,7 @@ from cloudrec.recorder.base import basename_for
 from cloudrec.recorder.mixed import MixedRecording
 from cloudrec.recorder.outputs import submit_leftovers
 from cloudrec.recorder.source import SourceRecording, prefix_for
+from cloudrec.recorder.webpage.recording import WebpageRecording, check_page_url
 from cloudrec.rooms import RoomHub
 from cloudrec.storage import ObjectStore, Spool, SpoolUploader, close_clients, open_store
 from cloudrec.tasks import StopReason, Task, TaskService, TaskStore
@@ -64,8 +65,13 @@ class RecordingService:
 
         ``remote_rooms``: rooms of a mix that publish on other workers (relayed here)."""
         check_push_urls(req.outputs, ffmpeg_protocols())  # 2101 comes before the resid's codes
+        webpage = req.mixconfig.webpage if req.streamtype == 1 else None
+        if webpage is not None:
+            await check_page_url(webpage.url, allow_private=self.settings.allow_private_urls)
         self.tasks.check_resid(appid, req.resid)
-        if req.streamtype == 1:
+        if webpage is not None:
+            kinds = self._webpage_start_checks(req)
+        elif req.streamtype == 1:
             kinds = self._mixed_start_checks(appid, req, remote_rooms)
         else:
             kinds = self._source_start_checks(appid, req)
@@ -107,6 +113,15 @@ class RecordingService:
             wanted = "/".join(sorted(RECORD_KINDS[req.recordtype]))
             raise RecordingError(
                 f"uid {req.uid!r} publishes no {wanted} for recordtype {req.recordtype}", 4004)
+        return kinds
+
+    def _webpage_start_checks(self, req: Any) -> frozenset[str]:
+        """A web page needs no publisher; its tracks are those of any mix."""
+        kinds = mixed_kinds(req.recordtype, req.mixconfig)
+        if not kinds:
+            raise RecordingError(
+                f"recordtype {req.recordtype} asks for a track that mixconfig.output.streamtype "
+                f"{req.mixconfig.output.streamtype} does not have", 4004)
         return kinds
 
     def _mixed_start_checks(
@@ -155,6 +170,9 @@ class RecordingService:
         recording = self.recordings.get(task.recordid)
         if not isinstance(recording, MixedRecording):
             raise mix_not_running()
+        if req.mixconfig.webpage is not None and not isinstance(recording, WebpageRecording):
+            raise RecordingError("mixconfig.webpage: this mixed recording records streams; "
+                                 "what it records is fixed at startrecord", 4016)
         kinds = mixed_kinds(task.recordtype, req.mixconfig)
         if kinds != recording.kinds:
             raise RecordingError(
@@ -200,7 +218,12 @@ class RecordingService:
             "resumed": resume,
         }
         recording: SourceRecording | MixedRecording
-        if task.streamtype == 1:
+        mixconfig = task_mixconfig(task) if task.streamtype == 1 else None
+        if mixconfig is not None and mixconfig.webpage is not None:
+            recording = WebpageRecording(
+                task, mixconfig=mixconfig,
+                allow_private_urls=self.settings.allow_private_urls, **common)
+        elif task.streamtype == 1:
             recording = MixedRecording(
                 task, mixconfig=task_mixconfig(task),
                 allow_private_urls=self.settings.allow_private_urls, **common)

@@ -1,0 +1,342 @@
+"""One headless Debian chromium showing one page, and what leaves it: pictures and sound.
+
+Pictures: the DevTools screencast (``Page.startScreencast``), JPEG frames at the output size,
+sent by the compositor when the page changes. Each is acknowledged no sooner than
+``frame_period`` after the previous one, so the browser encodes no JPEG the recording would
+drop (``everyNthFrame`` would not do: it counts frames that changed, so a page that changes
+once a second would show one change in N); a page that goes quiet after a delayed
+acknowledgement gets one screenshot, so its last change is kept.
+
+Sound: a script added to every document before the page's own
+(``Page.addScriptToEvaluateOnNewDocument``) taps every ``AudioContext`` that connects to its
+destination and every ``<audio>``/``<video>`` that plays (``captureStream()``) into one 48 kHz
+tap context, whose ``ScriptProcessorNode`` hands 16-bit stereo PCM to the worker through a
+DevTools binding (``Runtime.addBinding``). The browser itself runs ``--mute-audio``: no sound
+device is opened.
+
+Why this capture: Chromium's own tab capture (``getDisplayMedia`` with ``preferCurrentTab``
+and MediaRecorder) would hand over encoded H.264 and Opus, but in headless mode it answers
+"Could not start video source" / "Could not start audio source" (chromium 156 here). A virtual
+display (Xvfb) with PulseAudio and a grabber is what makes other recorders heavy and fragile
+(a display server and a sound server per recording, PulseAudio's client limits). The
+screencast and the tap need no X server and no sound server: one browser process tree and one
+DevTools websocket per recording. The price is the screencast's JPEG readback and encoding.
+
+``cloudrecStart()`` / ``cloudrecStop()`` are bindings too (``waitforsignal``). With
+``allow_origins``, main-frame navigations are paused (``Fetch`` domain) and only those to an
+allowed origin (or the origin of a URL the API asked for) go on. A crashed renderer
+(``Inspector.targetCrashed``) or a closed DevTools connection ends :meth:`BrowserPage.run`;
+the caller starts a new browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .cdp import Cdp, CdpClosed, CdpError
+
+log = logging.getLogger(__name__)
+
+CHROMIUM = os.environ.get("CLOUDREC_CHROMIUM", "chromium")
+LAUNCH_TIMEOUT_S = 20.0
+LOAD_TIMEOUT_S = 15.0
+PR_SET_PDEATHSIG = 1
+JPEG_QUALITY = 80
+
+TAP_SCRIPT = r"""
+(() => {
+  if (window.__cloudrecTap) return;
+  const send = window.cloudrecAudio;
+  if (!send) return;
+  const Ctx = window.AudioContext || window.webkitAudioContext;
+  let tap = null, proc = null;
+  const start = () => {
+    if (tap) return tap;
+    tap = new Ctx({sampleRate: 48000});
+    proc = tap.createScriptProcessor(4096, 2, 2);
+    const gain = tap.createGain(); gain.gain.value = 0;
+    proc.connect(gain); gain.connect(tap.destination);
+    proc.onaudioprocess = (e) => {
+      const l = e.inputBuffer.getChannelData(0), r = e.inputBuffer.getChannelData(1);
+      const out = new Int16Array(l.length * 2);
+      for (let i = 0; i < l.length; i++) {
+        out[2 * i] = Math.max(-1, Math.min(1, l[i])) * 32767;
+        out[2 * i + 1] = Math.max(-1, Math.min(1, r[i])) * 32767;
+      }
+      const bytes = new Uint8Array(out.buffer);
+      let s = '';
+      for (let i = 0; i < bytes.length; i += 8192)
+        s += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
+      send(btoa(s));
+    };
+    tap.resume();
+    return tap;
+  };
+  window.__cloudrecTap = start;
+  const feed = (stream) => {
+    try { start().createMediaStreamSource(stream).connect(proc); } catch (e) {}
+  };
+  const taps = new WeakMap();
+  const connect = AudioNode.prototype.connect;
+  AudioNode.prototype.connect = function (target, ...rest) {
+    const result = connect.call(this, target, ...rest);
+    if (target instanceof AudioDestinationNode && this.context !== tap) {
+      let dest = taps.get(this.context);
+      if (!dest) {
+        dest = this.context.createMediaStreamDestination();
+        taps.set(this.context, dest);
+        feed(dest.stream);
+      }
+      connect.call(this, dest);
+    }
+    return result;
+  };
+  document.addEventListener('play', (e) => {
+    const el = e.target;
+    if (el.__cloudrecTapped || !el.captureStream) return;
+    const stream = el.captureStream();
+    if (stream.getAudioTracks().length) { el.__cloudrecTapped = true; feed(stream); }
+  }, true);
+  window.cloudrecStart = () => window.cloudrecSignal && window.cloudrecSignal('start');
+  window.cloudrecStop = () => window.cloudrecSignal && window.cloudrecSignal('stop');
+  start();
+})();
+"""
+
+
+@dataclass(slots=True)
+class PageEvents:
+    """What the page hands out, called on the loop."""
+
+    on_picture: Callable[[bytes], None]
+    on_sound: Callable[[bytes], None]  # s16le stereo 48 kHz
+    on_signal: Callable[[str], None]
+    on_warning: Callable[[str], None]
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    host = (parts.hostname or "").lower()
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port and port != default else "")
+
+
+@dataclass(slots=True)
+class BrowserPage:
+    """One chromium process and its page; :meth:`run` returns when the browser or its
+    renderer is gone (or :meth:`close` was called)."""
+
+    width: int
+    height: int
+    events: PageEvents
+    allow_origins: list[str] | None = None
+    process: subprocess.Popen[bytes] | None = None
+    cdp: Cdp | None = None
+    session: str | None = None
+    crashed: asyncio.Event = field(default_factory=asyncio.Event)
+    frame_period: float = 0.0
+    _profile: str = ""
+    _next_ack: float = 0.0
+    _frames: int = 0
+    _frame_id: str | None = None
+    _allowed: set[str] = field(default_factory=set)
+    _loaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def launch(self) -> None:
+        self._profile = tempfile.mkdtemp(prefix="cloudrec-page-")
+        args = [
+            CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update", "--no-first-run",
+            "--no-default-browser-check", "--disable-dev-shm-usage", "--mute-audio",
+            "--autoplay-policy=no-user-gesture-required", "--hide-scrollbars",
+            "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows",
+            f"--user-data-dir={self._profile}", "--remote-debugging-port=0",
+            f"--window-size={self.width},{self.height}", "about:blank",
+        ]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True, preexec_fn=_die_with_parent)
+        port_file = os.path.join(self._profile, "DevToolsActivePort")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LAUNCH_TIMEOUT_S
+        lines: list[str] = []
+        while loop.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"chromium exited at start ({self.process.returncode})")
+            with contextlib.suppress(OSError):
+                with open(port_file) as f:
+                    lines = f.read().split()
+            if len(lines) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError("chromium did not open its DevTools port")
+        self.cdp = Cdp()
+        await self.cdp.connect(f"ws://127.0.0.1:{lines[0]}{lines[1]}")
+        cdp = self.cdp
+        targets = await cdp.call("Target.getTargets")
+        page = next(t for t in targets["targetInfos"] if t["type"] == "page")
+        attached = await cdp.call("Target.attachToTarget",
+                                  {"targetId": page["targetId"], "flatten": True})
+        self.session = s = attached["sessionId"]
+        self._frame_id = page["targetId"]  # a page target's main frame has its id
+        cdp.on("Page.screencastFrame", self._on_frame)
+        cdp.on("Runtime.bindingCalled", self._on_binding)
+        cdp.on("Inspector.targetCrashed", lambda _p, _s: self.crashed.set())
+        cdp.on("Fetch.requestPaused", self._on_request)
+        cdp.on("Page.loadEventFired", lambda _p, _s: self._loaded.set())
+        for method in ("Page.enable", "Runtime.enable", "Inspector.enable"):
+            await cdp.call(method, session=s)
+        for name in ("cloudrecAudio", "cloudrecSignal"):
+            await cdp.call("Runtime.addBinding", {"name": name}, session=s)
+        await cdp.call("Emulation.setDeviceMetricsOverride",
+                       {"width": self.width, "height": self.height, "deviceScaleFactor": 1,
+                        "mobile": False}, session=s)
+        await cdp.call("Page.addScriptToEvaluateOnNewDocument", {"source": TAP_SCRIPT},
+                       session=s)
+        if self.allow_origins:
+            await cdp.call("Fetch.enable", {"patterns": [{"resourceType": "Document"}]},
+                           session=s)
+        await cdp.call("Page.startScreencast",
+                       {"format": "jpeg", "quality": JPEG_QUALITY, "maxWidth": self.width,
+                        "maxHeight": self.height, "everyNthFrame": 1}, session=s)
+
+    async def navigate(self, url: str) -> None:
+        """Go to ``url``; a page that does not load in time is a warning, not an error."""
+        assert self.cdp is not None
+        self._allowed.add(origin_of(url))  # the page asked for is always allowed
+        self._loaded.clear()
+        try:
+            answer = await self.cdp.call("Page.navigate", {"url": url}, session=self.session)
+        except (CdpError, TimeoutError) as exc:
+            self.events.on_warning(f"page {url} did not load: {exc}")
+            return
+        if answer.get("errorText"):
+            self.events.on_warning(f"page {url} did not load: {answer['errorText']}")
+            return
+        try:
+            await asyncio.wait_for(self._loaded.wait(), LOAD_TIMEOUT_S)
+        except TimeoutError:
+            self.events.on_warning(f"page {url} did not finish loading in "
+                                   f"{LOAD_TIMEOUT_S:.0f} s")
+
+    async def run(self) -> str:
+        """Until the browser is gone: why it ended."""
+        assert self.cdp is not None
+        waits = {asyncio.ensure_future(self.crashed.wait()): "the page's renderer crashed",
+                 asyncio.ensure_future(self.cdp.closed.wait()): "the browser exited"}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return waits[next(iter(done))]
+
+    def _on_frame(self, params: dict, session: str | None) -> None:
+        assert self.cdp is not None
+        self._frames += 1
+        asyncio.ensure_future(self._ack(params["sessionId"]))
+        self.events.on_picture(base64.b64decode(params["data"]))
+
+    async def _ack(self, frame: int) -> None:
+        """Acknowledge a frame no sooner than ``frame_period`` after the previous one: the
+        browser encodes no JPEG it would have to drop. A change made while a frame waited is
+        not sent when nothing changes after it, so a quiet page after a delayed
+        acknowledgement gets one screenshot (``Page.captureScreenshot``)."""
+        loop = asyncio.get_running_loop()
+        wait = self._next_ack - loop.time()
+        self._next_ack = max(loop.time(), self._next_ack) + self.frame_period
+        if wait > 0:
+            await asyncio.sleep(wait)
+        seen = self._frames
+        with contextlib.suppress(CdpClosed, CdpError, TimeoutError):
+            assert self.cdp is not None
+            await self.cdp.call("Page.screencastFrameAck", {"sessionId": frame},
+                                session=self.session)
+            if wait <= 0:
+                return
+            await asyncio.sleep(2 * self.frame_period)
+            if self._frames == seen:
+                shot = await self.cdp.call("Page.captureScreenshot",
+                                           {"format": "jpeg", "quality": JPEG_QUALITY},
+                                           session=self.session)
+                if self._frames == seen:
+                    self.events.on_picture(base64.b64decode(shot["data"]))
+
+    def _on_binding(self, params: dict, session: str | None) -> None:
+        if params.get("name") == "cloudrecAudio":
+            self.events.on_sound(base64.b64decode(params.get("payload", "")))
+        elif params.get("name") == "cloudrecSignal":
+            self.events.on_signal(params.get("payload", ""))
+
+    def _on_request(self, params: dict, session: str | None) -> None:
+        asyncio.ensure_future(self._judge(params))
+
+    async def _judge(self, params: dict) -> None:
+        assert self.cdp is not None and self.allow_origins is not None
+        url = params["request"]["url"]
+        allowed = self._allowed | {origin_of(o) for o in self.allow_origins}
+        main = params.get("frameId") == self._frame_id
+        with contextlib.suppress(CdpClosed, CdpError, TimeoutError):
+            if main and origin_of(url) not in allowed:
+                self.events.on_warning(f"navigation to {origin_of(url)} refused: not in "
+                                       "webpage.allow_origins")
+                await self.cdp.call("Fetch.failRequest", {"requestId": params["requestId"],
+                                    "errorReason": "BlockedByClient"}, session=self.session)
+            else:
+                await self.cdp.call("Fetch.continueRequest",
+                                    {"requestId": params["requestId"]}, session=self.session)
+
+    def kill_renderer(self) -> None:
+        """For tests: SIGKILL the page's renderer processes."""
+        if self.process is None:
+            return
+        for pid in _children(self.process.pid):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"--type=renderer" in f.read():
+                        os.kill(pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        if self.cdp is not None:
+            await self.cdp.close()
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            await asyncio.get_running_loop().run_in_executor(None, self.process.wait)
+        if self._profile:
+            shutil.rmtree(self._profile, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the worker that started it dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``), so that no browser outlives its worker."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid``."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{parent}/task/{parent}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+                found += kids
+                todo += kids
+    return found
