@@ -69,7 +69,8 @@ def start_server(data_dir: Path, quiet: bool = False, **settings: object) -> Ser
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     lines = [f'data_dir = "{data_dir}"', f"port = {port}", 'log_level = "warning"']
-    lines += [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
+    lines += [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {str(v).lower()}"
+              if isinstance(v, bool) else f"{k} = {v}" for k, v in settings.items()]
     lines += ["[[apps]]", f"appid = {APPID}", f'key = "{KEY}"', f'secret = "{SECRET}"']
     config = data_dir / "bench.toml"
     config.write_text("\n".join(lines) + "\n")
