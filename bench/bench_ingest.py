@@ -166,9 +166,13 @@ def cameras_case(data_dir: Path) -> tuple[float, str]:
     """N RTSP cameras pulled and recorded by a rule; cloudrec's cores."""
     cameras = RtspCamera(cameras=STREAMS)
     cameras.start()
-    server = start_server(data_dir, quiet=True, workers=1, write_rate_per_s=1_000_000,
-                          query_rate_per_s=1_000_000, idle_timeout_s=60, max_cpu=64.0,
-                          allow_private_urls=True, rtmp_port=0, srt_port=0)
+    try:
+        server = start_server(data_dir, quiet=True, workers=1, write_rate_per_s=1_000_000,
+                              query_rate_per_s=1_000_000, idle_timeout_s=60, max_cpu=64.0,
+                              allow_private_urls=True, rtmp_port=0, srt_port=0)
+    except BaseException:
+        cameras.kill()
+        raise
     room = "cams"
     try:
         with httpx.Client(headers=HEADERS, timeout=30) as client:
