@@ -7,6 +7,11 @@ each as a source recording (H.264 and AAC remuxed into HLS on local storage); it
 tree's CPU is measured from /proc. The reference is what FFmpeg needs for the same work: one
 ``ffmpeg -listen 1 -i rtmp://... -c copy -f hls`` per stream (SRT: ``srt://...?mode=listener``),
 their CPU summed. Goals: at most 1.3x FFmpeg, at most 0.01 cores per stream at 16 streams.
+
+RTSP cameras: N GStreamer RTSP cameras (one server process, N mounts, each 320x240@15 H.264 +
+G.711 A-law 8 kHz, as the ingress tests' camera) pulled as ingresses into one room, each
+source-recorded by an auto-record rule (H.264 remuxed, G.711 transcoded to AAC 48 kHz): cores
+per camera of cloudrec's process tree (the cameras' process is not counted).
 ``BENCH_QUICK=1`` measures 3 s instead of 10.
 """
 
@@ -22,10 +27,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parents[1]))
 
 from common import APPID, CLK_TCK, HEADERS, SECRET, ServerProcess, free_port, headline, start_server  # noqa: E402
 
 from cloudrec.tokens import make_token  # noqa: E402
+from tests.e2e.ingress_sources import RtspCamera  # noqa: E402
 
 QUICK = bool(os.environ.get("BENCH_QUICK"))
 MEASURE_S = 3.0 if QUICK else float(os.environ.get("BENCH_SECONDS", "10"))
@@ -155,6 +162,51 @@ def ffmpeg_case(clips: dict[str, Path], transport: str, out: Path) -> float:
             p.wait(10)
 
 
+def cameras_case(data_dir: Path) -> tuple[float, str]:
+    """N RTSP cameras pulled and recorded by a rule; cloudrec's cores."""
+    cameras = RtspCamera(cameras=STREAMS)
+    cameras.start()
+    try:
+        server = start_server(data_dir, quiet=True, workers=1, write_rate_per_s=1_000_000,
+                              query_rate_per_s=1_000_000, idle_timeout_s=60, max_cpu=64.0,
+                              allow_private_urls=True, rtmp_port=0, srt_port=0)
+    except BaseException:
+        cameras.kill()
+        raise
+    room = "cams"
+    try:
+        with httpx.Client(headers=HEADERS, timeout=30) as client:
+            base = f"{server.base}/app/{APPID}/v1"
+            rule = client.post(f"{base}/autorecord", json={
+                "roomid": room, "streamtype": 2, "recordtype": 0, "storagecfg": STORAGE}).json()
+            if rule["code"] != 0:
+                raise RuntimeError(f"autorecord: {rule}")
+            for i in range(STREAMS):
+                r = client.post(f"{base}/ingress", json={
+                    "roomid": room, "uid": f"cam{i}", "url": cameras.camera_url(i)}).json()
+                if r["code"] != 0:
+                    raise RuntimeError(f"ingress cam{i}: {r}")
+            deadline = time.monotonic() + 60
+            while True:
+                listed = client.get(server.api(f"listrecord?roomid={room}")).json()
+                records = (listed.get("data") or {}).get("records") or []
+                if len(records) >= STREAMS:
+                    break
+                if time.monotonic() > deadline:
+                    log = (data_dir / "server.log").read_text()[-3000:]
+                    raise RuntimeError(f"{len(records)} of {STREAMS} cameras recorded: "
+                                       f"{listed}\n{log}")
+                time.sleep(0.5)
+            time.sleep(3)
+            cores = measure([server.proc.pid], MEASURE_S)
+            first = records[0]["recordid"]
+            info = client.get(server.api(f"queryrecord/{room}/{first}")).json()["data"]
+    finally:
+        server.stop()
+        cameras.kill()
+    return cores, f"{info.get('segments')} segments in {info.get('duration')} s"
+
+
 def run() -> list[str]:
     lines = []
     with tempfile.TemporaryDirectory(prefix="cloudrec-bench-ingest-") as tmp:
@@ -178,8 +230,19 @@ def run() -> list[str]:
                     f"cores/stream   ratio {ratio:.2f}x (goal <= 1.3x)   [{what}]")
             lines.append(line)
             headline(line)
+        cores, what = cameras_case(tmp_path / "cams")
+        line = (f"rtsp cameras x{STREAMS} (H.264 + G.711 -> AAC), recorded: "
+                f"{cores / STREAMS:.4f} cores/camera   [{what}]")
+        lines.append(line)
+        headline(line)
     return lines
 
 
 if __name__ == "__main__":
-    print("\n".join(run()), flush=True)
+    if "--cameras" in sys.argv:
+        with tempfile.TemporaryDirectory(prefix="cloudrec-bench-cameras-") as tmp:
+            cores, what = cameras_case(Path(tmp))
+        print(f"rtsp cameras x{STREAMS}, recorded: {cores / STREAMS:.4f} cores/camera   "
+              f"[{what}]", flush=True)
+    else:
+        print("\n".join(run()), flush=True)

@@ -58,16 +58,17 @@ RTSP_SERVER = textwrap.dedent("""
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(sys.argv[1])
-    factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(
-        "( videotestsrc is-live=true pattern=ball "
-        "! video/x-raw,width=320,height=240,framerate=15/1 "
-        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 "
-        "! rtph264pay name=pay0 pt=96 config-interval=1 "
-        "audiotestsrc is-live=true wave=sine freq=440 ! audio/x-raw,rate=8000,channels=1 "
-        "! alawenc ! rtppcmapay name=pay1 pt=8 )")
-    factory.set_shared(True)
-    server.get_mount_points().add_factory("/cam", factory)
+    for path in sys.argv[2:] or ["/cam"]:
+        factory = GstRtspServer.RTSPMediaFactory()
+        factory.set_launch(
+            "( videotestsrc is-live=true pattern=ball "
+            "! video/x-raw,width=320,height=240,framerate=15/1 "
+            "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 "
+            "! rtph264pay name=pay0 pt=96 config-interval=1 "
+            "audiotestsrc is-live=true wave=sine freq=440 ! audio/x-raw,rate=8000,channels=1 "
+            "! alawenc ! rtppcmapay name=pay1 pt=8 )")
+        factory.set_shared(True)
+        server.get_mount_points().add_factory(path, factory)
     server.attach(None)
     print("ready", flush=True)
     GLib.MainLoop().run()
@@ -82,18 +83,25 @@ def gst_rtsp_available() -> bool:
 
 
 class RtspCamera:
-    """A GStreamer RTSP server on a fixed port, to kill and start again."""
+    """A GStreamer RTSP server on a fixed port, to kill and start again; ``cameras`` > 1 serves
+    that many independent cameras, ``/cam0`` … (:meth:`camera_url`), from one process."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, cameras: int = 1) -> None:
         self.port = port or free_port()
+        self.cameras = cameras
         self.proc: subprocess.Popen[str] | None = None
+
+    def camera_url(self, i: int) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam{i}"
 
     @property
     def url(self) -> str:
         return f"rtsp://127.0.0.1:{self.port}/cam"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, "-c", RTSP_SERVER, str(self.port)],
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, "-c", RTSP_SERVER, str(self.port),
+                                      *([f"/cam{i}" for i in range(self.cameras)]
+                                        if self.cameras > 1 else [])],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

@@ -175,7 +175,8 @@ def test_files_from_before_migrations_keep_their_rows(tmp_path: Path) -> None:
     again = TaskStore(tmp_path / "tasks.sqlite3")  # migrated once; reopening changes nothing
     assert again.get("rec1").owner == "node1/w0"  # type: ignore[union-attr]
     versions = again.database.fetchall("SELECT store, version FROM schema_migrations")
-    assert sorted((r["store"], r["version"]) for r in versions) == [("tasks", 1), ("tasks", 2), ("tasks", 3)]
+    assert sorted((r["store"], r["version"]) for r in versions) == [
+        ("tasks", 1), ("tasks", 2), ("tasks", 3)]
     again.close()
 
     outbox = CallbackOutbox(tmp_path / "callbacks.sqlite3", {7: "s"}.get)

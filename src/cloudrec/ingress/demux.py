@@ -156,12 +156,31 @@ async def pull(source: Any, *, fmt: str | None = None, options: dict[str, str] |
     reader = _Reader(source, fmt, options, (open_timeout_s, read_timeout_s), paced, post, stop,
                      on_open, on_frame)
 
-    def run() -> str:
-        try:
-            return reader.run()
-        except _Stop:
-            return "stopped"
+    done: asyncio.Future[str] = loop.create_future()
 
-    result = await asyncio.to_thread(run)
+    def settle(result: str | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result or "")
+
+    def run() -> None:
+        try:
+            result, error = reader.run(), None
+        except _Stop:
+            result, error = "stopped", None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody awaits it
+
+    # a thread of its own, not the loop's default executor: a pull holds its thread for as long
+    # as the source lasts, and many pulls would starve every other to_thread of the worker
+    threading.Thread(target=run, name="ingress-pull", daemon=True).start()
+    result = await done
     await asyncio.sleep(0)  # let the frames posted last run first
     return result
