@@ -16,7 +16,7 @@ from __future__ import annotations
 from cloudrec.ingest import libsrt
 
 PAYLOAD = libsrt.PAYLOAD
-CONNECT_TIMEOUT_MS = 4000
+CONNECT_TIMEOUT_MS = 3000
 SEND_TIMEOUT_MS = 4000
 
 
