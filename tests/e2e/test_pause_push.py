@@ -21,7 +21,7 @@ import pytest
 
 from cloudrec.media.hls import SegmentInfo
 from cloudrec.media.mix.recorder import MixedHlsRecorder
-from cloudrec.media.push.fanout import ffmpeg_protocols
+from cloudrec.media.push.fanout import push_protocols
 from cloudrec.media.source import SourceHlsRecorder
 from cloudrec.models.mixconfig import MixConfig
 from tests.e2e.test_mixed import OUT, RED, mixed_body, publish
@@ -498,7 +498,7 @@ async def test_push_url_checks(server: Server) -> None:
         body = mixed_body(await server.apply(), "room7", {"templateid": 1, "output": dict(OUT)})
         body["outputs"] = {"pushurl": ["rtmp://127.0.0.1:1/live/a", "srt://127.0.0.1:9000"]}
         answer = await server.call("startrecord", body)
-        if "srt" not in ffmpeg_protocols():
+        if "srt" not in push_protocols():
             assert answer["code"] == 2101 and "outputs.pushurl[1]" in answer["message"], answer
             assert "srt" in answer["message"]
         else:

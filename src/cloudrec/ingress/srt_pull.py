@@ -1,9 +1,10 @@
 """An ``srt://`` ingress: a caller connection through libsrt, MPEG-TS demuxed by PyAV.
 
 ``srt://HOST:PORT?streamid=...&latency=MS``: the URL's ``streamid`` (what the far listener
-expects, e.g. MediaMTX's ``read:path``) and ``latency`` (milliseconds) are set on the socket
-before it connects. The connection's messages feed :func:`cloudrec.ingress.demux.pull` as a
-file-like object; a connection that gives nothing for ``READ_TIMEOUT_S`` counts as stalled.
+expects, e.g. MediaMTX's ``read:path``), ``latency`` (milliseconds) and ``passphrase`` are set
+on the socket before it connects (:func:`cloudrec.ingest.libsrt.connect_url`). The
+connection's messages feed :func:`cloudrec.ingress.demux.pull` as a file-like object; a
+connection that gives nothing for ``READ_TIMEOUT_S`` counts as stalled.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING
 
 from cloudrec.ingest import libsrt
 
@@ -21,42 +21,16 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT_MS = 5000
 READ_TIMEOUT_S = 5.0
-CONNTIMEO = 36  # SRTO_CONNTIMEO
 MESSAGE = 1500
-
-
-def _connect_fn() -> Any:  # a ctypes function pointer
-    so = libsrt.lib()
-    fn = so.srt_connect
-    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-    return fn
 
 
 class SrtCaller:
     """One caller connection, read as a file by PyAV."""
 
     def __init__(self, url: str, stop: threading.Event) -> None:
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
         self.stop = stop
         self.ended: str | None = None
-        so = libsrt.lib()
-        self.sock = libsrt.check(so.srt_create_socket(), "srt_create_socket")
-        try:
-            libsrt.set_int(self.sock, libsrt.TRANSTYPE, 0)  # live
-            libsrt.set_int(self.sock, CONNTIMEO, CONNECT_TIMEOUT_MS)
-            libsrt.set_int(self.sock, libsrt.RCVTIMEO, 500)
-            if "latency" in query:
-                libsrt.set_int(self.sock, libsrt.LATENCY, int(query["latency"][0]))
-            if "streamid" in query:
-                sid = query["streamid"][0].encode()
-                libsrt.check(so.srt_setsockflag(self.sock, libsrt.STREAMID, sid, len(sid)),
-                             "srt_setsockflag(streamid)")
-            addr = libsrt.sockaddr(parts.hostname or "", parts.port or 8890)
-            libsrt.check(_connect_fn()(self.sock, addr, len(addr)), "srt_connect")
-        except BaseException:
-            so.srt_close(self.sock)
-            raise
+        self.sock = libsrt.connect_url(url, timeout_ms=CONNECT_TIMEOUT_MS, recv_timeout_ms=500)
         self._buf = ctypes.create_string_buffer(MESSAGE)
 
     def read(self, size: int) -> bytes:

@@ -66,13 +66,14 @@ def not_publishing(rooms: list[str]) -> RecordingError:
 
 def push_url_problem(url: str, protocols: Collection[str]) -> str | None:
     """Why this server cannot push to ``url``, or None when it can. ``protocols``: the push
-    schemes its FFmpeg (PyAV's own build) can write to; SRT needs FFmpeg built with libsrt."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in PUSH_SCHEMES:
+    schemes its workers can write to (``rtmp`` always; ``srt`` where libsrt is installed)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in PUSH_SCHEMES or not parts.hostname:
         return "must be an rtmp:// or srt:// URL"
     if scheme not in protocols:
-        return (f"{scheme}:// is not supported by this server: its FFmpeg (PyAV) was built "
-                f"without {scheme.upper()}; use rtmp://")
+        return (f"{scheme}:// is not supported by this server: it needs libsrt, which is not "
+                "installed (Debian: libsrt1.5-gnutls); use rtmp://")
     return None
 
 

@@ -19,7 +19,7 @@ from cloudrec.callbacks import CallbackOutbox
 from cloudrec.config import Settings
 from cloudrec.errors import RecordingError, StorageError
 from cloudrec.media.hls import atomic_write_text, parse_playlist
-from cloudrec.media.push.fanout import ffmpeg_protocols
+from cloudrec.media.push.fanout import push_protocols
 from cloudrec.media.segmenter import reserve_sequence
 from cloudrec.models.mixconfig import MixConfig
 from cloudrec.models.rules import (
@@ -64,7 +64,7 @@ class RecordingService:
         """startrecord: resid → room publishing → parameters served → storage reachable.
 
         ``remote_rooms``: rooms of a mix that publish on other workers (relayed here)."""
-        check_push_urls(req.outputs, ffmpeg_protocols())  # 2101 comes before the resid's codes
+        check_push_urls(req.outputs, push_protocols())  # 2101 comes before the resid's codes
         webpage = req.mixconfig.webpage if req.streamtype == 1 else None
         if webpage is not None:
             await check_page_url(webpage.url, allow_private=self.settings.allow_private_urls)

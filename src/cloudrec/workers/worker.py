@@ -25,7 +25,7 @@ from cloudrec.ingest.publisher import PushIngest
 from cloudrec.ingress import IngressStore
 from cloudrec.ingress.autorecord import AutoRecorder
 from cloudrec.ingress.manager import IngressManager
-from cloudrec.media.push.fanout import ffmpeg_protocols
+from cloudrec.media.push.fanout import push_protocols
 from cloudrec.metrics import worker_snapshot
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
 from cloudrec.recorder import RecordingService
@@ -246,7 +246,7 @@ class Worker:
             "rooms": self.rooms(),
             "relay": self.relay_address,
             "relays": self.relays.stats.as_dict(),
-            "push": sorted(ffmpeg_protocols()),  # the schemes outputs.pushurl may use
+            "push": sorted(push_protocols()),  # the schemes outputs.pushurl may use
             "metrics": worker_snapshot(self.hub, self.service),  # the front's /metrics of it
         }
 

@@ -1,5 +1,5 @@
 """Live push of a mix: the encoded H.264 + AAC packets the HLS segments get, also sent to up
-to two ``rtmp://`` (FLV) or ``srt://`` (MPEG-TS) URLs while the mix records.
+to two ``rtmp://`` (FLV) or ``srt://`` (MPEG-TS over libsrt) URLs while the mix records.
 
 No second encode: the very packets of the mix's encoders are muxed. H.264 goes in as Annex B
 (with SPS/PPS before every IDR, as the mix encodes it): PyAV takes the FLV sequence header from
@@ -45,8 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import av
-
+from cloudrec.media.push import srt as push_srt
 from cloudrec.media.push.pusher import AUDIO, CONFIG, GAP, VIDEO, frame
 
 log = logging.getLogger(__name__)
@@ -60,14 +59,11 @@ STARTUP_TIMEOUT_S = 30.0  # a child's imports (PyAV) on a busy machine
 CLOSE_TIMEOUT_S = 2.0  # how long a stopping child may take to finish its stream
 
 
-def ffmpeg_protocols() -> frozenset[str]:
-    """The push schemes this process's FFmpeg (PyAV's own build) can write to.
-
-    RTMP is FFmpeg's native implementation and always there; SRT needs FFmpeg built with
-    ``--enable-libsrt``, which PyAV's wheels are not. Read from the library's configuration:
-    probing by connecting would wait on the network."""
-    config = str(av._core.library_meta["libavformat"].get("configuration", ""))
-    return frozenset({"rtmp"} | ({"srt"} if "--enable-libsrt" in config else set()))
+def push_protocols() -> frozenset[str]:
+    """The push schemes this host can write to: ``rtmp`` (FFmpeg's native RTMP client in PyAV's
+    own build) always; ``srt`` when a libsrt loads (the pusher sends MPEG-TS through it, see
+    :mod:`cloudrec.media.push.srt`). Nothing connects to find out."""
+    return frozenset({"rtmp"} | ({"srt"} if push_srt.available() else set()))
 
 
 def redact(url: str) -> str:

@@ -21,6 +21,10 @@ Wire, both ways over pipes:
 A session starts at a key frame (audio only: the first packet) with timestamps from 0; a key
 frame whose SPS/PPS differ from the session's (a new encoder after ``updatemixrecord``) closes
 the session and opens a new connection from that frame, so the new sequence header is sent.
+
+``rtmp://``: FLV, written by FFmpeg's own RTMP client. ``srt://``: MPEG-TS muxed into an SRT
+caller connection of libsrt (:class:`~cloudrec.media.push.srt.SrtWriter`), which connects when
+the session opens.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import IO, Any
 import av
 
 from cloudrec.media.codecs import h264
+from cloudrec.media.push.srt import PAYLOAD, SrtWriter
 
 HEADER = struct.Struct("!BBqI")
 CONFIG, VIDEO, AUDIO, GAP = 0, 1, 2, 3
@@ -56,6 +61,7 @@ class Pusher:
         self.url, self.video, self.audio, self._out = url, video, audio, out
         self.format = FORMATS[url.split(":", 1)[0].lower()]
         self._container: Any = None
+        self._writer: Any = None  # srt://: the SrtWriter the container writes into
         self._streams: dict[int, Any] = {}
         self._origin = 0
         self._params: tuple[bytes | None, bytes | None] | None = None
@@ -98,7 +104,17 @@ class Pusher:
 
     def _open(self, keyframe: bytes | None) -> None:
         size = h264.picture_size(keyframe) if keyframe is not None else None
-        self._container = av.open(self.url, "w", format=self.format)
+        if self.format == "mpegts":
+            self._writer = SrtWriter(self.url)  # connects
+            try:
+                self._container = av.open(self._writer, "w", format=self.format,
+                                          buffer_size=PAYLOAD)
+            except BaseException:
+                self._writer, writer = None, self._writer
+                writer.close()
+                raise
+        else:
+            self._container = av.open(self.url, "w", format=self.format)
         self._streams = {}
         self._live = False
         if self.video:
@@ -111,9 +127,14 @@ class Pusher:
 
     def close(self) -> None:
         container, self._container = self._container, None
+        writer, self._writer = self._writer, None
         self._waiting = self.video
-        if container is not None:
-            container.close()
+        try:
+            if container is not None:
+                container.close()
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def _read(stream: IO[bytes], size: int) -> bytes | None:
