@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cloudrec.media.audio import AAC_FRAME, SAMPLE_RATE, AudioToAac, OpusToAac
-from cloudrec.media.codecs import aac
+from cloudrec.media.codecs import aac, opus
 from cloudrec.mediatypes import EncodedFrame
 
 
@@ -59,80 +59,26 @@ class AudioCodec(Protocol):
     def flush(self) -> list[tuple[bytes, int]]: ...
 
 
-class AdtsPassthrough:
-    """AAC in ADTS frames, kept as they are; ``fed`` counts samples at the stream's rate.
+class _Passthrough:
+    """Packets kept as they are; ``fed`` counts samples at ``rate``.
 
-    Lost time is not filled: :meth:`silence` only moves the count on, so the next frame's PTS
-    leaves a gap of that length (players go on over it; MPEG-TS needs no continuous audio).
-    """
-
-    encoder_name = None
-
-    def __init__(self, config: aac.AacConfig) -> None:
-        self.config = config
-        self.rate = config.sample_rate
-        self.fed = 0
-        self._out: list[tuple[bytes, int]] = []
-
-    def decode(self, data: bytes) -> int:
-        if aac.parse_adts(data) != self.config:
-            return 0  # not ADTS, or another configuration: not this stream
-        samples = aac.adts_samples(data)
-        self._out.append((data, self.fed))
-        self.fed += samples
-        return samples
-
-    def silence(self, samples: int) -> None:
-        self.fed += samples
-
-    def align(self) -> int:
-        return self.fed
-
-    def reset_decoder(self) -> None:
-        pass
-
-    def packets(self) -> list[tuple[bytes, int]]:
-        out, self._out = self._out, []
-        return out
-
-    def flush(self) -> list[tuple[bytes, int]]:
-        return self.packets()
-
-
-def opus_samples(data: bytes) -> int:
-    """Samples (48 kHz) in one Opus packet, from its TOC byte (RFC 6716 section 3.1)."""
-    if not data:
-        return 0
-    config, code = data[0] >> 3, data[0] & 0x03
-    if config < 12:  # SILK: 10, 20, 40, 60 ms
-        size = (480, 960, 1920, 2880)[config % 4]
-    elif config < 16:  # hybrid: 10, 20 ms
-        size = (480, 960)[config % 2]
-    else:  # CELT: 2.5, 5, 10, 20 ms
-        size = (120, 240, 480, 960)[config % 4]
-    if code == 0:
-        count = 1
-    elif code in (1, 2):
-        count = 2
-    else:
-        count = data[1] & 0x3F if len(data) > 1 else 0
-    return size * count
-
-
-class OpusPassthrough:
-    """Opus packets kept as they are (an fMP4 recording); ``fed`` counts 48 kHz samples.
-
-    Lost time is not filled: the next packet's PTS leaves the gap (as :class:`AdtsPassthrough`)."""
+    Lost time is not filled: :meth:`silence` only moves the count on, so the next packet's PTS
+    leaves a gap of that length (players go on over it; neither MPEG-TS nor fMP4 needs
+    continuous audio)."""
 
     encoder_name = None
-    rate = SAMPLE_RATE
+    rate: int
 
     def __init__(self) -> None:
         self.fed = 0
         self._out: list[tuple[bytes, int]] = []
 
+    def samples(self, data: bytes) -> int:
+        """Samples in one packet; 0 when it is not one of this stream's."""
+        raise NotImplementedError
+
     def decode(self, data: bytes) -> int:
-        samples = opus_samples(data)
+        samples = self.samples(data)
         if samples:
             self._out.append((data, self.fed))
             self.fed += samples
@@ -155,8 +101,33 @@ class OpusPassthrough:
         return self.packets()
 
 
+class AdtsPassthrough(_Passthrough):
+    """AAC in ADTS frames, kept as they are, at the stream's own rate."""
+
+    def __init__(self, config: aac.AacConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.rate = config.sample_rate
+
+    def samples(self, data: bytes) -> int:
+        if aac.parse_adts(data) != self.config:
+            return 0  # not ADTS, or another configuration: not this stream
+        return aac.adts_samples(data)
+
+
+class OpusPassthrough(_Passthrough):
+    """Opus packets kept as they are (an fMP4 recording), counted in 48 kHz samples."""
+
+    rate = SAMPLE_RATE
+
+    def samples(self, data: bytes) -> int:
+        return opus.packet_samples(data)
+
+
 def _packet_samples(codec: AudioCodec, data: bytes) -> int:
-    return opus_samples(data) if isinstance(codec, OpusPassthrough) else aac.adts_samples(data)
+    if isinstance(codec, OpusPassthrough):
+        return opus.packet_samples(data)
+    return aac.adts_samples(data)
 
 
 def passes_through(config: aac.AacConfig | None) -> bool:

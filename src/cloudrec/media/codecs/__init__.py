@@ -4,6 +4,7 @@
             conformant access units, AVCC and its AVCDecoderConfigurationRecord to Annex B
     vp8     key frames, picture size
     aac     AudioSpecificConfig, ADTS headers written (any rate, channels, object type) and read
+    opus    samples in a packet, from its TOC byte
 
 Pure Python leaves (no PyAV, no aiortc): the room plane's receive path calls them per frame.
 """
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cloudrec.media.codecs import aac, h264, vp8
+from cloudrec.media.codecs import aac, h264, opus, vp8
 
-__all__ = ["UnsupportedCodec", "aac", "h264", "keyframe_detector", "picture_size", "vp8"]
+__all__ = ["UnsupportedCodec", "aac", "h264", "keyframe_detector", "opus", "picture_size", "vp8"]
 
 
 class UnsupportedCodec(ValueError):
