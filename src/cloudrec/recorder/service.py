@@ -117,12 +117,7 @@ class RecordingService:
 
     def _webpage_start_checks(self, req: Any) -> frozenset[str]:
         """A web page needs no publisher; its tracks are those of any mix."""
-        kinds = mixed_kinds(req.recordtype, req.mixconfig)
-        if not kinds:
-            raise RecordingError(
-                f"recordtype {req.recordtype} asks for a track that mixconfig.output.streamtype "
-                f"{req.mixconfig.output.streamtype} does not have", 4004)
-        return kinds
+        return _mixed_tracks(req)
 
     def _mixed_start_checks(
         self, appid: int, req: Any, remote_rooms: frozenset[str],
@@ -131,12 +126,7 @@ class RecordingService:
         rooms = start_rooms(req)
         if not any(self.hub.is_publishing(appid, room) or room in remote_rooms for room in rooms):
             raise not_publishing(rooms)
-        kinds = mixed_kinds(req.recordtype, req.mixconfig)
-        if not kinds:
-            raise RecordingError(
-                f"recordtype {req.recordtype} asks for a track that mixconfig.output.streamtype "
-                f"{req.mixconfig.output.streamtype} does not have", 4004)
-        return kinds
+        return _mixed_tracks(req)
 
     async def stop(self, appid: int, req: Any) -> str:
         task = self.stored.active_task(appid, req.roomid, req.recordid, req.resid)
@@ -408,3 +398,13 @@ def task_mixconfig(task: Task) -> MixConfig:
         if "input_list" in data:  # the request was stored by field name
             data["input"] = data.pop("input_list")
     return MixConfig.model_validate_json(json.dumps(data))
+
+
+def _mixed_tracks(req: Any) -> frozenset[str]:
+    """The tracks a mixed start records; 4004 when recordtype asks for one the output lacks."""
+    kinds = mixed_kinds(req.recordtype, req.mixconfig)
+    if not kinds:
+        raise RecordingError(
+            f"recordtype {req.recordtype} asks for a track that mixconfig.output.streamtype "
+            f"{req.mixconfig.output.streamtype} does not have", 4004)
+    return kinds
