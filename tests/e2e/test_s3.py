@@ -317,9 +317,11 @@ async def test_pending_uploads_survive_a_restart_of_cloudrec(moto: Moto, tmp_pat
                 await query_until(first.call, "rsroom", recordid,
                                   lambda a: a["data"]["segments"] >= 1, what="a segment stored")
                 moto.stop()
+                # one segment stored and at least two more closed while the store is down
+                # (pending: those segments, and the playlist that lists them)
                 await query_until(first.call, "rsroom", recordid,
-                                  lambda a: a["data"]["pendingfiles"] >= 2,
-                                  what="two files pending")
+                                  lambda a: a["data"]["pendingfiles"] >= 3,
+                                  what="three files pending")
                 t1 = time.monotonic()  # stoprecord then waits stop_timeout_s for the store
                 stopped = await stop(first, "rsroom", resid, recordid)
             finally:
