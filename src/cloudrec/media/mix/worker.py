@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudrec.lifelines import die_with_parent
 from cloudrec.media.hls import SegmentInfo
 from cloudrec.media.mix.recorder import MixedHlsRecorder
 from cloudrec.media.push.fanout import PushFanout
@@ -341,6 +342,7 @@ def child_main(fd: int) -> int:
     the server's receive path run first: packets not read in time are lost for every recording
     of the worker, while a late mix only skips output frames (it keeps real time)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()  # a killed worker's mix must not write on beside its restart
     try:
         os.nice(MIX_NICE)
     except OSError:

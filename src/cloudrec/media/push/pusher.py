@@ -39,6 +39,7 @@ from typing import IO, Any
 
 import av
 
+from cloudrec.lifelines import die_with_parent
 from cloudrec.media.codecs import h264
 from cloudrec.media.push.srt import PAYLOAD, SrtWriter
 
@@ -142,21 +143,9 @@ def _read(stream: IO[bytes], size: int) -> bytes | None:
     return data if data is not None and len(data) == size else None
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies (a mix process that was killed). EOF on
-    stdin would end it too, but not while FFmpeg waits on the network with the GIL held."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it (EOF, or a kill)
-    _die_with_parent()
+    die_with_parent()
     stdin, stdout = sys.stdin.buffer, sys.stdout
     pusher: Pusher | None = None
     try:

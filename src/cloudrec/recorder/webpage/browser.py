@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -45,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from cloudrec.lifelines import die_with_parent
+
 from .cdp import Cdp, CdpClosed, CdpError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 CHROMIUM = os.environ.get("CLOUDREC_CHROMIUM", "chromium")
 LAUNCH_TIMEOUT_S = 20.0
 LOAD_TIMEOUT_S = 15.0
-PR_SET_PDEATHSIG = 1
 JPEG_QUALITY = 80
 
 TAP_SCRIPT = r"""
@@ -169,7 +169,7 @@ class BrowserPage:
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True, preexec_fn=die_with_parent)
         port_file = os.path.join(self._profile, "DevToolsActivePort")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LAUNCH_TIMEOUT_S
@@ -318,14 +318,6 @@ class BrowserPage:
             await asyncio.get_running_loop().run_in_executor(None, self.process.wait)
         if self._profile:
             shutil.rmtree(self._profile, ignore_errors=True)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the worker that started it dies, even by
-    SIGKILL (Linux ``PR_SET_PDEATHSIG``), so that no browser outlives its worker."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _children(pid: int) -> list[int]:
