@@ -88,6 +88,8 @@ def _sample(pid: int) -> dict[str, Any] | None:
     except OSError:
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if "VmRSS" not in fields:  # a process that is exiting (a zombie) has no memory left
+        return None
     return {"pid": pid, "cmd": cmd, "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
             "threads": int(fields["Threads"]), "fds": fds}
 
