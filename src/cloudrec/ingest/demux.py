@@ -9,6 +9,8 @@ calls ``deliver`` per frame:
 - H.264 leaves as Annex B access units with SPS/PPS in front of every keyframe, 90 kHz;
 - AAC as one ADTS frame (the header added from the AudioSpecificConfig where the container
   has none), in its sample rate;
+- H.265 as Annex B too: length-prefixed packets (MP4, FLV, RTMP) re-framed, the VPS/SPS/PPS of
+  their hvcC record in front of every keyframe (a decoder has no other way to them);
 - other codecs under their name (FFmpeg's, ``hevc`` as ``h265``, G.711 as ``pcma``/``pcmu``)
   with the packet as the container carried it, video in 90 kHz, audio in its sample rate.
 
@@ -25,7 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..media.codecs.aac import parse_adts, parse_asc
-from ..media.codecs.h264 import access_unit, parse_avc_config, split_annexb, split_avcc
+from ..media.codecs.h264 import (
+    access_unit,
+    join_annexb,
+    parse_avc_config,
+    split_annexb,
+    split_avcc,
+)
 from ..mediatypes import EncodedFrame
 from .base import Timeline
 
@@ -120,6 +128,11 @@ def packet_frame(packet: Any, timeline: Timeline, params: dict[int, tuple[bytes,
             annexb, length = params[stream.index]
             nals = split_avcc(data, length) if length else split_annexb(data)
             data, keyframe = access_unit(nals, keyframe, annexb)
+        elif name == "h265" and ctx.extradata and ctx.extradata[0] == 1:  # hvcC, not Annex B
+            if stream.index not in params:
+                params[stream.index] = _hvcc_params(ctx.extradata)
+            annexb, length = params[stream.index]
+            data = (annexb if keyframe else b"") + join_annexb(split_avcc(data, length))
     else:
         keyframe = True
         rate = getattr(ctx, "sample_rate", 0) or audio_rate
@@ -138,6 +151,24 @@ def _annexb_params(extradata: bytes | None) -> tuple[bytes, int]:
         config = parse_avc_config(extradata)
         return config.annexb, config.length_size
     return extradata, 0
+
+
+def _hvcc_params(record: bytes) -> tuple[bytes, int]:
+    """The Annex B VPS/SPS/PPS of an HEVCDecoderConfigurationRecord, and its NAL length size;
+    ValueError when malformed."""
+    if len(record) < 23:
+        raise ValueError("HEVCDecoderConfigurationRecord truncated")
+    length_size, pos, nals = (record[21] & 3) + 1, 23, []
+    for _ in range(record[22]):
+        count, pos = int.from_bytes(record[pos + 1:pos + 3], "big"), pos + 3
+        for _ in range(count):
+            size = int.from_bytes(record[pos:pos + 2], "big")
+            nal = record[pos + 2:pos + 2 + size]
+            if len(nal) != size or size == 0:
+                raise ValueError("HEVCDecoderConfigurationRecord truncated")
+            nals.append(nal)
+            pos += 2 + size
+    return join_annexb(nals), length_size
 
 
 def _adts(data: bytes, extradata: bytes | None, rate: int) -> tuple[bytes, int]:
