@@ -13,10 +13,11 @@ turns each packet into what :meth:`~cloudrec.rooms.publication.Publication.write
   counted from the source's first packet, one origin for both kinds.
 
 A stream that appears midway (an MPEG-TS programme switching codecs on new PIDs) ends the
-connection with a ValueError that says so. Open and read have short timeouts (a stalled source is noticed within ``read_timeout_s``),
-RTSP runs over TCP, and a source that is a file (an MP4 or a VOD playlist over HTTP) is read
-at its own pace, never faster than real time. The thread hands frames to the event loop with
-at most :data:`MAX_QUEUED` in flight, so a slow loop slows the reader instead of growing memory.
+connection with a ValueError that says so. Open and read have short timeouts (a stalled
+source is noticed within ``read_timeout_s``), RTSP runs over TCP, and a source that is a file
+(an MP4 or a VOD playlist over HTTP) is read at its own pace, never faster than real time.
+The thread hands frames to the event loop with at most :data:`MAX_QUEUED` in flight, so a slow
+loop slows the reader instead of growing memory.
 """
 
 from __future__ import annotations
