@@ -9,8 +9,9 @@ calls ``deliver`` per frame:
 - H.264 leaves as Annex B access units with SPS/PPS in front of every keyframe, 90 kHz;
 - AAC as one ADTS frame (the header added from the AudioSpecificConfig where the container
   has none), in its sample rate;
-- H.265 as Annex B too: length-prefixed packets (MP4, FLV, RTMP) re-framed, the VPS/SPS/PPS of
-  their hvcC record in front of every keyframe (a decoder has no other way to them);
+- other video with the headers its container carries once in front of every keyframe (a
+  decoder has no other way to them): H.265's VPS/SPS/PPS (length-prefixed packets of MP4, FLV,
+  RTMP re-framed as Annex B from their hvcC record; from RTSP's SDP), MPEG-4's VOL;
 - other codecs under their name (FFmpeg's, ``hevc`` as ``h265``, G.711 as ``pcma``/``pcmu``)
   with the packet as the container carried it, video in 90 kHz, audio in its sample rate.
 
@@ -128,11 +129,14 @@ def packet_frame(packet: Any, timeline: Timeline, params: dict[int, tuple[bytes,
             annexb, length = params[stream.index]
             nals = split_avcc(data, length) if length else split_annexb(data)
             data, keyframe = access_unit(nals, keyframe, annexb)
-        elif name == "h265" and ctx.extradata and ctx.extradata[0] == 1:  # hvcC, not Annex B
+        elif ctx.extradata:  # headers the container carries once, which a decoder needs
             if stream.index not in params:
-                params[stream.index] = _hvcc_params(ctx.extradata)
-            annexb, length = params[stream.index]
-            data = (annexb if keyframe else b"") + join_annexb(split_avcc(data, length))
+                params[stream.index] = _stream_headers(name, ctx.extradata)
+            headers, length = params[stream.index]
+            if length:
+                data = join_annexb(split_avcc(data, length))
+            if keyframe and headers:
+                data = headers + data
     else:
         keyframe = True
         rate = getattr(ctx, "sample_rate", 0) or audio_rate
@@ -151,6 +155,18 @@ def _annexb_params(extradata: bytes | None) -> tuple[bytes, int]:
         config = parse_avc_config(extradata)
         return config.annexb, config.length_size
     return extradata, 0
+
+
+def _stream_headers(name: str, extradata: bytes) -> tuple[bytes, int]:
+    """The headers of a video stream other than H.264, in its bitstream's own form, to put in
+    front of key frames (H.265's VPS/SPS/PPS, MPEG-4's VOL), and the NAL length size of
+    length-prefixed H.265 packets (0: Annex B already, or not H.265); none for extradata that is
+    not part of the bitstream (VPx, AV1)."""
+    if name == "h265" and extradata[0] == 1:
+        return _hvcc_params(extradata)
+    if extradata.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
+        return bytes(extradata), 0
+    return b"", 0
 
 
 def _hvcc_params(record: bytes) -> tuple[bytes, int]:
