@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import subprocess
 from pathlib import Path
 
@@ -99,7 +99,7 @@ async def test_garbage_and_a_codec_switch_are_reported_and_the_worker_goes_on(
         node: Server, tmp_path: Path) -> None:  # noqa: F811
     media = tmp_path / "media"
     media.mkdir()
-    (media / "garbage.ts").write_bytes(os.urandom(512 * 1024))
+    (media / "garbage.ts").write_bytes(random.Random(7).randbytes(512 * 1024))
     first = make_clip(tmp_path / "h264.ts", seconds=3, fmt="mpegts")
     second = make_hevc(tmp_path / "h265.ts", seconds=3, fmt="mpegts",
                        mpegts_start_pid="0x200", mpegts_pmt_start_pid="0x1100")
