@@ -2,9 +2,9 @@
 
 - ``rtmp://``: FFmpeg serving one RTMP client (``-listen 1``) with an H.264 + AAC clip in a loop;
 - H.265: an HEVC + AAC MP4 over HTTP, recorded as H.264 (transcoded) + AAC;
-- bad sources: random bytes over HTTP, and an MPEG-TS whose programme switches from H.264 to
-  H.265 on new PIDs midway. The ingress says ``retrying`` with the reason, and the worker goes
-  on: another ingress on it becomes active.
+- bad sources: random bytes over HTTP, and MPEG-TS whose video switches from H.264 to H.265
+  midway, on new PIDs or on the same one. The ingress says ``retrying`` with the reason, and
+  the worker goes on: another ingress on it becomes active.
 """
 
 from __future__ import annotations
@@ -104,18 +104,25 @@ async def test_garbage_and_a_codec_switch_are_reported_and_the_worker_goes_on(
     second = make_hevc(tmp_path / "h265.ts", seconds=3, fmt="mpegts",
                        mpegts_start_pid="0x200", mpegts_pmt_start_pid="0x1100")
     (media / "switch.ts").write_bytes(first.read_bytes() + second.read_bytes())
+    same_pid = make_hevc(tmp_path / "h265-same-pid.ts", seconds=3, fmt="mpegts")
+    (media / "same-pid.ts").write_bytes(first.read_bytes() + same_pid.read_bytes())
     make_clip(media / "good.mp4", seconds=20)
     with http_files(media) as base:
         garbage = await ingress(node, "POST", body={"roomid": "bad", "uid": "noise",
                                                    "url": f"{base}/garbage.ts"})
         switch = await ingress(node, "POST", body={"roomid": "bad", "uid": "switch",
                                                   "url": f"{base}/switch.ts"})
-        assert garbage["code"] == 0 and switch["code"] == 0, (garbage, switch)
+        same = await ingress(node, "POST", body={"roomid": "bad", "uid": "same",
+                                                "url": f"{base}/same-pid.ts"})
+        assert garbage["code"] == switch["code"] == same["code"] == 0, (garbage, switch, same)
         data = await wait_state(node, garbage["ingressid"], {"retrying", "error"})
         assert data["error"] and data["publishers"] == [], data
         await wait_state(node, switch["ingressid"], {"active"})
         data = await wait_state(node, switch["ingressid"], {"retrying", "error"})
         assert "streams changed midway" in data["error"], data
+        await wait_state(node, same["ingressid"], {"active"})
+        data = await wait_state(node, same["ingressid"], {"retrying", "error"})
+        assert "changed its codec midway" in data["error"], data
 
         good = await ingress(node, "POST", body={"roomid": "good", "uid": "cam",
                                                 "url": f"{base}/good.mp4"})
@@ -126,6 +133,6 @@ async def test_garbage_and_a_codec_switch_are_reported_and_the_worker_goes_on(
         await stop(node, "good", recordid)
         health = (await node.client.get(f"{node.base}/healthz")).json()
         assert health["ok"] and health["workers"], health
-        for created in (garbage, switch, good):
+        for created in (garbage, switch, same, good):
             assert (await ingress(node, "DELETE", f"/{created['ingressid']}"))["code"] == 0
     check_recording(playlist, 2.0)

@@ -1,6 +1,7 @@
 """packet_frame on video whose container keeps the headers apart (MP4: H.265's hvcC record with
 length-prefixed packets, MPEG-4 Part 2's VOL in the extradata): its frames carry them in front of
-key frames, so the normalizer's decoder reads every picture and H.264 comes out.
+key frames, so the normalizer's decoder reads every picture and H.264 comes out. An MPEG-TS
+whose H.264 turns into H.265 on the same PID (FFmpeg's demuxer still says H.264) raises.
 
 Inputs are made with PyAV's encoders and muxers in memory; the H.264 out is decoded again."""
 
@@ -20,10 +21,11 @@ from cloudrec.media.normalize import PublicationNormalizer
 W, H, FPS, FRAMES = 160, 120, 15, 30
 
 
-def mp4_of(encoder: str) -> bytes:
-    """An MP4 holding ``FRAMES`` pictures encoded by ``encoder``, a key frame every second."""
+def mp4_of(encoder: str, fmt: str = "mp4") -> bytes:
+    """An MP4 (or ``fmt``) holding ``FRAMES`` pictures encoded by ``encoder``, a key frame every
+    second."""
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
+    with av.open(buf, "w", format=fmt) as out:
         stream = out.add_stream(encoder, rate=FPS)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.codec_context.gop_size = FPS
@@ -63,3 +65,16 @@ def test_headers_kept_apart_by_the_container_reach_the_decoder(encoder: str, cod
     pictures = [p for o in out for p in decoder.decode(av.Packet(o.data))] + decoder.decode(None)
     assert len(pictures) == FRAMES
     assert {(p.width, p.height) for p in pictures} == {(W, H)}
+
+
+def test_h264_turning_into_h265_on_the_same_pid_raises() -> None:
+    stream = mp4_of("libx264", "mpegts") + mp4_of("libx265", "mpegts")
+    timeline, params, frames = Timeline(90000), dict[int, tuple[bytes, int]](), []
+    with av.open(io.BytesIO(stream), format="mpegts") as container:
+        with pytest.raises(ValueError, match="changed its codec midway"):
+            for packet in container.demux(video=0):
+                assert packet.stream.codec_context.name == "h264"  # as FFmpeg still says
+                frame = packet_frame(packet, timeline, params, 1)
+                if frame is not None:
+                    frames.append(frame)
+    assert FRAMES - 1 <= len(frames) <= FRAMES + 1  # the H.264 part

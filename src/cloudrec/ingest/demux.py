@@ -6,7 +6,10 @@ thread that demuxes them: bounded (the loop waits while it holds :data:`FEED_LIM
 ``read`` returns ``b""`` once the loop closed it. :func:`demux_frames` runs in that thread and
 calls ``deliver`` per frame:
 
-- H.264 leaves as Annex B access units with SPS/PPS in front of every keyframe, 90 kHz;
+- H.264 leaves as Annex B access units with SPS/PPS in front of every keyframe, 90 kHz; an
+  access unit of NAL units H.264 has no use for (type 0: H.265's VPS and TRAIL_N as H.264
+  reads them) and no slice raises ValueError, as a source that switched to H.265 on the same
+  PID sends (FFmpeg's demuxer keeps calling it H.264);
 - AAC as one ADTS frame (the header added from the AudioSpecificConfig where the container
   has none), in its sample rate;
 - other video with the headers its container carries once in front of every keyframe (a
@@ -128,6 +131,10 @@ def packet_frame(packet: Any, timeline: Timeline, params: dict[int, tuple[bytes,
                 params[stream.index] = _annexb_params(ctx.extradata)
             annexb, length = params[stream.index]
             nals = split_avcc(data, length) if length else split_annexb(data)
+            types = {nal[0] & 0x1F for nal in nals}
+            if 0 in types and not types & {1, 5}:  # H.265's VPS or TRAIL_N, never H.264's
+                raise ValueError("the video is not H.264 any more: the source changed its "
+                                 "codec midway")
             data, keyframe = access_unit(nals, keyframe, annexb)
         elif ctx.extradata:  # headers the container carries once, which a decoder needs
             if stream.index not in params:
