@@ -7,7 +7,8 @@
   publishers leave the room); a worker that is gone has nothing left to stop.
 - follow (every few seconds, on every front): an ingress whose owner is not a live worker (its
   node died, or it was never handed over) is claimed in the store, which one front wins, placed
-  with its room and started there. A worker that restarts resumes its own ingresses itself.
+  with its room and started there; a moved one is ``connecting`` (the reason names the gone
+  worker) until its new worker reports it. A worker that restarts resumes its own ingresses itself.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class IngressFront:
         owner = await self.front._place(ingress.appid, ingress.roomid)
         if not self.store.claim(ingress.ingressid, owner.id, ingress.owner):
             return False  # another front took it, or it was deleted
+        if ingress.owner is not None:  # what the dead worker last stored is stale
+            self.store.set_state(ingress.ingressid, "connecting",
+                                 f"its worker {ingress.owner} is gone; moved to {owner.id}",
+                                 reconnect=True)
         await self.front.client_for(owner).ingress_start(ingress.spec())
         return True
 

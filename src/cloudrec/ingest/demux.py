@@ -6,9 +6,15 @@ thread that demuxes them: bounded (the loop waits while it holds :data:`FEED_LIM
 ``read`` returns ``b""`` once the loop closed it. :func:`demux_frames` runs in that thread and
 calls ``deliver`` per frame:
 
-- H.264 leaves as Annex B access units with SPS/PPS in front of every keyframe, 90 kHz;
+- H.264 leaves as Annex B access units with SPS/PPS in front of every keyframe, 90 kHz; an
+  access unit of NAL units H.264 has no use for (type 0: H.265's VPS and TRAIL_N as H.264
+  reads them) and no slice raises ValueError, as a source that switched to H.265 on the same
+  PID sends (FFmpeg's demuxer keeps calling it H.264);
 - AAC as one ADTS frame (the header added from the AudioSpecificConfig where the container
   has none), in its sample rate;
+- other video with the headers its container carries once in front of every keyframe (a
+  decoder has no other way to them): H.265's VPS/SPS/PPS (length-prefixed packets of MP4, FLV,
+  RTMP re-framed as Annex B from their hvcC record; from RTSP's SDP), MPEG-4's VOL;
 - other codecs under their name (FFmpeg's, ``hevc`` as ``h265``, G.711 as ``pcma``/``pcmu``)
   with the packet as the container carried it, video in 90 kHz, audio in its sample rate.
 
@@ -25,7 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..media.codecs.aac import parse_adts, parse_asc
-from ..media.codecs.h264 import access_unit, parse_avc_config, split_annexb, split_avcc
+from ..media.codecs.h264 import (
+    access_unit,
+    join_annexb,
+    parse_avc_config,
+    split_annexb,
+    split_avcc,
+)
 from ..mediatypes import EncodedFrame
 from .base import Timeline
 
@@ -119,7 +131,19 @@ def packet_frame(packet: Any, timeline: Timeline, params: dict[int, tuple[bytes,
                 params[stream.index] = _annexb_params(ctx.extradata)
             annexb, length = params[stream.index]
             nals = split_avcc(data, length) if length else split_annexb(data)
+            types = {nal[0] & 0x1F for nal in nals}
+            if 0 in types and not types & {1, 5}:  # H.265's VPS or TRAIL_N, never H.264's
+                raise ValueError("the video is not H.264 any more: the source changed its "
+                                 "codec midway")
             data, keyframe = access_unit(nals, keyframe, annexb)
+        elif ctx.extradata:  # headers the container carries once, which a decoder needs
+            if stream.index not in params:
+                params[stream.index] = _stream_headers(name, ctx.extradata)
+            headers, length = params[stream.index]
+            if length:
+                data = join_annexb(split_avcc(data, length))
+            if keyframe and headers:
+                data = headers + data
     else:
         keyframe = True
         rate = getattr(ctx, "sample_rate", 0) or audio_rate
@@ -138,6 +162,36 @@ def _annexb_params(extradata: bytes | None) -> tuple[bytes, int]:
         config = parse_avc_config(extradata)
         return config.annexb, config.length_size
     return extradata, 0
+
+
+def _stream_headers(name: str, extradata: bytes) -> tuple[bytes, int]:
+    """The headers of a video stream other than H.264, in its bitstream's own form, to put in
+    front of key frames (H.265's VPS/SPS/PPS, MPEG-4's VOL), and the NAL length size of
+    length-prefixed H.265 packets (0: Annex B already, or not H.265); none for extradata that is
+    not part of the bitstream (VPx, AV1)."""
+    if name == "h265" and extradata[0] == 1:
+        return _hvcc_params(extradata)
+    if extradata.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
+        return bytes(extradata), 0
+    return b"", 0
+
+
+def _hvcc_params(record: bytes) -> tuple[bytes, int]:
+    """The Annex B VPS/SPS/PPS of an HEVCDecoderConfigurationRecord, and its NAL length size;
+    ValueError when malformed."""
+    if len(record) < 23:
+        raise ValueError("HEVCDecoderConfigurationRecord truncated")
+    length_size, pos, nals = (record[21] & 3) + 1, 23, []
+    for _ in range(record[22]):
+        count, pos = int.from_bytes(record[pos + 1:pos + 3], "big"), pos + 3
+        for _ in range(count):
+            size = int.from_bytes(record[pos:pos + 2], "big")
+            nal = record[pos + 2:pos + 2 + size]
+            if len(nal) != size or size == 0:
+                raise ValueError("HEVCDecoderConfigurationRecord truncated")
+            nals.append(nal)
+            pos += 2 + size
+    return join_annexb(nals), length_size
 
 
 def _adts(data: bytes, extradata: bytes | None, rate: int) -> tuple[bytes, int]:

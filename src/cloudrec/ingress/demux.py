@@ -12,10 +12,12 @@ turns each packet into what :meth:`~cloudrec.rooms.publication.Publication.write
 - timestamps as integers in the codec's clock (90 kHz for video, the sample rate for audio),
   counted from the source's first packet, one origin for both kinds.
 
-Open and read have short timeouts (a stalled source is noticed within ``read_timeout_s``),
-RTSP runs over TCP, and a source that is a file (an MP4 or a VOD playlist over HTTP) is read
-at its own pace, never faster than real time. The thread hands frames to the event loop with
-at most :data:`MAX_QUEUED` in flight, so a slow loop slows the reader instead of growing memory.
+A stream that appears midway (an MPEG-TS programme switching codecs on new PIDs) ends the
+connection with a ValueError that says so. Open and read have short timeouts (a stalled
+source is noticed within ``read_timeout_s``), RTSP runs over TCP, and a source that is a file
+(an MP4 or a VOD playlist over HTTP) is read at its own pace, never faster than real time.
+The thread hands frames to the event loop with at most :data:`MAX_QUEUED` in flight, so a slow
+loop slows the reader instead of growing memory.
 """
 
 from __future__ import annotations
@@ -66,6 +68,22 @@ class _Stop(Exception):
     pass
 
 
+def _packets(container: Any, streams: list[Any]) -> Any:
+    """``container.demux(*streams)``; a stream that appears midway (a programme that changes
+    its codecs on new PIDs) ends it with a ValueError that says so, where PyAV would raise an
+    IndexError."""
+    packets = container.demux(*streams)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except IndexError:
+            raise ValueError("the source's streams changed midway: a stream appeared that "
+                             "was not there when it opened") from None
+        yield packet
+
+
 class _Reader:
     """The thread's side: demux, re-frame, normalise, pace, hand over."""
 
@@ -114,7 +132,7 @@ class _Reader:
         timeline = Timeline(90000)
         params: dict[int, tuple[bytes, int]] = {}
         began: float | None = None
-        for packet in container.demux(*streams):
+        for packet in _packets(container, streams):
             if self.stop.is_set():
                 return "stopped"
             frame = packet_frame(packet, timeline, params, 0, names=CODEC_NAMES,
