@@ -63,17 +63,28 @@ osc.connect(gain); gain.connect(ctx.destination); osc.start(); lfo.start();
 
 
 def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: the children of each of a process's threads (chromium
+    starts its children from a launcher thread)."""
     found, todo = [pid], [pid]
     while todo:
         parent = todo.pop()
-        try:
-            kids = [int(k) for k in Path(f"/proc/{parent}/task/{parent}/children").read_text()
-                    .split()]
-        except OSError:
-            continue
+        kids = []
+        for task in _listdir(f"/proc/{parent}/task"):
+            try:
+                kids += [int(k) for k in
+                         Path(f"/proc/{parent}/task/{task}/children").read_text().split()]
+            except OSError:
+                continue
         found += kids
         todo += kids
     return found
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def tree_cpu(pids: list[int]) -> dict[int, float]:
@@ -231,7 +242,7 @@ def print_processes(pids: list[int]) -> None:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        kind = next((w for w in cmd.split() if w.startswith("--type=")), "")
+        kind = " ".join(w for w in cmd.split() if w.startswith(("--type=", "--utility-sub")))
         print(f"  {pid:>7} PSS {pss:6.1f} RSS {rss:6.1f}  {cmd.split()[0][-30:]} {kind}")
 
 
