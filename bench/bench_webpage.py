@@ -4,14 +4,17 @@ a virtual display (Xvfb), measured in the same run.
 
 cloudrec: one server (``workers = 1``) records the page (its headless chromium, the page's
 H.264/Opus encoding, the mix process). Cores: the CPU of the server's whole process tree while
-recording, less the same tree idle just before. Memory: the peak over the run of the tree's
-PSS (each shared page counted once, shared among the processes that map it) above the idle
-server's, and the browser's tree alone.
+recording, less the same tree idle just before. Memory, sampled every 0.5 s: the peak over the
+run of the tree's PSS (each shared page counted once, shared among the processes that map it)
+above the idle server's, the figure held against the goal; the tree's summed RSS (a page
+shared by N processes counted N times: the browser's binary and libraries, so it overstates
+the tree), and both for the browser's tree and for the rest (the worker and the mix process).
+``BENCH_VERBOSE=1`` prints each process's PSS and RSS at the end of the run.
 
 Reference: Xvfb at 1280x720, chromium showing the page in kiosk mode on it, and
 ``ffmpeg -f x11grab -framerate 15 -c:v libx264 -preset veryfast -tune zerolatency`` writing a
 file; cores of Xvfb + the browser tree + ffmpeg. It records no sound (that needs PulseAudio).
-Goal: at most 1 core and 400 MB for cloudrec at 720p15.
+Goal: at most 1 core and 400 MB (PSS above the idle server) for cloudrec at 720p15.
 """
 
 from __future__ import annotations
