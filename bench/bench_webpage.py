@@ -4,14 +4,17 @@ a virtual display (Xvfb), measured in the same run.
 
 cloudrec: one server (``workers = 1``) records the page (its headless chromium, the page's
 H.264/Opus encoding, the mix process). Cores: the CPU of the server's whole process tree while
-recording, less the same tree idle just before. Memory: the peak over the run of the tree's
-PSS (each shared page counted once, shared among the processes that map it) above the idle
-server's, and the browser's tree alone.
+recording, less the same tree idle just before. Memory, sampled every 0.5 s: the peak over the
+run of the tree's PSS (each shared page counted once, shared among the processes that map it)
+above the idle server's, the figure held against the goal; the tree's summed RSS (a page
+shared by N processes counted N times: the browser's binary and libraries, so it overstates
+the tree), and both for the browser's tree and for the rest (the worker and the mix process).
+``BENCH_VERBOSE=1`` prints each process's PSS and RSS at the end of the run.
 
 Reference: Xvfb at 1280x720, chromium showing the page in kiosk mode on it, and
 ``ffmpeg -f x11grab -framerate 15 -c:v libx264 -preset veryfast -tune zerolatency`` writing a
 file; cores of Xvfb + the browser tree + ffmpeg. It records no sound (that needs PulseAudio).
-Goal: at most 1 core and 400 MB for cloudrec at 720p15.
+Goal: at most 1 core and 400 MB (PSS above the idle server) for cloudrec at 720p15.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,17 +66,28 @@ osc.connect(gain); gain.connect(ctx.destination); osc.start(); lfo.start();
 
 
 def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: the children of each of a process's threads (chromium
+    starts its children from a launcher thread)."""
     found, todo = [pid], [pid]
     while todo:
         parent = todo.pop()
-        try:
-            kids = [int(k) for k in Path(f"/proc/{parent}/task/{parent}/children").read_text()
-                    .split()]
-        except OSError:
-            continue
+        kids = []
+        for task in _listdir(f"/proc/{parent}/task"):
+            try:
+                kids += [int(k) for k in
+                         Path(f"/proc/{parent}/task/{task}/children").read_text().split()]
+            except OSError:
+                continue
         found += kids
         todo += kids
     return found
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def tree_cpu(pids: list[int]) -> dict[int, float]:
@@ -84,32 +100,57 @@ def tree_cpu(pids: list[int]) -> dict[int, float]:
     return out
 
 
-def pss_mb(pids: list[int]) -> float:
-    total = 0
+def memory_mb(pids: list[int]) -> tuple[float, float]:
+    """The processes' summed PSS and summed RSS (MB), from ``/proc/PID/smaps_rollup``."""
+    pss = rss = 0
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+                    pss += int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss += int(line.split()[1])
         except OSError:
             pass
-    return total / 1024
+    return pss / 1024, rss / 1024
 
 
-def measure_tree(roots: list[int], seconds: float, browser_of=None) -> tuple[float, float, float]:
-    """Cores of the roots' trees over ``seconds``, their peak PSS (MB), and the peak PSS of
-    the browser's tree (``browser_of()``: its root pids), sampled every 0.5 s."""
+@dataclass
+class Peaks:
+    """Peak memory (MB) over a run, sampled every 0.5 s: the whole tree's PSS and summed RSS,
+    the browser's tree's, and the rest of the tree's (the worker and its mix process)."""
+
+    pss: float = 0.0
+    rss: float = 0.0
+    browser_pss: float = 0.0
+    browser_rss: float = 0.0
+    rest_pss: float = 0.0
+    rest_rss: float = 0.0
+
+    def sample(self, pids: list[int], browser: set[int]) -> None:
+        pss, rss = memory_mb(pids)
+        bpss, brss = memory_mb([p for p in pids if p in browser])
+        rpss, rrss = memory_mb([p for p in pids if p not in browser])
+        self.pss, self.rss = max(self.pss, pss), max(self.rss, rss)
+        self.browser_pss, self.browser_rss = max(self.browser_pss, bpss), max(self.browser_rss,
+                                                                              brss)
+        self.rest_pss, self.rest_rss = max(self.rest_pss, rpss), max(self.rest_rss, rrss)
+
+
+def measure_tree(roots: list[int], seconds: float,
+                 browser_of: Callable[[], list[int]] | None = None) -> tuple[float, Peaks]:
+    """Cores of the roots' trees over ``seconds`` and their peak memory; ``browser_of()``:
+    the browser's root pids, whose trees are also counted apart."""
     pids = [p for r in roots for p in tree(r)]
     c0, t0 = tree_cpu(pids), time.monotonic()
-    peak = peak_browser = 0.0
+    peaks = Peaks()
     while time.monotonic() - t0 < seconds:
-        peak = max(peak, pss_mb([p for r in roots for p in tree(r)]))
-        if browser_of is not None:
-            peak_browser = max(peak_browser, pss_mb([p for r in browser_of() for p in tree(r)]))
+        browser = set() if browser_of is None else {p for r in browser_of() for p in tree(r)}
+        peaks.sample([p for r in roots for p in tree(r)], browser)
         time.sleep(0.5)
     c1, elapsed = tree_cpu(pids), time.monotonic() - t0
     used = sum(c1[p] - c0[p] for p in c1 if p in c0)
-    return used / elapsed, peak, peak_browser
+    return used / elapsed, peaks
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -145,10 +186,29 @@ def _exe(pid: int) -> str:
         return ""
 
 
-def bench_cloudrec(work: Path, url: str) -> tuple[float, float, float, float]:
-    server = start_server(work / "server", quiet=True, allow_private_urls=True)
+@dataclass
+class CloudrecRun:
+    cores: float  # the server's tree, less the idle server
+    browser_cores: float
+    idle: Peaks  # the idle server, before the recording
+    peaks: Peaks  # while recording
+
+    @property
+    def added_pss(self) -> float:
+        """The figure held against the goal: what the recording adds to the server's
+        memory, PSS (pages shared by the browser's processes counted once in all)."""
+        return self.peaks.pss - self.idle.pss
+
+    @property
+    def added_rss(self) -> float:
+        return self.peaks.rss - self.idle.rss
+
+
+def bench_cloudrec(work: Path, url: str) -> CloudrecRun:
+    # max_cpu: admission is not measured here; a loaded 2-core box would refuse the page
+    server = start_server(work / "server", quiet=True, allow_private_urls=True, max_cpu=4.0)
     try:
-        idle, idle_pss, _ = measure_tree([server.proc.pid], 3.0)
+        idle_cores, idle = measure_tree([server.proc.pid], 3.0)
         resid = httpx.post(server.api("applyrecord"), json={}, headers=HEADERS).json()["resid"]
         body = {"resid": resid, "appid": APPID, "roomid": "bench", "recordtype": 0,
                 "streamtype": 1,
@@ -163,19 +223,33 @@ def bench_cloudrec(work: Path, url: str) -> tuple[float, float, float, float]:
         time.sleep(WARMUP_S)
         browser_pids = [p for r in chromium_roots(server.proc.pid) for p in tree(r)]
         b0 = tree_cpu(browser_pids)
-        cores, peak, browser = measure_tree([server.proc.pid], MEASURE_S,
-                                            lambda: chromium_roots(server.proc.pid))
+        cores, peaks = measure_tree([server.proc.pid], MEASURE_S,
+                                    lambda: chromium_roots(server.proc.pid))
         b1 = tree_cpu(browser_pids)
         browser_cores = sum(b1[p] - b0[p] for p in b1 if p in b0) / MEASURE_S
+        if os.environ.get("BENCH_VERBOSE"):
+            print_processes(tree(server.proc.pid))
         stop = {k: body[k] for k in ("resid", "appid", "roomid")}
         httpx.post(server.api("stoprecord"), json={**stop, "recordid": answer["recordid"]},
                    headers=HEADERS, timeout=60)
-        return cores - idle, peak - idle_pss, browser, browser_cores
+        return CloudrecRun(cores - idle_cores, browser_cores, idle, peaks)
     finally:
         server.stop()
 
 
-def bench_x11grab(work: Path, url: str) -> tuple[float, float] | None:
+def print_processes(pids: list[int]) -> None:
+    """Each process's PSS, RSS and command (``BENCH_VERBOSE=1``)."""
+    for pid in pids:
+        pss, rss = memory_mb([pid])
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        kind = " ".join(w for w in cmd.split() if w.startswith(("--type=", "--utility-sub")))
+        print(f"  {pid:>7} PSS {pss:6.1f} RSS {rss:6.1f}  {cmd.split()[0][-30:]} {kind}")
+
+
+def bench_x11grab(work: Path, url: str) -> tuple[float, Peaks] | None:
     if shutil.which("Xvfb") is None or shutil.which("ffmpeg") is None:
         return None
     display = ":97"
@@ -196,8 +270,7 @@ def bench_x11grab(work: Path, url: str) -> tuple[float, float] | None:
          str(work / "x11grab.ts")], env=env, stdin=subprocess.DEVNULL)
     try:
         time.sleep(WARMUP_S)
-        cores, peak, _ = measure_tree([xvfb.pid, browser.pid, ffmpeg.pid], MEASURE_S)
-        return cores, peak
+        return measure_tree([xvfb.pid, browser.pid, ffmpeg.pid], MEASURE_S)
     finally:
         for proc in (ffmpeg, browser, xvfb):
             proc.terminate()
@@ -213,19 +286,25 @@ def run() -> list[str]:
         work = Path(tmp)
         (work / "site").mkdir()
         url = serve_page(work / "site")
-        cores, peak, browser, browser_cores = bench_cloudrec(work, url)
-        lines.append(f"web page 1280x720@15, cloudrec (headless chromium, screencast + audio "
-                     f"tap, mix): {cores:.2f} cores (the browser {browser_cores:.2f}), peak PSS "
-                     f"+{peak:.0f} MB over the idle server (the browser {browser:.0f} MB)")
+        r = bench_cloudrec(work, url)
+        p = r.peaks
+        lines.append(
+            f"web page 1280x720@15, cloudrec (headless chromium, screencast + audio tap, mix): "
+            f"{r.cores:.2f} cores (the browser {r.browser_cores:.2f}); peak memory over the "
+            f"idle server: PSS +{r.added_pss:.0f} MB (goal 400 MB), summed RSS "
+            f"+{r.added_rss:.0f} MB; the browser PSS {p.browser_pss:.0f} MB, summed RSS "
+            f"{p.browser_rss:.0f} MB; the worker and mix PSS +{p.rest_pss - r.idle.pss:.0f} "
+            f"MB, summed RSS +{p.rest_rss - r.idle.rss:.0f} MB")
         reference = bench_x11grab(work, url)
         if reference is None:
-            headline(f"web page 720p15: {cores:.2f} cores, +{peak:.0f} MB")
+            headline(f"web page 720p15: {r.cores:.2f} cores, PSS +{r.added_pss:.0f} MB")
             return lines
-        ref_cores, ref_peak = reference
+        ref_cores, ref = reference
         lines.append(f"web page 1280x720@15, Xvfb + chromium + ffmpeg x11grab/libx264 (no "
-                     f"sound): {ref_cores:.2f} cores, peak PSS {ref_peak:.0f} MB")
-        headline(f"web page 720p15: {cores:.2f} cores, +{peak:.0f} MB (x11grab reference "
-                 f"{ref_cores:.2f} cores, {ref_peak:.0f} MB, no sound)")
+                     f"sound): {ref_cores:.2f} cores, peak PSS {ref.pss:.0f} MB, summed RSS "
+                     f"{ref.rss:.0f} MB")
+        headline(f"web page 720p15: {r.cores:.2f} cores, PSS +{r.added_pss:.0f} MB (x11grab "
+                 f"reference {ref_cores:.2f} cores, PSS {ref.pss:.0f} MB, no sound)")
     return lines
 
 

@@ -4,7 +4,9 @@
 #   serve: fonts-noto-cjk (NotoSansCJK, the font of mixed recordings' text and timestamp
 #          watermarks, so Chinese renders; without it they fall back to Pillow's default font),
 #          libsrt1.5-gnutls (the SRT listener of push ingest binds it through ctypes),
-#          chromium (a web page recording, mixconfig.webpage, runs one headless chromium).
+#          chromium (a web page recording, mixconfig.webpage, runs one headless chromium),
+#          chromium-headless-shell where Debian has it (the same browser without its desktop UI,
+#          half the memory; web page recordings use it when it is installed).
 #   test:  also ffmpeg (ffprobe reads recordings independently of PyAV; the ffmpeg CLI is the
 #          benchmark reference and, in listen mode, the RTMP server and reader of the live-push
 #          test, tests/e2e/test_pause_push.py; PyAV wheels bundle their own FFmpeg, so the service does not need
@@ -29,6 +31,8 @@ else
   [ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
   compgen -G '/usr/lib/*/libsrt*.so.1.5*' >/dev/null || need+=(libsrt1.5-gnutls)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  [ -x /usr/lib/chromium/chromium-headless-shell ] || ! apt-cache show chromium-headless-shell \
+    >/dev/null 2>&1 || need+=(chromium-headless-shell)
   if [ "$purpose" != serve ]; then
     command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
     command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)

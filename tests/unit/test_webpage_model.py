@@ -7,6 +7,7 @@ import pytest
 from cloudrec.errors import InvalidParameter
 from cloudrec.models import StartRecordRequest
 from cloudrec.models.requests import parse_request
+from cloudrec.recorder.webpage import browser
 from cloudrec.recorder.webpage.browser import origin_of
 from cloudrec.recorder.webpage.recording import PAGE_UID, inner_mixconfig, page_room
 
@@ -66,3 +67,15 @@ def test_the_mix_of_a_page_is_one_full_canvas_input() -> None:
 def test_origins() -> None:
     assert origin_of("HTTPS://Board.Example.com:443/x?y") == "https://board.example.com"
     assert origin_of("http://127.0.0.1:8080/a") == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("binary", ["/usr/lib/chromium/chromium-headless-shell", "chromium"])
+def test_one_page_one_renderer(binary: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The headless shell is headless by itself; either browser runs one renderer, no site
+    isolation and no zygote, at the output's size."""
+    monkeypatch.setattr(browser, "CHROMIUM", binary)
+    args = browser.chromium_args("/tmp/profile", 1280, 720)
+    assert args[0] == binary and ("--headless=new" in args) == (binary == "chromium")
+    assert {"--renderer-process-limit=1", "--no-zygote", "--disable-site-isolation-trials",
+            "--user-data-dir=/tmp/profile", "--window-size=1280,720"} <= set(args)
+    assert "site-per-process" in next(a for a in args if a.startswith("--disable-features="))

@@ -23,8 +23,10 @@ screencast and the tap need no X server and no sound server: one browser process
 DevTools websocket per recording. The price is the screencast's JPEG readback and encoding.
 
 ``cloudrecStart()`` / ``cloudrecStop()`` are bindings too (``waitforsignal``). With
-``allow_origins``, main-frame navigations are paused (``Fetch`` domain) and only those to an
-allowed origin (or the origin of a URL the API asked for) go on. A crashed renderer
+``allow_origins`` or without ``allow_private_urls``, documents are paused (``Fetch`` domain):
+a main-frame navigation goes on only to an allowed origin (or the origin of a URL the API asked
+for), and, without ``allow_private_urls``, no document (page or frame) goes to a host that
+resolves to a private or local address; each refusal is a warning. A crashed renderer
 (``Inspector.targetCrashed``) or a closed DevTools connection ends :meth:`BrowserPage.run`;
 the caller starts a new browser.
 """
@@ -44,13 +46,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from cloudrec.fetch import PrivateAddress, resolve_checked
 from cloudrec.lifelines import die_with_parent
 
 from .cdp import Cdp, CdpClosed, CdpError
 
 log = logging.getLogger(__name__)
 
-CHROMIUM = os.environ.get("CLOUDREC_CHROMIUM", "chromium")
+#: Debian's ``chromium-headless-shell`` (the browser without its desktop UI, lighter by about
+#: half) when it is installed, else Debian's ``chromium`` in its headless mode. The binary,
+#: not the ``/usr/bin`` wrapper, which would stay between the worker and the browser.
+HEADLESS_SHELL = "/usr/lib/chromium/chromium-headless-shell"
+CHROMIUM = os.environ.get("CLOUDREC_CHROMIUM") or (
+    HEADLESS_SHELL if os.access(HEADLESS_SHELL, os.X_OK) else "chromium")
 LAUNCH_TIMEOUT_S = 20.0
 LOAD_TIMEOUT_S = 15.0
 JPEG_QUALITY = 80
@@ -116,6 +124,30 @@ TAP_SCRIPT = r"""
 """
 
 
+def chromium_args(profile: str, width: int, height: int) -> list[str]:
+    """The command line of one page's browser. One page per browser, so no site isolation and
+    one renderer; no zygote; the GPU thread (software compositing) and the network service in
+    the browser process. Three processes in all: the browser, the page's renderer and the
+    audio service (in the browser process, it delivered the page's sound slower than real
+    time on a loaded machine). A crashed renderer ends the browser's run all the same."""
+    headless = [] if CHROMIUM.endswith("headless-shell") else ["--headless=new"]
+    return [
+        CHROMIUM, *headless, "--no-sandbox", "--no-zygote", "--disable-gpu", "--in-process-gpu",
+        "--renderer-process-limit=1", "--disable-site-isolation-trials",
+        "--disable-features=IsolateOrigins,site-per-process,SpareRendererForSitePerProcess,"
+        "Translate,OptimizationHints,MediaRouter",
+        "--enable-features=NetworkServiceInProcess2",
+        "--disable-background-networking", "--disable-component-update", "--no-first-run",
+        "--disable-extensions", "--disable-sync", "--disk-cache-size=8388608",
+        "--no-default-browser-check", "--disable-dev-shm-usage", "--mute-audio",
+        "--autoplay-policy=no-user-gesture-required", "--hide-scrollbars",
+        "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+        "--disable-backgrounding-occluded-windows",
+        f"--user-data-dir={profile}", "--remote-debugging-port=0",
+        f"--window-size={width},{height}", "about:blank",
+    ]
+
+
 @dataclass(slots=True)
 class PageEvents:
     """What the page hands out, called on the loop."""
@@ -143,6 +175,7 @@ class BrowserPage:
     height: int
     events: PageEvents
     allow_origins: list[str] | None = None
+    allow_private: bool = True
     process: subprocess.Popen[bytes] | None = None
     cdp: Cdp | None = None
     session: str | None = None
@@ -153,20 +186,12 @@ class BrowserPage:
     _frames: int = 0
     _frame_id: str | None = None
     _allowed: set[str] = field(default_factory=set)
+    _asked: set[str] = field(default_factory=set)
     _loaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def launch(self) -> None:
         self._profile = tempfile.mkdtemp(prefix="cloudrec-page-")
-        args = [
-            CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
-            "--disable-background-networking", "--disable-component-update", "--no-first-run",
-            "--no-default-browser-check", "--disable-dev-shm-usage", "--mute-audio",
-            "--autoplay-policy=no-user-gesture-required", "--hide-scrollbars",
-            "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-            "--disable-backgrounding-occluded-windows",
-            f"--user-data-dir={self._profile}", "--remote-debugging-port=0",
-            f"--window-size={self.width},{self.height}", "about:blank",
-        ]
+        args = chromium_args(self._profile, self.width, self.height)
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with_parent)
@@ -208,7 +233,7 @@ class BrowserPage:
                         "mobile": False}, session=s)
         await cdp.call("Page.addScriptToEvaluateOnNewDocument", {"source": TAP_SCRIPT},
                        session=s)
-        if self.allow_origins:
+        if self.allow_origins or not self.allow_private:
             await cdp.call("Fetch.enable", {"patterns": [{"resourceType": "Document"}]},
                            session=s)
         await cdp.call("Page.startScreencast",
@@ -219,6 +244,7 @@ class BrowserPage:
         """Go to ``url``; a page that does not load in time is a warning, not an error."""
         assert self.cdp is not None
         self._allowed.add(origin_of(url))  # the page asked for is always allowed
+        self._asked.add(url)  # and was checked by the API
         self._loaded.clear()
         try:
             answer = await self.cdp.call("Page.navigate", {"url": url}, session=self.session)
@@ -285,14 +311,21 @@ class BrowserPage:
         asyncio.ensure_future(self._judge(params))
 
     async def _judge(self, params: dict) -> None:
-        assert self.cdp is not None and self.allow_origins is not None
+        """A document (the page's or a frame's) goes on unless it leaves ``allow_origins`` (the
+        main frame only) or, without ``allow_private_urls``, its host is a private or local
+        address (URLs the API asked for were checked by the API)."""
+        assert self.cdp is not None
         url = params["request"]["url"]
-        allowed = self._allowed | {origin_of(o) for o in self.allow_origins}
         main = params.get("frameId") == self._frame_id
+        why = None
+        if main and self.allow_origins is not None and origin_of(url) not in (
+                self._allowed | {origin_of(o) for o in self.allow_origins}):
+            why = "not in webpage.allow_origins"
+        elif not self.allow_private and url not in self._asked and await _is_private(url):
+            why = "a private or local address (allow_private_urls is off)"
         with contextlib.suppress(CdpClosed, CdpError, TimeoutError):
-            if main and origin_of(url) not in allowed:
-                self.events.on_warning(f"navigation to {origin_of(url)} refused: not in "
-                                       "webpage.allow_origins")
+            if why is not None:
+                self.events.on_warning(f"navigation to {origin_of(url)} refused: {why}")
                 await self.cdp.call("Fetch.failRequest", {"requestId": params["requestId"],
                                     "errorReason": "BlockedByClient"}, session=self.session)
             else:
@@ -320,15 +353,32 @@ class BrowserPage:
             shutil.rmtree(self._profile, ignore_errors=True)
 
 
+async def _is_private(url: str) -> bool:
+    """Whether ``url``'s host resolves to an address the SSRF guard refuses (one that does not
+    resolve is left to the browser, which fails it)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        await resolve_checked(parts.hostname or "", port, allow_private=False)
+    except PrivateAddress:
+        return True
+    except (OSError, ValueError, UnicodeError):
+        return False
+    return False
+
+
 def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid``."""
+    """Every descendant of ``pid`` (the children of each of its threads: chromium starts its
+    children from a launcher thread)."""
     found: list[int] = []
     todo = [pid]
     while todo:
         parent = todo.pop()
         with contextlib.suppress(OSError):
-            with open(f"/proc/{parent}/task/{parent}/children") as f:
-                kids = [int(k) for k in f.read().split()]
-                found += kids
-                todo += kids
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError):
+                    with open(f"/proc/{parent}/task/{task}/children") as f:
+                        kids = [int(k) for k in f.read().split()]
+                        found += kids
+                        todo += kids
     return found

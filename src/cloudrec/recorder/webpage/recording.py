@@ -123,6 +123,8 @@ class WebpageRecording(MixedRecording):
         if mixconfig.webpage is None:
             raise RecordingError("mixconfig.webpage is required: this recording records a "
                                  "web page", 4016)
+        if mixconfig.webpage.url != self.webpage.url:
+            await check_page_url(mixconfig.webpage.url, allow_private=self.allow_private_urls)
         inner = inner_mixconfig(self.task.recordid, mixconfig)
         if inner != self.mixconfig:
             await super().update(inner)
@@ -187,7 +189,8 @@ class WebpageRecording(MixedRecording):
         page = BrowserPage(width, height, PageEvents(encoder.picture, encoder.sound,
                                                      self._on_signal, self._warn),
                            frame_period=1.0 / out.videofps,
-                           allow_origins=self.webpage.allow_origins)
+                           allow_origins=self.webpage.allow_origins,
+                           allow_private=self.allow_private_urls)
         codecs: dict[str, str | None] = {
             k: c for k, c in (("video", "h264"), ("audio", "opus")) if k in self.kinds}
         try:
