@@ -46,6 +46,14 @@ def test_a_cpu_spike_does_not_refuse_what_committed_cost_allows() -> None:
     assert "at most 4" in (capped.refused() or "")
 
 
+def test_a_recording_bigger_than_a_worker_goes_only_to_an_idle_one() -> None:
+    cost = 0.24 + 0.7  # a 1280x720 mix and its browser, over a default worker's 0.85
+    assert worker(committed=0.004).refused(0.0, cost=cost) is None
+    assert "idle worker" in (worker(committed=0.2).refused(0.0, cost=cost) or "")
+    assert "idle worker" in (worker(committed=0.0).refused(0.1, cost=cost) or "")
+    assert worker(committed=0.0, draining=True).refused(0.0, cost=cost) == "draining"
+
+
 def test_a_heartbeat_replaces_the_reservations_it_counts() -> None:
     async def run() -> None:
         d = LocalDirectory()

@@ -21,6 +21,7 @@ RoomKey = tuple[int, str]
 
 DEFAULT_COST = 0.05  # cores a recording is expected to cost before a worker has measured one
 MAX_COST = 0.25  # at most this much is reserved for one start (a big mix shows in the CPU soon)
+IDLE_LOAD = 0.05  # at most this much committed (a few publishers) counts as idle
 
 
 def room_name(key: RoomKey) -> str:
@@ -96,6 +97,11 @@ class WorkerInfo:
         if self.max_recordings and self.recordings + extra_recordings >= self.max_recordings:
             return f"{self.recordings} recordings of at most {self.max_recordings}"
         cost = self.cost_of() if cost is None else cost
+        if cost > self.capacity:  # bigger than a worker (a web page): only an idle one takes it
+            if self.load + reserved > IDLE_LOAD:
+                return (f"a recording of {cost:.2f} cores needs an idle worker; this one "
+                        f"carries {self.load + reserved:.2f} of {self.capacity:.2f} cores")
+            return None
         if self.load + reserved + cost > self.capacity:
             what = "committed" if self.committed >= 0 else "CPU"
             return (f"{what} {self.load:.2f} + {reserved:.2f} reserved + {cost:.3f} of "

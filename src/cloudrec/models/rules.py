@@ -24,7 +24,8 @@ NOT_PUBLISHING = 4005
 #: The cores a web page recording reserves beyond a mix's measured cost: its browser (the
 #: page's rendering and scripts, the screencast's JPEG encoding: 0.40-0.62 cores) and the
 #: page's own H.264/Opus encoding, measured at 1280x720@15 by ``bench/bench_webpage.py``
-#: (0.56-0.98 cores in all, the mix included, on a busy 2-core box).
+#: (0.84-0.92 cores in all with chromium-headless-shell, the mix included, on a busy 2-core
+#: box). A start bigger than a worker's ``max_cpu`` goes only to an idle worker.
 WEBPAGE_CORES = 0.7
 
 
