@@ -79,7 +79,7 @@ def start_server(data_dir: Path, quiet: bool = False, **settings: object) -> Ser
         [sys.executable, "-m", "cloudrec.cli", "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=open(data_dir / "server.log", "wb") if quiet else None)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a loaded box starts a node (and its workers) slowly
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
