@@ -107,7 +107,7 @@ class Progress:
 def pack_frame(key: Key, f: EncodedFrame) -> tuple[Any, ...]:
     """A flat tuple pickles several times faster than the dataclass."""
     return (key[0], key[1], f.kind, f.codec, f.data, f.timestamp, f.clock_rate, f.arrival,
-            f.keyframe, f.epoch)
+            f.keyframe, f.epoch, f.wallclock)
 
 
 def unpack_frame(t: tuple[Any, ...]) -> tuple[Key, EncodedFrame]:
