@@ -111,7 +111,8 @@ async def test_audio_sent_late_lines_up_through_sender_reports(
     print(f"{mapping}: source {summary(source)}; mix {summary(mixed)}")
     assert len(source) >= 8 and len(mixed) >= 8, (source, mixed)
     if mapping == "arrival":  # the delay is real: without the reports the audio is late
-        assert min(source) >= DELAY_S - 0.1 and min(mixed) >= DELAY_S - 0.1, (source, mixed)
+        # (by less than DELAY_S where the first picture itself came late and set video's place)
+        assert min(source) >= DELAY_S / 2 and min(mixed) >= DELAY_S / 2, (source, mixed)
     else:
         assert max(abs(o) for o in source) <= 0.045, summary(source)
         assert max(abs(o) for o in mixed) <= 0.070, summary(mixed)

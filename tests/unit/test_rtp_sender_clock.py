@@ -86,6 +86,10 @@ def test_a_later_report_moves_the_clock_and_a_new_stream_clears_it() -> None:
     assert rx.clock["audio"] == pytest.approx(UNIX - 1.0, abs=1e-6)
     rx.take(sender_report(SSRC, UNIX + 1.0005, 1000 + 96000))  # the sender's clock ran fast
     assert rx.clock["audio"] == pytest.approx(UNIX - 1.0 + 0.0005, abs=1e-6)
+    # a report made while the sender ran 80 ms late (its NTP time taken when it sent): the
+    # least delayed report stands, allowed to rise 1 ms per second
+    rx.take(sender_report(SSRC, UNIX + 2.081, 1000 + 144000))
+    assert rx.clock["audio"] == pytest.approx(UNIX - 1.0 + 0.0015, abs=1e-4)
     rx.take(struct.pack("!BBHII", 0x80, PT, 50, 7, SSRC + 1) + b"\xfc")  # another SSRC
     assert rx.clock["audio"] is None and rx.frames[-1] == ("audio", 0, None)
 

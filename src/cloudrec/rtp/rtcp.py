@@ -117,12 +117,21 @@ def sender_reports(data: bytes) -> Iterator[tuple[int, int]]:
 
 class SenderClocks:
     """The last sender report ``(wall clock, RTP time)`` of each SSRC, and from it the
-    wall-clock time of a stream's timestamp 0."""
+    wall-clock time of a stream's timestamp 0.
 
-    __slots__ = ("last",)
+    That time is the least any report gave, allowed to rise by ``DRIFT`` per second of the
+    sender's clock: some senders (aiortc) take a report's NTP time when they send the packet,
+    not when it was captured, so a report made while the sender ran late says the media was
+    captured later than it was; a sender whose NTP clock runs ahead of its RTP clock is still
+    followed (and one that runs behind at once)."""
+
+    __slots__ = ("last", "_least")
+
+    DRIFT = 0.001
 
     def __init__(self) -> None:
         self.last: dict[int, tuple[float, int]] = {}
+        self._least: dict[int, tuple[float, float]] = {}  # SSRC: (time of 0, report's time)
 
     def wall0(self, ssrc: int, unwrap: Callable[[int], int | None],
               clock_rate: int) -> float | None:
@@ -132,4 +141,11 @@ class SenderClocks:
         if report is None:
             return None
         at = unwrap(report[1])
-        return None if at is None else report[0] - at / clock_rate
+        if at is None:
+            return None
+        wall0 = report[0] - at / clock_rate
+        least = self._least.get(ssrc)
+        if least is not None:
+            wall0 = min(wall0, least[0] + self.DRIFT * max(0.0, report[0] - least[1]))
+        self._least[ssrc] = (wall0, report[0])
+        return wall0
