@@ -11,6 +11,7 @@ reports say where each packet belongs. Arrival alone puts the audio ~300 ms late
 from __future__ import annotations
 
 import asyncio
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,25 @@ def delay_audio(monkeypatch: pytest.MonkeyPatch, pub: Publisher) -> None:
     monkeypatch.setattr(RTCDtlsTransport, "_send_rtp", send_rtp)
 
 
+async def arrival_after_capture(hub: Any, room: str, seconds: float = 2.0) -> dict[str, float]:
+    """Per kind, the median of ``arrival - wallclock`` over ``seconds`` of the room's frames
+    (the two clocks differ by a constant: only the difference between kinds means anything)."""
+    sub = hub.subscribe(APPID, room)
+    seen: dict[str, list[float]] = {"audio": [], "video": []}
+    deadline = asyncio.get_running_loop().time() + seconds
+    try:
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                item = await asyncio.wait_for(sub.get(), left)
+            except TimeoutError:
+                break
+            if isinstance(item, tuple) and item[1].wallclock is not None:
+                seen[item[1].kind].append(item[1].arrival - item[1].wallclock)
+    finally:
+        sub.close()
+    return {kind: statistics.median(values) for kind, values in seen.items()}
+
+
 def ignore_sender_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     """The receiver as it was before sender reports were read: arrival alone."""
     from cloudrec.rtp.receiver import LeanReceiver
@@ -96,6 +116,9 @@ async def test_audio_sent_late_lines_up_through_sender_reports(
                                                 for k in ("audio", "video")))
 
             await _wait_for(clocked, 20, "no media, or no sender report for both tracks")
+            if mapping == "sender reports":  # the reports agree with the RTP clocks: capture
+                late = await arrival_after_capture(webrtc.hub, room)  # times 300 ms apart
+                assert abs(late["audio"] - late["video"] - DELAY_S) < 0.05, late
             resid, recordid, _ = await start(server, room, uid, 0)
             mres, mrec = await start_mixed(server, room, {
                 "input": [{"uid": uid, "roomid": room, "streamtype": 0, "zOrder": 0,
