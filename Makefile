@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test bench soak demo setup setup-serve clean
+.PHONY: serve test bench soak sync-drift demo setup setup-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
@@ -40,6 +40,11 @@ bench: setup
 SOAK_SECONDS ?= 7200
 soak: setup
 	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) bench/soak.py
+
+# Not in CI: an hour (SYNC_SECONDS) of a flash + beep publisher, lip sync per 5 minutes.
+SYNC_SECONDS ?= 3600
+sync-drift: setup
+	SYNC_SECONDS=$(SYNC_SECONDS) $(PY) bench/sync_drift.py
 
 demo: setup-serve
 	$(VENV)/bin/cloudrec demo

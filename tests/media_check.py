@@ -99,25 +99,35 @@ def beep_onsets(path: Path, window_s: float = 0.002) -> list[float]:
             if frame.format.name.startswith("s16"):
                 mono /= 32768.0
             step = max(1, int(frame.sample_rate * window_s))
-            for i in range(0, len(mono) - step + 1, step):
-                rms = float(np.sqrt(np.mean(mono[i : i + step] ** 2)))
+            n = len(mono) // step
+            windows = mono[: n * step].reshape(n, step)
+            for i, rms in enumerate(np.sqrt(np.mean(windows**2, axis=1)).tolist()):
                 now_loud = rms > 0.05
                 if now_loud and not loud:
-                    onsets.append(t0 + i / frame.sample_rate)
+                    onsets.append(t0 + i * step / frame.sample_rate)
                 loud = now_loud if now_loud or rms < 0.01 else loud
     return onsets
+
+
+def lip_sync_pairs(path: Path) -> list[tuple[float, float]]:
+    """(flash time, audio minus picture) in seconds for every flash that has a beep within half
+    a second of it: positive is audio late. ``path`` is a playlist or a media file."""
+    import bisect
+
+    beeps = sorted(beep_onsets(path))
+    pairs: list[tuple[float, float]] = []
+    for flash in flash_onsets(path):
+        lo, hi = bisect.bisect_left(beeps, flash - 0.5), bisect.bisect_right(beeps, flash + 0.5)
+        near = [b - flash for b in beeps[lo:hi] if abs(b - flash) < 0.5]
+        if near:
+            pairs.append((flash, min(near, key=abs)))
+    return pairs
 
 
 def lip_sync_offsets(path: Path) -> list[float]:
     """Audio minus picture (s) for every flash that has a beep within half a second of it:
     positive is audio late. ``path`` is a playlist or a media file."""
-    beeps = beep_onsets(path)
-    offsets: list[float] = []
-    for flash in flash_onsets(path):
-        near = [b - flash for b in beeps if abs(b - flash) < 0.5]
-        if near:
-            offsets.append(min(near, key=abs))
-    return offsets
+    return [offset for _, offset in lip_sync_pairs(path)]
 
 
 def playlist_dates(playlist: Path) -> list[float | None]:

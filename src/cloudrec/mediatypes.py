@@ -21,7 +21,10 @@ class EncodedFrame:
     the first frame of this publication, in ``clock_rate`` units (90000 for video, 48000 for
     Opus). ``epoch`` identifies the publication: it changes when the uid publishes again (a new
     WebRTC session), and timestamps restart with it. ``arrival`` is ``time.monotonic()`` when
-    the frame was complete.
+    the frame was complete. ``wallclock`` is when the publisher captured it: seconds since the
+    epoch on the publisher's own clock, from its RTCP sender reports (NTP ↔ RTP), the same clock
+    for its audio and video; None when it sent none yet, or for publishers that have none
+    (ingested RTMP, SRT, RTSP, ... streams, whose timestamps already share one timeline).
     """
 
     kind: Kind
@@ -32,3 +35,4 @@ class EncodedFrame:
     arrival: float
     keyframe: bool
     epoch: int
+    wallclock: float | None = None

@@ -263,18 +263,32 @@ async def test_a_mix_across_nodes_shows_both_rooms(cluster: list[Node], s3: S3,
 
 
 @pytest.mark.parametrize("cluster", [{"storage_root": "ROOT"}], indirect=True)
+@pytest.mark.parametrize("kind", ["source", "mix"])
 async def test_a_killed_node_never_reuses_a_name_and_its_segments_are_listed(
-        cluster: list[Node], tmp_path: Path) -> None:
+        cluster: list[Node], tmp_path: Path, kind: str) -> None:
     """Local storage under one shared ``storage_root`` (each node reaches it through its own
     link). The recording node cannot store (its link is broken) and is SIGKILLed: the task goes
     on elsewhere past every number the task store knows, after a discontinuity; the dead node
-    comes back, stores what its spool kept, and the owner lists those segments in place."""
+    comes back, stores what its spool kept, and the owner lists those segments in place (a
+    mix's owner through its mix process, which writes the mix's playlist)."""
     shared = tmp_path / "shared"
     storagecfg = {**LOCAL_STORAGE, "bucket": "bkt", "fileprefix": ["p"]}
     pub = await cluster[0].publisher("n1", "eve")
     victim = await holder(cluster, "n1")
     resid = (await victim.call("applyrecord", {}))["resid"]
-    recordid = await start_on(victim, resid, "n1", "eve", storagecfg)
+    if kind == "source":
+        recordid = await start_on(victim, resid, "n1", "eve", storagecfg)
+        base = base_of("n1", recordid, "eve")
+    else:
+        from tests.e2e.test_mixed import OUT
+        data = await victim.call("startrecord", {
+            "resid": resid, "appid": APPID, "roomid": "n1", "recordtype": 0, "streamtype": 1,
+            "storagecfg": storagecfg, "mixconfig": {"output": dict(OUT), "input": [
+                {"uid": "eve", "roomid": "n1", "streamtype": 0, "layoutX": 0, "layoutY": 0,
+                 "layoutW": 320, "layoutH": 240, "crop": 0}]}})
+        assert data["code"] == 0, data
+        recordid = str(data["recordid"])
+        base = f"{APPID}_n1_{recordid}"
     link = Path(victim.settings["storage_root"])
     link.unlink()
     link.write_text("not a directory: the victim's store fails")
@@ -292,7 +306,7 @@ async def test_a_killed_node_never_reuses_a_name_and_its_segments_are_listed(
             pub = await live[0].publisher("n1", "eve")
         except PublishError:
             await asyncio.sleep(0.5)
-    playlist = shared / "bkt" / "p" / (base_of("n1", recordid, "eve") + ".m3u8")
+    playlist = shared / "bkt" / "p" / (base + ".m3u8")
 
     def names() -> list[str]:
         try:

@@ -90,7 +90,7 @@ async def drain(sub, seconds: float, count: int = -1) -> list[tuple[str, Encoded
 def same(frame: EncodedFrame) -> tuple:
     """What must survive the relay unchanged (the epoch is the receiving hub's own)."""
     return (frame.kind, frame.codec, frame.data, frame.timestamp, frame.clock_rate,
-            frame.keyframe)
+            frame.keyframe, frame.wallclock)
 
 
 async def test_a_relayed_room_is_the_same_room(relay) -> None:
@@ -129,6 +129,8 @@ async def test_a_relayed_room_is_the_same_room(relay) -> None:
         n = min(len(got_a), len(got_b))
         assert n >= 50 and {f.kind for _, f in got_b} == {"audio", "video"}
         assert [same(f) for _, f in got_b[:n]] == [same(f) for _, f in got_a[:n]]
+        # capture times from the publisher's sender reports (aiortc's first within 1.5 s)
+        assert {f.kind for _, f in got_b[:n] if f.wallclock is not None} == {"audio", "video"}
         assert abs(len(got_a) - len(got_b)) <= 5
         assert {uid for uid, _ in got_b} == {"alice"}
         assert {f.epoch for _, f in got_b} == {ev_b.info.epoch}

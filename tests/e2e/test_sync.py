@@ -5,8 +5,6 @@ instant; the offset between the flash and the beep is read back with PyAV."""
 from __future__ import annotations
 
 import asyncio
-import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from tests.e2e.test_mixed import stop as stop_mixed
 from tests.e2e.test_recording import playlist_of, start, stop
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import flash_wall_times, lip_sync_offsets, playlist_dates
+from tests.syncclip import ffmpeg_whip_many, make_flash_clip, summary
 
 SOURCE_GOAL_S = 0.045
 MIX_GOAL_S = 0.070
@@ -33,46 +32,10 @@ OUT = {"streamtype": 0, "videowidth": 320, "videoheight": 240, "videobitrate": 5
        "videofps": 30, "videogop": 60}
 
 
-def make_flash_clip(path: Path, seconds: float) -> Path:
-    """320x240@30 H.264 that is white for the first 100 ms of every second, black otherwise,
-    and Opus that beeps 1 kHz over the same 100 ms."""
-    assert FFMPEG is not None
-    gate = "lt(mod(t\\,1)\\,0.1)"
-    subprocess.run(
-        [FFMPEG, "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"color=black:s=320x240:r=30:d={seconds},"
-         f"drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable='{gate}'",
-         "-f", "lavfi", "-i", f"sine=f=1000:sample_rate=48000:d={seconds},"
-         f"volume='if({gate}\\,1\\,0)':eval=frame",
-         "-c:v", "libx264", "-profile:v", "baseline", "-preset", "ultrafast", "-tune",
-         "zerolatency", "-g", "30", "-bf", "0", "-pix_fmt", "yuv420p",
-         "-c:a", "libopus", "-ac", "2", "-b:a", "64k", "-frame_duration", "20", str(path)],
-        check=True, timeout=120)
-    return path
-
-
-async def ffmpeg_whip_many(clip: Path, targets: list[tuple[str, str]],
-                           log: Path) -> asyncio.subprocess.Process:
-    """One FFmpeg process that sends ``clip`` in real time to every (url, token) of
-    ``targets``, each a WHIP output of its own."""
-    assert FFMPEG is not None
-    args = [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "info", "-re", "-i", str(clip)]
-    for url, token in targets:
-        args += ["-map", "0", "-c", "copy", "-f", "whip", "-authorization", token, url]
-    with log.open("wb") as out:
-        return await asyncio.create_subprocess_exec(*args, stdout=subprocess.DEVNULL,
-                                                    stderr=out)
-
-
-def summary(offsets: list[float]) -> str:
-    ms = [round(o * 1000) for o in offsets]
-    return f"median {statistics.median(ms)} ms, min {min(ms)}, max {max(ms)}, n {len(ms)}"
-
-
 @pytest.mark.slow
 @needs_ffmpeg
 async def test_flash_and_beep_line_up_in_a_source_recording_and_a_mix(tmp_path: Path) -> None:
-    clip = make_flash_clip(tmp_path / "flash.mkv", 24)
+    clip = make_flash_clip(FFMPEG, tmp_path / "flash.mkv", 24)
     log = tmp_path / "ffmpeg.log"
     settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100,
                              segment_seconds=4.0)
@@ -80,7 +43,7 @@ async def test_flash_and_beep_line_up_in_a_source_recording_and_a_mix(tmp_path: 
     async with running_server(settings) as server:
         webrtc = server.app.state.webrtc
         proc = await ffmpeg_whip_many(
-            clip, [(server.whip_url(room, uid), make_token(APPID, room, uid, SECRET))], log)
+            FFMPEG, clip, [(server.whip_url(room, uid), make_token(APPID, room, uid, SECRET))], log)
         try:
             await _wait_for(lambda: _has_media(webrtc, room, uid), 20,
                             "no media from FFmpeg", proc, log)
@@ -107,14 +70,14 @@ async def test_flash_and_beep_line_up_in_a_source_recording_and_a_mix(tmp_path: 
 async def test_two_recordings_of_one_room_line_up_on_program_date_time(tmp_path: Path) -> None:
     """One FFmpeg process publishes the same clip as two users of a room; their source
     recordings, started 4 s apart, agree on the wall-clock time of every flash."""
-    clip = make_flash_clip(tmp_path / "flash.mkv", 24)
+    clip = make_flash_clip(FFMPEG, tmp_path / "flash.mkv", 24)
     log = tmp_path / "ffmpeg.log"
     settings = make_settings(tmp_path, write_rate_per_s=100, query_rate_per_s=100,
                              segment_seconds=4.0)
     room, uids = "timeline", ("left", "right")
     async with running_server(settings) as server:
         webrtc = server.app.state.webrtc
-        proc = await ffmpeg_whip_many(clip, [
+        proc = await ffmpeg_whip_many(FFMPEG, clip, [
             (server.whip_url(room, uid), make_token(APPID, room, uid, SECRET)) for uid in uids
         ], log)
         try:

@@ -14,8 +14,12 @@ The track takes Opus or AAC :class:`~cloudrec.mediatypes.EncodedFrame` objects a
 - **Other AAC** (Main, SSR, LTP object types, or more than two channels) is decoded and encoded
   to AAC-LC 48 kHz like Opus (:class:`~cloudrec.media.audio.AudioToAac`).
 
-Timeline: the track's first packet is anchored to its arrival time, later packets follow the
-sample count (the frames' timestamps tell where a frame belongs, the sample count times it).
+Timeline: the track's first packet is anchored to its arrival time (or to the time the caller
+gives, e.g. its capture time on the publisher's clock), later packets follow the sample count
+(the frames' timestamps tell where a frame belongs, the sample count times it). Where the
+caller says where a packet belongs (``at``: the video's place for the same capture time), a
+track further than ``RESYNC_TICKS`` from it moves: later by a new anchor, earlier by skipping
+packets until it is there.
 Short losses are filled with silence when the track encodes, and skipped (the next packet's
 PTS jumps by the lost time) when it remuxes; a pause or a new epoch re-anchors on arrival,
 never before the end of what was written. All PTS are integers.
@@ -31,6 +35,8 @@ from typing import Protocol
 from cloudrec.media.audio import AAC_FRAME, SAMPLE_RATE, AudioToAac, OpusToAac
 from cloudrec.media.codecs import aac, opus
 from cloudrec.mediatypes import EncodedFrame
+
+RESYNC_TICKS = 1800  # 20 ms: audio further than this from where it belongs is moved
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +183,8 @@ class AudioTrack:
     """One publisher's Opus or AAC stream on the recording timeline, as AAC packets.
 
     ``to_ticks(arrival)`` converts a wall-clock arrival to 90 kHz ticks; it is called once per
-    anchor (the first packet, after a pause, on a new epoch), never per packet.
+    anchor (the first packet, after a pause, on a new epoch), never per packet, with the
+    frame's ``when`` (its capture time on the server's clock) where given, else its arrival.
     """
 
     def __init__(self, pause_s: float = 1.0, *, keep_opus: bool = False) -> None:
@@ -202,24 +209,28 @@ class AudioTrack:
     def encoder_name(self) -> str | None:
         return None if self._codec is None else self._codec.encoder_name
 
-    def push(self, frame: EncodedFrame, to_ticks: Callable[[float], int]) -> list[AudioPacket]:
+    def push(self, frame: EncodedFrame, to_ticks: Callable[[float], int], *,
+             when: float | None = None, at: int | None = None) -> list[AudioPacket]:
+        """``when``: the frame's time for an anchor (default: its arrival); ``at``: the tick
+        where the frame belongs, when the caller knows (see the module docstring)."""
         out: list[AudioPacket] = []
+        ticks = at if at is not None else to_ticks(frame.arrival if when is None else when)
         if self._codec is None:
             self._codec = codec_for(frame, self._keep_opus)
         elif frame.epoch != self._epoch and not _same_stream(self._codec, frame):
             out = self.flush()  # another codec or configuration: a new chain from here
             self._codec, self._epoch = codec_for(frame, self._keep_opus), None
             self._anchors.clear()
-            self._anchor(frame.arrival, to_ticks, gap=True)
+            self._anchor(ticks, gap=True)
             self._flag_gap = True
         codec = self._codec
         rate = frame.clock_rate or codec.rate
         if self._epoch is None:
             if not self._anchors:
-                self._anchor(frame.arrival, to_ticks, gap=False)
+                self._anchor(ticks, gap=False)
         elif frame.epoch != self._epoch:
             codec.reset_decoder()
-            self._anchor(frame.arrival, to_ticks, gap=True)
+            self._anchor(ticks, gap=True)
         else:
             missing = (frame.timestamp - self._next_rtp) * codec.rate // rate
             if missing <= -AAC_FRAME // 2:  # duplicate or reordered after its slot: too late
@@ -227,9 +238,12 @@ class AudioTrack:
                 return out
             late = frame.arrival - self._last_arrival
             if missing > self._pause_s * codec.rate or late > self._pause_s or self._rebase:
-                self._anchor(frame.arrival, to_ticks, gap=True)
-            elif missing > codec.rate // 400:  # a lost packet (> 2.5 ms): keep time
-                codec.silence(missing)
+                self._anchor(ticks, gap=True)
+            else:
+                if missing > codec.rate // 400:  # a lost packet (> 2.5 ms): keep time
+                    codec.silence(missing)
+                if at is not None and self._resync(frame, at, rate):
+                    return out
         samples = codec.decode(frame.data)
         if samples == 0:
             self.dropped += 1  # its time is filled with silence when the next packet comes
@@ -246,11 +260,27 @@ class AudioTrack:
             return []
         return self._collect(self._codec.flush())
 
-    def _anchor(self, arrival: float, to_ticks: Callable[[float], int], *, gap: bool) -> None:
+    def _resync(self, frame: EncodedFrame, at: int, rate: int) -> bool:
+        """Move the track to ``at`` when it is further than ``RESYNC_TICKS``: a new anchor when
+        it is early, ``frame`` skipped (True) when it is late, so the next ones catch up."""
+        codec = self._codec
+        assert codec is not None
+        here = self._anchors[-1].to_ticks(codec.fed)
+        if at - here > RESYNC_TICKS:
+            self._anchor(at, gap=False)
+        elif here - at > RESYNC_TICKS:
+            samples = (opus.packet_samples(frame.data) if frame.codec == "opus"
+                       else aac.adts_samples(frame.data))
+            self._next_rtp = frame.timestamp + samples * rate // codec.rate
+            self._last_arrival = frame.arrival
+            self.dropped += 1
+            return True
+        return False
+
+    def _anchor(self, ticks: int, *, gap: bool) -> None:
         assert self._codec is not None
         self._rebase = False
         sample = self._codec.align()
-        ticks = to_ticks(arrival)
         if self._anchors:  # never before the end of what the previous anchor timed
             ticks = max(ticks, self._anchors[-1].to_ticks(sample))
         elif gap:  # a new chain: never before what the previous one wrote

@@ -7,10 +7,13 @@ segments are fMP4 (:mod:`cloudrec.media.fmp4`) and Opus is kept as it came (AAC 
 not recorded).
 
 Timeline: every timestamp is an integer in 90 kHz ticks. A track's first frame is anchored to
-its arrival (the offset from the recording's first frame, converted to ticks once), after which
-the track follows its RTP clock (video) or its sample count (audio). A pause (> ``PAUSE_S`` of
-RTP time or of arrival time) or a new epoch re-anchors the track on arrival, never earlier than
-the end of what it already wrote, so PTS only rise.
+its time on the server's clock (the offset from the recording's first frame, converted to ticks
+once), after which the track follows its RTP clock (video) or its sample count (audio). That
+time is the frame's arrival, or its capture time (``wallclock``, from sender reports) plus the
+least ``arrival - wallclock`` seen; audio with a capture time is kept where the video of that
+capture time is (the latest video frame's PTS and ``wallclock``), even when it arrives later.
+A pause (> ``PAUSE_S`` of RTP or arrival time) or a new epoch re-anchors the track, never
+earlier than the end of what it already wrote, so PTS only rise.
 
 Segments: a segment starts on an IDR and is "led" by video. The recorder asks for a key frame
 when the segment nears ``segment_seconds`` and cuts at the first IDR from then on. A pause or a
@@ -67,7 +70,7 @@ class _VideoClock:
         self.rebase = False  # re-anchor the next frame on arrival (after pauserecord)
 
     def place(
-        self, frame: EncodedFrame, to_ticks: Callable[[float], int]
+        self, frame: EncodedFrame, to_ticks: Callable[[float], int], when: float
     ) -> tuple[int, str | None] | None:
         """(pts, break reason: None, "pause" or "epoch"), or None for a stale duplicate."""
         rate = frame.clock_rate or TS_CLOCK
@@ -84,7 +87,7 @@ class _VideoClock:
                 if step > self.pause_s * rate or frame.arrival - self.last_arrival > self.pause_s:
                     brk = "pause"
         if self.last_pts is None or brk is not None:
-            pts = to_ticks(frame.arrival)
+            pts = to_ticks(when)
             if self.last_pts is not None:
                 pts = max(pts, self.last_pts + self.interval)
             self.anchor_rtp, self.anchor_pts = frame.timestamp, pts
@@ -155,6 +158,8 @@ class SourceHlsRecorder:
         self._pending: deque[AudioPacket] = deque()  # audio waiting for video to pass it
         self._run_start = 0  # PTS where the queued audio last resumed after a break
         self._paused_at: float | None = None  # pauserecord: when the pause began
+        self._sync: tuple[int, float | None] = (-1, None)  # (epoch, least arrival - wallclock)
+        self._vsync: tuple[int, int, float] | None = None  # video (epoch, pts, wallclock)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -184,7 +189,10 @@ class SourceHlsRecorder:
             self._push_video(frame)
         elif frame.kind == "audio" and self._audio and frame.codec in self._audio_codecs:
             dropped = self._atrack.dropped
-            packets = self._atrack.push(frame, self._to_ticks)
+            vsync, at = self._vsync, None
+            if vsync is not None and frame.wallclock is not None and vsync[0] == frame.epoch:
+                at = vsync[1] + round((frame.wallclock - vsync[2]) * TS_CLOCK)
+            packets = self._atrack.push(frame, self._to_ticks, when=self._when(frame), at=at)
             self.stats.frames_dropped += self._atrack.dropped - dropped
             self._note_encoder(self._atrack.encoder_name)
             for packet in packets:
@@ -249,12 +257,27 @@ class SourceHlsRecorder:
         assert self._t0 is not None
         return PTS_ORIGIN + self._base + round((arrival - self._t0) * TS_CLOCK)
 
+    def _when(self, frame: EncodedFrame) -> float:
+        """``frame``'s time on the server's clock: its arrival, or its capture time on the
+        publisher's clock plus the least ``arrival - wallclock`` seen in this epoch."""
+        wall = frame.wallclock
+        if wall is None:
+            return frame.arrival
+        epoch, offset = self._sync
+        seen = frame.arrival - wall
+        if epoch != frame.epoch or offset is None or seen < offset:
+            self._sync = (frame.epoch, seen)
+            offset = seen
+        return wall + offset
+
     def _push_video(self, frame: EncodedFrame) -> None:
-        placed = self._vclock.place(frame, self._to_ticks)
+        placed = self._vclock.place(frame, self._to_ticks, self._when(frame))
         if placed is None:
             self.stats.frames_dropped += 1
             return
         pts, brk = placed
+        if frame.wallclock is not None:
+            self._vsync = (frame.epoch, pts, frame.wallclock)
         self._last_video_arrival = frame.arrival
         self._video_codec = frame.codec
         if brk is not None:

@@ -47,6 +47,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +80,22 @@ class MixMedia:
     """What the loop knows of the worker's files: the spool's playlist, the segments reported
     closed, and the latest counters (the ``HlsMedia`` that ``Recording`` reads)."""
 
-    def __init__(self, playlist_path: Path, segments: list[SegmentInfo]) -> None:
+    def __init__(self, playlist_path: Path, segments: list[SegmentInfo],
+                 send: Callable[[Message], None]) -> None:
         self.playlist_path = playlist_path
         self.segments = segments
         self.progress = Progress()
+        self._send = send
+
+    def merge_segments(self, returned: list[SegmentInfo]) -> list[SegmentInfo]:
+        """Segments a node that came back stored for this mix: the worker lists them in its
+        playlist in their place (stored with the next playlist upload); returns those added."""
+        listed = {s.name for s in self.segments}
+        added = [s for s in returned if s.name not in listed]
+        if added:
+            self.segments[:] = sorted([*self.segments, *added], key=lambda s: s.index)
+            self._send(("merge", added))
+        return added
 
     @property
     def duration(self) -> float:
@@ -181,7 +194,8 @@ class MixedRecording(Recording):
             segments = await worker.open()
             self.worker = worker
             worker.done.add_done_callback(self._on_worker_done)
-            self.recorder = MixMedia(self.spool_dir / f"{self.basename}.m3u8", segments)
+            self.recorder = MixMedia(self.spool_dir / f"{self.basename}.m3u8", segments,
+                                     self._send)
             if resume:
                 self.uploader.submit_pending(self.recorder.playlist_path)
             if self.pause_state.paused:  # paused before a restart (or while starting)

@@ -32,6 +32,7 @@ from cloudrec.relay.wire import (
     AUTH,
     ERROR,
     FLAG_KEY,
+    FLAG_WALL,
     FRAME,
     FRAME_FIELDS,
     HELLO,
@@ -47,6 +48,7 @@ from cloudrec.relay.wire import (
     STREAM,
     UNPUBLISHED,
     VERSION,
+    WALL,
     RelayError,
     RelayRefused,
     client_mac,
@@ -274,7 +276,7 @@ class RelayLink:
         self._last_rx = time.monotonic()
         beat = asyncio.create_task(self._heartbeat(writer))
         readexactly, monotonic = reader.readexactly, time.monotonic
-        prefix, fields_of = PREFIX.unpack, FRAME_FIELDS.unpack
+        prefix, fields_of, wall_of = PREFIX.unpack, FRAME_FIELDS.unpack, WALL.unpack
         slots, stats = self._slots, self.stats
         try:
             while True:
@@ -289,12 +291,19 @@ class RelayLink:
                 if length < 16:
                     raise RelayError("short frame message")
                 slot, flags, timestamp, age_us = fields_of(await readexactly(15))
+                wallclock = None
+                if flags & FLAG_WALL:
+                    if length < 24:
+                        raise RelayError("short frame message")
+                    (wallclock,) = wall_of(await readexactly(8))
+                    length -= 8
                 data = await readexactly(length - 16)
                 handle, media, codec, clock_rate = slots.get(slot) or (None, "audio", "", 0)
                 if handle is None or not handle.active:
                     continue  # a stale slot (the uid republished meanwhile)
                 frame = EncodedFrame(media, codec, data, timestamp, clock_rate,
-                                     now - age_us * 1e-6, bool(flags & FLAG_KEY), handle.epoch)
+                                     now - age_us * 1e-6, bool(flags & FLAG_KEY), handle.epoch,
+                                     wallclock)
                 handle.forward(frame)
                 stats.frames += 1
         finally:

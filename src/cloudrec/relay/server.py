@@ -268,7 +268,8 @@ class _Session:
                                          separators=(",", ":")).encode()
                     write(message(STREAM, SLOT.pack(slot[0]) + declare))
                 data = frame_message(slot[0], video, frame.keyframe, frame.timestamp,
-                                     int((monotonic() - frame.arrival) * 1e6), frame.data)
+                                     int((monotonic() - frame.arrival) * 1e6), frame.data,
+                                     frame.wallclock)
                 write(data)
                 stats.frames += 1
                 stats.bytes += len(data)

@@ -1,10 +1,12 @@
 """The relay's wire format: length-prefixed binary messages over one TCP connection per room.
 
 Every message is ``length:u32 | type:u8 | body`` (big endian; ``length`` counts type and body).
-A frame is ``slot:u16 | flags:u8 | timestamp:i64 | age_us:u32 | payload``: 20 bytes of overhead
-with the prefix, because what is constant per publication and kind (uid, kind, codec, clock
-rate, epoch) is declared once in a ``STREAM`` message and named by its slot afterwards. Presence
-and the handshake are compact JSON: they are rare.
+A frame is ``slot:u16 | flags:u8 | timestamp:i64 | age_us:u32 | [wallclock:f64] | payload``: 20
+bytes of overhead with the prefix (28 with ``wallclock``, present when ``flags`` has
+``FLAG_WALL``: the frame's capture time on its publisher's clock, from sender reports), because
+what is constant per publication and kind (uid, kind, codec, clock rate, epoch) is declared once
+in a ``STREAM`` message and named by its slot afterwards. Presence and the handshake are compact
+JSON: they are rare.
 
 ``age_us`` is how long the frame had been on the server's host when it was sent: monotonic
 clocks are per host, so the receiver sets ``arrival`` to its own clock minus the age (network
@@ -30,7 +32,7 @@ import json
 import struct
 from typing import Any
 
-VERSION = 1
+VERSION = 2  # 2: frames may carry a wall-clock time
 
 HELLO, AUTH, OK, ERROR = b"h"[0], b"a"[0], b"o"[0], b"e"[0]
 PUBLISHED, UNPUBLISHED, STREAM, FRAME = b"p"[0], b"u"[0], b"s"[0], b"f"[0]
@@ -40,7 +42,8 @@ PREFIX = struct.Struct("!IB")  # length, type
 FRAME_HEAD = struct.Struct("!IBHBqI")  # length, type, slot, flags, timestamp, age_us
 FRAME_FIELDS = struct.Struct("!HBqI")
 SLOT = struct.Struct("!H")
-FLAG_VIDEO, FLAG_KEY = 1, 2
+WALL = struct.Struct("!d")
+FLAG_VIDEO, FLAG_KEY, FLAG_WALL = 1, 2, 4
 
 NONCE_BYTES = 16
 MAC_BYTES = 32
@@ -79,10 +82,13 @@ def json_message(kind: int, obj: Any) -> bytes:
 
 
 def frame_message(slot: int, video: bool, keyframe: bool, timestamp: int, age_us: int,
-                  data: bytes) -> bytes:
+                  data: bytes, wallclock: float | None = None) -> bytes:
     flags = (FLAG_VIDEO if video else 0) | (FLAG_KEY if keyframe else 0)
-    return FRAME_HEAD.pack(len(data) + 16, FRAME, slot, flags, timestamp,
-                           min(max(age_us, 0), 0xFFFFFFFF)) + data
+    age = min(max(age_us, 0), 0xFFFFFFFF)
+    if wallclock is None:
+        return FRAME_HEAD.pack(len(data) + 16, FRAME, slot, flags, timestamp, age) + data
+    return FRAME_HEAD.pack(len(data) + 24, FRAME, slot, flags | FLAG_WALL, timestamp,
+                           age) + WALL.pack(wallclock) + data
 
 
 async def read_message(reader: asyncio.StreamReader, limit: int = MAX_MESSAGE

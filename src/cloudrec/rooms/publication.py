@@ -12,6 +12,8 @@ Two ways in, both synchronous, on the event loop, one call per frame:
   here: it detects keyframes, keeps the publication's :class:`~cloudrec.rooms.stats.
   PublicationStats`, asks upstream for a keyframe until the first video keyframe, builds the
   :class:`~cloudrec.mediatypes.EncodedFrame` once and hands it to every matching subscription;
+  its ``wallclock`` comes from :meth:`Publication.set_sender_clock` (a WebRTC publisher's
+  sender reports), None until then;
 - :meth:`Publication.forward` for frames another hub already built (a relay): counted and
   handed on unchanged.
 """
@@ -77,6 +79,7 @@ class Publication:
         self.stats = PublicationStats()
         self._room = room if room is not None else Room()
         self._writers: dict[str, Write] = {}
+        self._wall0: dict[str, float | None] = {}  # kind: the sender's time of timestamp 0
 
     @property
     def uid(self) -> str:
@@ -109,6 +112,12 @@ class Publication:
             write = self._writers[kind] = self._make_writer(kind)
         return write
 
+    def set_sender_clock(self, kind: str, wall0: float | None) -> None:
+        """The publisher's wall-clock time (s since the epoch, its own clock) of ``kind``'s
+        timestamp 0, from its RTCP sender reports; None: unknown (no report yet, or a new
+        stream). Frames written from now carry ``wallclock = wall0 + timestamp / clock_rate``."""
+        self._wall0[kind] = wall0
+
     def forward(self, frame: EncodedFrame) -> None:
         """A frame that another hub built (``frame.epoch`` must be this publication's)."""
         if not self.active:
@@ -121,7 +130,7 @@ class Publication:
 
     def _make_writer(self, kind: str) -> Write:
         uid, epoch, monotonic, stats = self.info.uid, self.info.epoch, time.monotonic, self.stats
-        subs = self._room.subscriptions
+        subs, clocks = self._room.subscriptions, self._wall0
         name, keyframe = "", keyframe_detector("")
         # Until the first video keyframe, ask for one (at most every 0.5 s): frames lost before
         # the receiver was registered would otherwise leave subscribers waiting a whole GOP.
@@ -147,8 +156,10 @@ class Publication:
                     self.upstream.request_keyframe()
             if not subs:
                 return
+            wall0 = clocks.get(kind)
             frame = EncodedFrame(kind, name, data, timestamp, clock_rate, now,  # type: ignore[arg-type]
-                                 is_key, epoch)
+                                 is_key, epoch,
+                                 None if wall0 is None else wall0 + timestamp / clock_rate)
             for sub in subs:
                 if sub.uid is None or sub.uid == uid:
                     sub.push_frame(uid, frame)

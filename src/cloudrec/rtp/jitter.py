@@ -102,6 +102,14 @@ class TimestampUnwrap:
         self._last += d
         return self._last - self._origin
 
+    def peek(self, ts: int) -> int | None:
+        """What ``ts`` would unwrap to now (the nearer way round 32 bits), without taking it;
+        None before the first timestamp."""
+        if self._origin < 0:
+            return None
+        return self._last + (ts - self._last + 0x80000000) % 0x100000000 - 0x80000000 \
+            - self._origin
+
 
 class AudioStream:
     """Opus: each packet is a frame, passed on in order; a late or repeated one is dropped
@@ -117,6 +125,10 @@ class AudioStream:
         self._last = -1
         self._map = TimestampUnwrap()
         self._deliver = deliver
+
+    def peek_timestamp(self, ts: int) -> int | None:
+        """The timestamp a frame with RTP time ``ts`` is given (None before the first)."""
+        return self._map.peek(ts)
 
     def packet(self, seq: int, ts: int, marker: int, payload: bytes, now: float) -> None:
         ext = self.stats.add(seq, ts, now)
@@ -164,6 +176,10 @@ class VideoStream:
         self.lost = 0
 
     # -- per packet ----------------------------------------------------------------------------
+
+    def peek_timestamp(self, ts: int) -> int | None:
+        """The timestamp a frame with RTP time ``ts`` is given (None before the first)."""
+        return self._map.peek(ts)
 
     def packet(self, seq: int, ts: int, marker: int, payload: bytes, now: float) -> None:
         """A packet sent on the media SSRC (counted in the receiver report)."""

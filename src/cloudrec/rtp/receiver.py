@@ -48,7 +48,7 @@ What is kept: receiver reports (loss, jitter, LSR/DLSR), a keyframe request when
 needed (PLI; a FIR to a publisher whose codec negotiated ``ccm fir`` but not ``nack pli``, see
 :func:`cloudrec.webrtc._aiortc_tap.accept_fir`), NACK with retries for video, REMB
 (:mod:`cloudrec.rtp.bwe`), RTX unwrapping, H.264/VP8 depacketisation into whole frames, Opus
-passed through.
+passed through, and the sender's clock (:data:`OnSenderClock`, from sender reports).
 
 One publication, one receiver: every SRTP datagram of the connection comes here, whichever of
 its sockets and source addresses it arrives on, and none goes to aiortc's receiver. Two
@@ -82,7 +82,7 @@ from cloudrec.rtp.bwe import RembEstimate
 from cloudrec.rtp.depacketize import piece_for, starts_frame_for
 from cloudrec.rtp.jitter import AudioStream, VideoStream
 
-__all__ = ["CodecInfo", "LeanReceiver", "OnFrame"]
+__all__ = ["CodecInfo", "LeanReceiver", "OnFrame", "OnSenderClock"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ EARLY_LIMIT = 256  # datagrams held per transport before its SRTP keys exist (~2
 
 # (kind, codec name, clock rate, data, unwrapped RTP timestamp) -> None
 OnFrame = Callable[[str, str, int, bytes, int], None]
+# (kind, the sender's wall-clock time of that kind's timestamp 0, or None) -> None
+OnSenderClock = Callable[[str, float | None], None]
 # the srtp sessions (rx, tx) of a DTLS transport, (None, None) before its handshake completes
 Sessions = Callable[[], tuple[Any, Any]]
 
@@ -108,10 +110,11 @@ class CodecInfo:
 
 
 class _Slot:
-    __slots__ = ("kind", "name", "clock_rate", "fir", "stream", "target", "make")
+    __slots__ = ("kind", "name", "clock_rate", "fir", "stream", "target", "make", "clocked")
 
     def __init__(self, kind: str, name: str, clock_rate: int, fir: bool = False) -> None:
         self.kind, self.name, self.clock_rate, self.fir = kind, name, clock_rate, fir
+        self.clocked = False  # its stream's sender clock was given out
         self.stream: Any = None
         self.target: _Slot | None = None  # RTX: the media slot
         self.make: Callable[[int], Any] | None = None
@@ -221,8 +224,11 @@ class LeanReceiver:
     """One publication's media: every datagram of its transports, frames out to ``on_frame``."""
 
     def __init__(self, codecs: list[CodecInfo], on_frame: OnFrame, *, rtcp_ssrc: int,
-                 abs_send_time_id: int | None = None, remb: bool = True) -> None:
+                 abs_send_time_id: int | None = None, remb: bool = True,
+                 on_sender_clock: OnSenderClock | None = None) -> None:
         self.closed = False
+        self._on_sender_clock = on_sender_clock
+        self._srs = rtcp.SenderClocks() if on_sender_clock is not None else None
         self._failed = False
         self._rtcp_ssrc = rtcp_ssrc
         self._ast_id = abs_send_time_id or 0
@@ -351,7 +357,12 @@ class LeanReceiver:
         stream = slot.stream
         if stream is None or stream.ssrc != ssrc:
             stream = slot.stream = slot.make(ssrc)  # type: ignore[misc]
+            if self._on_sender_clock is not None:  # a new stream: timestamps start again at 0
+                slot.clocked = False
+                self._on_sender_clock(slot.kind, None)
         stream.packet(seq, ts, b1 & 0x80, payload, now)
+        if not slot.clocked and self._srs is not None and self._srs.last:
+            self._clock(slot)
 
     def _abs_send_time(self, data: bytes, start: int, end: int, now: float) -> None:
         if data[start] != 0xBE or data[start + 1] != 0xDE:
@@ -372,11 +383,24 @@ class LeanReceiver:
             pos += 1 + length
 
     def _on_rtcp(self, data: bytes, now: float) -> None:
-        for ssrc, lsr in rtcp.sender_reports(data):
+        for ssrc, lsr, wallclock, rtp_ts in rtcp.sender_times(data):
+            if self._srs is not None:
+                self._srs.last[ssrc] = (wallclock, rtp_ts)
             for slot in self._slots.values():
                 stream = slot.stream
                 if stream is not None and stream.ssrc == ssrc:
                     stream.stats.lsr, stream.stats.lsr_at = lsr, now
+                    if self._srs is not None:
+                        self._clock(slot)
+
+    def _clock(self, slot: _Slot) -> None:
+        """The sender's time of ``slot``'s timestamp 0, once its stream has a frame and an SR."""
+        assert self._srs is not None and self._on_sender_clock is not None
+        stream = slot.stream
+        wall0 = self._srs.wall0(stream.ssrc, stream.peek_timestamp, slot.clock_rate)
+        if wall0 is not None:
+            slot.clocked = True
+            self._on_sender_clock(slot.kind, wall0)
 
     # -- RTCP out ------------------------------------------------------------------------------
 

@@ -127,7 +127,7 @@ class WebRtcIngest:
                 ) from exc
             transport.prepare(pc, self.ice)  # DTLS ciphers, ICE candidates and liveness
             if self.receive_path == "lean":
-                session.lean = lean_receiver(transceivers, session.deliver)
+                session.lean = lean_receiver(transceivers, session.deliver, session.sender_clock)
                 transport.attach_media(pc, session.lean.port)
                 session.lean.start()
             await pc.setLocalDescription(answer)  # gathers ICE candidates first
@@ -170,6 +170,8 @@ class WebRtcIngest:
         session.publication = pub
         for kind in kinds:
             session.writers[kind] = pub.writer(kind)
+        for kind, wall0 in session.clocks.items():
+            pub.set_sender_clock(kind, wall0)
         self._sessions[session.session_id] = session
         pc = session.pc
 

@@ -44,6 +44,7 @@ class WebRtcSession:
         self.lean: LeanReceiver | None = None
         self.publication: Publication | None = None
         self.writers: dict[str, Write] = {}
+        self.clocks: dict[str, float | None] = {}  # the lean receiver's sender clock per kind
         self.watchdog: asyncio.TimerHandle | None = None
         self._spawn = spawn
         self._on_close = on_close
@@ -84,6 +85,13 @@ class WebRtcSession:
         if write is not None:
             write(name, clock_rate, data, timestamp)
 
+    def sender_clock(self, kind: str, wall0: float | None) -> None:
+        """The lean receiver's sender clock (see :data:`cloudrec.rtp.receiver.OnSenderClock`),
+        kept until the publication exists."""
+        self.clocks[kind] = wall0
+        if self.publication is not None:
+            self.publication.set_sender_clock(kind, wall0)
+
     def tap_callback(self, kind: str) -> tap.FrameCallback:
         """aiortc's ``(codec, JitterFrame)`` to the publication's writer (the aiortc path)."""
         writers = self.writers
@@ -113,7 +121,9 @@ class WebRtcSession:
 
 
 def lean_receiver(transceivers: dict[str, Any],
-                  on_frame: Callable[[str, str, int, bytes, int], None]) -> LeanReceiver:
+                  on_frame: Callable[[str, str, int, bytes, int], None],
+                  on_sender_clock: Callable[[str, float | None], None] | None = None
+                  ) -> LeanReceiver:
     """A lean receiver for what the answer negotiated."""
     codecs: list[CodecInfo] = []
     abs_send_time = None
@@ -128,4 +138,4 @@ def lean_receiver(transceivers: dict[str, Any],
         codecs += [CodecInfo(kind, name, pt, clock, apt, fir="fir" in fb and "pli" not in fb)
                    for name, pt, clock, apt, fb in negotiated]
     return LeanReceiver(codecs, on_frame, rtcp_ssrc=rtcp_ssrc, abs_send_time_id=abs_send_time,
-                        remb=remb)
+                        remb=remb, on_sender_clock=on_sender_clock)

@@ -12,9 +12,14 @@ restarts after ``AUDIO_PAUSE_S`` or a new epoch, gets ``AUDIO_PRIME`` samples of
 the jitter buffer that keeps a real-time mix from running dry between packets.
 
 Lip sync (real time, once the mix clock has an ``origin``): every input frame is placed on the
-wall clock through its own track's mapping, ``media time + offset``, where ``offset`` is the
-least ``arrival - media time`` seen on that track (the least delayed frame), allowed to rise by
-``DRIFT`` per second so a publisher's clock that runs slow is followed. Both tracks then play
+wall clock through a mapping ``media time + offset``, where ``offset`` is the least ``arrival -
+media time`` seen (the least delayed frame), allowed to rise by ``DRIFT`` per second so a
+publisher's clock that runs slow is followed. When both tracks of an input carry the
+publisher's capture time (``EncodedFrame.wallclock``, from its RTCP sender reports), that is
+the media time and both tracks map through one offset, the larger of their two (the track
+that arrives later sets when both play: audio sent 300 ms after its capture holds the picture
+back 300 ms, rather than coming too late for its place); otherwise each track maps its own RTP
+time through its own offset (arrival alone). Both tracks then play
 ``LATENCY_S`` after that wall time: a decoded picture waits in its input's queue until the mix
 frame whose time has come (:meth:`MixInputs.show`), and decoded audio is written at its sample
 position in the mixer (silence where it is early, the oldest samples dropped where it is late,
@@ -77,20 +82,51 @@ class TrackClock:
 
     def wall(self, frame: EncodedFrame) -> float:
         """The wall-clock time (``time.monotonic()``) of ``frame``'s first sample."""
-        media = frame.timestamp / (frame.clock_rate or SAMPLE_RATE)
-        seen = frame.arrival - media
+        return self.place(frame.timestamp / (frame.clock_rate or SAMPLE_RATE), frame.arrival)
+
+    def place(self, media: float, arrival: float) -> float:
+        """``media`` (seconds on the track's clock) of a frame that arrived at ``arrival`` on
+        the wall clock."""
+        seen = arrival - media
         if self.offset is None:
             self.offset = seen
         else:
-            self.offset = min(self.offset + DRIFT * max(0.0, frame.arrival - self.at), seen)
-        self.at = frame.arrival
+            self.offset = min(self.offset + DRIFT * max(0.0, arrival - self.at), seen)
+        self.at = arrival
         return media + self.offset
+
+
+class SenderSync:
+    """One input's publisher clock: each track's ``wallclock`` mapped to the wall clock through
+    the larger of the two tracks' offsets (the later track sets when both play), used while the
+    latest frame of each track carried one."""
+
+    __slots__ = ("clocks", "epoch")
+
+    def __init__(self) -> None:
+        self.clocks: dict[str, TrackClock] = {}
+        self.epoch: int | None = None
+
+    def wall(self, frame: EncodedFrame, own: TrackClock) -> float:
+        """The wall-clock time of ``frame``: on the publisher's clock when both tracks have it,
+        else on ``own`` (its track's arrival mapping, which is kept up to date either way)."""
+        if frame.epoch != self.epoch:
+            self.clocks, self.epoch = {}, frame.epoch
+        wall = own.wall(frame)
+        sent = frame.wallclock
+        if sent is None:
+            self.clocks.pop(frame.kind, None)
+            return wall
+        self.clocks.setdefault(frame.kind, TrackClock()).place(sent, frame.arrival)
+        if len(self.clocks) < 2:
+            return wall
+        return sent + max(c.offset for c in self.clocks.values() if c.offset is not None)
 
 
 class _Input:
     __slots__ = ("aclock", "adec", "aepoch", "asked_at", "frame", "key", "last_audio",
-                 "last_video", "need_key", "next_rtp", "pending", "vclock", "vcodec", "vdec",
-                 "vepoch")
+                 "last_video", "need_key", "next_rtp", "pending", "sync", "vclock", "vcodec",
+                 "vdec", "vepoch")
 
     def __init__(self, key: Key) -> None:
         self.key = key
@@ -107,6 +143,7 @@ class _Input:
         self.last_audio = -1e9
         self.vclock = TrackClock()
         self.aclock = TrackClock()
+        self.sync = SenderSync()
         self.pending: deque[tuple[float, av.VideoFrame]] = deque()  # (show at, picture)
 
 
@@ -227,7 +264,7 @@ class MixInputs:
             inp.need_key = True
             self._ask_keyframe(inp, frame.arrival)
             return
-        show_at = None if self.origin is None else inp.vclock.wall(frame) + LATENCY_S
+        show_at = None if self.origin is None else inp.sync.wall(frame, inp.vclock) + LATENCY_S
         for decoded in frames:
             if show_at is None:
                 inp.frame = decoded
@@ -284,5 +321,6 @@ class MixInputs:
         """Samples between ``inp``'s write position in the mixer and where ``frame`` belongs
         on the mix clock (positive: the frame is early)."""
         assert self.origin is not None
-        target = round((inp.aclock.wall(frame) + LATENCY_S - self.origin) * SAMPLE_RATE)
+        wall = inp.sync.wall(frame, inp.aclock)
+        target = round((wall + LATENCY_S - self.origin) * SAMPLE_RATE)
         return target - (mixer.clock + mixer.buffered(inp.key))

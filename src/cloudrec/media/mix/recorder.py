@@ -175,6 +175,10 @@ class MixedHlsRecorder:
     def duration(self) -> float:
         return self._out.duration
 
+    def merge_segments(self, returned: list[SegmentInfo]) -> list[SegmentInfo]:
+        """List segments a returning node stored (see ``HlsSegmenter.merge``)."""
+        return self._out.merge(returned)
+
     @property
     def started(self) -> bool:
         """Whether the clock runs (the first media came and a tick followed)."""

@@ -20,6 +20,7 @@ Commands (loop → worker)::
     ("update", mixconfig, pictures, token) answered by ("updated", token, error or None)
     ("pause",) / ("resume",)               pauserecord / resumerecord (see MixedHlsRecorder)
     ("push", urls)                         also push the encoded stream live to these URLs
+    ("merge", [SegmentInfo, ...])          list segments a returning node stored, in place
     ("stop",)                              close the last segment, #EXT-X-ENDLIST, report done
     ("taken",)                             the loop queued the last segment's upload
 
@@ -107,7 +108,7 @@ class Progress:
 def pack_frame(key: Key, f: EncodedFrame) -> tuple[Any, ...]:
     """A flat tuple pickles several times faster than the dataclass."""
     return (key[0], key[1], f.kind, f.codec, f.data, f.timestamp, f.clock_rate, f.arrival,
-            f.keyframe, f.epoch)
+            f.keyframe, f.epoch, f.wallclock)
 
 
 def unpack_frame(t: tuple[Any, ...]) -> tuple[Key, EncodedFrame]:
@@ -215,6 +216,8 @@ class MixWorker:
             rec.unpublished(command[1])
         elif kind == "resync":
             rec.resync(command[1])
+        elif kind == "merge":
+            rec.merge_segments(command[1])
         elif kind == "pause":
             rec.pause(time.monotonic())
         elif kind == "resume":
