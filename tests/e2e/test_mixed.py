@@ -277,19 +277,23 @@ async def test_template_layouts_sei_and_reflow(server: Server) -> None:
         live = await server.call(f"queryrecord/{room}/{started[0][1]}")
         assert live["code"] == 0 and live["data"]["status"] == 2
         assert live["data"]["inputs"] == [f"{room}/b", f"{room}/g", f"{room}/r"]
+        left = time.monotonic()
         await green.stop()
         await asyncio.sleep(2.0)
-        for resid, recordid in started:
+        since_left = []  # how long before each recording's end green left (a loaded box
+        for resid, recordid in started:  # takes a while to stop the first)
             await stop(server, room, resid, recordid)
+            since_left.append(time.monotonic() - left)
     finally:
         for pub in pubs:
             await pub.stop()
-    for (_resid, recordid), templateid in zip(started, (1, 3)):
+    for (_resid, recordid), templateid, gone in zip(started, (1, 3), since_left):
         playlist = playlist_of(server, room, recordid)
         frames = video_frames(playlist)
         assert frames[0][1].shape == (240, 320, 3)
-        t_end = frames[-1][0]
-        before = [img for t, img in frames if t_end - 3.2 < t < t_end - 2.3]  # all three
+        t_end = frames[-1][0]  # its last frame was made before the stop returned, so every
+        before = [img for t, img in frames  # frame before t_end - gone was made before green left
+                  if t_end - gone - 1.0 < t < t_end - gone - 0.3]  # all three
         after = [img for t, img in frames if t > t_end - 0.8]  # green has left
         assert before and after
         for img in (before[-1],):
