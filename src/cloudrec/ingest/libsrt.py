@@ -19,6 +19,8 @@ import ctypes.util
 import socket
 import struct
 import threading
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 INVALID, ERROR = -1, -1
@@ -46,27 +48,35 @@ class _EpollEvent(ctypes.Structure):
 
 
 _lib: ctypes.CDLL | None = None
+_recv_nowait: Any = None
+_available: bool | None = None
 _lock = threading.Lock()
 
 
 def _load() -> ctypes.CDLL:
-    for name in filter(None, [*_NAMES, ctypes.util.find_library("srt") or ""]):
+    for name in _NAMES:
         try:
             return ctypes.CDLL(name)
         except OSError:
             continue
+    name = ctypes.util.find_library("srt") or ""  # runs ldconfig or a compiler: last
+    if name:
+        return ctypes.CDLL(name)
     raise OSError("libsrt is not installed (Debian: libsrt1.5-gnutls)")
 
 
 def available() -> bool:
-    """Whether a libsrt loads here; nothing is started (no ``srt_startup``)."""
+    """Whether a libsrt loads here (found once); nothing is started (no ``srt_startup``)."""
+    global _available
     if _lib is not None:
         return True
-    try:
-        _load()
-    except OSError:
-        return False
-    return True
+    if _available is None:
+        try:
+            _load()
+            _available = True
+        except OSError:
+            _available = False
+    return _available
 
 
 def lib() -> ctypes.CDLL:
@@ -106,6 +116,17 @@ def _declare(so: ctypes.CDLL) -> None:
             ("srt_epoll_uwait", c_int, (c_int, ctypes.POINTER(_EpollEvent), c_int, i64))):
         fn = getattr(so, name)
         fn.restype, fn.argtypes = res, list(args)
+
+
+def recv_nowait() -> Callable[[int, Any, int], int]:
+    """``srt_recvmsg`` for a non-blocking socket, called without releasing the GIL (it never
+    waits, and a reader draining many messages then does not hand the GIL back and forth)."""
+    global _recv_nowait
+    if _recv_nowait is None:
+        fn = ctypes.PyDLL(lib()._name).srt_recvmsg
+        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        _recv_nowait = fn
+    return _recv_nowait
 
 
 def last_error() -> tuple[int, str]:
