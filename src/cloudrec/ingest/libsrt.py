@@ -19,8 +19,6 @@ import ctypes.util
 import socket
 import struct
 import threading
-from collections.abc import Callable
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 INVALID, ERROR = -1, -1
@@ -48,7 +46,6 @@ class _EpollEvent(ctypes.Structure):
 
 
 _lib: ctypes.CDLL | None = None
-_recv_nowait: Any = None
 _available: bool | None = None
 _lock = threading.Lock()
 
@@ -116,17 +113,6 @@ def _declare(so: ctypes.CDLL) -> None:
             ("srt_epoll_uwait", c_int, (c_int, ctypes.POINTER(_EpollEvent), c_int, i64))):
         fn = getattr(so, name)
         fn.restype, fn.argtypes = res, list(args)
-
-
-def recv_nowait() -> Callable[[int, Any, int], int]:
-    """``srt_recvmsg`` for a non-blocking socket, called without releasing the GIL (it never
-    waits, and a reader draining many messages then does not hand the GIL back and forth)."""
-    global _recv_nowait
-    if _recv_nowait is None:
-        fn = ctypes.PyDLL(lib()._name).srt_recvmsg
-        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        _recv_nowait = fn
-    return _recv_nowait
 
 
 def last_error() -> tuple[int, str]:

@@ -185,8 +185,8 @@ class _PushSession:
         batch: list[EncodedFrame] = []  # the demux thread's frames not yet handed over
 
         def written(frames: list[EncodedFrame]) -> None:
+            in_flight.release(len(frames))
             for frame in frames:
-                in_flight.release()
                 self._write(frame)
 
         def hand_over() -> None:  # the demux thread: one loop wake per batch of frames

@@ -33,7 +33,7 @@ from .base import (
     IngestConnection,
     IngestHandler,
     IngestRefused,
-    flv_tag,
+    flv_tag_parts,
     parse_rtmp_name,
 )
 from .chunks import (
@@ -151,7 +151,7 @@ class _Session:
         self.reason: str | None = None
         self.published = False
         self.told = False  # an error status was sent: close gracefully so that it arrives
-        self.batch: list[bytes] = []  # FLV tags not yet handed on
+        self.batch: list[bytes] = []  # FLV tags not yet handed on, in pieces
 
     def drop(self, reason: str) -> None:
         """Ends the connection from outside the read loop. While publishing, the publisher is
@@ -337,7 +337,7 @@ class _Session:
         if conn is None or not body:
             return  # media before publish is ignored, as servers do
         conn.bytes_in += len(body)
-        self.batch.append(flv_tag(type_, timestamp, body))
+        self.batch += flv_tag_parts(type_, timestamp, body)
 
     def _flush_media(self) -> None:
         """Hands the tags gathered so far on in one piece."""

@@ -173,8 +173,7 @@ class _Connection:
         self.reason: str | None = None
         self.done = False  # ended() was called, on the loop
         self.ended = False  # the socket has nothing more to give
-        self._buf = ctypes.create_string_buffer(MESSAGE_BUFFER)
-        self._recvmsg = libsrt.recv_nowait()
+        self._buf, self._so = ctypes.create_string_buffer(MESSAGE_BUFFER), libsrt.lib()
         libsrt.set_int(sock, libsrt.RCVSYN, 0)  # read without waiting; the epoll waits
         self._epoll = libsrt.Epoll()
         try:
@@ -258,7 +257,7 @@ class _Connection:
 
     def _recv(self) -> bytes:
         """One message if one is waiting (b"" if not; ``ended`` set when the socket broke)."""
-        n = self._recvmsg(self.sock, self._buf, MESSAGE_BUFFER)
+        n = self._so.srt_recvmsg(self.sock, self._buf, MESSAGE_BUFFER)
         if n > 0:
             self.info.bytes_in += n
             return ctypes.string_at(self._buf, n)
