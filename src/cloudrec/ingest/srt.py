@@ -6,9 +6,11 @@ the event loop and refuses a bad name or token with an SRT reject reason (1400 b
 unauthorized, 1503 when full), so a refused caller never gets a connection (FFmpeg exits with
 "connection rejected") and a WARNING names app/room/uid.
 
-Each accepted connection has one thread: it receives SRT messages (libsrt's buffers are bounded,
-a stalled or vanished peer breaks the connection after ``SRTO_PEERIDLETIMEO``) and hands their
-payload, the MPEG-TS as sent, to ``handler.data`` on the event loop (``conn.fmt == "mpegts"``),
+Each accepted connection has one thread: it waits on an SRT epoll for the socket (read without
+blocking), takes the messages that arrive within :data:`BATCH_S` of the first in one go
+(libsrt's buffers are bounded, a stalled or vanished peer breaks the connection after
+``SRTO_PEERIDLETIMEO``) and hands their payload, the MPEG-TS as sent, joined, to
+``handler.data`` on the event loop (``conn.fmt == "mpegts"``),
 at most :data:`MAX_QUEUED` messages per connection in flight: a slow loop makes the thread
 wait, and libsrt then drops late packets, so memory stays bounded. Nothing is demuxed here: the
 worker that owns the room does it (:mod:`cloudrec.ingest.demux`), so the listener loads no
