@@ -22,6 +22,7 @@ The listeners never parse media: the worker that owns the room demuxes the strea
 from __future__ import annotations
 
 import itertools
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Literal, Protocol
 from urllib.parse import parse_qs
 
 __all__ = ["FLV_HEADER", "IngestConnection", "IngestHandler", "IngestRefused", "StreamName",
-           "Timeline", "flv_tag", "parse_rtmp_name", "parse_srt_streamid"]
+           "Timeline", "flv_tag", "flv_tag_parts", "parse_rtmp_name", "parse_srt_streamid"]
 
 Transport = Literal["rtmp", "srt"]
 #: An FLV file header (audio and video present) and the first PreviousTagSize.
@@ -129,9 +130,17 @@ def parse_srt_streamid(streamid: str) -> StreamName:
 
 def flv_tag(tag_type: int, timestamp_ms: int, body: bytes) -> bytes:
     """One FLV tag (8 audio, 9 video) with its PreviousTagSize."""
+    return b"".join(flv_tag_parts(tag_type, timestamp_ms, body))
+
+
+def flv_tag_parts(tag_type: int, timestamp_ms: int, body: bytes) -> tuple[bytes, bytes, bytes]:
+    """:func:`flv_tag` as (header, body, trailer), to be joined with others without copying
+    the body twice."""
     ts = timestamp_ms & 0xFFFFFFFF
-    return (bytes((tag_type,)) + len(body).to_bytes(3, "big") + (ts & 0xFFFFFF).to_bytes(3, "big")
-            + bytes((ts >> 24, 0, 0, 0)) + body + (len(body) + 11).to_bytes(4, "big"))
+    size = len(body)
+    header = struct.pack(">I3sB3x", (tag_type << 24) | size, (ts & 0xFFFFFF).to_bytes(3, "big"),
+                         ts >> 24)
+    return header, body, (size + 11).to_bytes(4, "big")
 
 
 class Timeline:

@@ -21,6 +21,8 @@ MAX_MESSAGE = 8 << 20
 MAX_PENDING = 16 << 20
 MAX_CHUNK_STREAMS = 64
 HANDSHAKE_SIZE = 1536
+READ_SIZE = 1 << 16  # bytes asked of the socket at a time
+_PARTIAL = object()  # a chunk that does not finish its message
 # message type ids
 SET_CHUNK_SIZE, ABORT, ACK, USER_CONTROL, WINDOW_ACK_SIZE, SET_PEER_BANDWIDTH = 1, 2, 3, 4, 5, 6
 AUDIO, VIDEO, DATA_AMF3, COMMAND_AMF3, DATA_AMF0, COMMAND_AMF0, AGGREGATE = 8, 9, 15, 17, 18, 20, 22
@@ -63,7 +65,14 @@ async def server_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 class ChunkReader:
-    """Joins the chunks from ``reader`` into messages; ``bytes_read`` counts every byte."""
+    """Joins the chunks from ``reader`` into messages; ``bytes_read`` counts every byte.
+
+    Bytes are read as they come, in reads of up to :data:`READ_SIZE`, and parsed from a buffer:
+    :meth:`buffered_message` returns the next message the buffer completes without waiting (the
+    caller may take a whole burst at once), :meth:`read_message` waits for one. The buffer holds
+    at most one unfinished chunk plus one read: a chunk's header is checked against the limits
+    before its body is waited for.
+    """
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self._reader = reader
@@ -71,11 +80,19 @@ class ChunkReader:
         self.bytes_read = 0
         self._streams: dict[int, _ChunkStream] = {}
         self._pending = 0
+        self._buf = bytearray()
+        self._pos = 0
 
-    async def _read(self, n: int) -> bytes:
-        data = await self._reader.readexactly(n)
-        self.bytes_read += n
-        return data
+    async def fill(self) -> None:
+        """Waits for more bytes; ``IncompleteReadError`` once the peer closed."""
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
+        data = await self._reader.read(READ_SIZE)
+        if not data:
+            raise asyncio.IncompleteReadError(bytes(self._buf), None)
+        self.bytes_read += len(data)
+        self._buf += data
 
     def abort(self, csid: int) -> None:
         """Drops the unfinished message of chunk stream ``csid`` (an Abort message)."""
@@ -87,18 +104,38 @@ class ChunkReader:
     async def read_message(self) -> Message:
         """The next complete message."""
         while True:
-            message = await self._read_chunk()
+            message = self.buffered_message()
             if message is not None:
                 return message
+            await self.fill()
 
-    async def _read_chunk(self) -> Message | None:
-        first = (await self._read(1))[0]
+    def buffered_message(self) -> Message | None:
+        """The next message the bytes already received complete, or None."""
+        while True:
+            chunk = self._chunk()
+            if chunk is None:
+                return None
+            if chunk is not _PARTIAL:
+                return chunk  # type: ignore[return-value]
+
+    def _chunk(self) -> Message | object | None:
+        """Parses one chunk from the buffer: its message when it completes one, _PARTIAL when
+        it does not, None when the buffer does not hold the whole chunk (nothing consumed)."""
+        buf, p = self._buf, self._pos
+        end = len(buf)
+        if p >= end:
+            return None
+        first = buf[p]
         fmt, csid = first >> 6, first & 0x3F
+        p += 1
         if csid == 0:
-            csid = 64 + (await self._read(1))[0]
+            if p + 1 > end:
+                return None
+            csid, p = 64 + buf[p], p + 1
         elif csid == 1:
-            low, high = await self._read(2)
-            csid = 64 + low + (high << 8)
+            if p + 2 > end:
+                return None
+            csid, p = 64 + buf[p] + (buf[p + 1] << 8), p + 2
         cs = self._streams.get(csid)
         if cs is None:
             if fmt != 0 and csid != 2:
@@ -106,46 +143,65 @@ class ChunkReader:
             if len(self._streams) >= MAX_CHUNK_STREAMS:
                 raise RtmpProtocolError("too many chunk streams")
             cs = self._streams[csid] = _ChunkStream()
-        new_message = cs.partial is None
+        new_message = cs.partial is None or fmt < 3
+        length, type_, stream_id, extended = cs.length, cs.type, cs.stream_id, cs.extended
         if fmt < 3:
-            if not new_message:  # a new header in the middle of a message: drop the old one
-                self.abort(csid)
-                new_message = True
-            header = await self._read((11, 7, 3)[fmt])
-            field = int.from_bytes(header[:3], "big")
+            hsize = (11, 7, 3)[fmt]
+            if p + hsize > end:
+                return None
+            field = int.from_bytes(buf[p:p + 3], "big")
             if fmt < 2:
-                cs.length = int.from_bytes(header[3:6], "big")
-                cs.type = header[6]
+                length, type_ = int.from_bytes(buf[p + 3:p + 6], "big"), buf[p + 6]
             if fmt == 0:
-                cs.stream_id = int.from_bytes(header[7:11], "little")
-            cs.extended = field == 0xFFFFFF
-            if cs.extended:
-                field = int.from_bytes(await self._read(4), "big")
+                stream_id = int.from_bytes(buf[p + 7:p + 11], "little")
+            p += hsize
+            extended = field == 0xFFFFFF
+            if extended:
+                if p + 4 > end:
+                    return None
+                field, p = int.from_bytes(buf[p:p + 4], "big"), p + 4
+        elif extended:
+            if p + 4 > end:
+                return None
+            field, p = int.from_bytes(buf[p:p + 4], "big"), p + 4
+        else:
+            field = cs.ts_field
+        have = 0 if new_message else len(cs.partial)  # type: ignore[arg-type]
+        if new_message:
+            if length > MAX_MESSAGE:
+                raise RtmpProtocolError(f"message of {length} bytes (at most {MAX_MESSAGE})")
+            held = self._pending - (cs.length if cs.partial is not None else 0)
+            if held + length > MAX_PENDING:
+                raise RtmpProtocolError("too many unfinished messages")
+        size = min(self.chunk_size, length - have)
+        if p + size > end:
+            return None
+        # the whole chunk is here: take it
+        self._pos = p + size
+        if fmt < 3:
+            if cs.partial is not None:  # a new header in the middle of a message: drop it
+                self.abort(csid)
+            cs.length, cs.type, cs.stream_id, cs.extended = length, type_, stream_id, extended
             cs.timestamp = field if fmt == 0 else (cs.timestamp + field) & 0xFFFFFFFF
             cs.ts_field = field
-        else:
-            if cs.extended:
-                field = int.from_bytes(await self._read(4), "big")
-                if new_message:
-                    cs.ts_field = field
-            if new_message:
-                cs.timestamp = (cs.timestamp + cs.ts_field) & 0xFFFFFFFF
+        elif new_message:
+            if extended:
+                cs.ts_field = field
+            cs.timestamp = (cs.timestamp + cs.ts_field) & 0xFFFFFFFF
         if new_message:
-            if cs.length > MAX_MESSAGE:
-                raise RtmpProtocolError(f"message of {cs.length} bytes (at most {MAX_MESSAGE})")
-            if self._pending + cs.length > MAX_PENDING:
-                raise RtmpProtocolError("too many unfinished messages")
-            self._pending += cs.length
-            cs.partial = bytearray()
-        assert cs.partial is not None
-        size = min(self.chunk_size, cs.length - len(cs.partial))
-        if size:
-            cs.partial += await self._read(size)
-        if len(cs.partial) < cs.length:
-            return None
-        payload, cs.partial = bytes(cs.partial), None
+            if size == length:  # the whole message in one chunk
+                return Message(cs.type, cs.stream_id, cs.timestamp, bytes(buf[p:p + size]))
+            self._pending += length
+            cs.partial = bytearray(buf[p:p + size])
+            return _PARTIAL
+        partial = cs.partial
+        assert partial is not None
+        partial += buf[p:p + size]
+        if len(partial) < cs.length:
+            return _PARTIAL
+        cs.partial = None
         self._pending -= cs.length
-        return Message(cs.type, cs.stream_id, cs.timestamp, payload)
+        return Message(cs.type, cs.stream_id, cs.timestamp, bytes(partial))
 
 
 class ChunkWriter:

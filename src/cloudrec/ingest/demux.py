@@ -3,7 +3,8 @@ opens (pulls reuse it).
 
 :class:`ByteFeed` is the file-like object between an event loop that receives bytes and the
 thread that demuxes them: bounded (the loop waits while it holds :data:`FEED_LIMIT` bytes), and
-``read`` returns ``b""`` once the loop closed it. :func:`demux_frames` runs in that thread and
+``read`` returns ``b""`` once the loop closed it; ``on_wait`` lets the reader hand on what it
+holds before a read waits. :func:`demux_frames` runs in that thread and
 calls ``deliver`` per frame:
 
 - H.264 leaves as Annex B access units with SPS/PPS in front of every keyframe, 90 kHz; an
@@ -51,8 +52,9 @@ PROBE = {"probesize": "1000000", "analyzeduration": "1000000", "fpsprobesize": "
 class ByteFeed:
     """Bytes from the loop (:meth:`put`) to a reading thread (:meth:`read`), bounded."""
 
-    def __init__(self, limit: int = FEED_LIMIT) -> None:
+    def __init__(self, limit: int = FEED_LIMIT, on_wait: Callable[[], None] | None = None) -> None:
         self.limit = limit
+        self.on_wait = on_wait  # called (in the reading thread) before a read waits for data
         self._buf = bytearray()
         self._cond = threading.Condition()
         self._closed = False
@@ -77,6 +79,8 @@ class ByteFeed:
             self._cond.notify_all()
 
     def read(self, size: int = -1) -> bytes:
+        if not self._buf and not self._closed and self.on_wait is not None:
+            self.on_wait()
         with self._cond:
             while not self._buf and not self._closed:
                 self._cond.wait(0.5)

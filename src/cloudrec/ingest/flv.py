@@ -143,36 +143,45 @@ class FlvReader:
 
     def feed(self, data: bytes) -> list[EncodedFrame]:
         buf = self._buf
-        buf += data
+        if buf:  # the rest of a tag that a previous slice began
+            buf += data
+            if self._header and (len(buf) < 11 or len(buf) < int.from_bytes(buf[1:4], "big") + 15):
+                if int.from_bytes(buf[1:4], "big") > self.MAX_TAG:
+                    raise ValueError("FLV tag of more than 16 MiB")
+                return []  # still unfinished: kept as it is, copied once finished
+            data = bytes(buf)
+            buf.clear()
         if not self._header:
-            if len(buf) < 13:
+            if len(data) < 13:
+                self._buf += data
                 return []
-            if buf[:3] != b"FLV":
+            if data[:3] != b"FLV":
                 raise ValueError("not an FLV stream")
-            skip = int.from_bytes(buf[5:9], "big") + 4
+            skip = int.from_bytes(data[5:9], "big") + 4
             if not 9 <= skip - 4 <= 64:
                 raise ValueError("bad FLV header")
-            if len(buf) < skip:
+            if len(data) < skip:
+                self._buf += data
                 return []
-            del buf[:skip]
+            data = data[skip:]
             self._header = True
         out: list[EncodedFrame] = []
-        pos = 0
-        while len(buf) - pos >= 11:
-            size = int.from_bytes(buf[pos + 1:pos + 4], "big")
+        pos, size_of, video, audio = 0, len(data), self.demux.video, self.demux.audio
+        while size_of - pos >= 11:
+            size = int.from_bytes(data[pos + 1:pos + 4], "big")
             if size > self.MAX_TAG:
                 raise ValueError(f"FLV tag of {size} bytes")
             end = pos + 11 + size + 4
-            if len(buf) < end:
+            if size_of < end:
                 break
-            tag_type = buf[pos] & 0x1F
-            ts = int.from_bytes(buf[pos + 4:pos + 7], "big") | (buf[pos + 7] << 24)
-            body = bytes(buf[pos + 11:pos + 11 + size])
-            frame = (self.demux.video(body, ts) if tag_type == 9
-                     else self.demux.audio(body, ts) if tag_type == 8 else None)
+            tag_type = data[pos] & 0x1F
+            ts = int.from_bytes(data[pos + 4:pos + 7], "big") | (data[pos + 7] << 24)
+            body = data[pos + 11:pos + 11 + size]
+            frame = (video(body, ts) if tag_type == 9
+                     else audio(body, ts) if tag_type == 8 else None)
             if frame is not None:
                 out.append(frame)
             pos = end
-        if pos:
-            del buf[:pos]
+        if pos < size_of:
+            self._buf += data[pos:]
         return out

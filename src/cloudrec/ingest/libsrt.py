@@ -46,27 +46,34 @@ class _EpollEvent(ctypes.Structure):
 
 
 _lib: ctypes.CDLL | None = None
+_available: bool | None = None
 _lock = threading.Lock()
 
 
 def _load() -> ctypes.CDLL:
-    for name in filter(None, [*_NAMES, ctypes.util.find_library("srt") or ""]):
+    for name in _NAMES:
         try:
             return ctypes.CDLL(name)
         except OSError:
             continue
+    name = ctypes.util.find_library("srt") or ""  # runs ldconfig or a compiler: last
+    if name:
+        return ctypes.CDLL(name)
     raise OSError("libsrt is not installed (Debian: libsrt1.5-gnutls)")
 
 
 def available() -> bool:
-    """Whether a libsrt loads here; nothing is started (no ``srt_startup``)."""
+    """Whether a libsrt loads here (found once); nothing is started (no ``srt_startup``)."""
+    global _available
     if _lib is not None:
         return True
-    try:
-        _load()
-    except OSError:
-        return False
-    return True
+    if _available is None:
+        try:
+            _load()
+            _available = True
+        except OSError:
+            _available = False
+    return _available
 
 
 def lib() -> ctypes.CDLL:

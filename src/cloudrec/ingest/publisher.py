@@ -5,7 +5,8 @@ The front terminates the protocol and sends the stream over a link (:meth:`~clou
 client.WorkerClient.ingest_stream`): ``"flv"`` is parsed here on the event loop
 (:class:`~cloudrec.ingest.flv.FlvReader`: cheap, no library); ``"mpegts"`` is demuxed by PyAV in
 a thread of its own (:func:`~cloudrec.ingest.demux.demux_frames` over a bounded
-:class:`~cloudrec.ingest.demux.ByteFeed`). Every frame goes through a
+:class:`~cloudrec.ingest.demux.ByteFeed`), which hands its frames to the loop in batches (what
+one feed's worth of bytes gave, at most :data:`BATCH_FRAMES`). Every frame goes through a
 :class:`~cloudrec.media.normalize.PublicationNormalizer`: H.264, AAC and Opus pass untouched,
 other codecs become H.264 / AAC-LC (in the demux thread for MPEG-TS, in a worker thread for
 FLV), so readers never see anything else.
@@ -49,6 +50,7 @@ FORMATS = ("flv", "mpegts")
 ATTACH_WAIT_S = 1.0
 MAX_PENDING = 512  # frames held before the publication attaches
 MAX_IN_FLIGHT = 256  # frames from a demux thread waiting for the event loop
+BATCH_FRAMES = 32  # a demux thread hands its frames over in batches of at most this many
 RECONNECT_S = 60.0  # a publish of a uid that ended this recently counts as a reconnect
 
 
@@ -178,26 +180,41 @@ class _PushSession:
                     self._write(out)
 
     async def _mpegts(self, chunks: AsyncIterator[bytes]) -> None:
-        feed, done = ByteFeed(), self._loop.create_future()
+        done = self._loop.create_future()
         in_flight = threading.Semaphore(MAX_IN_FLIGHT)
+        batch: list[EncodedFrame] = []  # the demux thread's frames not yet handed over
 
-        def written(frame: EncodedFrame) -> None:
-            in_flight.release()
-            self._write(frame)
+        def written(frames: list[EncodedFrame]) -> None:
+            in_flight.release(len(frames))
+            for frame in frames:
+                self._write(frame)
+
+        def hand_over() -> None:  # the demux thread: one loop wake per batch of frames
+            if batch:
+                self._loop.call_soon_threadsafe(written, batch.copy())
+                batch.clear()
 
         def deliver(frame: EncodedFrame) -> bool:  # the demux thread
             for out in self.normalizer.push(frame):
-                while not in_flight.acquire(timeout=0.5):
-                    if self.reason is not None:
-                        return False
-                self._loop.call_soon_threadsafe(written, out)
+                if not in_flight.acquire(blocking=False):
+                    hand_over()
+                    while not in_flight.acquire(timeout=0.5):
+                        if self.reason is not None:
+                            return False
+                batch.append(out)
+                if len(batch) >= BATCH_FRAMES:
+                    hand_over()
             return self.reason is None
+
+        feed = ByteFeed(on_wait=hand_over)
 
         def work() -> None:
             try:
                 demux_frames(feed, 0, deliver)
+                hand_over()
                 self._loop.call_soon_threadsafe(_settle, done, None)
             except BaseException as exc:  # noqa: BLE001 - reported on the loop
+                hand_over()
                 self._loop.call_soon_threadsafe(_settle, done, exc)
 
         threading.Thread(target=work, name=f"demux-{self.uid}"[:15], daemon=True).start()

@@ -33,7 +33,7 @@ from .base import (
     IngestConnection,
     IngestHandler,
     IngestRefused,
-    flv_tag,
+    flv_tag_parts,
     parse_rtmp_name,
 )
 from .chunks import (
@@ -151,6 +151,7 @@ class _Session:
         self.reason: str | None = None
         self.published = False
         self.told = False  # an error status was sent: close gracefully so that it arrives
+        self.batch: list[bytes] = []  # FLV tags not yet handed on, in pieces
 
     def drop(self, reason: str) -> None:
         """Ends the connection from outside the read loop. While publishing, the publisher is
@@ -169,12 +170,21 @@ class _Session:
         try:
             await server_handshake(self.reader, self.writer)
             self.handshaken = True
+            chunks = self.chunks
             while self.reason is None:
-                message = await self.chunks.read_message()
-                self.last_rx = time.monotonic()
-                await self._on_message(message)
-                if self.chunks.bytes_read - self.acked >= self.peer_window:
-                    self.acked = self.chunks.bytes_read
+                message = chunks.buffered_message()
+                if message is None:
+                    self._flush_media()
+                    await chunks.fill()
+                    self.last_rx = time.monotonic()
+                    continue
+                if message.type in (VIDEO, AUDIO):
+                    self._media(message.type, message.payload, message.timestamp)
+                else:
+                    self._flush_media()
+                    await self._on_message(message)
+                if chunks.bytes_read - self.acked >= self.peer_window:
+                    self.acked = chunks.bytes_read
                     self.out.control(ACK, (self.acked & 0xFFFFFFFF).to_bytes(4, "big"))
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
             self.reason = self.reason or "closed"
@@ -199,6 +209,7 @@ class _Session:
 
     def _end(self, reason: str) -> None:
         """Ends the publication (``ended`` once); the connection may linger until closed."""
+        self._flush_media()
         conn, self.conn = self.conn, None
         if conn is None:
             return
@@ -326,7 +337,15 @@ class _Session:
         if conn is None or not body:
             return  # media before publish is ignored, as servers do
         conn.bytes_in += len(body)
-        self._call(self.handler.data, conn, flv_tag(type_, timestamp, body))
+        self.batch += flv_tag_parts(type_, timestamp, body)
+
+    def _flush_media(self) -> None:
+        """Hands the tags gathered so far on in one piece."""
+        if self.batch:
+            data = b"".join(self.batch)
+            self.batch.clear()
+            if self.conn is not None:
+                self._call(self.handler.data, self.conn, data)
 
     def _aggregate(self, m: Message) -> None:
         """An aggregate message: FLV tags back to back, their times relative to the first."""

@@ -6,9 +6,11 @@ the event loop and refuses a bad name or token with an SRT reject reason (1400 b
 unauthorized, 1503 when full), so a refused caller never gets a connection (FFmpeg exits with
 "connection rejected") and a WARNING names app/room/uid.
 
-Each accepted connection has one thread: it receives SRT messages (libsrt's buffers are bounded,
-a stalled or vanished peer breaks the connection after ``SRTO_PEERIDLETIMEO``) and hands their
-payload, the MPEG-TS as sent, to ``handler.data`` on the event loop (``conn.fmt == "mpegts"``),
+Each accepted connection has one thread: it waits on an SRT epoll for the socket (read without
+blocking), takes the messages that arrive within :data:`BATCH_S` of the first in one go
+(libsrt's buffers are bounded, a stalled or vanished peer breaks the connection after
+``SRTO_PEERIDLETIMEO``) and hands their payload, the MPEG-TS as sent, joined, to
+``handler.data`` on the event loop (``conn.fmt == "mpegts"``),
 at most :data:`MAX_QUEUED` messages per connection in flight: a slow loop makes the thread
 wait, and libsrt then drops late packets, so memory stays bounded. Nothing is demuxed here: the
 worker that owns the room does it (:mod:`cloudrec.ingest.demux`), so the listener loads no
@@ -34,6 +36,7 @@ __all__ = ["SrtServer"]
 MAX_QUEUED = 256
 BATCH_S = 0.04  # messages joined into one hand-off, at most this long after the first
 BATCH_BYTES = 64 * 1024
+MESSAGE_BUFFER = 2048  # an SRT live message is at most 1456 bytes
 AUTHORIZE_TIMEOUT = 5.0
 
 
@@ -65,7 +68,6 @@ class SrtServer:
         sock = libsrt.check(so.srt_create_socket(), "srt_create_socket")
         try:
             # options set on the listener are inherited by the sockets it accepts
-            libsrt.set_int(sock, libsrt.RCVTIMEO, int(BATCH_S * 1000))
             libsrt.set_int(sock, libsrt.LATENCY, self.latency_ms)
             libsrt.set_int(sock, libsrt.PEERIDLETIMEO, self.peer_idle_timeout_ms)
             addr = libsrt.sockaddr(self.host, self.port)
@@ -152,8 +154,13 @@ class SrtServer:
             logger.warning("srt connection from %s dropped: %s", peer, exc)
             libsrt.lib().srt_close(sock)
             return
-        conn = _Connection(self, sock, IngestConnection("srt", sn.appid, sn.roomid, sn.uid, peer,
-                                                          "mpegts"))
+        try:
+            conn = _Connection(self, sock, IngestConnection("srt", sn.appid, sn.roomid, sn.uid,
+                                                              peer, "mpegts"))
+        except libsrt.SrtError as exc:
+            logger.warning("srt connection from %s dropped: %s", peer, exc)
+            libsrt.lib().srt_close(sock)
+            return
         self.connections.add(conn)
         logger.info("srt publisher %s/%s/%s from %s", sn.appid, sn.roomid, sn.uid, peer)
         conn.post(self.handler.started)
@@ -168,7 +175,14 @@ class _Connection:
         self.reason: str | None = None
         self.done = False  # ended() was called, on the loop
         self.ended = False  # the socket has nothing more to give
-        self._buf = ctypes.create_string_buffer(2048)
+        self._buf, self._so = ctypes.create_string_buffer(MESSAGE_BUFFER), libsrt.lib()
+        libsrt.set_int(sock, libsrt.RCVSYN, 0)  # read without waiting; the epoll waits
+        self._epoll = libsrt.Epoll()
+        try:
+            self._epoll.add(sock)
+        except libsrt.SrtError:
+            self._epoll.close()
+            raise
         self.queued = threading.Semaphore(MAX_QUEUED)
         self.thread = threading.Thread(target=self._run, name=f"srt-{sock}", daemon=True)
         info._closer = self.close
@@ -205,6 +219,7 @@ class _Connection:
             logger.info("srt %s: %s", self.info.peer, reason)
         finally:
             libsrt.lib().srt_close(self.sock)
+            self._epoll.close()
             self.info._closer = None
             reason = self.reason or reason
             self.post(self.server.handler.ended, reason)
@@ -214,30 +229,44 @@ class _Connection:
                         self.info.uid, reason)
 
     def read(self) -> bytes:
-        """The next SRT messages, joined: what arrives within :data:`BATCH_S` of the first
-        (up to :data:`BATCH_BYTES`), so that the loop is called some 25 times a second per
-        publisher rather than once per 1316-byte message; b"" once the connection ended."""
-        buf, so, size, first = self._buf, libsrt.lib(), 0, 0.0
-        parts: list[bytes] = []
-        while self.reason is None:
-            n = so.srt_recvmsg(self.sock, buf, len(buf))
-            if n > 0:
-                self.info.bytes_in += n
-                if not parts:
-                    first = time.monotonic()
-                parts.append(buf.raw[:n])
-                size += n
-                if size < BATCH_BYTES and time.monotonic() - first < BATCH_S:
-                    continue
-            elif not (n == libsrt.ERROR and libsrt.last_error()[0] in (libsrt.E_ASYNCRCV,
-                                                                       libsrt.E_TIMEOUT)):
-                self.ended = True
-            if parts or self.ended:
+        """The next SRT messages, joined: once one is there, what arrives within
+        :data:`BATCH_S` (up to :data:`BATCH_BYTES`), taken in one go after that wait, so that
+        this thread and the loop wake some 25 times a second per publisher rather than once per
+        1316-byte message; b"" once the connection ended."""
+        first = self._take()
+        if not first:
+            return b""
+        parts, size = [first], len(first)
+        time.sleep(BATCH_S)
+        while size < BATCH_BYTES and self.reason is None:
+            part = self._recv()
+            if not part:
                 break
-        data = b"".join(parts)
-        if not data:
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts)
+
+    def _take(self) -> bytes:
+        """The first message of a batch, waited for; b"" once the connection ended."""
+        while self.reason is None and not self.ended:
+            data = self._recv()
+            if data:
+                return data
+            if not self.ended:
+                self._epoll.wait(250)
+        self.ended = True
+        return b""
+
+    def _recv(self) -> bytes:
+        """One message if one is waiting (b"" if not; ``ended`` set when the socket broke)."""
+        n = self._so.srt_recvmsg(self.sock, self._buf, MESSAGE_BUFFER)
+        if n > 0:
+            self.info.bytes_in += n
+            return ctypes.string_at(self._buf, n)
+        if not (n == libsrt.ERROR and libsrt.last_error()[0] in (libsrt.E_ASYNCRCV,
+                                                                 libsrt.E_TIMEOUT)):
             self.ended = True
-        return data
+        return b""
 
     def deliver(self, chunk: bytes) -> bool:
         """Hands ``chunk`` to the loop, waiting while :data:`MAX_QUEUED` are in flight."""
