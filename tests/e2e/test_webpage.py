@@ -134,7 +134,7 @@ async def test_a_crashed_renderer_is_restarted_and_the_recording_goes_on(
     await _until(lambda: recording.page is not None and recording.recorder is not None
                  and recording.recorder.progress.duration > 1.0)
     if what == "renderer":
-        recording.page.kill_renderer()
+        await recording.page.crash_renderer()
     else:
         recording.page.process.kill()
     answer = await query_until(server.call, "crash", recordid,

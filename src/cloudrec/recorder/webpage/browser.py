@@ -124,16 +124,20 @@ TAP_SCRIPT = r"""
 """
 
 
-def chromium_args(profile: str, width: int, height: int) -> list[str]:
+def chromium_args(profile: str, width: int, height: int, *,
+                  single_process: bool = False) -> list[str]:
     """The command line of one page's browser. One page per browser, so no site isolation and
     one renderer; no zygote; the GPU thread (software compositing) and the network service in
-    the browser process. Three processes in all: the browser, the page's renderer and the
-    audio service (in the browser process, it delivered the page's sound slower than real
-    time on a loaded machine). A crashed renderer ends the browser's run all the same."""
+    the browser process. ``single_process``: the renderer and the audio service run in the
+    browser process too (one process: the libraries and heaps a renderer and a utility
+    process would map again are mapped once); otherwise three processes: the browser, the
+    page's renderer and the audio service. Either way a crashed renderer ends the browser's
+    run (with one process it is the browser's crash)."""
     headless = [] if CHROMIUM.endswith("headless-shell") else ["--headless=new"]
+    single = ["--single-process"] if single_process else []
     return [
-        CHROMIUM, *headless, "--no-sandbox", "--no-zygote", "--disable-gpu", "--in-process-gpu",
-        "--renderer-process-limit=1", "--disable-site-isolation-trials",
+        CHROMIUM, *headless, *single, "--no-sandbox", "--no-zygote", "--disable-gpu",
+        "--in-process-gpu", "--renderer-process-limit=1", "--disable-site-isolation-trials",
         "--disable-features=IsolateOrigins,site-per-process,SpareRendererForSitePerProcess,"
         "Translate,OptimizationHints,MediaRouter",
         "--enable-features=NetworkServiceInProcess2",
@@ -176,6 +180,7 @@ class BrowserPage:
     events: PageEvents
     allow_origins: list[str] | None = None
     allow_private: bool = True
+    single_process: bool = False
     process: subprocess.Popen[bytes] | None = None
     cdp: Cdp | None = None
     session: str | None = None
@@ -191,7 +196,8 @@ class BrowserPage:
 
     async def launch(self) -> None:
         self._profile = tempfile.mkdtemp(prefix="cloudrec-page-")
-        args = chromium_args(self._profile, self.width, self.height)
+        args = chromium_args(self._profile, self.width, self.height,
+                            single_process=self.single_process)
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with_parent)
@@ -268,7 +274,25 @@ class BrowserPage:
         done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
-        return waits[next(iter(done))]
+        why = waits[next(iter(done))]
+        if why == "the browser exited" and await self._crashed_by_signal():
+            return "the browser crashed"
+        return why
+
+    async def _crashed_by_signal(self) -> bool:
+        """Whether the browser ended by a fault of its own (a signal other than a kill, or
+        its crash handler's exit), not killed or closed (a page's renderer crash is one with
+        ``single_process``)."""
+        if self.process is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while self.process.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        code = self.process.returncode
+        if self.crashed.is_set():
+            return True
+        return code is not None and code != 0 and code not in (-signal.SIGKILL, -signal.SIGTERM)
 
     def _on_frame(self, params: dict, session: str | None) -> None:
         assert self.cdp is not None
@@ -332,15 +356,12 @@ class BrowserPage:
                 await self.cdp.call("Fetch.continueRequest",
                                     {"requestId": params["requestId"]}, session=self.session)
 
-    def kill_renderer(self) -> None:
-        """For tests: SIGKILL the page's renderer processes."""
-        if self.process is None:
-            return
-        for pid in _children(self.process.pid):
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"--type=renderer" in f.read():
-                        os.kill(pid, signal.SIGKILL)
+    async def crash_renderer(self) -> None:
+        """For tests: the page's renderer crashes, as a page that kills it would
+        (``Page.crash``); with one process the browser crashes with it."""
+        assert self.cdp is not None
+        with contextlib.suppress(CdpClosed, CdpError, TimeoutError):
+            await self.cdp.call("Page.crash", session=self.session, timeout=2.0)
 
     async def close(self) -> None:
         if self.cdp is not None:
