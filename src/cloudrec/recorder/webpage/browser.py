@@ -62,6 +62,8 @@ CHROMIUM = os.environ.get("CLOUDREC_CHROMIUM") or (
 LAUNCH_TIMEOUT_S = 20.0
 LOAD_TIMEOUT_S = 15.0
 JPEG_QUALITY = 80
+AUDIO_THREADS = ("AudioThread", "AudioWorkerThre")  # /proc's comm: 15 characters at most
+AUDIO_PRIORITY = 8  # chromium's real-time audio priority on Linux
 
 TAP_SCRIPT = r"""
 (() => {
@@ -193,6 +195,7 @@ class BrowserPage:
     _allowed: set[str] = field(default_factory=set)
     _asked: set[str] = field(default_factory=set)
     _loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    _audio: asyncio.Future[None] | None = None
 
     async def launch(self) -> None:
         self._profile = tempfile.mkdtemp(prefix="cloudrec-page-")
@@ -242,6 +245,8 @@ class BrowserPage:
         if self.allow_origins or not self.allow_private:
             await cdp.call("Fetch.enable", {"patterns": [{"resourceType": "Document"}]},
                            session=s)
+        if self.single_process:
+            self._audio = asyncio.ensure_future(self._raise_audio())
         await cdp.call("Page.startScreencast",
                        {"format": "jpeg", "quality": JPEG_QUALITY, "maxWidth": self.width,
                         "maxHeight": self.height, "everyNthFrame": 1}, session=s)
@@ -363,7 +368,23 @@ class BrowserPage:
         with contextlib.suppress(CdpClosed, CdpError, TimeoutError):
             await self.cdp.call("Page.crash", session=self.session, timeout=2.0)
 
+    async def _raise_audio(self) -> None:
+        """Until the browser's audio thread is there (it starts with the page's first
+        sound, within seconds), :func:`raise_audio_threads`."""
+        assert self.process is not None
+        for _ in range(120):
+            try:
+                if raise_audio_threads(self.process.pid):
+                    return
+            except PermissionError:
+                log.warning("the browser's audio thread cannot have real-time priority (no "
+                            "CAP_SYS_NICE): on a loaded machine its sound may fall behind")
+                return
+            await asyncio.sleep(0.5)
+
     async def close(self) -> None:
+        if self._audio is not None:
+            self._audio.cancel()
         if self.cdp is not None:
             await self.cdp.close()
         if self.process is not None and self.process.poll() is None:
@@ -388,18 +409,23 @@ async def _is_private(url: str) -> bool:
     return False
 
 
-def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (the children of each of its threads: chromium starts its
-    children from a launcher thread)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{parent}/task"):
-                with contextlib.suppress(OSError):
-                    with open(f"/proc/{parent}/task/{task}/children") as f:
-                        kids = [int(k) for k in f.read().split()]
-                        found += kids
-                        todo += kids
-    return found
+def raise_audio_threads(pid: int) -> int:
+    """Give the audio threads of a one-process browser ``pid`` the real-time scheduling
+    (``SCHED_RR``, priority 8) chromium gives the audio service's threads in a process of their
+    own: in the browser process the audio service renders on its ``AudioThread`` at normal
+    priority, and on a loaded machine its clock falls behind (about 43k samples a second
+    instead of 48k). How many threads were raised; ``PermissionError`` without
+    ``CAP_SYS_NICE`` (or an ``RLIMIT_RTPRIO``)."""
+    raised = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            if name in AUDIO_THREADS:
+                os.sched_setscheduler(int(tid), os.SCHED_RR, os.sched_param(AUDIO_PRIORITY))
+                raised += 1
+    return raised
