@@ -7,7 +7,7 @@ drop (``everyNthFrame`` would not do: it counts frames that changed, so a page t
 once a second would show one change in N); a page that goes quiet after a delayed
 acknowledgement gets one screenshot, so its last change is kept.
 
-Sound: a script added to every document before the page's own
+Sound: a script (:mod:`.tap`) added to every document before the page's own
 (``Page.addScriptToEvaluateOnNewDocument``) taps every ``AudioContext`` that connects to its
 destination and every ``<audio>``/``<video>`` that plays (``captureStream()``) into one 48 kHz
 tap context, whose ``ScriptProcessorNode`` hands 16-bit stereo PCM to the worker through a
@@ -28,7 +28,10 @@ a main-frame navigation goes on only to an allowed origin (or the origin of a UR
 for), and, without ``allow_private_urls``, no document (page or frame) goes to a host that
 resolves to a private or local address; each refusal is a warning. A crashed renderer
 (``Inspector.targetCrashed``) or a closed DevTools connection ends :meth:`BrowserPage.run`;
-the caller starts a new browser.
+the caller starts a new browser. With ``single_process`` (``webpage_single_process``, the
+default) the renderer and the audio service run in the browser process: a renderer crash is
+the browser's crash, told from a kill by how the process ended, and the audio service's
+thread is given the real-time priority chromium gives it in a process of its own.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from cloudrec.fetch import PrivateAddress, resolve_checked
 from cloudrec.lifelines import die_with_parent
 
 from .cdp import Cdp, CdpClosed, CdpError
+from .tap import TAP_SCRIPT
 
 log = logging.getLogger(__name__)
 
@@ -64,66 +68,6 @@ LOAD_TIMEOUT_S = 15.0
 JPEG_QUALITY = 80
 AUDIO_THREADS = ("AudioThread", "AudioWorkerThre")  # /proc's comm: 15 characters at most
 AUDIO_PRIORITY = 8  # chromium's real-time audio priority on Linux
-
-TAP_SCRIPT = r"""
-(() => {
-  if (window.__cloudrecTap) return;
-  const send = window.cloudrecAudio;
-  if (!send) return;
-  const Ctx = window.AudioContext || window.webkitAudioContext;
-  let tap = null, proc = null;
-  const start = () => {
-    if (tap) return tap;
-    tap = new Ctx({sampleRate: 48000});
-    proc = tap.createScriptProcessor(4096, 2, 2);
-    const gain = tap.createGain(); gain.gain.value = 0;
-    proc.connect(gain); gain.connect(tap.destination);
-    proc.onaudioprocess = (e) => {
-      const l = e.inputBuffer.getChannelData(0), r = e.inputBuffer.getChannelData(1);
-      const out = new Int16Array(l.length * 2);
-      for (let i = 0; i < l.length; i++) {
-        out[2 * i] = Math.max(-1, Math.min(1, l[i])) * 32767;
-        out[2 * i + 1] = Math.max(-1, Math.min(1, r[i])) * 32767;
-      }
-      const bytes = new Uint8Array(out.buffer);
-      let s = '';
-      for (let i = 0; i < bytes.length; i += 8192)
-        s += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
-      send(btoa(s));
-    };
-    tap.resume();
-    return tap;
-  };
-  window.__cloudrecTap = start;
-  const feed = (stream) => {
-    try { start().createMediaStreamSource(stream).connect(proc); } catch (e) {}
-  };
-  const taps = new WeakMap();
-  const connect = AudioNode.prototype.connect;
-  AudioNode.prototype.connect = function (target, ...rest) {
-    const result = connect.call(this, target, ...rest);
-    if (target instanceof AudioDestinationNode && this.context !== tap) {
-      let dest = taps.get(this.context);
-      if (!dest) {
-        dest = this.context.createMediaStreamDestination();
-        taps.set(this.context, dest);
-        feed(dest.stream);
-      }
-      connect.call(this, dest);
-    }
-    return result;
-  };
-  document.addEventListener('play', (e) => {
-    const el = e.target;
-    if (el.__cloudrecTapped || !el.captureStream) return;
-    const stream = el.captureStream();
-    if (stream.getAudioTracks().length) { el.__cloudrecTapped = true; feed(stream); }
-  }, true);
-  window.cloudrecStart = () => window.cloudrecSignal && window.cloudrecSignal('start');
-  window.cloudrecStop = () => window.cloudrecSignal && window.cloudrecSignal('stop');
-  start();
-})();
-"""
 
 
 def chromium_args(profile: str, width: int, height: int, *,
