@@ -2,19 +2,22 @@
 animates and plays sound, beside ffmpeg's x11grab + libx264 of the same page in a chromium on
 a virtual display (Xvfb), measured in the same run.
 
-cloudrec: one server (``workers = 1``) records the page (its headless chromium, the page's
-H.264/Opus encoding, the mix process). Cores: the CPU of the server's whole process tree while
-recording, less the same tree idle just before. Memory, sampled every 0.5 s: the peak over the
-run of the tree's PSS (each shared page counted once, shared among the processes that map it)
-above the idle server's, the figure held against the goal; the tree's summed RSS (a page
-shared by N processes counted N times: the browser's binary and libraries, so it overstates
-the tree), and both for the browser's tree and for the rest (the worker and the mix process).
-``BENCH_VERBOSE=1`` prints each process's PSS and RSS at the end of the run.
+cloudrec: one server records the page (its headless chromium, one process unless
+``BENCH_SINGLE_PROCESS=0``; the page's H.264/Opus encoding; the mix process). Cores: the CPU of
+the server's whole process tree while recording, less the same tree idle just before. Memory,
+sampled every 0.5 s, what the recording adds to the idle server: the peak summed RSS of the
+recording's processes (the browser's, the mix process and the worker's growth; a page shared
+by N processes counted N times) and the peak PSS (each shared page counted once, shared among
+the processes that map it), each also for the browser apart and for the rest. The goal's
+400 MB is held against both, and the bench says which are met. Then how fast the page's sound
+(stereo samples per second: 48000 is real time) and its screencast pictures arrived, as the
+server logged it when the browser closed. ``BENCH_VERBOSE=1`` prints each process's PSS and
+RSS; ``BENCH_SECONDS`` the measured time (10 s); ``BENCH_X11GRAB=0`` leaves out the reference.
 
 Reference: Xvfb at 1280x720, chromium showing the page in kiosk mode on it, and
 ``ffmpeg -f x11grab -framerate 15 -c:v libx264 -preset veryfast -tune zerolatency`` writing a
 file; cores of Xvfb + the browser tree + ffmpeg. It records no sound (that needs PulseAudio).
-Goal: at most 1 core and 400 MB (PSS above the idle server) for cloudrec at 720p15.
+Goal: at most 1 core and 400 MB (summed RSS and PSS of what the recording adds) at 720p15.
 """
 
 from __future__ import annotations
