@@ -177,9 +177,9 @@ def chromium_roots(server_pid: int) -> list[int]:
     for pid in tree(server_pid):
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
-        except OSError:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:  # gone meanwhile
             continue
-        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         if "chrom" in exe and "chrom" not in _exe(parent):
             roots.append(pid)
     return roots
