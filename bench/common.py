@@ -68,7 +68,8 @@ def start_server(data_dir: Path, quiet: bool = False, **settings: object) -> Ser
     """``quiet``: the server's stderr goes to ``data_dir/server.log``, not to ours."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f'data_dir = "{data_dir}"', f"port = {port}", 'log_level = "warning"']
+    lines = [f'data_dir = "{data_dir}"', f"port = {port}"]
+    lines += [] if "log_level" in settings else ['log_level = "warning"']
     lines += [f"{k} = {v!r}" if isinstance(v, str) else
               f"{k} = {str(v).lower()}" if isinstance(v, bool) else f"{k} = {v}"
               for k, v in settings.items()]

@@ -45,6 +45,7 @@ class Settings:
     callback_retry_s: float = 3600.0  # how long an undelivered callback is retried
     pause_timeout_s: float = 3600.0  # a recording paused longer than this stops (reason "paused")
     allow_private_urls: bool = False  # SSRF guard: may picture URLs point at private addresses
+    webpage_single_process: bool = True  # a page's chromium as one process (less memory)
     public_url: str = ""  # how publishers reach this server; default http://{host}:{port}
     log_level: str = "info"
     log_format: str = "text"  # "text", or "json": one JSON object per line (cloudrec.logs)

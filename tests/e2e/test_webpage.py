@@ -1,7 +1,8 @@
 """Recording a web page: a local page that cycles full-window colours and plays a 440 Hz tone
 (WebAudio) is recorded by a headless chromium; the stored HLS is decoded with PyAV: the colours
 appear in order and the tone's frequency is in the audio. A crashed renderer is restarted and
-the recording goes on; URLs that are not http(s), or private without allow_private_urls,
+the recording goes on (the renderer crashed through DevTools, ``Page.crash``: in one process
+the browser crashes with it); URLs that are not http(s), or private without allow_private_urls,
 answer 2101, and a page that goes to a private address later is refused. A page playing a
 WAV through an ``<audio>`` element is heard too.
 """
@@ -134,7 +135,7 @@ async def test_a_crashed_renderer_is_restarted_and_the_recording_goes_on(
     await _until(lambda: recording.page is not None and recording.recorder is not None
                  and recording.recorder.progress.duration > 1.0)
     if what == "renderer":
-        recording.page.kill_renderer()
+        await recording.page.crash_renderer()
     else:
         recording.page.process.kill()
     answer = await query_until(server.call, "crash", recordid,

@@ -79,3 +79,10 @@ def test_one_page_one_renderer(binary: str, monkeypatch: pytest.MonkeyPatch) -> 
     assert {"--renderer-process-limit=1", "--no-zygote", "--disable-site-isolation-trials",
             "--user-data-dir=/tmp/profile", "--window-size=1280,720"} <= set(args)
     assert "site-per-process" in next(a for a in args if a.startswith("--disable-features="))
+    assert "--single-process" not in args
+
+
+def test_one_process_on_request() -> None:
+    """``webpage_single_process``: the renderer and the audio service in the browser process."""
+    args = browser.chromium_args("/tmp/profile", 1280, 720, single_process=True)
+    assert "--single-process" in args and "--renderer-process-limit=1" in args

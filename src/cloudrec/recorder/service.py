@@ -211,7 +211,7 @@ class RecordingService:
         mixconfig = task_mixconfig(task) if task.streamtype == 1 else None
         if mixconfig is not None and mixconfig.webpage is not None:
             recording = WebpageRecording(
-                task, mixconfig=mixconfig,
+                task, mixconfig=mixconfig, single_process=self.settings.webpage_single_process,
                 allow_private_urls=self.settings.allow_private_urls, **common)
         elif task.streamtype == 1:
             recording = MixedRecording(

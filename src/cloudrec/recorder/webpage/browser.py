@@ -7,7 +7,7 @@ drop (``everyNthFrame`` would not do: it counts frames that changed, so a page t
 once a second would show one change in N); a page that goes quiet after a delayed
 acknowledgement gets one screenshot, so its last change is kept.
 
-Sound: a script added to every document before the page's own
+Sound: a script (:mod:`.tap`) added to every document before the page's own
 (``Page.addScriptToEvaluateOnNewDocument``) taps every ``AudioContext`` that connects to its
 destination and every ``<audio>``/``<video>`` that plays (``captureStream()``) into one 48 kHz
 tap context, whose ``ScriptProcessorNode`` hands 16-bit stereo PCM to the worker through a
@@ -28,7 +28,10 @@ a main-frame navigation goes on only to an allowed origin (or the origin of a UR
 for), and, without ``allow_private_urls``, no document (page or frame) goes to a host that
 resolves to a private or local address; each refusal is a warning. A crashed renderer
 (``Inspector.targetCrashed``) or a closed DevTools connection ends :meth:`BrowserPage.run`;
-the caller starts a new browser.
+the caller starts a new browser. With ``single_process`` (``webpage_single_process``, the
+default) the renderer and the audio service run in the browser process: a renderer crash is
+the browser's crash, told from a kill by how the process ended, and the audio service's
+thread is given the real-time priority chromium gives it in a process of its own.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from cloudrec.fetch import PrivateAddress, resolve_checked
 from cloudrec.lifelines import die_with_parent
 
 from .cdp import Cdp, CdpClosed, CdpError
+from .tap import TAP_SCRIPT
 
 log = logging.getLogger(__name__)
 
@@ -62,78 +66,24 @@ CHROMIUM = os.environ.get("CLOUDREC_CHROMIUM") or (
 LAUNCH_TIMEOUT_S = 20.0
 LOAD_TIMEOUT_S = 15.0
 JPEG_QUALITY = 80
-
-TAP_SCRIPT = r"""
-(() => {
-  if (window.__cloudrecTap) return;
-  const send = window.cloudrecAudio;
-  if (!send) return;
-  const Ctx = window.AudioContext || window.webkitAudioContext;
-  let tap = null, proc = null;
-  const start = () => {
-    if (tap) return tap;
-    tap = new Ctx({sampleRate: 48000});
-    proc = tap.createScriptProcessor(4096, 2, 2);
-    const gain = tap.createGain(); gain.gain.value = 0;
-    proc.connect(gain); gain.connect(tap.destination);
-    proc.onaudioprocess = (e) => {
-      const l = e.inputBuffer.getChannelData(0), r = e.inputBuffer.getChannelData(1);
-      const out = new Int16Array(l.length * 2);
-      for (let i = 0; i < l.length; i++) {
-        out[2 * i] = Math.max(-1, Math.min(1, l[i])) * 32767;
-        out[2 * i + 1] = Math.max(-1, Math.min(1, r[i])) * 32767;
-      }
-      const bytes = new Uint8Array(out.buffer);
-      let s = '';
-      for (let i = 0; i < bytes.length; i += 8192)
-        s += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
-      send(btoa(s));
-    };
-    tap.resume();
-    return tap;
-  };
-  window.__cloudrecTap = start;
-  const feed = (stream) => {
-    try { start().createMediaStreamSource(stream).connect(proc); } catch (e) {}
-  };
-  const taps = new WeakMap();
-  const connect = AudioNode.prototype.connect;
-  AudioNode.prototype.connect = function (target, ...rest) {
-    const result = connect.call(this, target, ...rest);
-    if (target instanceof AudioDestinationNode && this.context !== tap) {
-      let dest = taps.get(this.context);
-      if (!dest) {
-        dest = this.context.createMediaStreamDestination();
-        taps.set(this.context, dest);
-        feed(dest.stream);
-      }
-      connect.call(this, dest);
-    }
-    return result;
-  };
-  document.addEventListener('play', (e) => {
-    const el = e.target;
-    if (el.__cloudrecTapped || !el.captureStream) return;
-    const stream = el.captureStream();
-    if (stream.getAudioTracks().length) { el.__cloudrecTapped = true; feed(stream); }
-  }, true);
-  window.cloudrecStart = () => window.cloudrecSignal && window.cloudrecSignal('start');
-  window.cloudrecStop = () => window.cloudrecSignal && window.cloudrecSignal('stop');
-  start();
-})();
-"""
+AUDIO_THREADS = ("AudioThread", "AudioWorkerThre")  # /proc's comm: 15 characters at most
+AUDIO_PRIORITY = 8  # chromium's real-time audio priority on Linux
 
 
-def chromium_args(profile: str, width: int, height: int) -> list[str]:
+def chromium_args(profile: str, width: int, height: int, *,
+                  single_process: bool = False) -> list[str]:
     """The command line of one page's browser. One page per browser, so no site isolation and
     one renderer; no zygote; the GPU thread (software compositing) and the network service in
-    the browser process. Three processes in all: the browser, the page's renderer and the
-    audio service (in the browser process, it delivered the page's sound slower than real
-    time on a loaded machine). A crashed renderer ends the browser's run all the same."""
+    the browser process. ``single_process``: the renderer and the audio service run in the
+    browser process too (one process: the libraries and heaps a renderer and a utility
+    process would map again are mapped once); otherwise three processes: the browser, the
+    page's renderer and the audio service. Either way a crashed renderer ends the browser's
+    run (with one process it is the browser's crash)."""
     headless = [] if CHROMIUM.endswith("headless-shell") else ["--headless=new"]
+    single = ["--single-process"] if single_process else []
     return [
-        CHROMIUM, *headless, "--no-sandbox", "--no-zygote", "--disable-gpu", "--in-process-gpu",
-        "--renderer-process-limit=1", "--disable-site-isolation-trials",
+        CHROMIUM, *headless, *single, "--no-sandbox", "--no-zygote", "--disable-gpu",
+        "--in-process-gpu", "--renderer-process-limit=1", "--disable-site-isolation-trials",
         "--disable-features=IsolateOrigins,site-per-process,SpareRendererForSitePerProcess,"
         "Translate,OptimizationHints,MediaRouter",
         "--enable-features=NetworkServiceInProcess2",
@@ -176,6 +126,7 @@ class BrowserPage:
     events: PageEvents
     allow_origins: list[str] | None = None
     allow_private: bool = True
+    single_process: bool = False
     process: subprocess.Popen[bytes] | None = None
     cdp: Cdp | None = None
     session: str | None = None
@@ -188,10 +139,12 @@ class BrowserPage:
     _allowed: set[str] = field(default_factory=set)
     _asked: set[str] = field(default_factory=set)
     _loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    _audio: asyncio.Future[None] | None = None
 
     async def launch(self) -> None:
         self._profile = tempfile.mkdtemp(prefix="cloudrec-page-")
-        args = chromium_args(self._profile, self.width, self.height)
+        args = chromium_args(self._profile, self.width, self.height,
+                            single_process=self.single_process)
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with_parent)
@@ -236,6 +189,8 @@ class BrowserPage:
         if self.allow_origins or not self.allow_private:
             await cdp.call("Fetch.enable", {"patterns": [{"resourceType": "Document"}]},
                            session=s)
+        if self.single_process:
+            self._audio = asyncio.ensure_future(self._raise_audio())
         await cdp.call("Page.startScreencast",
                        {"format": "jpeg", "quality": JPEG_QUALITY, "maxWidth": self.width,
                         "maxHeight": self.height, "everyNthFrame": 1}, session=s)
@@ -268,7 +223,25 @@ class BrowserPage:
         done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
-        return waits[next(iter(done))]
+        why = waits[next(iter(done))]
+        if why == "the browser exited" and await self._crashed_by_signal():
+            return "the browser crashed"
+        return why
+
+    async def _crashed_by_signal(self) -> bool:
+        """Whether the browser ended by a fault of its own (a signal other than a kill, or
+        its crash handler's exit), not killed or closed (a page's renderer crash is one with
+        ``single_process``)."""
+        if self.process is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while self.process.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        code = self.process.returncode
+        if self.crashed.is_set():
+            return True
+        return code is not None and code != 0 and code not in (-signal.SIGKILL, -signal.SIGTERM)
 
     def _on_frame(self, params: dict, session: str | None) -> None:
         assert self.cdp is not None
@@ -332,17 +305,30 @@ class BrowserPage:
                 await self.cdp.call("Fetch.continueRequest",
                                     {"requestId": params["requestId"]}, session=self.session)
 
-    def kill_renderer(self) -> None:
-        """For tests: SIGKILL the page's renderer processes."""
-        if self.process is None:
-            return
-        for pid in _children(self.process.pid):
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"--type=renderer" in f.read():
-                        os.kill(pid, signal.SIGKILL)
+    async def crash_renderer(self) -> None:
+        """For tests: the page's renderer crashes, as a page that kills it would
+        (``Page.crash``); with one process the browser crashes with it."""
+        assert self.cdp is not None
+        with contextlib.suppress(CdpClosed, CdpError, TimeoutError):
+            await self.cdp.call("Page.crash", session=self.session, timeout=2.0)
+
+    async def _raise_audio(self) -> None:
+        """Until the browser's audio thread is there (it starts with the page's first
+        sound, within seconds), :func:`raise_audio_threads`."""
+        assert self.process is not None
+        for _ in range(120):
+            try:
+                if raise_audio_threads(self.process.pid):
+                    return
+            except PermissionError:
+                log.warning("the browser's audio thread cannot have real-time priority (no "
+                            "CAP_SYS_NICE): on a loaded machine its sound may fall behind")
+                return
+            await asyncio.sleep(0.5)
 
     async def close(self) -> None:
+        if self._audio is not None:
+            self._audio.cancel()
         if self.cdp is not None:
             await self.cdp.close()
         if self.process is not None and self.process.poll() is None:
@@ -367,18 +353,23 @@ async def _is_private(url: str) -> bool:
     return False
 
 
-def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (the children of each of its threads: chromium starts its
-    children from a launcher thread)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{parent}/task"):
-                with contextlib.suppress(OSError):
-                    with open(f"/proc/{parent}/task/{task}/children") as f:
-                        kids = [int(k) for k in f.read().split()]
-                        found += kids
-                        todo += kids
-    return found
+def raise_audio_threads(pid: int) -> int:
+    """Give the audio threads of a one-process browser ``pid`` the real-time scheduling
+    (``SCHED_RR``, priority 8) chromium gives the audio service's threads in a process of their
+    own: in the browser process the audio service renders on its ``AudioThread`` at normal
+    priority, and on a loaded machine its clock falls behind (about 43k samples a second
+    instead of 48k). How many threads were raised; ``PermissionError`` without
+    ``CAP_SYS_NICE`` (or an ``RLIMIT_RTPRIO``)."""
+    raised = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            if name in AUDIO_THREADS:
+                os.sched_setscheduler(int(tid), os.SCHED_RR, os.sched_param(AUDIO_PRIORITY))
+                raised += 1
+    return raised

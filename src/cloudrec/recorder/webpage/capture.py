@@ -51,6 +51,7 @@ class PageEncoder:
         self.samples = 0
         self._opus_ts = 0
         self.pictures = 0
+        self._sound, self._pictures = _Rate(), _Rate()
         self._thread = threading.Thread(target=self._run, name="webpage-encoder", daemon=True)
 
     def start(self) -> None:
@@ -60,11 +61,20 @@ class PageEncoder:
         with self._lock:
             self._jpeg, self._jpeg_new = jpeg, True
         self.pictures += 1
+        self._pictures.arrived(1)
 
     def sound(self, pcm: bytes) -> None:
         with self._lock:
             self._pcm += pcm
+        self._sound.arrived(len(pcm) // 4)
         self._wake.set()
+
+    def rates(self) -> str:
+        """How fast the page's sound and pictures arrived, between the first and the last of
+        each: stereo samples per second (48000 when the tap keeps up with real time) and
+        screencast pictures per second (at most the output's rate)."""
+        return (f"sound {self._sound.rate():.0f} samples/s, pictures "
+                f"{self._pictures.rate():.1f}/s over {self._sound.seconds():.1f} s")
 
     def request_keyframe(self) -> None:
         self._key = True
@@ -176,3 +186,26 @@ def _open_opus() -> av.AudioCodecContext:
     enc.options = {"application": "audio", "frame_duration": "20"}
     enc.open()
     return enc
+
+
+class _Rate:
+    """Units counted after the first arrival, over the time from the first to the last."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last = 0.0
+        self.count = 0
+
+    def arrived(self, units: int) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+        else:
+            self.count += units
+            self.last = now
+
+    def seconds(self) -> float:
+        return 0.0 if self.first is None else max(0.0, self.last - self.first)
+
+    def rate(self) -> float:
+        return self.count / self.seconds() if self.seconds() > 0 else 0.0

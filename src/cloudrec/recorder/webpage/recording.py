@@ -101,10 +101,12 @@ class _PageUpstream:
 
 
 class WebpageRecording(MixedRecording):
-    def __init__(self, *args: Any, mixconfig: MixConfig, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, mixconfig: MixConfig, single_process: bool = True,
+                 **kwargs: Any) -> None:
         task = args[0]
         super().__init__(*args, mixconfig=inner_mixconfig(task.recordid, mixconfig), **kwargs)
         self.page_config = mixconfig
+        self.single_process = single_process
         self.page: BrowserPage | None = None
         self.restarts: list[float] = []
         self.signalled = not (mixconfig.webpage and mixconfig.webpage.waitforsignal)
@@ -190,7 +192,8 @@ class WebpageRecording(MixedRecording):
                                                      self._on_signal, self._warn),
                            frame_period=1.0 / out.videofps,
                            allow_origins=self.webpage.allow_origins,
-                           allow_private=self.allow_private_urls)
+                           allow_private=self.allow_private_urls,
+                           single_process=self.single_process)
         codecs: dict[str, str | None] = {
             k: c for k, c in (("video", "h264"), ("audio", "opus")) if k in self.kinds}
         try:
@@ -215,6 +218,7 @@ class WebpageRecording(MixedRecording):
         finally:
             self.page = None
             await loop.run_in_executor(None, encoder.stop)
+            log.info("recording %s: the page's %s", self.task.recordid, encoder.rates())
             if self._pub is not None:  # a restart keeps the page's place in its room
                 self.hub.detach(self._pub, "browser closed",
                                 keep_place=not self._stop_requested.is_set())
