@@ -21,8 +21,9 @@ Audio codecs (bench_audio.py): each AAC encoder setting's CPU, bit rate and SNR 
 music-like, steady-tone and silent signals, mono 64 kbps and stereo 128 kbps, dual-mono stereo
 as stereo and as mono, the AAC encoders PyAV has, and the two Opus decoders.
 Push ingest (bench_ingest.py): 16 RTMP and 16 SRT publishers of H.264 + AAC at ~1 Mbps,
-recorded, in cores per stream beside ``ffmpeg -c copy -f hls`` doing the same remux (goals <= 0.01
-cores per stream and <= 1.3x FFmpeg); 16 RTSP cameras (H.264 + G.711) pulled and recorded, in
+recorded, in cores per stream beside ``ffmpeg -c copy -f hls`` doing the same remux, both running
+and sampled in the same windows (goals <= 0.01 cores per stream and <= 1.3x FFmpeg, the median
+of 3 windows); 16 RTSP cameras (H.264 + G.711) pulled and recorded, in
 cores per camera.
 Cluster (bench_cluster.py): startrecord p50/p99 on 3 nodes on PostgreSQL + Redis, against one
 node. ``BENCH_QUICK=1`` shortens both (shorter holds, fewer cycles).

@@ -13,7 +13,10 @@ from typing import Literal
 Kind = Literal["audio", "video"]
 
 
-@dataclass(frozen=True, slots=True)
+# Not ``frozen``: a frozen dataclass's __init__ sets each field through object.__setattr__, six
+# times the cost of a plain one, and frames are built per packet. They are never changed after
+# they are built (``dataclasses.replace`` makes another); ``unsafe_hash`` keeps them hashable.
+@dataclass(slots=True, unsafe_hash=True)
 class EncodedFrame:
     """One encoded access unit (video) or packet (audio) as received from a publisher.
 

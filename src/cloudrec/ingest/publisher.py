@@ -259,7 +259,7 @@ class _PushSession:
                 logger.info("%s %s/%s/%s: %s began after the publication, dropped",
                             self.transport, self.appid, self.roomid, self.uid, frame.kind)
             return
-        pub.write(frame.kind, frame.codec, frame.clock_rate, frame.data, frame.timestamp)
+        pub.writer(frame.kind)(frame.codec, frame.clock_rate, frame.data, frame.timestamp)
 
     def _attach(self) -> Publication:
         codecs: dict[str, str | None] = {}

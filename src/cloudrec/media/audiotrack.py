@@ -39,7 +39,7 @@ from cloudrec.mediatypes import EncodedFrame
 RESYNC_TICKS = 1800  # 20 ms: audio further than this from where it belongs is moved
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: built per packet (see EncodedFrame)
 class AudioPacket:
     data: bytes  # ADTS + raw AAC frame (an Opus packet when the track keeps Opus)
     pts: int  # 90 kHz ticks on the recording's timeline
@@ -114,8 +114,17 @@ class AdtsPassthrough(_Passthrough):
         super().__init__()
         self.config = config
         self.rate = config.sample_rate
+        # the ADTS header bits that carry this configuration (byte 2 less its private bit, the
+        # top two bits of byte 3): a header with exactly these parses to ``config``
+        ot, index, ch = config.object_type, config.rate_index, config.channels
+        fits = 1 <= ot <= 4 and 0 <= index < len(aac.RATES) and 0 <= ch <= 7
+        self._byte2 = ((ot - 1) << 6) | (index << 2) | (ch >> 2) if fits else -1
+        self._bits3 = ch & 3
 
     def samples(self, data: bytes) -> int:
+        if (len(data) >= aac.ADTS_SIZE and data[2] == self._byte2 and data[3] >> 6 == self._bits3
+                and data[0] == 0xFF and data[1] & 0xF6 == 0xF0):  # this stream's header
+            return aac.adts_samples(data)
         if aac.parse_adts(data) != self.config:
             return 0  # not ADTS, or another configuration: not this stream
         return aac.adts_samples(data)
@@ -128,12 +137,6 @@ class OpusPassthrough(_Passthrough):
 
     def samples(self, data: bytes) -> int:
         return opus.packet_samples(data)
-
-
-def _packet_samples(codec: AudioCodec, data: bytes) -> int:
-    if isinstance(codec, OpusPassthrough):
-        return opus.packet_samples(data)
-    return aac.adts_samples(data)
 
 
 def passes_through(config: aac.AacConfig | None) -> bool:
@@ -288,17 +291,21 @@ class AudioTrack:
         self._anchors.append(_Anchor(sample, ticks, gap, self._codec.rate))
 
     def _collect(self, packets: list[tuple[bytes, int]]) -> list[AudioPacket]:
-        assert self._codec is not None
         codec = self._codec
+        assert codec is not None
+        anchors, opus_packets = self._anchors, isinstance(codec, OpusPassthrough)
         out: list[AudioPacket] = []
         for data, sample in packets:
-            while len(self._anchors) > 1 and self._anchors[1].sample <= sample:
-                self._anchors.popleft()
-                self._flag_gap = self._anchors[0].gap
-            anchor = self._anchors[0]
-            pts = anchor.to_ticks(sample)
-            end = anchor.to_ticks(sample + _packet_samples(codec, data))
-            out.append(AudioPacket(data, pts, self._flag_gap, end))
-            self._end = max(self._end, end)
+            while len(anchors) > 1 and anchors[1].sample <= sample:
+                anchors.popleft()
+                self._flag_gap = anchors[0].gap
+            anchor = anchors[0]  # its to_ticks, inline: this runs per packet
+            ticks, first, rate = anchor.ticks, anchor.sample, anchor.rate
+            count = opus.packet_samples(data) if opus_packets else aac.adts_samples(data)
+            end = ticks + (sample + count - first) * 90_000 // rate
+            out.append(AudioPacket(data, ticks + (sample - first) * 90_000 // rate,
+                                   self._flag_gap, end))
+            if end > self._end:
+                self._end = end
             self._flag_gap = False
         return out

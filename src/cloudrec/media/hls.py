@@ -11,6 +11,7 @@ see the old or the new list, never half of one. The segment files themselves are
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -36,6 +37,7 @@ class SegmentInfo:
     date: float | None = None  # wall-clock time of its first frame (s since the epoch)
 
 
+@functools.lru_cache(maxsize=1024)  # the playlist is rendered whole at each segment
 def program_date(unix: float) -> str:
     """``#EXT-X-PROGRAM-DATE-TIME``'s value: ISO 8601 in UTC, to the millisecond."""
     moment = datetime.fromtimestamp(round(unix * 1000) / 1000, UTC)

@@ -59,8 +59,23 @@ def nal_type(nal: bytes) -> int:
 
 
 def nal_types(data: bytes) -> list[int]:
-    """The NAL unit types of an access unit, in order."""
-    return [data[s] & 0x1F for s, _ in _nal_spans(data)]
+    """The NAL unit types of an access unit, in order (the units :func:`_nal_spans` finds)."""
+    types: list[int] = []
+    find, size = data.find, len(data)
+    pos = find(b"\x00\x00\x01")
+    while pos >= 0:
+        start = pos + 3
+        nxt = find(b"\x00\x00\x01", start)
+        if start < size and data[start]:  # a non-zero header byte: the unit is not empty
+            types.append(data[start] & 0x1F)
+        else:  # as _nal_spans: trailing zeros belong to the next start code
+            end = size if nxt < 0 else nxt
+            while end > start and data[end - 1] == 0:
+                end -= 1
+            if end > start:
+                types.append(data[start] & 0x1F)
+        pos = nxt
+    return types
 
 
 def is_keyframe(data: bytes) -> bool:
