@@ -156,7 +156,7 @@ async def test_outbox_survives_restart_and_gives_up_in_bounded_time(database: st
     again = CallbackOutbox(database, {1: "s"}.get, transport=httpx.MockTransport(accept))
     assert again.pending() == 1
     again.start()
-    await wait_for(lambda: again.pending() == 0, timeout=2, interval=0.02)
+    await wait_for(lambda: again.pending() == 0, timeout=15, interval=0.02)
     await again.close()
     assert len(delivered) == 1 and json.loads(delivered[0].content)["id"] == event_id
     assert delivered[0].headers["x-cloudrec-signature"] == sign(delivered[0].content, "s")
@@ -165,7 +165,7 @@ async def test_outbox_survives_restart_and_gives_up_in_bounded_time(database: st
                           backoff_s=0.01, retry_for_s=0.3)
     dead.emit("http://receiver.invalid/x", "recording.stopped", appid=1, roomid="r", recordid="rec")
     dead.start()
-    await wait_for(lambda: dead.pending() == 0, timeout=4, interval=0.02)
+    await wait_for(lambda: dead.pending() == 0, timeout=20, interval=0.02)
     assert dead.pending() == 0 and dead.dropped == 1 and len(calls) >= 3
     await dead.close()
 
