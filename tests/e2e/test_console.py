@@ -80,7 +80,7 @@ async def record(server: Server, room: str, uid: str,
     return resid, str(data["recordid"])
 
 
-async def wait_for(check: Any, timeout: float = 20.0, what: str = "") -> Any:
+async def wait_for(check: Any, timeout: float = 40.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = await check()
@@ -107,7 +107,7 @@ def _browser(tmp_path: Path) -> Any:
 def _drive_console(driver: Any, base: str, recordid: str,
                    screenshot: Path | None) -> dict[str, Any]:
     """Sign in, find the publisher and the recording, play it; what the page showed."""
-    wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+    wait = WebDriverWait(driver, 60, poll_frequency=0.2)  # a loaded box renders slowly
     driver.get(base + "/")
     wait.until(lambda d: d.current_url.startswith(base + "/login"))
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
