@@ -52,10 +52,10 @@ async def test_bad_token_is_refused_at_once(rtmp: tuple[RtmpServer, Recorder], t
     server, handler = rtmp
     with caplog.at_level(logging.WARNING, "cloudrec.ingest"):
         started = asyncio.get_running_loop().time()
-        rc, err = await push(url(server, "u1", token), "flv")
+        rc, err = await push(url(server, "u1", token), "flv", "-t", "20")
         elapsed = asyncio.get_running_loop().time() - started
     assert rc != 0 and "refused" in err
-    assert elapsed < 2.5  # not the 3 s of media: refused before any was sent
+    assert elapsed < 15  # not the 20 s of media (sent in real time): refused before any was
     assert handler.events == [] and handler.frames == {}
     assert any(r.levelno == logging.WARNING and f"app={APPID} room=room1 uid=u1" in r.getMessage()
                for r in caplog.records)
