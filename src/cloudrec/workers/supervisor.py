@@ -3,7 +3,8 @@
 - A worker counts as started only once it printed ``READY`` (within ``BOOT_TIMEOUT_S``). A
   worker that fails at boot stops the node's start instead of crash-looping.
 - Alive means it answers a status call within ``PING_TIMEOUT_S``; a worker that exits, or
-  misses ``MAX_MISSES`` pings in a row, is killed and replaced in its slot with the same index,
+  misses ``MAX_MISSES`` pings in a row without using CPU (hung; a busy one gets up to
+  ``MAX_BUSY_MISSES``), is killed and replaced in its slot with the same index,
   so it resumes the tasks it owned (its id is ``{node}/w{index}``).
 - Stopping is a drain: SIGTERM lets each worker finalise its recordings within the grace time,
   then SIGKILL.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,21 @@ log = logging.getLogger(__name__)
 BOOT_TIMEOUT_S = 60.0
 PING_TIMEOUT_S = 3.0
 MAX_MISSES = 3
+# A worker that misses pings while its CPU time keeps rising is busy (an overloaded box), not
+# hung: killing it would turn overload into lost work, so it is left running for up to
+# MAX_BUSY_MISSES pings (over a minute: a missed ping takes PING_TIMEOUT_S) before it is
+# replaced anyway.
+BUSY_CPU_S = 0.05
+MAX_BUSY_MISSES = 20
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """The process's user + system CPU time in seconds (Linux /proc), or None."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @dataclass
@@ -41,6 +58,7 @@ class WorkerProcess:
     misses: int = 0
     restarts: int = 0
     started: float = field(default_factory=time.time)
+    cpu_at_miss: float | None = None  # its CPU seconds when it last answered or was judged
 
 
 class WorkerBootError(RuntimeError):
@@ -118,10 +136,18 @@ class Supervisor:
             status = await slot.client.status(timeout=PING_TIMEOUT_S)
         except Exception as exc:
             slot.misses += 1
-            if slot.misses >= MAX_MISSES:
+            cpu = cpu_seconds(slot.proc.pid)
+            busy = (cpu is not None and slot.cpu_at_miss is not None
+                    and cpu - slot.cpu_at_miss >= BUSY_CPU_S)
+            slot.cpu_at_miss = cpu
+            if slot.misses >= MAX_MISSES and busy and slot.misses < MAX_BUSY_MISSES:
+                log.warning("worker %d (pid %d) missed %d pings while using CPU: overloaded, "
+                            "not hung; left running", slot.index, slot.proc.pid, slot.misses)
+            elif slot.misses >= MAX_MISSES:
                 self._replace(slot, f"missed {slot.misses} pings ({exc})")
             return None
         slot.misses = 0
+        slot.cpu_at_miss = cpu_seconds(slot.proc.pid)
         return status
 
     def _replace(self, slot: WorkerProcess, why: str) -> None:
