@@ -227,6 +227,7 @@ class SourceHlsRecorder:
         self._paused_at = None
         self._vclock.rebase = True
         self._atrack.rebase()
+        self._vsync = None  # pre-pause video would place audio the paused time too late
         self._force_idr = True  # our own encoder (VP8 input): start on a key frame
 
     def close(self) -> SegmentInfo | None:
