@@ -36,6 +36,7 @@ from ..media.codecs.h264 import (
     access_unit,
     join_annexb,
     parse_avc_config,
+    read_sized_nals,
     split_annexb,
     split_avcc,
 )
@@ -186,15 +187,10 @@ def _hvcc_params(record: bytes) -> tuple[bytes, int]:
     if len(record) < 23:
         raise ValueError("HEVCDecoderConfigurationRecord truncated")
     length_size, pos, nals = (record[21] & 3) + 1, 23, []
-    for _ in range(record[22]):
-        count, pos = int.from_bytes(record[pos + 1:pos + 3], "big"), pos + 3
-        for _ in range(count):
-            size = int.from_bytes(record[pos:pos + 2], "big")
-            nal = record[pos + 2:pos + 2 + size]
-            if len(nal) != size or size == 0:
-                raise ValueError("HEVCDecoderConfigurationRecord truncated")
-            nals.append(nal)
-            pos += 2 + size
+    for _ in range(record[22]):  # arrays: type byte, 16-bit count, then sized NAL units
+        count = int.from_bytes(record[pos + 1:pos + 3], "big")
+        found, pos = read_sized_nals(record, pos + 3, count, "HEVCDecoderConfigurationRecord")
+        nals += found
     return join_annexb(nals), length_size
 
 

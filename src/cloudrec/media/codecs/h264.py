@@ -181,16 +181,24 @@ def parse_avc_config(record: bytes) -> AvcConfig:
     for mask in (0x1F, 0xFF):
         if pos >= len(record):
             raise ValueError("AVCDecoderConfigurationRecord truncated")
-        count, pos, found = record[pos] & mask, pos + 1, []
-        for _ in range(count):
-            size = int.from_bytes(record[pos:pos + 2], "big")
-            nal = record[pos + 2:pos + 2 + size]
-            if len(nal) != size or size == 0:
-                raise ValueError("AVCDecoderConfigurationRecord truncated")
-            found.append(nal)
-            pos += 2 + size
+        found, pos = read_sized_nals(record, pos + 1, record[pos] & mask,
+                                     "AVCDecoderConfigurationRecord")
         sets.append(tuple(found))
     return AvcConfig(length_size, sets[0], sets[1])
+
+
+def read_sized_nals(record: bytes, pos: int, count: int, what: str) -> tuple[list[bytes], int]:
+    """``count`` NAL units from ``pos``, each after its 16-bit size (as avcC and hvcC hold
+    them), and the position after them; ValueError naming ``what`` when truncated."""
+    nals = []
+    for _ in range(count):
+        size = int.from_bytes(record[pos:pos + 2], "big")
+        nal = record[pos + 2:pos + 2 + size]
+        if len(nal) != size or size == 0:
+            raise ValueError(f"{what} truncated")
+        nals.append(nal)
+        pos += 2 + size
+    return nals, pos
 
 
 def split_avcc(data: bytes, length_size: int) -> list[bytes]:
