@@ -33,7 +33,7 @@ from common import APPID, HEADERS, SECRET, ServerProcess, start_server  # noqa: 
 from cloudrec.tokens import make_token  # noqa: E402
 from tests.e2e.test_interop import FFMPEG  # noqa: E402
 from tests.media_check import lip_sync_pairs  # noqa: E402
-from tests.syncclip import ffmpeg_whip_many, make_flash_clip  # noqa: E402
+from tests.syncclip import ffmpeg_whip_many, make_flash_clip, one_input_mix  # noqa: E402
 
 SECONDS = float(os.environ.get("SYNC_SECONDS", "3600"))
 WINDOW_S = 300.0
@@ -42,8 +42,6 @@ GOALS = {"source": 0.045, "mix": 0.070}
 DRIFT_GOAL_S = 0.030
 STORAGE = {"vender": 101, "endpoint": "local", "bucket": "sync", "accesskey": "-",
            "secretkey": "-", "fileprefix": ["drift"]}
-OUT = {"streamtype": 0, "videowidth": 320, "videoheight": 240, "videobitrate": 500,
-       "videofps": 30, "videogop": 60}
 ROOM, UID = "drift", "flash"
 
 
@@ -79,10 +77,8 @@ async def record(tmp: Path) -> dict[str, Path]:
         async with httpx.AsyncClient(headers=HEADERS, timeout=30) as client:
             base = {"appid": APPID, "roomid": ROOM, "recordtype": 0, "storagecfg": STORAGE}
             source = await start_recording(client, node, {**base, "streamtype": 2, "uid": UID})
-            mix = await start_recording(client, node, {**base, "streamtype": 1, "mixconfig": {
-                "input": [{"uid": UID, "roomid": ROOM, "streamtype": 0, "zOrder": 0,
-                           "layoutX": 0, "layoutY": 0, "layoutW": 320, "layoutH": 240,
-                           "crop": 0}], "output": OUT}})
+            mix = await start_recording(client, node, {**base, "streamtype": 1,
+                                                       "mixconfig": one_input_mix(ROOM, UID)})
             began = time.monotonic()
             while (left := SECONDS - (time.monotonic() - began)) > 0:
                 if proc.returncode is not None:  # a publisher that drops comes back, as a

@@ -8,7 +8,18 @@ import asyncio
 import statistics
 import subprocess
 from pathlib import Path
+from typing import Any
 
+#: The mix the lip sync measures use: the publisher alone, full frame, 320x240@30.
+MIX_OUT = {"streamtype": 0, "videowidth": 320, "videoheight": 240, "videobitrate": 500,
+           "videofps": 30, "videogop": 60}
+
+
+def one_input_mix(room: str, uid: str) -> dict[str, Any]:
+    """``mixconfig`` of a mix of ``uid`` alone over the whole :data:`MIX_OUT` picture."""
+    return {"input": [{"uid": uid, "roomid": room, "streamtype": 0, "zOrder": 0, "layoutX": 0,
+                       "layoutY": 0, "layoutW": 320, "layoutH": 240, "crop": 0}],
+            "output": MIX_OUT}
 
 def make_flash_clip(ffmpeg: str, path: Path, seconds: float) -> Path:
     """320x240@30 H.264 that is white for the first 100 ms of every second, black otherwise,

@@ -32,11 +32,9 @@ from tests.e2e.test_mixed import stop as stop_mixed
 from tests.e2e.test_recording import playlist_of, start, stop
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import lip_sync_offsets
-from tests.syncclip import make_flash_clip, summary
+from tests.syncclip import make_flash_clip, one_input_mix, summary
 
 DELAY_S = 0.300
-OUT = {"streamtype": 0, "videowidth": 320, "videoheight": 240, "videobitrate": 500,
-       "videofps": 30, "videogop": 60}
 
 
 def delay_audio(monkeypatch: pytest.MonkeyPatch, pub: Publisher) -> None:
@@ -120,10 +118,7 @@ async def test_audio_sent_late_lines_up_through_sender_reports(
                 late = await arrival_after_capture(webrtc.hub, room)  # times 300 ms apart
                 assert abs(late["audio"] - late["video"] - DELAY_S) < 0.05, late
             resid, recordid, _ = await start(server, room, uid, 0)
-            mres, mrec = await start_mixed(server, room, {
-                "input": [{"uid": uid, "roomid": room, "streamtype": 0, "zOrder": 0,
-                           "layoutX": 0, "layoutY": 0, "layoutW": 320, "layoutH": 240,
-                           "crop": 0}], "output": OUT})
+            mres, mrec = await start_mixed(server, room, one_input_mix(room, uid))
             await asyncio.sleep(14)
             await stop(server, room, resid, recordid)
             await stop_mixed(server, room, mres, mrec)

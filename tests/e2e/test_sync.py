@@ -24,12 +24,10 @@ from tests.e2e.test_mixed import stop as stop_mixed
 from tests.e2e.test_recording import playlist_of, start, stop
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import flash_wall_times, lip_sync_offsets, playlist_dates
-from tests.syncclip import ffmpeg_whip_many, make_flash_clip, summary
+from tests.syncclip import ffmpeg_whip_many, make_flash_clip, one_input_mix, summary
 
 SOURCE_GOAL_S = 0.045
 MIX_GOAL_S = 0.070
-OUT = {"streamtype": 0, "videowidth": 320, "videoheight": 240, "videobitrate": 500,
-       "videofps": 30, "videogop": 60}
 
 
 @pytest.mark.slow
@@ -48,10 +46,7 @@ async def test_flash_and_beep_line_up_in_a_source_recording_and_a_mix(tmp_path: 
             await _wait_for(lambda: _has_media(webrtc, room, uid), 20,
                             "no media from FFmpeg", proc, log)
             resid, recordid, _ = await start(server, room, uid, 0)
-            mres, mrec = await start_mixed(server, room, {
-                "input": [{"uid": uid, "roomid": room, "streamtype": 0, "zOrder": 0,
-                           "layoutX": 0, "layoutY": 0, "layoutW": 320, "layoutH": 240,
-                           "crop": 0}], "output": OUT})
+            mres, mrec = await start_mixed(server, room, one_input_mix(room, uid))
             await asyncio.sleep(16)
             await stop(server, room, resid, recordid)
             await stop_mixed(server, room, mres, mrec)
