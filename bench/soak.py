@@ -16,7 +16,8 @@ worker's RSS over the second half of the run, in MB/h.
 
 Pass: every worker's slope at most ``MAX_MB_PER_H`` (5) and every recording whole. Prints a
 table and writes ``SOAK_REPORT`` (default soak-report.json). A short run (``SOAK_SECONDS=180``)
-checks the machinery; its slope says little (start-up growth dominates).
+checks the machinery; its slope says little (start-up growth dominates). ``SOAK_KEEP=folder``
+keeps the run's recordings, server logs and databases in that folder.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from tests.services import start_postgres, start_redis  # noqa: E402
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "7200"))
 REPORT = Path(os.environ.get("SOAK_REPORT", "soak-report.json"))
+KEEP = os.environ.get("SOAK_KEEP", "")  # a folder: keep the run's files there
 SAMPLE_S = 10.0
 MAX_MB_PER_H = 5.0
 ROOMS, UIDS = 4, 4
@@ -234,8 +236,8 @@ def whole(playlist: Path) -> dict[str, Any]:
                         frames += 1
                     else:
                         audio += 1
-        except av.FFmpegError:
-            damaged.append(seg.name)
+        except av.FFmpegError as exc:
+            damaged.append(f"{seg.name}: {exc}")
     listed = sum(s.duration for s in segments)
     ok = (text.rstrip().endswith("#EXT-X-ENDLIST") and not missing and not damaged
           and len(set(names)) == len(names))
@@ -364,8 +366,12 @@ def summarise(report: dict[str, Any]) -> bool:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="cloudrec-soak-") as tmp:
-        report = asyncio.run(run(Path(tmp)))
+    if KEEP:  # the recordings, server logs and databases stay for a look afterwards
+        Path(KEEP).mkdir(parents=True, exist_ok=True)
+        report = asyncio.run(run(Path(tempfile.mkdtemp(prefix="cloudrec-soak-", dir=KEEP))))
+    else:
+        with tempfile.TemporaryDirectory(prefix="cloudrec-soak-") as tmp:
+            report = asyncio.run(run(Path(tmp)))
     ok = summarise(report)
     REPORT.write_text(json.dumps(report, indent=1))
     print(f"report: {REPORT.resolve()}")
