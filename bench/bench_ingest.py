@@ -11,6 +11,11 @@ publisher) and are sampled over the same windows (``BENCH_INGEST_WINDOWS``, 3), 
 loaded box slows both alike; each window's ratio is printed, then the medians.
 Goals: at most 1.3x FFmpeg, at most 0.01 cores per stream at 16 streams.
 
+The floor of any Python pipeline, in the same windows: N ``bench/pyav_remux.py`` (PyAV
+listening and remuxing to HLS packet by packet, nothing else), fed by N more publishers
+(``BENCH_INGEST_FLOOR=0`` leaves it out). It prints as a ratio to FFmpeg, and cloudrec's cores
+as a ratio to it.
+
 RTSP cameras: N GStreamer RTSP cameras (one server process, N mounts, each 320x240@15 H.264 +
 G.711 A-law 8 kHz, as the ingress tests' camera) pulled as ingresses into one room, each
 source-recorded by an auto-record rule (H.264 remuxed, G.711 transcoded to AAC 48 kHz): cores
@@ -44,6 +49,7 @@ WINDOWS = int(os.environ.get("BENCH_INGEST_WINDOWS", "3"))
 WARMUP_S = 3.0
 TRANSPORTS = os.environ.get("BENCH_INGEST_TRANSPORTS", "rtmp,srt").split(",")
 STREAMS = int(os.environ.get("BENCH_INGEST_STREAMS", "16"))
+FLOOR = os.environ.get("BENCH_INGEST_FLOOR", "1") != "0"  # also run N PyAV remuxes
 STORAGE = {"vender": 101, "endpoint": "local", "bucket": "bench", "accesskey": "-",
            "secretkey": "-"}
 FFMPEG = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error"]
@@ -142,20 +148,23 @@ def start_cloudrec(server: ServerProcess, clips: dict[str, Path], transport: str
 
 def start_ffmpeg(clips: dict[str, Path], transport: str, out: Path,
                  listeners: list[subprocess.Popen[bytes]],
-                 pubs: list[subprocess.Popen[bytes]]) -> None:
-    """N FFmpeg listeners remuxing to HLS, each fed by one publisher."""
+                 pubs: list[subprocess.Popen[bytes]], *, pyav: bool = False) -> None:
+    """N FFmpeg listeners remuxing to HLS, each fed by one publisher; with ``pyav`` the same
+    remux driven from Python (``bench/pyav_remux.py``: the floor of a Python pipeline)."""
     fmt = "flv" if transport == "rtmp" else "mpegts"
     for i in range(STREAMS):
-        port, folder = free_port(), out / f"{transport}{i}"
+        port, folder = free_port(), out / f"{transport}{i}{'py' if pyav else ''}"
         folder.mkdir(parents=True)
         source = (f"rtmp://127.0.0.1:{port}/live/s" if transport == "rtmp"
                   else f"srt://127.0.0.1:{port}?mode=listener&pkt_size=1316")
-        listeners.append(subprocess.Popen(
-            [*FFMPEG, *(["-listen", "1"] if transport == "rtmp" else []), "-i", source,
-             "-c", "copy", "-f", "hls", "-hls_time", "6", "-hls_list_size", "0",
-             str(folder / "index.m3u8")], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL))
-        time.sleep(0.2)
+        command = ([sys.executable, str(Path(__file__).with_name("pyav_remux.py")), source,
+                    str(folder / "index.m3u8")] if pyav else
+                   [*FFMPEG, *(["-listen", "1"] if transport == "rtmp" else []), "-i", source,
+                    "-c", "copy", "-f", "hls", "-hls_time", "6", "-hls_list_size", "0",
+                    str(folder / "index.m3u8")])
+        listeners.append(subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                          stderr=open(folder / "stderr.txt", "wb")))
+        time.sleep(1.0 if pyav else 0.2)  # a Python listener takes longer to open its port
         target = (f"rtmp://127.0.0.1:{port}/live/s" if transport == "rtmp"
                   else f"srt://127.0.0.1:{port}?pkt_size=1316")
         pubs.append(push(clips[fmt], fmt, target))
@@ -163,44 +172,60 @@ def start_ffmpeg(clips: dict[str, Path], transport: str, out: Path,
 
 def same_window(server: ServerProcess, clips: dict[str, Path], transport: str, port: int,
                 out: Path) -> list[str]:
-    """cloudrec's N recorded streams and FFmpeg's N remuxes running at once, both process
-    trees' CPU sampled over the same windows (the publishers are not counted)."""
+    """cloudrec's N recorded streams, FFmpeg's N remuxes and (``BENCH_INGEST_FLOOR``, on by
+    default) N PyAV remuxes running at once, the process trees' CPU sampled over the same
+    windows (the publishers are not counted)."""
     listeners: list[subprocess.Popen[bytes]] = []
+    floors: list[subprocess.Popen[bytes]] = []
     pubs: list[subprocess.Popen[bytes]] = []
     lines: list[str] = []
-    ours_per, refs_per, ratios = [], [], []
+    ours_per, refs_per, floor_per, ratios, floor_ratios = [], [], [], [], []
     try:
         start_ffmpeg(clips, transport, out, listeners, pubs)
+        if FLOOR:
+            start_ffmpeg(clips, transport, out, floors, pubs, pyav=True)
         room, tasks = start_cloudrec(server, clips, transport, port, pubs)
         time.sleep(WARMUP_S)
         alive = [p.pid for p in listeners if p.poll() is None]
-        if len(alive) < STREAMS:
-            raise RuntimeError(f"{STREAMS - len(alive)} ffmpeg listeners exited")
+        floor_alive = [p.pid for p in floors if p.poll() is None]
+        if len(alive) < STREAMS or len(floor_alive) < (STREAMS if FLOOR else 0):
+            raise RuntimeError(f"{STREAMS - len(alive)} ffmpeg listeners and "
+                               f"{len(floors) - len(floor_alive)} pyav ones exited")
         ours_pids = [server.proc.pid]
         table = cpu_table()
-        c0, f0, t0 = trees_cpu(table, ours_pids), trees_cpu(table, alive), time.monotonic()
+        c0, f0, p0 = (trees_cpu(table, ours_pids), trees_cpu(table, alive),
+                      trees_cpu(table, floor_alive))
+        t0 = time.monotonic()
         for window in range(WINDOWS):
             time.sleep(MEASURE_S)
             table = cpu_table()
-            c1, f1, t1 = trees_cpu(table, ours_pids), trees_cpu(table, alive), time.monotonic()
+            c1, f1, p1 = (trees_cpu(table, ours_pids), trees_cpu(table, alive),
+                          trees_cpu(table, floor_alive))
+            t1 = time.monotonic()
             ours, ref = (c1 - c0) / (t1 - t0) / STREAMS, (f1 - f0) / (t1 - t0) / STREAMS
+            floor = (p1 - p0) / (t1 - t0) / STREAMS
             ratio = ours / ref if ref > 0 else float("nan")
             ours_per.append(ours)
             refs_per.append(ref)
             ratios.append(ratio)
-            lines.append(f"  {transport} window {window + 1}: cloudrec {ours:.4f} cores/stream   "
-                         f"ffmpeg {ref:.4f}   ratio {ratio:.2f}x")
-            print(lines[-1], flush=True)
-            c0, f0, t0 = c1, f1, t1
+            line = (f"  {transport} window {window + 1}: cloudrec {ours:.4f} cores/stream   "
+                    f"ffmpeg {ref:.4f}   ratio {ratio:.2f}x")
+            if FLOOR:
+                floor_per.append(floor)
+                floor_ratios.append(floor / ref if ref > 0 else float("nan"))
+                line += f"   pyav remux {floor:.4f} ({floor_ratios[-1]:.2f}x ffmpeg)"
+            lines.append(line)
+            print(line, flush=True)
+            c0, f0, p0, t0 = c1, f1, p1, t1
         with httpx.Client(headers=HEADERS, timeout=30) as client:
             info = client.get(server.api(f"queryrecord/{room}/{tasks[0][1]}")).json()["data"]
             for resid, recordid in tasks:
                 client.post(server.api("stoprecord"), json={
                     "resid": resid, "appid": APPID, "roomid": room, "recordid": recordid})
     finally:
-        for p in pubs + listeners:
+        for p in pubs + listeners + floors:
             p.terminate()
-        for p in pubs + listeners:
+        for p in pubs + listeners + floors:
             p.wait(10)
     median = statistics.median
     line = (f"{transport} ingest x{STREAMS}, recorded, same window as FFmpeg: cloudrec "
@@ -208,6 +233,9 @@ def same_window(server: ServerProcess, clips: dict[str, Path], transport: str, p
             f"{median(refs_per):.4f}   ratio median {median(ratios):.2f}x "
             f"(goal <= 1.3x) of {' '.join(f'{r:.2f}' for r in ratios)}   "
             f"[{info.get('segments')} segments in {info.get('duration')} s]")
+    if FLOOR:
+        line += (f"   pyav remux floor {median(floor_per):.4f} = {median(floor_ratios):.2f}x "
+                 f"ffmpeg, cloudrec {median(ours_per) / median(floor_per):.2f}x the floor")
     headline(line)
     return [*lines, line]
 
