@@ -110,6 +110,7 @@ def _declare(so: ctypes.CDLL) -> None:
             ("srt_setrejectreason", c_int, (c_int, c_int)),
             ("srt_epoll_create", c_int, ()), ("srt_epoll_release", c_int, (c_int,)),
             ("srt_epoll_add_usock", c_int, (c_int, c_int, pint)),
+            ("srt_epoll_remove_usock", c_int, (c_int, c_int)),
             ("srt_epoll_uwait", c_int, (c_int, ctypes.POINTER(_EpollEvent), c_int, i64))):
         fn = getattr(so, name)
         fn.restype, fn.argtypes = res, list(args)
@@ -219,9 +220,14 @@ class Epoll:
         ev = ctypes.c_int(events)
         check(lib().srt_epoll_add_usock(self.eid, sock, ctypes.byref(ev)), "srt_epoll_add_usock")
 
-    def wait(self, timeout_ms: int) -> list[tuple[int, int]]:
-        events = (_EpollEvent * 8)()
-        n = lib().srt_epoll_uwait(self.eid, events, 8, timeout_ms)
+    def remove(self, sock: int) -> None:
+        """Stops watching ``sock`` (one that is closed already is no error)."""
+        lib().srt_epoll_remove_usock(self.eid, sock)
+
+    def wait(self, timeout_ms: int, most: int = 8) -> list[tuple[int, int]]:
+        """The ready sockets and their events; [] after ``timeout_ms`` (or with none watched)."""
+        events = (_EpollEvent * most)()
+        n = lib().srt_epoll_uwait(self.eid, events, most, timeout_ms)
         return [(events[i].fd, events[i].events) for i in range(max(n, 0))]
 
     def close(self) -> None:

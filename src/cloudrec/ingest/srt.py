@@ -6,13 +6,16 @@ the event loop and refuses a bad name or token with an SRT reject reason (1400 b
 unauthorized, 1503 when full), so a refused caller never gets a connection (FFmpeg exits with
 "connection rejected") and a WARNING names app/room/uid.
 
-Each accepted connection has one thread: it waits on an SRT epoll for the socket (read without
-blocking), takes the messages that arrive within :data:`BATCH_S` of the first in one go
-(libsrt's buffers are bounded, a stalled or vanished peer breaks the connection after
-``SRTO_PEERIDLETIMEO``) and hands their payload, the MPEG-TS as sent, joined, to
-``handler.data`` on the event loop (``conn.fmt == "mpegts"``),
-at most :data:`MAX_QUEUED` messages per connection in flight: a slow loop makes the thread
-wait, and libsrt then drops late packets, so memory stays bounded. Nothing is demuxed here: the
+One thread reads every accepted connection: it waits on one SRT epoll over all their sockets
+(read without blocking), and once any is readable sleeps :data:`BATCH_S` so that more arrives,
+then takes from each connection what waits (up to :data:`BATCH_BYTES`) in one go and hands the
+payload, the MPEG-TS as sent, joined, to ``handler.data`` on the event loop
+(``conn.fmt == "mpegts"``). The thread and the loop so wake some 25 times a second for all
+publishers together, not once per 1316-byte message (nor once per publisher: a thread per
+connection cost a quarter of the listener's CPU at 16 publishers). At most :data:`MAX_QUEUED`
+hand-offs per connection are in flight: a connection whose loop side is behind is not read
+(libsrt's buffers are bounded and it drops late packets), so memory stays bounded; a stalled or
+vanished peer breaks the connection after ``SRTO_PEERIDLETIMEO``. Nothing is demuxed here: the
 worker that owns the room does it (:mod:`cloudrec.ingest.demux`), so the listener loads no
 media library.
 """
@@ -33,9 +36,9 @@ from .base import IngestConnection, IngestHandler, IngestRefused, parse_srt_stre
 logger = logging.getLogger(__name__)
 __all__ = ["SrtServer"]
 
-MAX_QUEUED = 256
-BATCH_S = 0.04  # messages joined into one hand-off, at most this long after the first
-BATCH_BYTES = 64 * 1024
+MAX_QUEUED = 64  # hand-offs of one connection waiting for the loop
+BATCH_S = 0.04  # the reader's wait after a wake: messages of 40 ms joined into one hand-off
+BATCH_BYTES = 256 * 1024  # taken from one connection per wake (~50 Mbps)
 MESSAGE_BUFFER = 2048  # an SRT live message is at most 1456 bytes
 AUTHORIZE_TIMEOUT = 5.0
 
@@ -55,12 +58,19 @@ class SrtServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._callback = libsrt.ListenCallback(self._on_listen)  # referenced while listening
+        self._rx: libsrt.Epoll | None = None  # the accepted sockets, read by one thread
+        self._reading: dict[int, _Connection] = {}  # socket → connection, under _rx_lock
+        self._rx_lock = threading.Lock()
+        self._added = threading.Event()  # a connection was added (the reader may sleep on it)
+        self._reader: threading.Thread | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._open)
         self._thread = threading.Thread(target=self._accept_loop, name="srt-accept", daemon=True)
         self._thread.start()
+        self._reader = threading.Thread(target=self._read_loop, name="srt-read", daemon=True)
+        self._reader.start()
         logger.info("srt ingest listening on %s:%d", self.host, self.port)
 
     def _open(self) -> None:
@@ -75,6 +85,7 @@ class SrtServer:
             libsrt.check(so.srt_listen_callback(sock, self._callback, None), "srt_listen_callback")
             libsrt.check(so.srt_listen(sock, 64), "srt_listen")
             self.port = libsrt.local_port(sock)
+            self._rx = libsrt.Epoll()
         except BaseException:
             so.srt_close(sock)
             raise
@@ -98,7 +109,12 @@ class SrtServer:
             self._sock = libsrt.INVALID
         for conn in conns:
             libsrt.lib().srt_close(conn.sock)
-            conn.thread.join()
+        if self._reader is not None:  # it ends each connection, then itself
+            self._added.set()
+            self._reader.join()
+        if self._rx is not None:
+            self._rx.close()
+            self._rx = None
 
     def _on_listen(self, _opaque: Any, sock: int, _hsversion: int, peeraddr: int,
                    streamid: bytes | None) -> int:
@@ -161,34 +177,71 @@ class SrtServer:
             logger.warning("srt connection from %s dropped: %s", peer, exc)
             libsrt.lib().srt_close(sock)
             return
-        self.connections.add(conn)
+        assert self._rx is not None
+        with self._rx_lock:
+            try:
+                self._rx.add(sock)
+            except libsrt.SrtError as exc:
+                logger.warning("srt connection from %s dropped: %s", peer, exc)
+                libsrt.lib().srt_close(sock)
+                return
+            self.connections.add(conn)
+            conn.post(self.handler.started)  # before the reader can hand on any data
+            self._reading[sock] = conn
         logger.info("srt publisher %s/%s/%s from %s", sn.appid, sn.roomid, sn.uid, peer)
-        conn.post(self.handler.started)
-        conn.thread.start()
+        self._added.set()
+
+    def _read_loop(self) -> None:
+        """Reads every connection (see the module docstring) until the server stops and the
+        last connection ended."""
+        assert self._rx is not None
+        while True:
+            with self._rx_lock:
+                conns = list(self._reading.values())
+            if not conns:
+                if self._stop.is_set():
+                    return
+                self._added.wait(0.25)  # an empty SRT epoll does not wait
+                self._added.clear()
+                continue
+            if not self._rx.wait(250, most=len(conns)) and all(c.reason is None for c in conns):
+                continue
+            time.sleep(BATCH_S)
+            for conn in conns:
+                if not conn.pump():
+                    self._end(conn)
+
+    def _end(self, conn: _Connection) -> None:
+        """The connection's socket gave its last: closed, ``ended`` posted to the loop."""
+        assert self._rx is not None and self._loop is not None
+        with self._rx_lock:
+            self._reading.pop(conn.sock, None)
+            self._rx.remove(conn.sock)
+        libsrt.lib().srt_close(conn.sock)
+        conn.info._closer = None
+        reason = conn.reason or conn.error or "closed"
+        conn.post(self.handler.ended, reason)
+        self._loop.call_soon_threadsafe(self.connections.discard, conn)
+        logger.info("srt publisher %s/%s/%s left: %s", conn.info.appid, conn.info.roomid,
+                    conn.info.uid, reason)
 
 
 class _Connection:
-    """One accepted SRT socket, its receiving thread, and its hand-off to the loop."""
+    """One accepted SRT socket and its hand-off to the loop (read by the server's reader)."""
 
     def __init__(self, server: SrtServer, sock: int, info: IngestConnection) -> None:
         self.server, self.sock, self.info = server, sock, info
-        self.reason: str | None = None
+        self.reason: str | None = None  # why the handler closed it
+        self.error: str | None = None  # what failed while reading
         self.done = False  # ended() was called, on the loop
         self.ended = False  # the socket has nothing more to give
         self._buf, self._so = ctypes.create_string_buffer(MESSAGE_BUFFER), libsrt.lib()
         libsrt.set_int(sock, libsrt.RCVSYN, 0)  # read without waiting; the epoll waits
-        self._epoll = libsrt.Epoll()
-        try:
-            self._epoll.add(sock)
-        except libsrt.SrtError:
-            self._epoll.close()
-            raise
         self.queued = threading.Semaphore(MAX_QUEUED)
-        self.thread = threading.Thread(target=self._run, name=f"srt-{sock}", daemon=True)
         info._closer = self.close
 
     def close(self, reason: str) -> None:
-        """Ends the connection from the handler: the receiving thread sees it closed."""
+        """Ends the connection from the handler: the reader sees it closed."""
         self.reason = self.reason or reason
         threading.Thread(target=libsrt.lib().srt_close, args=(self.sock,), daemon=True).start()
 
@@ -209,53 +262,30 @@ class _Connection:
         assert self.server._loop is not None
         self.server._loop.call_soon_threadsafe(call)
 
-    def _run(self) -> None:
-        reason = "closed"
+    def pump(self) -> bool:
+        """Hands on what waits (up to :data:`BATCH_BYTES`, joined); False once the connection
+        is over (closed by the handler, broken, or the peer left). A connection with
+        :data:`MAX_QUEUED` hand-offs in flight is not read this time."""
+        if self.reason is not None or self.ended:
+            return False
+        if not self.queued.acquire(blocking=False):
+            return True
+        parts, size = [], 0
         try:
-            while (chunk := self.read()) and self.deliver(chunk) and not self.ended:
-                pass
+            while size < BATCH_BYTES:
+                part = self._recv()
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
         except Exception as exc:  # noqa: BLE001 - must end with ended(), whatever failed
-            reason = f"stream error: {exc}"
-            logger.info("srt %s: %s", self.info.peer, reason)
-        finally:
-            libsrt.lib().srt_close(self.sock)
-            self._epoll.close()
-            self.info._closer = None
-            reason = self.reason or reason
-            self.post(self.server.handler.ended, reason)
-            assert self.server._loop is not None
-            self.server._loop.call_soon_threadsafe(self.server.connections.discard, self)
-            logger.info("srt publisher %s/%s/%s left: %s", self.info.appid, self.info.roomid,
-                        self.info.uid, reason)
-
-    def read(self) -> bytes:
-        """The next SRT messages, joined: once one is there, what arrives within
-        :data:`BATCH_S` (up to :data:`BATCH_BYTES`), taken in one go after that wait, so that
-        this thread and the loop wake some 25 times a second per publisher rather than once per
-        1316-byte message; b"" once the connection ended."""
-        first = self._take()
-        if not first:
-            return b""
-        parts, size = [first], len(first)
-        time.sleep(BATCH_S)
-        while size < BATCH_BYTES and self.reason is None:
-            part = self._recv()
-            if not part:
-                break
-            parts.append(part)
-            size += len(part)
-        return b"".join(parts)
-
-    def _take(self) -> bytes:
-        """The first message of a batch, waited for; b"" once the connection ended."""
-        while self.reason is None and not self.ended:
-            data = self._recv()
-            if data:
-                return data
-            if not self.ended:
-                self._epoll.wait(250)
-        self.ended = True
-        return b""
+            self.error, self.ended = f"stream error: {exc}", True
+            logger.info("srt %s: %s", self.info.peer, self.error)
+        if parts and self.reason is None:
+            self.post(self.server.handler.data, b"".join(parts))
+        else:
+            self.queued.release()
+        return self.reason is None and not self.ended
 
     def _recv(self) -> bytes:
         """One message if one is waiting (b"" if not; ``ended`` set when the socket broke)."""
@@ -263,17 +293,7 @@ class _Connection:
         if n > 0:
             self.info.bytes_in += n
             return ctypes.string_at(self._buf, n)
-        if not (n == libsrt.ERROR and libsrt.last_error()[0] in (libsrt.E_ASYNCRCV,
-                                                                 libsrt.E_TIMEOUT)):
+        if not (n == libsrt.ERROR and self._so.srt_getlasterror(None) in (libsrt.E_ASYNCRCV,
+                                                                           libsrt.E_TIMEOUT)):
             self.ended = True
         return b""
-
-    def deliver(self, chunk: bytes) -> bool:
-        """Hands ``chunk`` to the loop, waiting while :data:`MAX_QUEUED` are in flight."""
-        while not self.queued.acquire(timeout=0.5):
-            if self.reason is not None:
-                return False
-        if self.reason is not None:
-            return False
-        self.post(self.server.handler.data, chunk)
-        return True
