@@ -207,9 +207,13 @@ class SrtServer:
             if not self._rx.wait(250, most=len(conns)) and all(c.reason is None for c in conns):
                 continue
             time.sleep(BATCH_S)
-            for conn in conns:
-                if not conn.pump():
-                    self._end(conn)
+            calls: list[Callable[[], None]] = []  # every connection's hand-off: one loop wake
+            over = [conn for conn in conns if not conn.pump(calls)]
+            if calls:
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(_run_all, calls)
+            for conn in over:  # after their last data
+                self._end(conn)
 
     def _end(self, conn: _Connection) -> None:
         """The connection's socket gave its last: closed, ``ended`` posted to the loop."""
@@ -224,6 +228,11 @@ class SrtServer:
         self._loop.call_soon_threadsafe(self.connections.discard, conn)
         logger.info("srt publisher %s/%s/%s left: %s", conn.info.appid, conn.info.roomid,
                     conn.info.uid, reason)
+
+
+def _run_all(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
 class _Connection:
@@ -245,8 +254,10 @@ class _Connection:
         self.reason = self.reason or reason
         threading.Thread(target=libsrt.lib().srt_close, args=(self.sock,), daemon=True).start()
 
-    def post(self, fn: Callable[..., None], *args: Any) -> None:
-        """Runs ``fn(conn, *args)`` on the loop; a failure there closes the connection."""
+    def post(self, fn: Callable[..., None], *args: Any,
+             into: list[Callable[[], None]] | None = None) -> None:
+        """Runs ``fn(conn, *args)`` on the loop (``into``: appended there, for the caller to
+        schedule with others); a failure there closes the connection."""
         def call() -> None:
             if fn == self.server.handler.data:
                 self.queued.release()
@@ -259,12 +270,16 @@ class _Connection:
                 logger.exception("srt ingest handler failed")
                 if fn != self.server.handler.ended:
                     self.close(f"handler error: {exc!r}")
+        if into is not None:
+            into.append(call)
+            return
         assert self.server._loop is not None
         self.server._loop.call_soon_threadsafe(call)
 
-    def pump(self) -> bool:
+    def pump(self, into: list[Callable[[], None]]) -> bool:
         """Hands on what waits (up to :data:`BATCH_BYTES`, joined); False once the connection
-        is over (closed by the handler, broken, or the peer left). A connection with
+        is over (closed by the handler, broken, or the peer left); the hand-off goes ``into``
+        the reader's list. A connection with
         :data:`MAX_QUEUED` hand-offs in flight is not read this time."""
         if self.reason is not None or self.ended:
             return False
@@ -282,7 +297,7 @@ class _Connection:
             self.error, self.ended = f"stream error: {exc}", True
             logger.info("srt %s: %s", self.info.peer, self.error)
         if parts and self.reason is None:
-            self.post(self.server.handler.data, b"".join(parts))
+            self.post(self.server.handler.data, b"".join(parts), into=into)
         else:
             self.queued.release()
         return self.reason is None and not self.ended
