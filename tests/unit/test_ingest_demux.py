@@ -1,7 +1,8 @@
 """packet_frame on video whose container keeps the headers apart (MP4: H.265's hvcC record with
 length-prefixed packets, MPEG-4 Part 2's VOL in the extradata): its frames carry them in front of
 key frames, so the normalizer's decoder reads every picture and H.264 comes out. An MPEG-TS
-whose H.264 turns into H.265 on the same PID (FFmpeg's demuxer still says H.264) raises.
+whose H.264 turns into H.265 on the same PID (FFmpeg's demuxer still says H.264) raises, and so
+does one whose AAC turns into MP3 (FFmpeg still says AAC).
 
 Inputs are made with PyAV's encoders and muxers in memory; the H.264 out is decoded again."""
 
@@ -78,3 +79,34 @@ def test_h264_turning_into_h265_on_the_same_pid_raises() -> None:
                 if frame is not None:
                     frames.append(frame)
     assert FRAMES - 1 <= len(frames) <= FRAMES + 1  # the H.264 part
+
+
+def audio_ts(encoder: str) -> bytes:
+    """An audio-only MPEG-TS: 50 frames of a 440 Hz tone, mono 48 kHz, by ``encoder``."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mpegts") as out:
+        stream = out.add_stream(encoder, rate=48000)
+        stream.codec_context.layout = "mono"
+        for i in range(50):
+            t = (np.arange(1152) + i * 1152) / 48000
+            frame = av.AudioFrame.from_ndarray(
+                (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :], format="fltp",
+                layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 1152
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def test_aac_turning_into_mp3_on_the_same_pid_raises() -> None:
+    stream = audio_ts("aac") + audio_ts("libmp3lame")
+    timeline, params, frames = Timeline(90000), dict[int, tuple[bytes, int]](), []
+    with av.open(io.BytesIO(stream), format="mpegts") as container:
+        with pytest.raises(ValueError, match="changed its codec midway"):
+            for packet in container.demux(audio=0):
+                assert packet.stream.codec_context.name == "aac"  # as FFmpeg still says
+                frame = packet_frame(packet, timeline, params, 1)
+                if frame is not None:
+                    frames.append(frame)
+    assert len(frames) >= 50 * 1152 // 1024 - 1  # the AAC part, every frame an ADTS one
+    assert all(f.codec == "aac" and f.data[:2] in (b"\xff\xf1", b"\xff\xf9") for f in frames)

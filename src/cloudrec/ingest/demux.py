@@ -12,7 +12,8 @@ calls ``deliver`` per frame:
   reads them) and no slice raises ValueError, as a source that switched to H.265 on the same
   PID sends (FFmpeg's demuxer keeps calling it H.264);
 - AAC as one ADTS frame (the header added from the AudioSpecificConfig where the container
-  has none), in its sample rate;
+  has none), in its sample rate; MP3/MP2 frames where AAC was (a source that switched codec on
+  the same PID) raise ValueError;
 - other video with the headers its container carries once in front of every keyframe (a
   decoder has no other way to them): H.265's VPS/SPS/PPS (length-prefixed packets of MP4, FLV,
   RTMP re-framed as Annex B from their hvcC record; from RTSP's SDP), MPEG-4's VOL;
@@ -199,6 +200,10 @@ def _adts(data: bytes, extradata: bytes | None, rate: int) -> tuple[bytes, int]:
     config = parse_adts(data)
     if config is not None:
         return data, config.sample_rate
+    if data[:1] == b"\xff" and len(data) > 1 and data[1] & 0xE0 == 0xE0 and data[1] & 0x06:
+        # an MPEG audio header of layer I-III: MP3/MP2 where AAC was (FFmpeg's MPEG-TS
+        # demuxer keeps calling a PID's stream AAC when the source switches its codec)
+        raise ValueError("the audio is not AAC any more: the source changed its codec midway")
     if not extradata:
         raise ValueError("AAC without ADTS headers or an AudioSpecificConfig")
     config = parse_asc(extradata)
