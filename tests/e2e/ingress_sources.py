@@ -58,13 +58,14 @@ RTSP_SERVER = textwrap.dedent("""
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(sys.argv[1])
-    for path in sys.argv[2:] or ["/cam"]:
+    video = sys.argv[2]
+    for path in sys.argv[3:] or ["/cam"]:
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(
             "( videotestsrc is-live=true pattern=ball "
             "! video/x-raw,width=320,height=240,framerate=15/1 "
-            "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 "
-            "! rtph264pay name=pay0 pt=96 config-interval=1 "
+            f"! x{video[1:]}enc tune=zerolatency speed-preset=ultrafast key-int-max=15 "
+            f"! rtp{video}pay name=pay0 pt=96 config-interval=1 "
             "audiotestsrc is-live=true wave=sine freq=440 ! audio/x-raw,rate=8000,channels=1 "
             "! alawenc ! rtppcmapay name=pay1 pt=8 )")
         factory.set_shared(True)
@@ -86,9 +87,10 @@ class RtspCamera:
     """A GStreamer RTSP server on a fixed port, to kill and start again; ``cameras`` > 1 serves
     that many independent cameras, ``/cam0`` … (:meth:`camera_url`), from one process."""
 
-    def __init__(self, port: int | None = None, cameras: int = 1) -> None:
+    def __init__(self, port: int | None = None, cameras: int = 1, video: str = "h264") -> None:
         self.port = port or free_port()
         self.cameras = cameras
+        self.video = video  # "h264" or "h265": GStreamer's x264enc/x265enc, rtph264pay/rtph265pay
         self.proc: subprocess.Popen[str] | None = None
 
     def camera_url(self, i: int) -> str:
@@ -100,7 +102,7 @@ class RtspCamera:
 
     def start(self) -> None:
         self.proc = subprocess.Popen([SYSTEM_PYTHON, "-c", RTSP_SERVER, str(self.port),
-                                      *([f"/cam{i}" for i in range(self.cameras)]
+                                      self.video, *([f"/cam{i}" for i in range(self.cameras)]
                                         if self.cameras > 1 else [])],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None

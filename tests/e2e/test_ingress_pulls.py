@@ -1,7 +1,8 @@
 """More pulled sources, end to end on one real node, their recordings decoded:
 
 - ``rtmp://``: FFmpeg serving one RTMP client (``-listen 1``) with an H.264 + AAC clip in a loop;
-- H.265: an HEVC + AAC MP4 over HTTP, recorded as H.264 (transcoded) + AAC;
+- H.265: an HEVC + AAC MP4 over HTTP, recorded as H.264 (transcoded) + AAC, and a GStreamer
+  RTSP camera sending H.265 (``rtph265pay``) + G.711, recorded as H.264 + AAC;
 - bad sources: random bytes over HTTP, and MPEG-TS whose video switches from H.264 to H.265
   midway, on new PIDs or on the same one. The ingress says ``retrying`` with the reason, and
   the worker goes on: another ingress on it becomes active.
@@ -14,7 +15,9 @@ import random
 import subprocess
 from pathlib import Path
 
-from tests.e2e.ingress_sources import http_files, make_clip
+import pytest
+
+from tests.e2e.ingress_sources import RtspCamera, gst_rtsp_available, http_files, make_clip
 from tests.e2e.test_ingress import (  # noqa: F401 - node is a fixture
     check_recording,
     ingress,
@@ -136,3 +139,27 @@ async def test_garbage_and_a_codec_switch_are_reported_and_the_worker_goes_on(
         for created in (garbage, switch, same, good):
             assert (await ingress(node, "DELETE", f"/{created['ingressid']}"))["code"] == 0
     check_recording(playlist, 2.0)
+
+
+@pytest.mark.skipif(not gst_rtsp_available(), reason="GStreamer's RTSP server is not installed")
+async def test_h265_rtsp_camera_is_recorded_as_h264(node: Server) -> None:  # noqa: F811
+    camera = RtspCamera(video="h265")
+    camera.start()
+    try:
+        created = await ingress(node, "POST", body={"roomid": "hevccam", "uid": "cam",
+                                                   "url": camera.url})
+        assert created["code"] == 0, created
+        await wait_state(node, created["ingressid"], {"active"})
+        recordid = await record(node, "hevccam", "cam")
+        playlist = playlist_of(node, "hevccam", recordid, "cam")
+        await wait_for(lambda: seconds_in(playlist) >= 3, timeout=40, what="3 s recorded")
+        pub = (await ingress(node, "GET", f"/{created['ingressid']}"))["data"]["publishers"][0]
+        assert pub["source_codecs"] == {"video": "h265", "audio": "pcma"}, pub
+        assert pub["video_codec"] == "h264", pub
+        await stop(node, "hevccam", recordid)
+        assert (await ingress(node, "DELETE", f"/{created['ingressid']}"))["code"] == 0
+    finally:
+        camera.kill()
+    check_recording(playlist, 3.0)
+    probe = probe_playlist(playlist)
+    assert (probe.width, probe.height) == (320, 240), probe
