@@ -35,6 +35,7 @@ from tests.e2e.netns import Netns
 ROOM = 1234
 SECRET = "room-secret"
 HTTP_PORT = 8088  # the namespace is new: nothing else listens there
+HTTPS_PORT = 8089
 LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 
 
@@ -42,7 +43,36 @@ def janus_available() -> bool:
     return shutil.which("janus") is not None and (LIB / "plugins/libjanus_videoroom.so").exists()
 
 
-def _configs(root: Path, ns: Netns) -> Path:
+def make_cert(folder: Path, ip: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``ip`` (its own CA: the file a client trusts) and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+                ipaddress.ip_address(ip))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "janus-cert.pem", folder / "janus-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _configs(root: Path, ns: Netns, https: bool = False) -> Path:
     cfg = root / "cfg"
     for sub, names in (("plugins", ["libjanus_videoroom.so"]),
                        ("transports", ["libjanus_http.so"]), ("events", []), ("loggers", [])):
@@ -57,9 +87,15 @@ def _configs(root: Path, ns: Netns) -> Path:
         f'  loggers_folder = "{root}/loggers"\n  debug_level = 4\n  session_timeout = 60\n'
         "}\nmedia: { rtp_port_range = \"20000-40000\" }\n"
         f'nat: {{ ice_enforce_list = "{ns.ns_if}" }}\n')
+    tls = ""
+    if https:
+        cert, key = make_cert(root, ns.ns_ip)
+        tls = (f', secure_port = {HTTPS_PORT}, secure_ip = "{ns.ns_ip}" }}\n'
+               f'certificates: {{ cert_pem = "{cert}", cert_key = "{key}"')
     (cfg / "janus.transport.http.jcfg").write_text(
         f'general: {{ json = "plain", base_path = "/janus", http = true, port = {HTTP_PORT},\n'
-        f'  ip = "{ns.ns_ip}", https = false }}\nadmin: {{ admin_http = false }}\n')
+        f'  ip = "{ns.ns_ip}", https = {str(https).lower()}{tls} }}\n'
+        'admin: { admin_http = false }\n')
     (cfg / "janus.plugin.videoroom.jcfg").write_text(
         f'general: {{ }}\nroom-{ROOM}: {{ description = "cloudrec test", secret = "{SECRET}",\n'
         '  publishers = 6, bitrate = 1000000, audiocodec = "opus",\n'
@@ -68,16 +104,21 @@ def _configs(root: Path, ns: Netns) -> Path:
 
 
 @asynccontextmanager
-async def janus_server(root: Path, ns: Netns) -> AsyncIterator[str]:
-    """Janus in ``ns``; yields its HTTP API URL (``http://NS_IP:HTTP_PORT/janus``)."""
-    cfg = _configs(root, ns)
+async def janus_server(root: Path, ns: Netns, https: bool = False) -> AsyncIterator[str]:
+    """Janus in ``ns``; yields its HTTP API URL (``http://NS_IP:HTTP_PORT/janus``), or with
+    ``https`` its HTTPS one (``https://NS_IP:HTTPS_PORT/janus``, a self-signed certificate for
+    NS_IP in ``root/janus-cert.pem``: the file a client must trust)."""
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = _configs(root, ns, https)
     log = (root / "janus.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         *ns.exec("janus", "-F", str(cfg), "-C", str(cfg / "janus.jcfg")), stdout=log,
         stderr=subprocess.STDOUT)
-    url = f"http://{ns.ns_ip}:{HTTP_PORT}/janus"
+    url = (f"https://{ns.ns_ip}:{HTTPS_PORT}/janus" if https
+           else f"http://{ns.ns_ip}:{HTTP_PORT}/janus")
+    verify: Any = str(root / "janus-cert.pem") if https else True
     try:
-        async with httpx.AsyncClient(timeout=2) as http:
+        async with httpx.AsyncClient(timeout=2, verify=verify) as http:
             for _ in range(100):
                 try:
                     if (await http.get(url + "/info")).status_code == 200:

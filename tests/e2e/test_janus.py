@@ -3,7 +3,9 @@ the test creates (joined to this host by a veth pair, the only path the test's t
 besides loopback), aiortc publishers in its room (H.264, then a late joiner with VP8 and no
 display name), a ``janus+http://`` ingress that forwards each of them by RTP into the room (to
 this host's end of the pair); both are recorded and the files decoded; the late joiner appears
-under its Janus id, a leaver leaves, and deleting the ingress empties the room.
+under its Janus id, a leaver leaves, and deleting the ingress empties the room. The same over
+Janus's HTTPS transport (``janus+https://``, a self-signed certificate the node is told to
+trust).
 """
 
 from __future__ import annotations
@@ -100,3 +102,30 @@ async def test_janus_room_is_mirrored_and_recorded(node: Server, ns: Netns,
         await alice.stop()
     check_recording(alice_list, 5.0)
     check_recording(late_list, 3.0)  # VP8 comes out as H.264
+
+
+async def test_janus_over_https_is_mirrored(node: Server, ns: Netns, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``janus+https://``: Janus's HTTPS transport with a certificate the node trusts (through
+    ``SSL_CERT_FILE``, as an operator's own CA would be; without it the connection is refused
+    as self-signed); its publisher is mirrored and recorded."""
+    room = "janustls"
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "janus" / "janus-cert.pem"))
+    async with janus_server(tmp_path / "janus", ns, https=True) as janus:
+        assert janus.startswith("https://")
+        alice = JanusPublisher(janus, ns, "alice", "h264")
+        await alice.start()
+        try:
+            url = f"janus+{janus}?room={ROOM}&secret={SECRET}&host={ns.host_ip}"
+            created = await ingress(node, "POST", body={"roomid": room, "url": url})
+            assert created["code"] == 0, created
+            await wait_state(node, created["ingressid"], {"active"})
+            await wait_for(lambda: uids(node, room) == {"alice"}, timeout=15, what="alice")
+            recordid = await record(node, room, "alice")
+            playlist = playlist_of(node, room, recordid, "alice")
+            await wait_for(lambda: seconds_in(playlist) >= 3, timeout=40, what="3 s recorded")
+            await stop(node, room, recordid)
+            assert (await ingress(node, "DELETE", f"/{created['ingressid']}"))["code"] == 0
+        finally:
+            await alice.stop()
+    check_recording(playlist, 2.5)
