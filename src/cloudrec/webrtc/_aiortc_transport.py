@@ -211,12 +211,15 @@ def _srtp_sessions(dtls: Any) -> Callable[[], tuple[Any, Any]]:
 
 
 def _hook_connection(connection: Connection, options: IceOptions) -> None:
-    connect = connection.connect
+    connect, close = connection.connect, connection.close
 
     async def connect_then_watch() -> None:
         await connect()
-        # watched now, not from the task: the DTLS handshake (then media) may follow at once
-        live = _Liveness(_media.get(connection))
+        # watched now, not from the task: the DTLS handshake (then media) may follow at once.
+        # The handler leaves the module's map: it refers (through its receiver and session) to
+        # the connection itself, so as a WeakKeyDictionary value it would keep its own key, and
+        # with it the whole peer connection, alive for ever.
+        live = _Liveness(_media.pop(connection, None))
         live.follow(connection)
         aioice_consent = connection._query_consent_task
         if aioice_consent is not None:
@@ -224,7 +227,12 @@ def _hook_connection(connection: Connection, options: IceOptions) -> None:
         connection._query_consent_task = asyncio.create_task(
             _keep_alive(connection, live, options.liveness_timeout_s))
 
+    async def forget_then_close() -> None:  # one that never connected leaves the map here
+        _media.pop(connection, None)
+        await close()
+
     connection.connect = connect_then_watch  # type: ignore[method-assign]
+    connection.close = forget_then_close  # type: ignore[method-assign]
     if options.port_range is None and not options.announced_addresses:
         return
     gather = connection.get_component_candidates
