@@ -279,8 +279,8 @@ class _Connection:
     def pump(self, into: list[Callable[[], None]]) -> bool:
         """Hands on what waits (up to :data:`BATCH_BYTES`, joined); False once the connection
         is over (closed by the handler, broken, or the peer left); the hand-off goes ``into``
-        the reader's list. A connection with
-        :data:`MAX_QUEUED` hand-offs in flight is not read this time."""
+        the reader's list. A connection with :data:`MAX_QUEUED` hand-offs in flight is not
+        read this time."""
         if self.reason is not None or self.ended:
             return False
         if not self.queued.acquire(blocking=False):
