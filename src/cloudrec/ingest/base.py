@@ -26,11 +26,12 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs
 
-__all__ = ["FLV_HEADER", "IngestConnection", "IngestHandler", "IngestRefused", "StreamName",
-           "Timeline", "flv_tag", "flv_tag_parts", "parse_rtmp_name", "parse_srt_streamid"]
+__all__ = ["ContainerClock", "FLV_HEADER", "IngestConnection", "IngestHandler", "IngestRefused",
+           "StreamName", "Timeline", "flv_tag", "flv_tag_parts", "parse_rtmp_name",
+           "parse_srt_streamid"]
 
 Transport = Literal["rtmp", "srt"]
 #: An FLV file header (audio and video present) and the first PreviousTagSize.
@@ -159,3 +160,41 @@ class Timeline:
         if self.origin is None:
             self.origin = t
         return max(0, (t - self.origin) * rate // self.unit)
+
+
+class ContainerClock:
+    """An ingested publication's capture clock: its container's timestamps, one timeline for
+    every kind (:class:`Timeline`), given to the publication as a sender clock
+    (:meth:`~cloudrec.rooms.publication.Publication.set_sender_clock`, what RTCP sender reports
+    give a WebRTC publisher), anchored on the first frame's arrival. Readers then keep audio
+    where the video of the same time is, however the container interleaves them: FFmpeg's
+    MPEG-TS muxer sends AAC ~0.3 s after the video of its time, which placing each track by its
+    arrival turned into audio 0.3 s late.
+
+    A timeline that falls behind arrival by more than :data:`JUMP_S` (timestamps that went
+    back, or a stall that long) is given up: the publication's frames carry no capture time
+    from then on and readers place them by arrival, as before."""
+
+    JUMP_S = 5.0
+    __slots__ = ("pub", "kinds", "least", "on")
+
+    def __init__(self, pub: Any, kinds: frozenset[str], timestamp: int, rate: int,
+                 arrival: float) -> None:
+        self.pub, self.kinds = pub, kinds
+        self.least = arrival - timestamp / rate  # monotonic time of timestamp 0, least delayed
+        wall0 = time.time() - time.monotonic() + self.least
+        for kind in kinds:
+            pub.set_sender_clock(kind, wall0)
+        self.on = True
+
+    def check(self, timestamp: int, rate: int, arrival: float) -> None:
+        """One frame's time against its arrival (before it is written)."""
+        if not self.on:
+            return
+        lag = arrival - timestamp / rate
+        if lag < self.least:
+            self.least = lag
+        elif lag > self.least + self.JUMP_S:
+            self.on = False
+            for kind in self.kinds:
+                self.pub.set_sender_clock(kind, None)

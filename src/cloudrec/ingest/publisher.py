@@ -40,6 +40,7 @@ from ..mediatypes import EncodedFrame
 from ..metrics import counters
 from ..rooms import RoomHub
 from ..rooms.publication import Publication
+from .base import ContainerClock
 from .demux import ByteFeed, demux_frames
 from .flv import FlvReader
 
@@ -103,6 +104,7 @@ class _PushSession:
         self.pub: Publication | None = None
         self.kinds: frozenset[str] = frozenset()
         self.pending: list[EncodedFrame] = []
+        self.clock: ContainerClock | None = None  # the container's timeline, once attached
         self.first_at = 0.0
         self.dropped: set[str] = set()
         self.reason: str | None = None  # why it stops, once decided
@@ -250,7 +252,11 @@ class _PushSession:
                 return
             pub = self._attach()
             pending, self.pending = self.pending, []
+            first = pending[0]
+            self.clock = ContainerClock(pub, self.kinds, first.timestamp, first.clock_rate,
+                                        first.arrival)
             for f in pending:
+                self.clock.check(f.timestamp, f.clock_rate, f.arrival)
                 pub.write(f.kind, f.codec, f.clock_rate, f.data, f.timestamp)
             return
         if frame.kind not in self.kinds:
@@ -259,6 +265,8 @@ class _PushSession:
                 logger.info("%s %s/%s/%s: %s began after the publication, dropped",
                             self.transport, self.appid, self.roomid, self.uid, frame.kind)
             return
+        if self.clock is not None:
+            self.clock.check(frame.timestamp, frame.clock_rate, frame.arrival)
         pub.writer(frame.kind)(frame.codec, frame.clock_rate, frame.data, frame.timestamp)
 
     def _attach(self) -> Publication:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cloudrec.console.redact import redact_url
+from cloudrec.ingest.base import ContainerClock
 from cloudrec.ingress.guard import SourceRefused, check_source
 from cloudrec.ingress.store import IngressStore
 from cloudrec.media.codecs import UnsupportedCodec
@@ -59,10 +61,16 @@ class Publisher:
         self.uid = uid
         self.pub: Publication | None = None
         self.source_codecs: dict[str, str] = {}
+        self.one_timeline = False
+        self.clock: ContainerClock | None = None  # from the first frame written
 
     def open(self, kinds: frozenset[str], codecs: dict[str, str],
-             source_codecs: dict[str, str] | None = None, upstream: Any = None) -> None:
+             source_codecs: dict[str, str] | None = None, upstream: Any = None,
+             one_timeline: bool = False) -> None:
+        """``one_timeline``: the frames' timestamps share one clock (a demuxed container's, not
+        RTP's per-track origins): it becomes the publication's sender clock."""
         r = self.runner
+        self.one_timeline = one_timeline
         self.source_codecs = dict(source_codecs or codecs)
         self.pub = r.hub.attach(r.spec["appid"], r.spec["roomid"], self.uid, kinds=kinds,
                                 codecs=dict(codecs), upstream=upstream or _Upstream(),
@@ -71,9 +79,17 @@ class Publisher:
         r.media_started()
 
     def write(self, frame: tuple[str, str, int, bytes, int]) -> None:
-        if self.pub is not None:
+        """One frame; with ``one_timeline`` its timestamps become the publication's sender
+        clock (:class:`~cloudrec.ingest.base.ContainerClock`)."""
+        pub = self.pub
+        if pub is not None:
             kind, codec, rate, data, ts = frame
-            self.pub.write(kind, codec, rate, data, ts)
+            if self.one_timeline:
+                now = time.monotonic()
+                if self.clock is None:
+                    self.clock = ContainerClock(pub, pub.info.kinds, ts, rate, now)
+                self.clock.check(ts, rate, now)
+            pub.write(kind, codec, rate, data, ts)
 
     def close(self, reason: str) -> None:
         if self.pub is not None:

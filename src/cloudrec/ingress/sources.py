@@ -31,7 +31,7 @@ async def pyav_source(runner: IngressRunner, stop: threading.Event) -> str:
     pub = runner.publisher()
 
     def on_open(opened: demux.Opened) -> None:
-        pub.open(opened.kinds, opened.codecs, opened.source_codecs)
+        pub.open(opened.kinds, opened.codecs, opened.source_codecs, one_timeline=True)
 
     return await demux.pull(runner.url, stop=stop, on_open=on_open, on_frame=pub.write,
                             open_timeout_s=OPEN_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S,

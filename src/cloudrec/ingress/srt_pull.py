@@ -62,7 +62,7 @@ async def pull_srt(runner: IngressRunner, stop: threading.Event) -> str:
     pub = runner.publisher()
 
     def on_open(opened: demux.Opened) -> None:
-        pub.open(opened.kinds, opened.codecs, opened.source_codecs)
+        pub.open(opened.kinds, opened.codecs, opened.source_codecs, one_timeline=True)
 
     try:
         reason = await demux.pull(caller, fmt="mpegts", stop=stop, on_open=on_open,

@@ -6,10 +6,12 @@ waits for one asks for it (at most every ``KEYFRAME_RETRY_S``). Only the latest 
 input is kept: the mix samples it at its own rate. An input whose video stopped ``STALE_S`` ago
 counts as having none (the compositor patches it).
 
-Opus is decoded into the :class:`~cloudrec.media.mix.mixer.AudioMixer`. Lost packets (an RTP
-timestamp jump) become silence so the input keeps its time; an input whose audio starts, or
-restarts after ``AUDIO_PAUSE_S`` or a new epoch, gets ``AUDIO_PRIME`` samples of silence first:
-the jitter buffer that keeps a real-time mix from running dry between packets.
+Audio, Opus (WebRTC publishers) or AAC (ingested ones: ADTS frames as the normaliser leaves
+them, any sample rate), is decoded into the :class:`~cloudrec.media.mix.mixer.AudioMixer`,
+which resamples to 48 kHz. Lost packets (a timestamp jump) become silence so the input keeps
+its time; an input whose audio starts, or restarts after ``AUDIO_PAUSE_S`` or a new epoch, gets
+``AUDIO_PRIME`` samples of silence first: the jitter buffer that keeps a real-time mix from
+running dry between packets.
 
 Lip sync (real time, once the mix clock has an ``origin``): every input frame is placed on the
 wall clock through a mapping ``media time + offset``, where ``offset`` is the least ``arrival -
@@ -50,6 +52,7 @@ DRIFT = 0.001  # s per s: how fast a track's offset may rise
 SLIP = SAMPLE_RATE // 100  # 10 ms: audio further from its place than this is moved
 MAX_PENDING = 60  # decoded pictures waiting to show, per input
 _DECODERS = {"h264": "h264", "vp8": "vp8", "vp9": "vp9", "av1": "libdav1d"}
+AUDIO_CODECS = ("opus", "aac")  # WebRTC publishers send Opus; ingested ones AAC (normalised)
 
 
 @dataclass
@@ -223,7 +226,7 @@ class MixInputs:
             stats.decode_s += time.perf_counter() - t
             return True
         if (inp is not None and frame.kind == "audio" and key in self._audio
-                and frame.codec == "opus"):
+                and frame.codec in AUDIO_CODECS):
             stats.frames_in += 1
             t = time.perf_counter()
             self._push_audio(inp, frame)
@@ -280,14 +283,17 @@ class MixInputs:
         if mixer is None:
             return
         rate = frame.clock_rate or SAMPLE_RATE
-        new_stream = inp.adec is None or inp.aepoch != frame.epoch
+        new_stream = (inp.adec is None or inp.aepoch != frame.epoch
+                      or inp.adec.name != frame.codec)
         restart = new_stream or frame.arrival - inp.last_audio > AUDIO_PAUSE_S
         if new_stream:
-            dec = av.CodecContext.create("opus", "r")
+            dec = av.CodecContext.create(frame.codec, "r")
             assert isinstance(dec, av.AudioCodecContext)
-            dec.sample_rate = SAMPLE_RATE
-            # the TOC byte's stereo flag: what the publisher actually sends
-            dec.layout = "stereo" if not frame.data or frame.data[0] & 0x04 else "mono"
+            if frame.codec == "opus":
+                dec.sample_rate = SAMPLE_RATE
+                # the TOC byte's stereo flag: what the publisher actually sends
+                dec.layout = "stereo" if not frame.data or frame.data[0] & 0x04 else "mono"
+            # AAC (an ingested publisher's): ADTS frames, whose headers give rate and layout
             inp.adec, inp.aepoch = dec, frame.epoch
             inp.aclock = TrackClock()
         elif not restart:
@@ -309,13 +315,13 @@ class MixInputs:
         early = 0 if self.origin is None else self._early(mixer, inp, frame)
         if early > SLIP:
             mixer.push_silence(inp.key, min(early, SAMPLE_RATE))
-        samples = 0
+        samples = 0  # in the track's clock
         for decoded in frames:
-            samples += decoded.samples
+            samples += decoded.samples * rate // (decoded.sample_rate or rate)
             mixer.push(inp.key, decoded)
         if early < -SLIP:
             mixer.drop(inp.key, -early)
-        inp.next_rtp = frame.timestamp + samples * rate // SAMPLE_RATE
+        inp.next_rtp = frame.timestamp + samples
 
     def _early(self, mixer: AudioMixer, inp: _Input, frame: EncodedFrame) -> int:
         """Samples between ``inp``'s write position in the mixer and where ``frame`` belongs
