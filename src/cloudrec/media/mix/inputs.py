@@ -51,6 +51,7 @@ LATENCY_S = AUDIO_PRIME / SAMPLE_RATE  # both tracks play this long after their 
 DRIFT = 0.001  # s per s: how fast a track's offset may rise
 SLIP = SAMPLE_RATE // 100  # 10 ms: audio further from its place than this is moved
 MAX_PENDING = 60  # decoded pictures waiting to show, per input
+MAX_SPREAD = 1.0  # s: the most a track's late frames hold an input back (with sender clocks)
 _DECODERS = {"h264": "h264", "vp8": "vp8", "vp9": "vp9", "av1": "libdav1d"}
 AUDIO_CODECS = ("opus", "aac")  # WebRTC publishers send Opus; ingested ones AAC (normalised)
 
@@ -77,11 +78,12 @@ class MixedStats:
 class TrackClock:
     """One track's mapping from media time to the wall clock (see the module docstring)."""
 
-    __slots__ = ("at", "offset")
+    __slots__ = ("at", "offset", "spread")
 
     def __init__(self) -> None:
         self.offset: float | None = None
         self.at = 0.0
+        self.spread = 0.0  # how much later than the least delayed its frames come (decaying)
 
     def wall(self, frame: EncodedFrame) -> float:
         """The wall-clock time (``time.monotonic()``) of ``frame``'s first sample."""
@@ -94,15 +96,20 @@ class TrackClock:
         if self.offset is None:
             self.offset = seen
         else:
-            self.offset = min(self.offset + DRIFT * max(0.0, arrival - self.at), seen)
+            rise = DRIFT * max(0.0, arrival - self.at)
+            self.offset = min(self.offset + rise, seen)
+            self.spread = min(MAX_SPREAD, max(self.spread - rise, seen - self.offset))
         self.at = arrival
         return media + self.offset
 
 
 class SenderSync:
     """One input's publisher clock: each track's ``wallclock`` mapped to the wall clock through
-    the larger of the two tracks' offsets (the later track sets when both play), used while the
-    latest frame of each track carried one."""
+    the larger of the two tracks' offsets (the later track sets when both play), each with its
+    spread (how much later than its least delayed frames the others come: an MPEG-TS muxer
+    sends AAC in PES packets of ~0.25 s, whose first frames arrive that much later than its
+    last; without it they came after their place and were dropped), used while the latest
+    frame of each track carried one."""
 
     __slots__ = ("clocks", "epoch")
 
@@ -123,7 +130,8 @@ class SenderSync:
         self.clocks.setdefault(frame.kind, TrackClock()).place(sent, frame.arrival)
         if len(self.clocks) < 2:
             return wall
-        return sent + max(c.offset for c in self.clocks.values() if c.offset is not None)
+        return sent + max(c.offset + c.spread for c in self.clocks.values()
+                          if c.offset is not None)
 
 
 class _Input:
