@@ -265,6 +265,10 @@ class MixInputs:
         self.has_media = True
         if inp.need_key:
             if not frame.keyframe:
+                # The track's delay is learnt from these frames too: learnt from the key frame
+                # alone (large, so late), the input's first pictures were held back too long.
+                if self.origin is not None:
+                    inp.sync.wall(frame, inp.vclock)
                 self._ask_keyframe(inp, frame.arrival)
                 return
             inp.need_key = False
