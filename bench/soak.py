@@ -154,8 +154,9 @@ async def start_recording(client: httpx.AsyncClient, node: ServerProcess,
 # -- restarts -------------------------------------------------------------------------------
 
 
-def restart_redis(url: str) -> None:
-    """SHUTDOWN NOSAVE, then a new redis-server on the same port: it comes back empty."""
+def restart_redis(url: str) -> subprocess.Popen[bytes]:
+    """SHUTDOWN NOSAVE, then a new redis-server on the same port: it comes back empty. Returns
+    the new server's process (the caller stops it)."""
     import redis
 
     client = redis.Redis.from_url(url)
@@ -166,9 +167,9 @@ def restart_redis(url: str) -> None:
     except redis.ConnectionError:
         pass
     binary = "redis-server"
-    subprocess.Popen([binary, "--port", port, "--bind", "127.0.0.1", "--save", "",
-                      "--appendonly", "no", "--dir", directory, "--daemonize", "no"],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([binary, "--port", port, "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", directory, "--daemonize", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _pg_user() -> dict[str, Any]:
@@ -252,6 +253,7 @@ async def run(tmp: Path) -> dict[str, Any]:
     shared = tmp / "storage"
     nodes: list[ServerProcess] = []
     pg_data: str | None = None
+    restarted_redis: subprocess.Popen[bytes] | None = None
     try:
         for name in ("soak-a", "soak-b"):
             nodes.append(start_server(tmp / name, quiet=True, node_id=name, workers=2,
@@ -294,7 +296,7 @@ async def run(tmp: Path) -> dict[str, Any]:
                             samples.append({"t": round(now, 1), "node": i,
                                             "role": _role(s, node.proc.pid), **s})
                 if restarted["redis"] is None and now >= SECONDS / 2:
-                    await asyncio.to_thread(restart_redis, redis_url)
+                    restarted_redis = await asyncio.to_thread(restart_redis, redis_url)
                     restarted["redis"] = round(now, 1)
                     print(f"{now:.0f} s: redis restarted", flush=True)
                 elif restarted["postgres"] is None and now >= SECONDS / 2 + 20:
@@ -325,6 +327,9 @@ async def run(tmp: Path) -> dict[str, Any]:
         for node in nodes:
             node.stop()
         redis_stop()
+        if restarted_redis is not None:  # the one restart_redis started, which redis_stop
+            restarted_redis.terminate()  # does not know
+            restarted_redis.wait(10)
         if pg_data is not None:  # the restarted server is pg_ctl's, not pg_stop's
             pg_ctl(pg_data, "-m", "immediate", "stop")
         pg_stop()
