@@ -166,10 +166,10 @@ class ContainerClock:
     """An ingested publication's capture clock: its container's timestamps, one timeline for
     every kind (:class:`Timeline`), given to the publication as a sender clock
     (:meth:`~cloudrec.rooms.publication.Publication.set_sender_clock`, what RTCP sender reports
-    give a WebRTC publisher), anchored on the first frame's arrival. Readers then keep audio
-    where the video of the same time is, however the container interleaves them: FFmpeg's
-    MPEG-TS muxer sends AAC ~0.3 s after the video of its time, which placing each track by its
-    arrival turned into audio 0.3 s late.
+    give a WebRTC publisher), anchored on the first frame's arrival (its first :meth:`check`).
+    Readers then keep audio where the video of the same time is, however the container
+    interleaves them: FFmpeg's MPEG-TS muxer sends AAC ~0.3 s after the video of its time, which
+    placing each track by its arrival turned into audio 0.3 s late.
 
     A timeline that falls behind arrival by more than :data:`JUMP_S` (timestamps that went
     back, or a stall that long) is given up: the publication's frames carry no capture time
@@ -178,21 +178,23 @@ class ContainerClock:
     JUMP_S = 5.0
     __slots__ = ("pub", "kinds", "least", "on")
 
-    def __init__(self, pub: Any, kinds: frozenset[str], timestamp: int, rate: int,
-                 arrival: float) -> None:
+    def __init__(self, pub: Any, kinds: frozenset[str]) -> None:
         self.pub, self.kinds = pub, kinds
-        self.least = arrival - timestamp / rate  # monotonic time of timestamp 0, least delayed
-        wall0 = time.time() - time.monotonic() + self.least
-        for kind in kinds:
-            pub.set_sender_clock(kind, wall0)
+        self.least: float | None = None  # monotonic time of timestamp 0, least delayed
         self.on = True
 
     def check(self, timestamp: int, rate: int, arrival: float) -> None:
-        """One frame's time against its arrival (before it is written)."""
+        """One frame's time against its arrival (before it is written); the first anchors the
+        clock."""
         if not self.on:
             return
         lag = arrival - timestamp / rate
-        if lag < self.least:
+        if self.least is None:
+            self.least = lag
+            wall0 = time.time() - time.monotonic() + lag
+            for kind in self.kinds:
+                self.pub.set_sender_clock(kind, wall0)
+        elif lag < self.least:
             self.least = lag
         elif lag > self.least + self.JUMP_S:
             self.on = False

@@ -252,9 +252,7 @@ class _PushSession:
                 return
             pub = self._attach()
             pending, self.pending = self.pending, []
-            first = pending[0]
-            self.clock = ContainerClock(pub, self.kinds, first.timestamp, first.clock_rate,
-                                        first.arrival)
+            self.clock = ContainerClock(pub, self.kinds)
             for f in pending:
                 self.clock.check(f.timestamp, f.clock_rate, f.arrival)
                 pub.write(f.kind, f.codec, f.clock_rate, f.data, f.timestamp)

@@ -61,8 +61,7 @@ class Publisher:
         self.uid = uid
         self.pub: Publication | None = None
         self.source_codecs: dict[str, str] = {}
-        self.one_timeline = False
-        self.clock: ContainerClock | None = None  # from the first frame written
+        self.clock: ContainerClock | None = None  # with one_timeline
 
     def open(self, kinds: frozenset[str], codecs: dict[str, str],
              source_codecs: dict[str, str] | None = None, upstream: Any = None,
@@ -70,11 +69,11 @@ class Publisher:
         """``one_timeline``: the frames' timestamps share one clock (a demuxed container's, not
         RTP's per-track origins): it becomes the publication's sender clock."""
         r = self.runner
-        self.one_timeline = one_timeline
         self.source_codecs = dict(source_codecs or codecs)
         self.pub = r.hub.attach(r.spec["appid"], r.spec["roomid"], self.uid, kinds=kinds,
                                 codecs=dict(codecs), upstream=upstream or _Upstream(),
                                 origin=r.kind)
+        self.clock = ContainerClock(self.pub, kinds) if one_timeline else None
         r.publishers[self.uid] = self
         r.media_started()
 
@@ -84,11 +83,8 @@ class Publisher:
         pub = self.pub
         if pub is not None:
             kind, codec, rate, data, ts = frame
-            if self.one_timeline:
-                now = time.monotonic()
-                if self.clock is None:
-                    self.clock = ContainerClock(pub, pub.info.kinds, ts, rate, now)
-                self.clock.check(ts, rate, now)
+            if self.clock is not None:
+                self.clock.check(ts, rate, time.monotonic())
             pub.write(kind, codec, rate, data, ts)
 
     def close(self, reason: str) -> None:
