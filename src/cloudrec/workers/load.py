@@ -24,13 +24,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float | None:
+    """The process's user + system CPU time in seconds, or None when it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def tree_cpu_seconds(pid: int | None = None) -> dict[int, float]:
@@ -42,7 +43,7 @@ def tree_cpu_seconds(pid: int | None = None) -> dict[int, float]:
         p = todo.pop()
         if p in seen:
             continue
-        seen[p] = _cpu_seconds(p)
+        seen[p] = cpu_seconds(p) or 0.0
         todo.extend(_children(p))
     return seen
 

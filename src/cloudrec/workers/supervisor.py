@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 from cloudrec.cluster import worker_id
 from cloudrec.config import Settings, settings_to_json
 from cloudrec.workers.client import HttpWorkerClient
+from cloudrec.workers.load import cpu_seconds
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ MAX_MISSES = 3
 BUSY_CPU_S = 0.05
 MAX_BUSY_MISSES = 20
 
-
-def cpu_seconds(pid: int) -> float | None:
-    """The process's user + system CPU time in seconds (Linux /proc), or None."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 @dataclass
