@@ -26,13 +26,10 @@ from tests.e2e.test_interop import (  # noqa: F401 (ffmpeg_whip: a fixture)
     ffmpeg_whip,
     needs_ffmpeg,
 )
-from tests.e2e.test_mixed import playlist_of as mixed_playlist_of
-from tests.e2e.test_mixed import start_mixed
-from tests.e2e.test_mixed import stop as stop_mixed
-from tests.e2e.test_recording import playlist_of, start, stop
+from tests.e2e.test_sync import record_source_and_mix
 from tests.helpers import APPID, SECRET, make_settings, running_server
 from tests.media_check import lip_sync_offsets
-from tests.syncclip import make_flash_clip, one_input_mix, summary
+from tests.syncclip import make_flash_clip, summary
 
 DELAY_S = 0.300
 
@@ -117,15 +114,10 @@ async def test_audio_sent_late_lines_up_through_sender_reports(
             if mapping == "sender reports":  # the reports agree with the RTP clocks: capture
                 late = await arrival_after_capture(webrtc.hub, room)  # times 300 ms apart
                 assert abs(late["audio"] - late["video"] - DELAY_S) < 0.05, late
-            resid, recordid, _ = await start(server, room, uid, 0)
-            mres, mrec = await start_mixed(server, room, one_input_mix(room, uid))
-            await asyncio.sleep(14)
-            await stop(server, room, resid, recordid)
-            await stop_mixed(server, room, mres, mrec)
+            source_list, mix_list = await record_source_and_mix(server, room, uid, 14)
         finally:
             await pub.stop()
-    source = lip_sync_offsets(playlist_of(server, room, recordid, uid))
-    mixed = lip_sync_offsets(mixed_playlist_of(server, room, mrec))
+    source, mixed = lip_sync_offsets(source_list), lip_sync_offsets(mix_list)
     print(f"{mapping}: source {summary(source)}; mix {summary(mixed)}")
     assert len(source) >= 8 and len(mixed) >= 8, (source, mixed)
     if mapping == "arrival":  # the delay is real: without the reports the audio is late

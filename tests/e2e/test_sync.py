@@ -22,12 +22,24 @@ from tests.e2e.test_mixed import playlist_of as mixed_playlist_of
 from tests.e2e.test_mixed import start_mixed
 from tests.e2e.test_mixed import stop as stop_mixed
 from tests.e2e.test_recording import playlist_of, start, stop
-from tests.helpers import APPID, SECRET, make_settings, running_server
+from tests.helpers import APPID, SECRET, Server, make_settings, running_server
 from tests.media_check import flash_wall_times, lip_sync_offsets, playlist_dates
 from tests.syncclip import ffmpeg_whip_many, make_flash_clip, one_input_mix, summary
 
 SOURCE_GOAL_S = 0.045
 MIX_GOAL_S = 0.070
+
+
+async def record_source_and_mix(server: Server, room: str, uid: str,
+                                seconds: float) -> tuple[Path, Path]:
+    """A source recording of ``uid`` and a one-input mix of it, ``seconds`` long: their
+    playlists."""
+    resid, recordid, _ = await start(server, room, uid, 0)
+    mres, mrec = await start_mixed(server, room, one_input_mix(room, uid))
+    await asyncio.sleep(seconds)
+    await stop(server, room, resid, recordid)
+    await stop_mixed(server, room, mres, mrec)
+    return playlist_of(server, room, recordid, uid), mixed_playlist_of(server, room, mrec)
 
 
 @pytest.mark.slow
@@ -45,15 +57,10 @@ async def test_flash_and_beep_line_up_in_a_source_recording_and_a_mix(tmp_path: 
         try:
             await _wait_for(lambda: _has_media(webrtc, room, uid), 20,
                             "no media from FFmpeg", proc, log)
-            resid, recordid, _ = await start(server, room, uid, 0)
-            mres, mrec = await start_mixed(server, room, one_input_mix(room, uid))
-            await asyncio.sleep(16)
-            await stop(server, room, resid, recordid)
-            await stop_mixed(server, room, mres, mrec)
+            source_list, mix_list = await record_source_and_mix(server, room, uid, 16)
         finally:
             await _end(proc)
-    source = lip_sync_offsets(playlist_of(server, room, recordid, uid))
-    mixed = lip_sync_offsets(mixed_playlist_of(server, room, mrec))
+    source, mixed = lip_sync_offsets(source_list), lip_sync_offsets(mix_list)
     print("source:", summary(source), "\nmix:", summary(mixed))
     assert len(source) >= 10 and len(mixed) >= 10, (source, mixed)
     assert max(abs(o) for o in source) <= SOURCE_GOAL_S, summary(source)

@@ -20,14 +20,10 @@ import pytest
 
 from cloudrec.tokens import make_token
 from tests.e2e.test_ingest_push import free_udp_port
-from tests.e2e.test_mixed import playlist_of as mixed_playlist_of
-from tests.e2e.test_mixed import start_mixed
-from tests.e2e.test_mixed import stop as stop_mixed
-from tests.e2e.test_recording import playlist_of, start, stop
-from tests.e2e.test_sync import MIX_GOAL_S, SOURCE_GOAL_S
+from tests.e2e.test_sync import MIX_GOAL_S, SOURCE_GOAL_S, record_source_and_mix
 from tests.helpers import APPID, SECRET, Server, free_port, make_settings, running_server, wait_for
 from tests.media_check import lip_sync_offsets
-from tests.syncclip import make_flash_clip, one_input_mix, summary
+from tests.syncclip import make_flash_clip, summary
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg")]
@@ -65,18 +61,13 @@ async def test_flash_and_beep_line_up_through_ingest(server: Server, tmp_path: P
     try:
         await wait_for(lambda: any(p.uid == uid for p in hub.publishers(APPID, room)),
                        timeout=20, what="the pushed publisher in the room")
-        resid, recordid, _ = await start(server, room, uid, 0)
-        mres, mrec = await start_mixed(server, room, one_input_mix(room, uid))
-        await asyncio.sleep(16)
-        await stop(server, room, resid, recordid)
-        await stop_mixed(server, room, mres, mrec)
+        source_list, mix_list = await record_source_and_mix(server, room, uid, 16)
     finally:
         if proc.returncode is None:
             proc.terminate()
         await proc.wait()
         log.close()
-    source = lip_sync_offsets(playlist_of(server, room, recordid, uid))
-    mixed = lip_sync_offsets(mixed_playlist_of(server, room, mrec))
+    source, mixed = lip_sync_offsets(source_list), lip_sync_offsets(mix_list)
     print(f"{transport} source:", summary(source), f"\n{transport} mix:", summary(mixed))
     assert len(source) >= 10, source
     assert max(abs(o) for o in source) <= SOURCE_GOAL_S, summary(source)

@@ -18,6 +18,7 @@ import pytest
 from cloudrec.ingest.base import Timeline
 from cloudrec.ingest.demux import packet_frame
 from cloudrec.media.normalize import PublicationNormalizer
+from cloudrec.mediatypes import EncodedFrame
 
 W, H, FPS, FRAMES = 160, 120, 15, 30
 
@@ -68,16 +69,23 @@ def test_headers_kept_apart_by_the_container_reach_the_decoder(encoder: str, cod
     assert {(p.width, p.height) for p in pictures} == {(W, H)}
 
 
-def test_h264_turning_into_h265_on_the_same_pid_raises() -> None:
-    stream = mp4_of("libx264", "mpegts") + mp4_of("libx265", "mpegts")
+def frames_before_the_switch(stream: bytes, kind: str, named: str) -> list[EncodedFrame]:
+    """packet_frame over the first ``kind`` stream of the MPEG-TS ``stream``, which FFmpeg keeps
+    calling ``named`` throughout, until it raises that the codec changed; the frames before."""
     timeline, params, frames = Timeline(90000), dict[int, tuple[bytes, int]](), []
     with av.open(io.BytesIO(stream), format="mpegts") as container:
         with pytest.raises(ValueError, match="changed its codec midway"):
-            for packet in container.demux(video=0):
-                assert packet.stream.codec_context.name == "h264"  # as FFmpeg still says
+            for packet in container.demux(**{kind: 0}):
+                assert packet.stream.codec_context.name == named  # as FFmpeg still says
                 frame = packet_frame(packet, timeline, params, 1)
                 if frame is not None:
                     frames.append(frame)
+    return frames
+
+
+def test_h264_turning_into_h265_on_the_same_pid_raises() -> None:
+    stream = mp4_of("libx264", "mpegts") + mp4_of("libx265", "mpegts")
+    frames = frames_before_the_switch(stream, "video", "h264")
     assert FRAMES - 1 <= len(frames) <= FRAMES + 1  # the H.264 part
 
 
@@ -99,14 +107,6 @@ def audio_ts(encoder: str) -> bytes:
 
 
 def test_aac_turning_into_mp3_on_the_same_pid_raises() -> None:
-    stream = audio_ts("aac") + audio_ts("libmp3lame")
-    timeline, params, frames = Timeline(90000), dict[int, tuple[bytes, int]](), []
-    with av.open(io.BytesIO(stream), format="mpegts") as container:
-        with pytest.raises(ValueError, match="changed its codec midway"):
-            for packet in container.demux(audio=0):
-                assert packet.stream.codec_context.name == "aac"  # as FFmpeg still says
-                frame = packet_frame(packet, timeline, params, 1)
-                if frame is not None:
-                    frames.append(frame)
+    frames = frames_before_the_switch(audio_ts("aac") + audio_ts("libmp3lame"), "audio", "aac")
     assert len(frames) >= 50 * 1152 // 1024 - 1  # the AAC part, every frame an ADTS one
     assert all(f.codec == "aac" and f.data[:2] in (b"\xff\xf1", b"\xff\xf9") for f in frames)
