@@ -39,21 +39,20 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from cloudrec.api.whip import (
     _CORS,
+    _answer_offer,
     _bearer,
-    _created,
     _error,
     _preflight,
     _read_offer,
     _session_routes,
 )
-from cloudrec.errors import AuthError, CapacityError, CloudrecError, InvalidParameter
+from cloudrec.errors import AuthError
 from cloudrec.tokens import verify_room_token
 
 __all__ = ["Playing", "RoomWatch", "whep_router"]
 
 logger = logging.getLogger(__name__)
 
-NOT_PUBLISHING = 4005
 POLL_S = 1.0  # how often the front asks the room's worker who publishes
 KEEPALIVE_S = 15.0
 
@@ -146,27 +145,7 @@ def whep_router(front: Playing, secret_for: Callable[[int], str | None]) -> APIR
         offer = await _read_offer(request)
         if isinstance(offer, Response):
             return offer
-        try:
-            answer, session_id = await front.play(app, roomid, uid, offer)
-        except CapacityError as exc:
-            return _error(503, exc.message, **{"Retry-After": "5"})
-        except InvalidParameter as exc:
-            return _error(400, exc.message)
-        except CloudrecError as exc:
-            if exc.code == NOT_PUBLISHING:
-                return _error(404, exc.message)
-            if exc.http_status >= 500:
-                return _error(503, exc.message, **{"Retry-After": "5"})
-            return _error(400, exc.message)
-        except RuntimeError as exc:
-            if "closed" in str(exc):
-                return _error(503, "shutting down", **{"Retry-After": "5"})
-            logger.exception("WHEP play failed")
-            return _error(400, f"cannot answer the offer: {exc}")
-        except Exception as exc:  # aiortc on an odd offer; never a 500 for client input
-            logger.exception("WHEP play failed")
-            return _error(400, f"cannot answer the offer: {exc}")
-        return _created(answer, f"/whep/session/{session_id}")
+        return await _answer_offer("whep", front.play(app, roomid, uid, offer))
 
     @router.options("/whep/{appid}/{roomid}/{uid}")
     async def whep_play_preflight(appid: str, roomid: str, uid: str) -> Response:

@@ -14,7 +14,9 @@ They import nothing of WebRTC.
     GET     /publish                       -> a browser publishing page (getUserMedia + WHIP)
 
 Errors answer ``text/plain``: 401 missing/bad token, 403 a play token (it never publishes),
-404 unknown app or session, 400 wrong content type or unusable SDP, 503 while shutting down.
+404 unknown app or session, 400 wrong content type or unusable SDP, 503 with ``Retry-After``
+on a full node, a room's worker out of reach, or while shutting down (``_answer_offer``, the
+one mapping WHEP shares).
 The session URL is an unguessable capability: DELETE needs no token. Every WHIP response
 carries ``Access-Control-Allow-Origin: *`` so a page on another origin can publish.
 """
@@ -29,7 +31,8 @@ from typing import Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from cloudrec.errors import AuthError, CapacityError, InvalidParameter
+from cloudrec.errors import AuthError, CapacityError, CloudrecError
+from cloudrec.models.rules import NOT_PUBLISHING
 from cloudrec.tokens import PlayTokenRefused, verify_token
 
 __all__ = ["Publishing", "whip_router"]
@@ -107,6 +110,35 @@ def _created(answer: str, location: str) -> Response:
                     headers={**_CORS, "Location": location, "ETag": f'"{session_id}"'})
 
 
+_RETRY = {"Retry-After": "5"}
+
+
+async def _answer_offer(kind: str, call: Awaitable[tuple[str, str]]) -> Response:
+    """The 201 for an offer ``call`` answered (``(answer, session id)``), or the status its
+    failure maps to, one mapping for WHIP and WHEP: 503 + ``Retry-After`` for a full node, a
+    server-side failure (a worker out of reach) or a shutdown; 404 for a room with nobody
+    publishing; 400 for an offer that cannot be answered (never a 500 for client input)."""
+    try:
+        answer, session_id = await call
+    except CapacityError as exc:
+        return _error(503, exc.message, **_RETRY)
+    except CloudrecError as exc:
+        if exc.code == NOT_PUBLISHING:
+            return _error(404, exc.message)
+        if exc.http_status >= 500:
+            return _error(503, exc.message, **_RETRY)
+        return _error(400, exc.message)
+    except RuntimeError as exc:
+        if "closed" in str(exc):
+            return _error(503, "shutting down", **_RETRY)
+        logger.exception("%s offer failed", kind.upper())
+        return _error(400, f"cannot answer the offer: {exc}")
+    except Exception as exc:  # aiortc on an odd offer
+        logger.exception("%s offer failed", kind.upper())
+        return _error(400, f"cannot answer the offer: {exc}")
+    return _created(answer, f"/{kind}/session/{session_id}")
+
+
 def _session_routes(router: APIRouter, kind: str, stop: Callable[[str], Awaitable[bool]]) -> None:
     """``DELETE``, ``PATCH`` (405: no trickle ICE, no ICE restart) and ``OPTIONS`` on
     ``/{kind}/session/{id}``; DELETE ends the session with ``stop(id)``."""
@@ -160,21 +192,7 @@ def whip_router(hub: Publishing, secret_for: Callable[[int], str | None]) -> API
         offer = await _read_offer(request)
         if isinstance(offer, Response):
             return offer
-        try:
-            answer, session_id = await hub.publish(int(appid), roomid, uid, offer)
-        except CapacityError as exc:
-            return _error(503, exc.message, **{"Retry-After": "5"})
-        except InvalidParameter as exc:
-            return _error(400, exc.message)
-        except RuntimeError as exc:
-            if "closed" in str(exc):
-                return _error(503, "shutting down")
-            logger.exception("WHIP publish failed")
-            return _error(400, f"cannot answer the offer: {exc}")
-        except Exception as exc:  # aiortc on an odd offer; never a 500 for client input
-            logger.exception("WHIP publish failed")
-            return _error(400, f"cannot answer the offer: {exc}")
-        return _created(answer, f"/whip/session/{session_id}")
+        return await _answer_offer("whip", hub.publish(int(appid), roomid, uid, offer))
 
     @router.options("/whip/{appid}/{roomid}/{uid}")
     async def whip_publish_preflight(appid: str, roomid: str, uid: str) -> Response:
