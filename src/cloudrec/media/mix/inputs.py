@@ -206,6 +206,16 @@ class MixInputs:
         if inp is not None:
             inp.need_key = True
 
+    def restart(self) -> None:
+        """After a pause: the pictures and sound still waiting for their time belong before
+        it. Every input drops them (shown at the resume, a picture from before the pause came
+        out beside the sound after it) and decodes its video again from its next key frame."""
+        for inp in self._inputs.values():
+            inp.pending.clear()
+            inp.need_key = True
+            if self._mixer is not None:
+                self._mixer.drop(inp.key, self._mixer.buffered(inp.key))
+
     def show(self, at: float) -> None:
         """The mix frame at wall time ``at`` is due: every picture whose time has come is the
         current one of its input."""

@@ -402,7 +402,8 @@ class MixedHlsRecorder:
     def resume(self, now: float) -> None:
         """``resumerecord``: the clock goes on where the pause began (its anchor moves by the
         paused time), so the next frame follows the last one without a gap; its IDR starts a
-        segment after #EXT-X-DISCONTINUITY. Inputs decode again from their next key frame."""
+        segment after #EXT-X-DISCONTINUITY. Inputs drop what waited from before the pause and
+        decode again from their next key frame."""
         if self._paused_at is None:
             return
         if self._t0 is not None:
@@ -410,8 +411,7 @@ class MixedHlsRecorder:
             self._inputs.origin = self._t0
             self._set_clock()
         self._paused_at = None
-        for key in self._inputs.keys:
-            self._inputs.resync(key)
+        self._inputs.restart()
 
     @property
     def paused(self) -> bool:
