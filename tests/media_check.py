@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,30 @@ def lip_sync_offsets(path: Path) -> list[float]:
     return [offset for _, offset in lip_sync_pairs(path)]
 
 
+def playlist_runs(playlist: Path) -> list[Path]:
+    """The stretches of a recording between its ``#EXT-X-DISCONTINUITY`` tags, each as a
+    finished playlist of its own beside ``playlist`` (``{stem}.run{i}.m3u8``), so a reader
+    measures each run on its own clock."""
+    header: list[str] = []
+    runs: list[list[str]] = [[]]
+    for line in playlist_lines(playlist):
+        if line == "#EXT-X-DISCONTINUITY":
+            if runs[-1]:
+                runs.append([])
+        elif line == "#EXT-X-ENDLIST":
+            continue
+        elif line.startswith(("#EXTINF", "#EXT-X-PROGRAM-DATE-TIME")) or not line.startswith("#"):
+            runs[-1].append(line)
+        elif not any(runs):  # the tags before the first segment
+            header.append(line.replace("PLAYLIST-TYPE:EVENT", "PLAYLIST-TYPE:VOD"))
+    paths = []
+    for i, run in enumerate(r for r in runs if r):
+        path = playlist.with_name(f"{playlist.stem}.run{i}.m3u8")
+        path.write_text("\n".join([*header, *run, "#EXT-X-ENDLIST"]) + "\n")
+        paths.append(path)
+    return paths
+
+
 def playlist_dates(playlist: Path) -> list[float | None]:
     """Each listed segment's ``#EXT-X-PROGRAM-DATE-TIME`` (s since the epoch), in order."""
     from cloudrec.media.hls import parse_playlist
@@ -141,10 +166,24 @@ def flash_wall_times(playlist: Path) -> list[float]:
     """The wall-clock time of every flash of a recording: its first segment's
     ``#EXT-X-PROGRAM-DATE-TIME`` plus the flash's PTS past that segment's first packet (for a
     recording of one run, without a discontinuity)."""
+    wall = _wall_clock_of(playlist)
+    return [wall(t) for t in flash_onsets(playlist)]
+
+
+def lip_sync_on_the_wall(playlist: Path) -> list[tuple[float, float]]:
+    """(wall-clock time of the flash, audio minus picture) of a recording of one run, as
+    :func:`lip_sync_pairs` and :func:`flash_wall_times` give them."""
+    wall = _wall_clock_of(playlist)
+    return [(wall(t), offset) for t, offset in lip_sync_pairs(playlist)]
+
+
+def _wall_clock_of(playlist: Path) -> Callable[[float], float]:
+    """PTS (s) → wall-clock time, from the first segment's ``#EXT-X-PROGRAM-DATE-TIME``."""
     from cloudrec.media.hls import parse_playlist
 
     first = parse_playlist(playlist.read_text(), playlist.parent)[0]
     assert first.date is not None, "no #EXT-X-PROGRAM-DATE-TIME"
+    date = first.date
     with av.open(str(first.path)) as container:
         start = min(float(p.pts * p.time_base) for p in container.demux() if p.pts is not None)
-    return [first.date + t - start for t in flash_onsets(playlist)]
+    return lambda pts: date + pts - start

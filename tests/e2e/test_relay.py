@@ -115,9 +115,9 @@ async def test_a_relayed_room_is_the_same_room(relay) -> None:
         await publisher.start()
         ev_a, ev_b = await next_event(sub_a), await next_event(sub_b)
         assert (ev_b.kind, ev_b.uid) == ("published", "alice") and ev_b.info.relayed
-        for field in ("kinds", "video_codec", "audio_codec", "joined_at"):
+        for field in ("kinds", "video_codec", "audio_codec", "joined_at", "sender_clock"):
             assert getattr(ev_b.info, field) == getattr(ev_a.info, field)
-        assert not ev_a.info.relayed
+        assert not ev_a.info.relayed and ev_a.info.sender_clock  # a WebRTC publisher
         assert hub_b.publishers(appid, "r1") == [ev_b.info]
         assert hub_b.is_publishing(appid, "r1")
         assert not hub_b.is_publishing(appid, "r1", relayed=False)

@@ -34,8 +34,9 @@ from tests.syncclip import make_flash_clip, summary
 DELAY_S = 0.300
 
 
-def delay_audio(monkeypatch: pytest.MonkeyPatch, pub: Publisher) -> None:
-    """Every RTP packet of ``pub``'s audio leaves ``DELAY_S`` after aiortc sends it."""
+def delay_audio(monkeypatch: pytest.MonkeyPatch, pubs: list[Publisher]) -> None:
+    """Every RTP packet of the audio of the publishers in ``pubs`` (a list the caller may add
+    to later) leaves ``DELAY_S`` after aiortc sends it."""
     send = RTCDtlsTransport._send_rtp
     loop = asyncio.get_running_loop()
 
@@ -46,7 +47,8 @@ def delay_audio(monkeypatch: pytest.MonkeyPatch, pub: Publisher) -> None:
             pass  # the connection closed meanwhile
 
     async def send_rtp(transport: RTCDtlsTransport, data: bytes) -> None:
-        audio = {t.sender._ssrc for t in pub.pc.getTransceivers() if t.kind == "audio"}
+        audio = {t.sender._ssrc for pub in pubs for t in pub.pc.getTransceivers()
+                 if t.kind == "audio"}
         if not 192 <= data[1] <= 223 and int.from_bytes(data[8:12], "big") in audio:
             loop.call_later(DELAY_S, lambda: loop.create_task(late(transport, data)))
             return
@@ -99,7 +101,7 @@ async def test_audio_sent_late_lines_up_through_sender_reports(
         webrtc = server.app.state.webrtc
         pub = Publisher(server.whip_url(room, uid), make_token(APPID, room, uid, SECRET),
                         clip=str(clip))
-        delay_audio(monkeypatch, pub)
+        delay_audio(monkeypatch, [pub])
         await pub.start()
         try:
             await pub.wait_connected()

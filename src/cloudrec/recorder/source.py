@@ -19,7 +19,8 @@ from cloudrec.media.source import SourceHlsRecorder
 from cloudrec.mediatypes import EncodedFrame
 from cloudrec.recorder.base import Recording, basename_for, prefix_for
 from cloudrec.recorder.outputs import outputs_of
-from cloudrec.rooms import RoomHub, Subscription, SubscriptionClosed
+from cloudrec.rooms import PublisherEvent, RoomHub, Subscription, SubscriptionClosed
+from cloudrec.rooms.capture_wait import CaptureTimeWait
 from cloudrec.tasks import Status, StopReason
 
 __all__ = ["SourceRecording", "basename_for", "prefix_for"]
@@ -45,6 +46,7 @@ class SourceRecording(Recording):
         self.recorder: SourceHlsRecorder | None = None
         self._runner: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
+        self._wait: CaptureTimeWait[str] = CaptureTimeWait()  # a new publication's first frames
 
     # -- control --------------------------------------------------------------------------------
 
@@ -98,8 +100,16 @@ class SourceRecording(Recording):
                     item = sub.get_nowait()
                 except asyncio.QueueEmpty:
                     break
-                if isinstance(item, tuple) and not paused:  # paused: nothing is written
-                    self._push(item[1])
+                if type(item) is PublisherEvent:  # a publication begins or ends
+                    wait = self._wait
+                    held = (wait.published(item.uid, item.info)
+                            if item.kind == "published" and item.info is not None
+                            else wait.release(item.uid))
+                    for frame in [] if paused else held:
+                        self._push(frame)
+                elif not paused:  # paused: nothing is written
+                    for frame in self._wait.push(item[0], item[1]):
+                        self._push(frame)
                     last_media = time.monotonic()
             if paused:  # no auto-stop for lack of media while paused; pause_timeout_s instead
                 last_media = time.monotonic()
@@ -130,6 +140,8 @@ class SourceRecording(Recording):
         if self.recorder is None:
             return
         try:
+            for _, frame in self._wait.release_all():  # captured before the pause
+                self._push(frame)
             self.recorder.pause(time.monotonic())
         except Exception as exc:  # closing the segment failed (a full disk): end with error
             log.exception("recording %s: pausing failed", self.task.recordid)
@@ -145,6 +157,8 @@ class SourceRecording(Recording):
 
     def _close_media(self) -> None:
         if self.recorder is not None:
+            for _, frame in self._wait.release_all():
+                self._push(frame)
             self.recorder.close()
 
     def _media_progress(self) -> dict[str, Any]:

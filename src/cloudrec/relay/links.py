@@ -326,7 +326,8 @@ class RelayLink:
                 *self.key, uid, kinds=frozenset(d["kinds"]),
                 codecs={"video": d["video_codec"], "audio": d["audio_codec"]},
                 upstream=RelayUpstream(functools.partial(self._ask_keyframe, uid)),
-                origin="relay", joined_at=float(d["joined_at"]))
+                origin="relay", joined_at=float(d["joined_at"]),
+                sender_clock=bool(d.get("sender_clock")))
             self._pubs[uid] = (int(d["epoch"]), handle)
         elif kind == UNPUBLISHED:
             d = json.loads(body)

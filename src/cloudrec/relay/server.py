@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 
 def info_json(info: PublisherInfo) -> dict[str, Any]:
     return {"uid": info.uid, "kinds": sorted(info.kinds), "video_codec": info.video_codec,
-            "audio_codec": info.audio_codec, "joined_at": info.joined_at, "epoch": info.epoch}
+            "audio_codec": info.audio_codec, "joined_at": info.joined_at, "epoch": info.epoch,
+            "sender_clock": info.sender_clock}
 
 
 class RelayServer:

@@ -151,7 +151,7 @@ class RoomHub:
 
     def attach(self, appid: int, roomid: str, uid: str, *, kinds: frozenset[str],
                codecs: dict[str, str | None], upstream: Upstream, origin: str,
-               joined_at: float | None = None) -> Publication:
+               joined_at: float | None = None, sender_clock: bool = False) -> Publication:
         """Publish ``uid`` in room ``(appid, roomid)``: the publication counts from now.
 
         ``codecs`` maps a kind to its lower-case codec name; ``upstream`` gets the keyframe
@@ -161,6 +161,8 @@ class RoomHub:
         ``joined_at`` (given for a relayed publication: when it joined on its owner) places it
         in join order, and defaults to now. ``origin="relay"`` marks it relayed; it comes back
         inactive when the hub is closed or a publication received here holds the uid.
+        ``sender_clock``: its frames will carry capture times from sender reports
+        (``PublisherInfo.sender_clock``).
         """
         key = (appid, str(roomid))
         relayed = origin == RELAY
@@ -173,7 +175,8 @@ class RoomHub:
         refused = self._closed or (relayed and old is not None and not old.relayed)
         info = PublisherInfo(uid=uid, kinds=kinds, video_codec=codecs.get("video"),
                              audio_codec=codecs.get("audio"), joined_at=joined,
-                             epoch=0 if refused else next(self._epochs), relayed=relayed)
+                             epoch=0 if refused else next(self._epochs), relayed=relayed,
+                             sender_clock=sender_clock)
         if refused:
             return Publication(key, info, origin, upstream, None)
         epoch = info.epoch

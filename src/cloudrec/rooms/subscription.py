@@ -34,6 +34,10 @@ class PublisherInfo:
     # (:mod:`cloudrec.relay`): subscribers see it like any other publication, but the room is
     # not owned here.
     relayed: bool = False
+    # True when its frames carry capture times from the publisher's RTCP sender reports once
+    # they come (a WebRTC publisher, here or relayed): a recording holds its first frames until
+    # then (:mod:`cloudrec.rooms.capture_wait`).
+    sender_clock: bool = False
 
 
 @final  # consumers tell items apart with ``type(item) is PublisherEvent``

@@ -166,7 +166,7 @@ class WebRtcIngest:
                 codecs: dict[str, str | None]) -> None:
         appid, roomid = session.key
         pub = self.hub.attach(appid, roomid, session.uid, kinds=kinds, codecs=codecs,
-                              upstream=session, origin=ORIGIN)
+                              upstream=session, origin=ORIGIN, sender_clock=True)
         session.publication = pub
         for kind in kinds:
             session.writers[kind] = pub.writer(kind)
