@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -128,3 +130,41 @@ def test_opus_pause_and_camera_off(tmp_path: Path) -> None:
     # every segment reads back joined to its section, timestamps rising
     starts = [min(probe_seg(tmp_path / "off", s)) for s in segs]
     assert starts == sorted(starts)
+
+
+def _top_boxes(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, pos = [], 0
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        out.append((kind, data[pos + 8:pos + size]))
+        pos += size
+    return out
+
+
+def test_every_segment_carries_its_wall_clock_time_in_a_prft_box(tmp_path: Path) -> None:
+    """A ``prft`` before each ``moof``: NTP time = the segment's #EXT-X-PROGRAM-DATE-TIME, for
+    the decode time of the track that starts first; players read the segments as before."""
+    import av
+
+    rec = record(tmp_path, publish(6.0), audio_codec="opus", segment_seconds=2.0)
+    segments = parse_playlist(rec.playlist_path.read_text(), tmp_path)
+    assert len(segments) == 3
+    init = (tmp_path / f"{NAME}_init.mp4").read_bytes()
+    for seg in segments:
+        data = seg.path.read_bytes()
+        kinds = [k for k, _ in _top_boxes(data)]
+        assert kinds.index(b"prft") == kinds.index(b"moof") - 1, kinds
+        body = dict(_top_boxes(data))[b"prft"]
+        version, track, ntp, media_time = body[0], *struct.unpack_from(">IQQ", body, 4)
+        assert version == 1 and seg.date is not None
+        assert abs(ntp / 2**32 - 2_208_988_800 - seg.date) < 0.001, (ntp, seg.date)
+        # media_time is that track's first decode time, as an independent demuxer reads it
+        with av.open(io.BytesIO(init + data), "r", format="mp4") as container:
+            stream = container.streams[track - 1]
+            first = next(p for p in container.demux(stream) if p.dts is not None)
+            assert first.dts == media_time
+            others = [next(p for p in container.demux(s) if p.dts is not None)
+                      for s in container.streams if s is not stream]
+        for packet in others:  # the referenced track is the one that starts first
+            assert packet.dts * packet.time_base >= first.dts * first.time_base
+    assert probe(rec.playlist_path)["video"] == 6 * FPS  # still read whole

@@ -7,7 +7,8 @@ one ``moof`` + ``mdat`` fragment per segment, whose ``tfdt`` is the packets' own
 (``frag_discont`` with the default edit list handling: no rebasing to zero), so segments of
 separate muxers follow each other on one timeline. On close the file is split: ``ftyp`` +
 ``moov`` are the initialisation section (the playlist's ``#EXT-X-MAP``), the fragments are the
-``.m4s`` segment.
+``.m4s`` segment. Each segment whose first packet's wall-clock time is known (the room timeline
+of its ``#EXT-X-PROGRAM-DATE-TIME``) carries it in a ``prft`` box before its ``moof``.
 
 Opus in MP4 needs its ``dOps`` box, which FFmpeg writes from the stream's ``OpusHead``
 extradata: the Opus stream is made from a template stream read from a tiny Ogg Opus file
@@ -40,7 +41,7 @@ from cloudrec.media.hls import TS_CLOCK, fsync_dir
 TIME_BASE = Fraction(1, TS_CLOCK)
 MOVFLAGS = "frag_custom+empty_moov+delay_moov+default_base_moof+frag_discont+skip_trailer"
 INIT_BOXES = (b"ftyp", b"moov")
-SEGMENT_BOXES = (b"styp", b"sidx", b"moof", b"mdat")
+SEGMENT_BOXES = (b"styp", b"sidx", b"prft", b"moof", b"mdat")
 
 _template_lock = threading.Lock()
 _template: tuple[av.container.InputContainer, av.stream.Stream] | None = None
@@ -87,6 +88,80 @@ def split_boxes(data: bytes) -> tuple[bytes, bytes]:
     return bytes(init), bytes(media)
 
 
+NTP_UNIX = 2_208_988_800  # seconds from the NTP epoch (1900) to the Unix epoch (1970)
+
+
+def _boxes(data: bytes, pos: int = 0, end: int | None = None) -> list[tuple[bytes, int, int]]:
+    """``(type, start of its payload, end)`` of each box in ``data[pos:end]``."""
+    end = len(data) if end is None else end
+    found = []
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        head = 8
+        if size == 1:
+            size, head = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < head or pos + size > end:
+            raise ValueError(f"bad MP4 box at {pos}")
+        found.append((kind, pos + head, pos + size))
+        pos += size
+    return found
+
+
+def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    return next(((s, e) for k, s, e in _boxes(data, start, end) if k == kind), None)
+
+
+def _timescales(init: bytes) -> dict[int, int]:
+    """Track ID → timescale, from an initialisation section's ``moov``."""
+    scales = {}
+    moov = _child(init, 0, len(init), b"moov")
+    for kind, start, end in _boxes(init, *moov) if moov else []:
+        if kind != b"trak":
+            continue
+        tkhd, mdia = _child(init, start, end, b"tkhd"), _child(init, start, end, b"mdia")
+        mdhd = _child(init, *mdia, b"mdhd") if mdia else None
+        if tkhd is None or mdhd is None:
+            continue
+        v_tkhd, v_mdhd = init[tkhd[0]], init[mdhd[0]]
+        track = struct.unpack_from(">I", init, tkhd[0] + (20 if v_tkhd == 1 else 12))[0]
+        scales[track] = struct.unpack_from(">I", init, mdhd[0] + (20 if v_mdhd == 1 else 12))[0]
+    return scales
+
+
+def with_prft(init: bytes, media: bytes, first: float) -> bytes:
+    """``media`` (a segment's fragments) with a ``prft`` box (ISO/IEC 14496-12 8.16.5, version 1,
+    flags 0, as FFmpeg's ``write_prft`` writes it) before its first ``moof``: the wall-clock
+    time, in NTP format, of the decode time (``tfdt``) of the track that starts first, where
+    ``first`` is the wall-clock time (s since the Unix epoch) of the segment's first packet.
+    ``media`` unchanged when it has no fragment to refer to."""
+    scales = _timescales(init)
+    boxes = _boxes(media)
+    at = [end for _, _, end in boxes[:-1]]  # where each top-level box begins
+    found = [(i, s, e) for i, (k, s, e) in enumerate(boxes) if k == b"moof"]
+    if not found:
+        return media
+    index, *moof = found[0]
+    starts = []  # (seconds, track, decode time)
+    for kind, start, end in _boxes(media, *moof):
+        tfhd, tfdt = _child(media, start, end, b"tfhd"), _child(media, start, end, b"tfdt")
+        if kind != b"traf" or tfhd is None or tfdt is None:
+            continue
+        track = struct.unpack_from(">I", media, tfhd[0] + 4)[0]
+        fmt = ">Q" if media[tfdt[0]] == 1 else ">I"
+        decode = struct.unpack_from(fmt, media, tfdt[0] + 4)[0]
+        if scales.get(track):
+            starts.append((decode / scales[track], track, decode))
+    if not starts:
+        return media
+    _, track, decode = min(starts)  # its first packet is the segment's: at ``first``
+    ntp = round((first + NTP_UNIX) * (1 << 32))
+    box = struct.pack(">I4sB3xIQQ", 32, b"prft", 1, track, ntp, decode)
+    cut = 0 if index == 0 else at[index - 1]
+    return media[:cut] + box + media[cut:]
+
+
 class Fmp4SegmentWriter:
     """One fMP4 segment (``.m4s``), with the same interface as the MPEG-TS segment writer.
 
@@ -94,8 +169,9 @@ class Fmp4SegmentWriter:
     key frame's SPS). :meth:`close` keeps the initialisation section in :attr:`init`."""
 
     def __init__(self, path: Path, *, video: bool, audio: bool,
-                 template: bytes | None = None) -> None:
+                 template: bytes | None = None, date: float | None = None) -> None:
         self.path = path
+        self.date = date  # the wall-clock time of its first packet: its ``prft`` box
         self._template = template  # an earlier initialisation section: its video track
         self._template_in: av.container.InputContainer | None = None
         self._tmp = path.with_name(path.name + ".part")
@@ -155,6 +231,8 @@ class Fmp4SegmentWriter:
                 self._container.close()
                 self._close_template()
                 init, media = split_boxes(self._tmp.read_bytes())
+                if self.date is not None:
+                    media = with_prft(init, media, self.date)
             else:
                 init, media = b"", b""
             self.init = init

@@ -255,13 +255,14 @@ class HlsSegmenter(Generic[S]):
         """Open the next segment (its ``.part`` file) at ``pts``."""
         path = self.directory / segment_name(self.basename, self._seq, self._ext)
         writer: TsSegmentWriter | Fmp4SegmentWriter
+        date = self.date_of(pts)
         if self.fmp4:
             writer = Fmp4SegmentWriter(path, video=self._video, audio=self._audio,
-                                       template=self._init[1] if self._init else None)
+                                       template=self._init[1] if self._init else None,
+                                       date=date)
         else:
             writer = TsSegmentWriter(path, video=self._video, audio=self._audio)
         seg = self._segment_type(self._seq, writer, pts, discontinuity, pts)
-        date = self.date_of(pts)
         if date is not None:
             self._dates[seg.seq] = date
         self.open = seg
