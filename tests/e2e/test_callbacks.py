@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -245,3 +246,23 @@ async def test_delivery_outlives_a_store_that_cannot_be_written(tmp_path: Path) 
         blocker.close()
         await outbox.close()
         db.close()
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_close_ends_the_deliverer_even_as_it_wakes(tmp_path: Path, turns: int) -> None:
+    """``close()`` cancels the delivery loop at the moment its wake-up completes (an event
+    just given up or delivered wakes it). With ``asyncio.wait_for`` around the wait, Python
+    3.11 returned the wake-up and lost the cancellation: the loop went on and ``close()``
+    never returned (the outbox test hung in CI once in six runs)."""
+    outbox = CallbackOutbox(str(tmp_path / "store.sqlite3"), {1: "s"}.get,
+                            transport=httpx.MockTransport(lambda r: httpx.Response(204)))
+    outbox.start()
+    for _ in range(5):
+        await asyncio.sleep(0)  # the loop now waits for its wake-up
+    outbox._wake.set()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    started = time.monotonic()
+    async with asyncio.timeout(10):  # (a close() that swallows this ends too: timed below)
+        await outbox.close()
+    assert time.monotonic() - started < 1.0, "close() waited for a poll (5 s), or longer"

@@ -22,6 +22,7 @@ never loses its lease mid-send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -207,13 +208,10 @@ class CallbackOutbox:
             self._runner = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
-            self._runner = None
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.wait([runner])  # a cancellation of close() itself still propagates
         # Deliveries still sending end with the runner's HTTP client; the events they held
         # stay leased and are sent again after the lease (at-least-once).
         for task in list(self._deliveries):
@@ -242,10 +240,11 @@ class CallbackOutbox:
                 except Exception:  # the store is unreachable or full: delivery waits, never dies
                     log.exception("callback outbox: reading the outbox failed; retrying")
                     sleep_s = self.poll_s
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=sleep_s)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a wake-up that
+                # completes as close() cancels the loop, and loses the cancellation
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(sleep_s):
+                        await self._wake.wait()
 
     def _delivered(self, event_id: str, _task: asyncio.Task[None]) -> None:
         self._done(event_id)

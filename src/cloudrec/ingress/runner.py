@@ -17,6 +17,7 @@ every few seconds the publisher's codecs and bitrate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -210,10 +211,9 @@ class IngressRunner:
                 log.warning("ingress %s (%s) %s: %s; next try in %.0f s", self.id, self.kind,
                             "refused" if error_state else "dropped", reason, wait)
                 self._report("error" if error_state else "retrying", reason, reconnect=True)
-                try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         finally:
             stats.cancel()

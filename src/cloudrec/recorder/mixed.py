@@ -43,6 +43,7 @@ or when the worker fails (error). Callback events and progress are those of a so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -154,7 +155,8 @@ class MixedRecording(Recording):
         """Apply a new layout/output from the next frame on (raises RecordingError 4016 when
         the worker refuses it, 4014 when the recording is no longer running)."""
         try:  # a recording still fetching its pictures at start: wait for its worker
-            await asyncio.wait_for(self._worker_started.wait(), UPDATE_TIMEOUT_S)
+            async with asyncio.timeout(UPDATE_TIMEOUT_S):
+                await self._worker_started.wait()
         except TimeoutError as exc:
             raise RecordingError("the mixed recording is still starting", 4015) from exc
         worker = self.worker
@@ -241,10 +243,9 @@ class MixedRecording(Recording):
                         self.error = ("the service restarted during the recording and no input "
                                       f"returned within {self.idle_timeout_s:.0f} s")
                 return
-            try:
-                await asyncio.wait_for(self._stop_requested.wait(), WATCH_S)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATCH_S):
+                    await self._stop_requested.wait()
     async def _fetch_pictures(self, mixconfig: MixConfig) -> None:
         urls = [u for u in picture_urls(mixconfig)
                 if u not in self._pictures and u not in self._failed_urls]

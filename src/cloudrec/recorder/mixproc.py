@@ -187,7 +187,8 @@ class MixProcess:
     async def _wait_exit(self, timeout: float) -> int | None:
         assert self._proc is not None
         try:
-            return await asyncio.wait_for(self._proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._proc.wait()
         except TimeoutError:
             await self._kill()
             return self._proc.returncode

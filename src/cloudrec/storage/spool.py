@@ -142,7 +142,8 @@ class SpoolUploader:
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted is stored; False when ``timeout`` ran out first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True
@@ -150,10 +151,7 @@ class SpoolUploader:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([self._task])  # a cancellation of close() itself propagates
 
     async def _run(self) -> None:
         while self._queue:

@@ -178,7 +178,8 @@ class Supervisor:
             if slot.proc.returncode is None:
                 slot.proc.terminate()
         try:
-            await asyncio.wait_for(asyncio.gather(*(s.proc.wait() for s in slots)), grace_s)
+            async with asyncio.timeout(grace_s):
+                await asyncio.gather(*(s.proc.wait() for s in slots))
         except TimeoutError:
             for slot in slots:
                 if slot.proc.returncode is None:

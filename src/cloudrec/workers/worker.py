@@ -10,6 +10,7 @@ the cluster directory: the front publishes its status (:meth:`Worker.status`) fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -111,10 +112,9 @@ class Worker:
         recording first reads the room and every few seconds after (it may publish later, or
         move when its node dies)."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), RELAY_CHECK_S)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RELAY_CHECK_S):
+                    await self._wake.wait()
             self._wake.clear()
             # every room read here, also one whose local publishers left (it may return on
             # another worker)

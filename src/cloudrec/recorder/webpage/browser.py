@@ -210,7 +210,8 @@ class BrowserPage:
             self.events.on_warning(f"page {url} did not load: {answer['errorText']}")
             return
         try:
-            await asyncio.wait_for(self._loaded.wait(), LOAD_TIMEOUT_S)
+            async with asyncio.timeout(LOAD_TIMEOUT_S):
+                await self._loaded.wait()
         except TimeoutError:
             self.events.on_warning(f"page {url} did not finish loading in "
                                    f"{LOAD_TIMEOUT_S:.0f} s")

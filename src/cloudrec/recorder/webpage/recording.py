@@ -174,8 +174,8 @@ class WebpageRecording(MixedRecording):
                     self._stop_requested.set()
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(),
-                                           min(0.5 * 2 ** (len(self.restarts) - 1), 5.0))
+                    async with asyncio.timeout(min(0.5 * 2 ** (len(self.restarts) - 1), 5.0)):
+                        await self._stop_requested.wait()
         finally:
             if timer is not None:
                 timer.cancel()
