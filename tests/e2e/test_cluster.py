@@ -4,18 +4,30 @@ real Redis (started by tests/services.py), recording into a real S3 (moto's serv
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import boto3
+import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
+from cloudrec.tokens import make_token
 from cloudrec.webrtc.whip_client import Publisher, PublishError
-from tests.helpers import APPID, LOCAL_STORAGE, free_port, query_until, source_body, wait_for
+from tests.helpers import (
+    APPID,
+    LOCAL_STORAGE,
+    SECRET,
+    free_port,
+    query_until,
+    source_body,
+    wait_for,
+)
 from tests.media_check import playlist_lines, probe_playlist
 from tests.nodes import Node, worker_of
+from tests.services import _redis_bin, start_redis
 
 pytestmark = pytest.mark.slow
 
@@ -344,3 +356,43 @@ async def test_a_killed_node_never_reuses_a_name_and_its_segments_are_listed(
         assert (playlist.parent / name).stat().st_size > 0, name
     probe = probe_playlist(playlist)
     assert probe.video_frames > 0 and probe.audio_frames > 0
+
+
+async def test_whip_while_redis_is_down_is_503_and_works_again(tmp_path: Path,
+                                                               postgres_url: str) -> None:
+    """The cluster directory out of reach is the node's trouble, not the publisher's: a WHIP
+    offer gets 503 with Retry-After (it got 400 "cannot answer the offer" in a soak), and
+    publishing works again once Redis is back."""
+    redis_url, stop_redis = start_redis(tmp_path)
+    node = Node(tmp_path / "A", node_id="A", workers=1, database_url=postgres_url,
+                redis_url=redis_url, cluster_secret="cluster-test-secret").start()
+    try:
+        await node.ready()
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        stop_redis()
+        url = f"{node.base}/whip/{APPID}/down/alice"
+        headers = {"Authorization": f"Bearer {make_token(APPID, 'down', 'alice', SECRET)}",
+                   "Content-Type": "application/sdp"}
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.post(url, content="v=0\r\n", headers=headers)
+        assert answer.status_code == 503 and answer.headers.get("retry-after"), answer.text
+        assert "out of reach" in answer.text
+
+        back = subprocess.Popen([_redis_bin(), "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL)
+        try:
+            async def publishes() -> Publisher | None:
+                try:
+                    return await node.publisher("down", "alice")
+                except PublishError:
+                    return None
+
+            pub = await wait_for(publishes, timeout=30, interval=0.5,
+                                 what="a publish once Redis is back")
+            await pub.stop()
+        finally:
+            back.terminate()
+            back.wait(10)
+    finally:
+        node.kill()

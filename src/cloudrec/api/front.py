@@ -26,12 +26,13 @@ import binascii
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from cloudrec.cluster import ClusterFull, Directory, WorkerInfo
 from cloudrec.cluster.costs import recording_kind
 from cloudrec.config import Settings, node_name, worker_count
-from cloudrec.errors import CapacityError, RecordingError
+from cloudrec.errors import CapacityError, CloudrecError, InternalError, RecordingError
 from cloudrec.models import StartRecordRequest, StopRecordRequest, UpdateMixRecordRequest
 from cloudrec.models.rules import check_push_urls, not_publishing, start_rooms, webpage_cost
 from cloudrec.tasks import TaskService, TaskStore
@@ -40,6 +41,8 @@ from cloudrec.workers.client import InProcessWorker
 from cloudrec.workers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HEARTBEAT_S = 1.0
 SWEEP_S = 5.0
@@ -250,7 +253,7 @@ class Front:
     # -- WHIP -----------------------------------------------------------------------------------
 
     async def publish(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]:
-        owner = await self._place(appid, roomid)
+        owner = await _shared(self._place(appid, roomid))
         answer, session = await self.client_for(owner).publish(appid, roomid, uid, offer_sdp)
         return answer, _session_id(owner, session)
 
@@ -263,7 +266,7 @@ class Front:
     async def play(self, appid: int, roomid: str, uid: str, offer_sdp: str) -> tuple[str, str]:
         """A WHEP offer, answered by the worker that owns the room; the session id names that
         worker, as WHIP's does. RecordingError 4005 when the room has no owner."""
-        owner = await self.directory.owner((appid, roomid))
+        owner = await _shared(self.directory.owner((appid, roomid)))
         if owner is None:
             raise RecordingError(f"uid {uid!r} is not publishing in room {roomid!r}", 4005)
         answer, session = await self.client_for(owner).play(appid, roomid, uid, offer_sdp)
@@ -371,3 +374,15 @@ def _session_id(owner: WorkerInfo, session: str) -> str:
     """A WHIP or WHEP session id that names the worker holding the session."""
     worker = base64.urlsafe_b64encode(owner.id.encode()).decode().rstrip("=")
     return f"{worker}.{session}"
+
+
+async def _shared(step: Awaitable[T]) -> T:
+    """What the cluster's shared state (the directory in Redis, the tasks in PostgreSQL) answers;
+    a failure to answer (one of them out of reach, restarting) as InternalError: a WHIP or WHEP
+    offer then gets 503 with Retry-After, never the 400 of an offer that cannot be answered."""
+    try:
+        return await step
+    except CloudrecError:
+        raise
+    except Exception as exc:
+        raise InternalError(f"the cluster's shared state is out of reach: {exc}") from exc
