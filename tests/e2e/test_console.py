@@ -42,6 +42,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -113,12 +114,22 @@ def _drive_console(driver: Any, base: str, recordid: str,
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, "form.signin button").click()
     wait.until(lambda d: d.current_url == base + "/")
-    publisher = wait.until(lambda d: d.find_elements(
-        By.CSS_SELECTOR, f'[data-room="{APPID}/console-room"] tr[data-uid="alice"]'))[0]
+    pub_css = f'[data-room="{APPID}/console-room"] tr[data-uid="alice"]'
     row_css = f'tr[data-recordid="{recordid}"][data-state="recording"]'
-    row = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row_css))[0]
-    shown = {"publisher": publisher.text, "recording": row.text}
-    row.find_element(By.CSS_SELECTOR, "button.play").click()
+
+    def rows_shown(d: Any) -> dict[str, str] | None:
+        """Both rows read in one go: the page rebuilds its tables as they refresh."""
+        try:
+            pubs, rows = (d.find_elements(By.CSS_SELECTOR, pub_css),
+                          d.find_elements(By.CSS_SELECTOR, row_css))
+            if pubs and rows:
+                rows[0].find_element(By.CSS_SELECTOR, "button.play").click()
+                return {"publisher": pubs[0].text, "recording": rows[0].text}
+        except StaleElementReferenceException:
+            pass
+        return None
+
+    shown = wait.until(rows_shown)
     current = "return document.getElementById('player').currentTime"
     wait.until(lambda d: d.execute_script(current) > 1.0)
     first = driver.execute_script(current)
