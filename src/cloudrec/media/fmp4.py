@@ -70,29 +70,18 @@ def opus_template() -> av.stream.Stream:
 def split_boxes(data: bytes) -> tuple[bytes, bytes]:
     """(initialisation section, media segment) of a fragmented MP4 file's top-level boxes."""
     init, media = bytearray(), bytearray()
-    pos = 0
-    while pos + 8 <= len(data):
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        if size == 1:
-            size = struct.unpack_from(">Q", data, pos + 8)[0]
-        elif size == 0:
-            size = len(data) - pos
-        if size < 8:
-            raise ValueError(f"bad MP4 box at {pos}")
-        box = data[pos:pos + size]
+    for kind, start, _, end in _boxes(data):
         if kind in INIT_BOXES:
-            init += box
+            init += data[start:end]
         elif kind in SEGMENT_BOXES:
-            media += box
-        pos += size
+            media += data[start:end]
     return bytes(init), bytes(media)
 
 
-NTP_UNIX = 2_208_988_800  # seconds from the NTP epoch (1900) to the Unix epoch (1970)
-
-
-def _boxes(data: bytes, pos: int = 0, end: int | None = None) -> list[tuple[bytes, int, int]]:
-    """``(type, start of its payload, end)`` of each box in ``data[pos:end]``."""
+def _boxes(data: bytes, pos: int = 0,
+           end: int | None = None) -> list[tuple[bytes, int, int, int]]:
+    """``(type, start, start of its payload, end)`` of each box in ``data[pos:end]`` (a box
+    running past ``end`` is cut there)."""
     end = len(data) if end is None else end
     found = []
     while pos + 8 <= end:
@@ -102,22 +91,25 @@ def _boxes(data: bytes, pos: int = 0, end: int | None = None) -> list[tuple[byte
             size, head = struct.unpack_from(">Q", data, pos + 8)[0], 16
         elif size == 0:
             size = end - pos
-        if size < head or pos + size > end:
+        if size < head:
             raise ValueError(f"bad MP4 box at {pos}")
-        found.append((kind, pos + head, pos + size))
+        found.append((kind, pos, pos + head, min(pos + size, end)))
         pos += size
     return found
 
 
+NTP_UNIX = 2_208_988_800  # seconds from the NTP epoch (1900) to the Unix epoch (1970)
+
+
 def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
-    return next(((s, e) for k, s, e in _boxes(data, start, end) if k == kind), None)
+    return next(((s, e) for k, _, s, e in _boxes(data, start, end) if k == kind), None)
 
 
 def _timescales(init: bytes) -> dict[int, int]:
     """Track ID → timescale, from an initialisation section's ``moov``."""
     scales = {}
     moov = _child(init, 0, len(init), b"moov")
-    for kind, start, end in _boxes(init, *moov) if moov else []:
+    for kind, _, start, end in _boxes(init, *moov) if moov else []:
         if kind != b"trak":
             continue
         tkhd, mdia = _child(init, start, end, b"tkhd"), _child(init, start, end, b"mdia")
@@ -137,14 +129,12 @@ def with_prft(init: bytes, media: bytes, first: float) -> bytes:
     ``first`` is the wall-clock time (s since the Unix epoch) of the segment's first packet.
     ``media`` unchanged when it has no fragment to refer to."""
     scales = _timescales(init)
-    boxes = _boxes(media)
-    at = [end for _, _, end in boxes[:-1]]  # where each top-level box begins
-    found = [(i, s, e) for i, (k, s, e) in enumerate(boxes) if k == b"moof"]
-    if not found:
+    moof = next(((b, s, e) for k, b, s, e in _boxes(media) if k == b"moof"), None)
+    if moof is None:
         return media
-    index, *moof = found[0]
+    cut, *payload = moof
     starts = []  # (seconds, track, decode time)
-    for kind, start, end in _boxes(media, *moof):
+    for kind, _, start, end in _boxes(media, *payload):
         tfhd, tfdt = _child(media, start, end, b"tfhd"), _child(media, start, end, b"tfdt")
         if kind != b"traf" or tfhd is None or tfdt is None:
             continue
@@ -158,7 +148,6 @@ def with_prft(init: bytes, media: bytes, first: float) -> bytes:
     _, track, decode = min(starts)  # its first packet is the segment's: at ``first``
     ntp = round((first + NTP_UNIX) * (1 << 32))
     box = struct.pack(">I4sB3xIQQ", 32, b"prft", 1, track, ntp, decode)
-    cut = 0 if index == 0 else at[index - 1]
     return media[:cut] + box + media[cut:]
 
 
