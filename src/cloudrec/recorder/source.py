@@ -136,12 +136,16 @@ class SourceRecording(Recording):
         if not self._recording and self.recorder.duration > 0:
             self._started()
 
+    def _push_held(self) -> None:
+        """Write what new publications' waits for capture times still hold, as it is."""
+        for _, frame in self._wait.release_all():
+            self._push(frame)
+
     def _pause_media(self) -> None:
         if self.recorder is None:
             return
         try:
-            for _, frame in self._wait.release_all():  # captured before the pause
-                self._push(frame)
+            self._push_held()  # captured before the pause
             self.recorder.pause(time.monotonic())
         except Exception as exc:  # closing the segment failed (a full disk): end with error
             log.exception("recording %s: pausing failed", self.task.recordid)
@@ -157,8 +161,7 @@ class SourceRecording(Recording):
 
     def _close_media(self) -> None:
         if self.recorder is not None:
-            for _, frame in self._wait.release_all():
-                self._push(frame)
+            self._push_held()
             self.recorder.close()
 
     def _media_progress(self) -> dict[str, Any]:
