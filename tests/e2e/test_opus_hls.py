@@ -39,11 +39,30 @@ const [url, done] = [arguments[0], arguments[arguments.length - 1]];
 const video = document.createElement("video");
 video.muted = true;
 document.body.appendChild(video);
-const hls = new window.Hls();
+const log = [];
+const keep = (level) => (...args) => {
+  log.push(`${(performance.now() / 1000).toFixed(2)} ${level} ${args.join(" ")}`.slice(0, 300));
+  if (log.length > 80) log.shift();
+};
+const logger = {trace: () => {}, debug: keep("debug"), log: keep("log"), info: keep("info"),
+                warn: keep("warn"), error: keep("error")};
+const hls = new window.Hls({debug: logger});
 let error = null;
 hls.on(window.Hls.Events.ERROR, (_e, data) => { if (data.fatal) error = data.details; });
 video.addEventListener("ended", () => done({ended: true, time: video.currentTime, error}));
-setTimeout(() => done({ended: false, time: video.currentTime, error}), 40000);
+const buffers = [];
+const addSourceBuffer = MediaSource.prototype.addSourceBuffer;
+MediaSource.prototype.addSourceBuffer = function (type) {
+  const buffer = addSourceBuffer.call(this, type);
+  buffers.push([type, buffer]);
+  return buffer;
+};
+const ranges = (r) => Array.from({length: r.length}, (_, i) => [r.start(i), r.end(i)]);
+setTimeout(() => done({
+  ended: false, time: video.currentTime, error, duration: video.duration,
+  readyState: video.readyState, buffered: ranges(video.buffered),
+  tracks: buffers.map(([type, b]) => [type, ranges(b.buffered)]), log,
+}), 40000);
 hls.loadSource(url);
 hls.attachMedia(video);
 video.playbackRate = 4;
@@ -95,7 +114,8 @@ async def test_opus_recording_plays_live_and_to_its_end(tmp_path: Path) -> None:
             await pub.stop()
         stored = server.storage_root() / "console"
     assert shown["advanced"] > 1.5, f"the player did not advance live: {shown}"
-    assert ended["ended"] and ended["error"] is None, ended
+    playlist = (stored / f"{base}.m3u8").read_text()
+    assert ended["ended"] and ended["error"] is None, (ended, playlist)
     assert any(u.endswith(".m4s") for u in urls) and any(u.endswith("_init.mp4") for u in urls)
     assert errors == [], errors
     kinds = file_kinds(final)
