@@ -414,3 +414,28 @@ def test_resume_elsewhere_numbers_on_from_what_the_task_store_knows(tmp_path: Pa
     assert all(s.date is not None for s in rec.segments)  # the room timeline
     again = record(tmp_path, publish(2.0), segment_seconds=2.0, resume=True)
     assert [s.index for s in again.segments] == [3, 4, 5]  # read back by their names
+
+
+def test_audio_behind_the_last_pictures(tmp_path: Path) -> None:
+    """What a stop waits for: the open segment's audio short of its last picture, while the
+    publisher's audio flows (not when it stopped, not while paused, not without video)."""
+    frames = publish(3.0)
+    key = next(f for f in frames if f.kind == "video" and f.keyframe and f.timestamp >= 2 * 90000)
+    before = [f for f in frames if f.arrival <= key.arrival and (
+        f.kind == "video" or f.timestamp < 2 * 48000)]
+    rec = record(tmp_path / "av", before, close=False, segment_seconds=2.0)
+    assert rec.audio_behind  # the key frame opened a segment; its audio has not come
+    for f in frames:
+        if f.kind == "audio" and 2 * 48000 <= f.timestamp < 2.1 * 48000:
+            rec.push(f)
+    assert not rec.audio_behind
+    rec.pause(key.arrival + 0.2)
+    assert not rec.audio_behind
+
+    mute = [f for f in publish(3.0) if f.kind == "video" or f.timestamp < 48000 // 2]
+    muted = record(tmp_path / "mute", [f for f in mute if f.arrival <= key.arrival], close=False,
+                   segment_seconds=2.0)
+    assert not muted.audio_behind  # no audio for 1.5 s: it stopped, nothing to wait for
+    video = record(tmp_path / "v", [f for f in before if f.kind == "video"], close=False,
+                   audio=False, segment_seconds=2.0)
+    assert not video.audio_behind

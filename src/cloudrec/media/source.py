@@ -36,6 +36,7 @@ from cloudrec.media.codecs import h264
 from cloudrec.media.hls import PTS_ORIGIN, TS_CLOCK, SegmentInfo
 from cloudrec.media.segmenter import HlsSegmenter, OpenSegment, unix_time
 from cloudrec.media.transcode import VideoTranscoder
+from cloudrec.media.videoclock import VideoClock
 from cloudrec.mediatypes import EncodedFrame
 
 PAUSE_S = 1.0  # a gap longer than this (RTP or arrival time) is a pause
@@ -55,49 +56,6 @@ class RecorderStats:
     keyframe_requests: int = 0
     video_transcoded: bool = False
     encoders: list[str] = field(default_factory=list)  # encoders opened, e.g. ["aac"]
-
-
-class _VideoClock:
-    """RTP 90 kHz → recording ticks for one video track, with pause and epoch detection."""
-
-    def __init__(self, pause_s: float) -> None:
-        self.pause_s = pause_s
-        self.epoch: int | None = None
-        self.anchor_rtp = self.anchor_pts = self.last_rtp = 0
-        self.last_arrival = 0.0
-        self.last_pts: int | None = None
-        self.interval = TS_CLOCK // 30  # last frame spacing, to time a segment's end
-        self.rebase = False  # re-anchor the next frame on arrival (after pauserecord)
-
-    def place(
-        self, frame: EncodedFrame, to_ticks: Callable[[float], int], when: float
-    ) -> tuple[int, str | None] | None:
-        """(pts, break reason: None, "pause" or "epoch"), or None for a stale duplicate."""
-        rate = frame.clock_rate or TS_CLOCK
-        brk = None
-        if self.epoch is not None:
-            if frame.epoch != self.epoch:
-                brk = "epoch"
-            elif self.rebase:
-                brk = "pause"
-            else:
-                step = frame.timestamp - self.last_rtp
-                if step <= 0:
-                    return None
-                if step > self.pause_s * rate or frame.arrival - self.last_arrival > self.pause_s:
-                    brk = "pause"
-        if self.last_pts is None or brk is not None:
-            pts = to_ticks(when)
-            if self.last_pts is not None:
-                pts = max(pts, self.last_pts + self.interval)
-            self.anchor_rtp, self.anchor_pts = frame.timestamp, pts
-        else:
-            pts = self.anchor_pts + (frame.timestamp - self.anchor_rtp) * TS_CLOCK // rate
-            self.interval = min(max(pts - self.last_pts, TS_CLOCK // 100), TS_CLOCK // 5)
-        self.epoch, self.last_rtp, self.last_arrival = frame.epoch, frame.timestamp, frame.arrival
-        self.last_pts = pts
-        self.rebase = False
-        return pts, brk
 
 
 @dataclass(slots=True)
@@ -146,7 +104,7 @@ class SourceHlsRecorder:
 
         self._t0: float | None = None
         self._closed = False
-        self._vclock = _VideoClock(PAUSE_S)
+        self._vclock = VideoClock(PAUSE_S)
         self._atrack = AudioTrack(PAUSE_S, keep_opus=audio_codec == "opus")
         self._params = h264.ParameterSetCache()
         self._transcoder: VideoTranscoder | None = None
@@ -155,6 +113,8 @@ class SourceHlsRecorder:
         self._kf_asked_at: float | None = None
         self._last_vpts = 0
         self._last_video_arrival = 0.0
+        self._audio_end = 0  # end of the latest audio packet (ticks) and when its frame came
+        self._last_audio_arrival: float | None = None
         self._pending: deque[AudioPacket] = deque()  # audio waiting for video to pass it
         self._run_start = 0  # PTS where the queued audio last resumed after a break
         self._paused_at: float | None = None  # pauserecord: when the pause began
@@ -199,6 +159,21 @@ class SourceHlsRecorder:
                 self._audio_packet(packet, frame.arrival)
         else:
             self.stats.frames_dropped += 1
+
+    @property
+    def audio_behind(self) -> bool:
+        """The open segment's audio has not reached its last picture's time while the publisher's
+        audio flows: a stop waits for it a moment (audio travels apart from video, and a
+        last segment with pictures but no sound never ends in a browser's player: its
+        buffered range, audio and video together, does not grow)."""
+        seg = self._segs.open
+        if not (self._audio and self._video) or seg is None or seg.led != "video":
+            return False
+        if self._last_audio_arrival is None or self._paused_at is not None:
+            return False
+        if self._last_video_arrival - self._last_audio_arrival > PAUSE_S:
+            return False  # the audio stopped: nothing to wait for
+        return self._audio_end <= self._last_vpts
 
     def merge_segments(self, returned: list[SegmentInfo]) -> list[SegmentInfo]:
         """List segments stored for this recording by a node that came back (see
@@ -361,6 +336,8 @@ class SourceHlsRecorder:
     # -- audio -------------------------------------------------------------------------------
 
     def _audio_packet(self, packet: AudioPacket, arrival: float) -> None:
+        self._audio_end = max(self._audio_end, packet.end)
+        self._last_audio_arrival = arrival
         seg = self._segs.open
         if not self._video or (seg is not None and seg.led == "audio"):
             self._audio_led(packet)

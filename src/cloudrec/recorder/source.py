@@ -28,6 +28,7 @@ __all__ = ["SourceRecording", "basename_for", "prefix_for"]
 log = logging.getLogger(__name__)
 
 BATCH_S = 0.05  # how often the recording loop drains its subscription
+STOP_CATCH_UP_S = 0.5  # a stop waits at most this long for the audio of the last pictures
 
 
 class SourceRecording(Recording):
@@ -53,9 +54,8 @@ class SourceRecording(Recording):
     def start(self, *, resume: bool) -> None:
         self._runner = asyncio.get_running_loop().create_task(self._run(resume))
 
-    def _on_stop_requested(self) -> None:
-        if self._subscription is not None:
-            self._subscription.close()
+    # A stop takes what reached the recording before it, then waits (at most ``STOP_CATCH_UP_S``)
+    # for the audio of the last pictures, which travels apart from them.
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -95,22 +95,8 @@ class SourceRecording(Recording):
         last_media = time.monotonic()
         while not self._stop_requested.is_set():
             paused = self.pause_state.paused
-            while True:
-                try:
-                    item = sub.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if type(item) is PublisherEvent:  # a publication begins or ends
-                    wait = self._wait
-                    held = (wait.published(item.uid, item.info)
-                            if item.kind == "published" and item.info is not None
-                            else wait.release(item.uid))
-                    for frame in [] if paused else held:
-                        self._push(frame)
-                elif not paused:  # paused: nothing is written
-                    for frame in self._wait.push(item[0], item[1]):
-                        self._push(frame)
-                    last_media = time.monotonic()
+            if self._take(sub, paused=paused):
+                last_media = time.monotonic()
             if paused:  # no auto-stop for lack of media while paused; pause_timeout_s instead
                 last_media = time.monotonic()
                 if self._pause_expired():
@@ -128,6 +114,43 @@ class SourceRecording(Recording):
                             f"not return within {self.idle_timeout_s:.0f} s")
                 return
             await asyncio.sleep(BATCH_S)
+        await self._catch_up(sub)
+
+    async def _catch_up(self, sub: Subscription) -> None:
+        """Stopped: write what was queued before the stop, then, for at most
+        ``STOP_CATCH_UP_S``, the audio that catches up with the last pictures (later pictures
+        are after the stop: dropped)."""
+        paused = self.pause_state.paused
+        self._take(sub, paused=paused)
+        deadline = time.monotonic() + STOP_CATCH_UP_S
+        recorder = self.recorder
+        while (recorder is not None and recorder.audio_behind and not paused
+               and time.monotonic() < deadline):
+            await asyncio.sleep(BATCH_S)
+            self._take(sub, paused=False, audio_only=True)
+
+    def _take(self, sub: Subscription, *, paused: bool, audio_only: bool = False) -> bool:
+        """Push what the subscription holds (nothing is written while paused); whether it
+        held media."""
+        media = False
+        while True:
+            try:
+                item = sub.get_nowait()
+            except asyncio.QueueEmpty:
+                return media
+            if type(item) is PublisherEvent:  # a publication begins or ends
+                wait = self._wait
+                held = (wait.published(item.uid, item.info)
+                        if item.kind == "published" and item.info is not None
+                        else wait.release(item.uid))
+                for frame in [] if paused else held:
+                    self._push(frame)
+                continue
+            media = True
+            if paused or (audio_only and item[1].kind != "audio"):
+                continue
+            for frame in self._wait.push(item[0], item[1]):
+                self._push(frame)
 
     def _push(self, frame: EncodedFrame) -> None:
         assert self.recorder is not None
@@ -145,6 +168,8 @@ class SourceRecording(Recording):
         if self.recorder is None:
             return
         try:
+            if self._subscription is not None:  # what came before the pause is recorded
+                self._take(self._subscription, paused=False)
             self._push_held()  # captured before the pause
             self.recorder.pause(time.monotonic())
         except Exception as exc:  # closing the segment failed (a full disk): end with error
