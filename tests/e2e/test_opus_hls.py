@@ -6,12 +6,15 @@ records and, once stopped, to its end."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
+from cloudrec.console.assets import HLS_JS, STATIC_DIR, STATIC_URL
 from tests.e2e.test_callbacks import Receiver, serving
 from tests.e2e.test_console import (
     PASSWORD,
@@ -31,6 +34,8 @@ from tests.helpers import (
     source_body,
     startrecord,
 )
+from tests.unit.test_media_source import publish as publish_frames
+from tests.unit.test_media_source import record
 
 ROOM, UID = "console-room", "alice"
 
@@ -49,7 +54,9 @@ const logger = {trace: () => {}, debug: keep("debug"), log: keep("log"), info: k
 const hls = new window.Hls({debug: logger});
 let error = null;
 hls.on(window.Hls.Events.ERROR, (_e, data) => { if (data.fatal) error = data.details; });
-video.addEventListener("ended", () => done({ended: true, time: video.currentTime, error}));
+const ranges = (r) => Array.from({length: r.length}, (_, i) => [r.start(i), r.end(i)]);
+video.addEventListener("ended", () => done({
+  ended: true, time: video.currentTime, error, buffered: ranges(video.buffered)}));
 const buffers = [];
 const addSourceBuffer = MediaSource.prototype.addSourceBuffer;
 MediaSource.prototype.addSourceBuffer = function (type) {
@@ -57,7 +64,6 @@ MediaSource.prototype.addSourceBuffer = function (type) {
   buffers.push([type, buffer]);
   return buffer;
 };
-const ranges = (r) => Array.from({length: r.length}, (_, i) => [r.start(i), r.end(i)]);
 setTimeout(() => done({
   ended: false, time: video.currentTime, error, duration: video.duration,
   readyState: video.readyState, buffered: ranges(video.buffered),
@@ -75,6 +81,45 @@ def ffprobe(path: Path) -> dict[str, Any]:
                           "stream=codec_name:format=duration", "-of", "json", str(path)],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)
+
+
+def play_files_in_hls_js(directory: Path, name: str, tmp_path: Path) -> dict[str, Any]:
+    """Play the playlist ``name`` of ``directory`` to its end with hls.js (the console's) in
+    Chromium, both served on loopback: what :data:`PLAY_TO_END` reports."""
+    page = b'<html><body><script src="/hls.min.js"></script></body></html>'
+    files = {"/": (page, "text/html"), "/hls.min.js": (
+        (STATIC_DIR / HLS_JS.removeprefix(STATIC_URL + "/")).read_bytes(), "text/javascript")}
+
+    class Files(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            path = self.path.split("?")[0]
+            if path.startswith("/media/") and "/" not in path[7:]:
+                file = directory / path[7:]
+                found = (file.read_bytes(), "application/octet-stream") if file.is_file() else None
+            else:
+                found = files.get(path)
+            if found is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", found[1])
+            self.send_header("Content-Length", str(len(found[0])))
+            self.end_headers()
+            self.wfile.write(found[0])
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    driver = _browser(tmp_path)
+    try:
+        return _play_to_end(driver, base, f"{base}/media/{name}")
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
 
 
 def _play_to_end(driver: Any, base: str, url: str) -> dict[str, Any]:
@@ -131,3 +176,17 @@ async def test_opus_recording_plays_live_and_to_its_end(tmp_path: Path) -> None:
             meta = ffprobe(path)
             assert {s["codec_name"] for s in meta["streams"]} == {"h264", "opus"}, meta
             assert float(meta["format"]["duration"]) > 3.0, meta
+
+
+@needs_browser
+def test_a_stretch_without_pictures_plays_through(tmp_path: Path) -> None:
+    """The camera off for 2 s of an Opus (fMP4) recording: the stretch holds the last key
+    frame's picture, so hls.js plays its sound and reaches the end (without it, the stretch
+    was a hole in the one buffer hls.js keeps audio and video in: skipped, and no end)."""
+    frames = publish_frames(8.0, video_off=(2.0, 4.0))
+    rec = record(tmp_path / "rec", frames, audio_codec="opus", segment_seconds=2.0)
+    assert [s.discontinuity for s in rec.segments] == [False, True, True, False]
+    ended = play_files_in_hls_js(rec.playlist_path.parent, rec.playlist_path.name, tmp_path)
+    assert ended["ended"] and ended["error"] is None, ended
+    (start, end), = ended["buffered"]  # one range: no hole
+    assert start < 0.1 and end > 7.9, ended

@@ -17,13 +17,10 @@ from pathlib import Path
 
 import av
 import pytest
-from fastapi.responses import HTMLResponse
-from fastapi.staticfiles import StaticFiles
 
-from cloudrec.console.assets import HLS_JS
 from cloudrec.tasks import StopReason
-from tests.e2e.test_console import _browser, needs_browser
-from tests.e2e.test_opus_hls import PLAY_TO_END
+from tests.e2e.test_console import needs_browser
+from tests.e2e.test_opus_hls import play_files_in_hls_js
 from tests.helpers import APPID, make_settings, running_server, source_body, startrecord
 from tests.unit.test_media_source import FPS, h264_aus, opus_packets
 
@@ -84,20 +81,6 @@ def _tracks(init: bytes, segment: bytes | Path, tmp: Path) -> dict[str, float]:
     return got
 
 
-def _play_in_hls_js(server, stored: Path, name: str, tmp_path: Path) -> dict:
-    """Play the stored playlist to its end with hls.js in Chromium (as the console's player)."""
-    server.app.mount("/stored", StaticFiles(directory=stored))
-    server.app.add_api_route("/play", lambda: HTMLResponse(
-        f'<html><body><script src="{HLS_JS}"></script></body></html>'))
-    driver = _browser(tmp_path)
-    try:
-        driver.set_script_timeout(60)
-        driver.get(server.base + "/play")
-        return driver.execute_async_script(PLAY_TO_END, f"{server.base}/stored/{name}")
-    finally:
-        driver.quit()
-
-
 @pytest.mark.parametrize("audiocodec", ["opus", "aac"])
 async def test_a_stop_writes_what_came_before_it_and_the_last_pictures_sound(
         tmp_path: Path, audiocodec: str) -> None:
@@ -144,7 +127,7 @@ async def test_a_stop_writes_what_came_before_it_and_the_last_pictures_sound(
         else:
             segments = [_tracks(b"", stored / name, tmp_path) for name in names]
         if audiocodec == "opus" and not needs_browser.args[0]:
-            ended = await asyncio.to_thread(_play_in_hls_js, server, stored, f"{base}.m3u8",
+            ended = await asyncio.to_thread(play_files_in_hls_js, stored, f"{base}.m3u8",
                                             tmp_path)
             assert ended["ended"] and ended["error"] is None, ended
     first, last = segments

@@ -163,6 +163,7 @@ class Fmp4SegmentWriter:
         self.date = date  # the wall-clock time of its first packet: its ``prft`` box
         self._template = template  # an earlier initialisation section: its video track
         self._template_in: av.container.InputContainer | None = None
+        self._avcc_length: int | None = None  # a video track from the template takes AVCC
         self._tmp = path.with_name(path.name + ".part")
         self._want_video, self._want_audio = video, audio
         self._container: av.container.OutputContainer | None = None
@@ -182,16 +183,23 @@ class Fmp4SegmentWriter:
             elif self._want_video and self._template:
                 self._template_in = av.open(io.BytesIO(self._template), "r", format="mp4")
                 if self._template_in.streams.video:
-                    self._streams["video"] = container.add_stream_from_template(
-                        self._template_in.streams.video[0])
+                    template = self._template_in.streams.video[0]
+                    self._streams["video"] = container.add_stream_from_template(template)
+                    try:
+                        config = h264.parse_avc_config(template.codec_context.extradata or b"")
+                        self._avcc_length = config.length_size
+                    except ValueError:
+                        self._avcc_length = 4  # what FFmpeg's avcC says
             if self._want_audio:
                 self._streams["audio"] = container.add_stream_from_template(opus_template())
         except (av.FFmpegError, OSError) as exc:
             raise RecordingError(f"cannot open segment {self.path.name}: {exc}") from exc
         self._container = container
 
-    def write(self, kind: str, data: bytes, pts: int, *, keyframe: bool = False) -> None:
-        """Mux one H.264 access unit or one Opus packet at ``pts`` (90 kHz ticks)."""
+    def write(self, kind: str, data: bytes, pts: int, *, keyframe: bool = False,
+              duration: int | None = None) -> None:
+        """Mux one H.264 access unit or one Opus packet at ``pts`` (90 kHz ticks); ``duration``
+        (ticks): the last sample's, where the next one does not follow it."""
         if self._container is None:
             self._open(kind, data)
         stream = self._streams.get(kind)
@@ -200,10 +208,14 @@ class Fmp4SegmentWriter:
                 return  # video after an audio-led start: this segment is audio only
             raise ValueError(f"segment {self.path.name} has no {kind} stream")
         assert self._container is not None
+        if kind == "video" and self._avcc_length is not None:  # the muxer takes it as it is
+            data = h264.join_avcc(h264.split_annexb(data), self._avcc_length)
         packet = av.Packet(data)
         packet.stream = stream
         packet.time_base = TIME_BASE
         packet.pts = packet.dts = pts
+        if duration is not None:
+            packet.duration = duration
         packet.is_keyframe = keyframe or kind == "audio"
         try:
             self._container.mux(packet)

@@ -94,8 +94,10 @@ class TsSegmentWriter:
         self._closed = False
         self.packets = 0
 
-    def write(self, kind: str, data: bytes, pts: int, *, keyframe: bool = False) -> None:
-        """Mux one video access unit or one ADTS audio frame at ``pts`` (90 kHz ticks)."""
+    def write(self, kind: str, data: bytes, pts: int, *, keyframe: bool = False,
+              duration: int | None = None) -> None:
+        """Mux one video access unit or one ADTS audio frame at ``pts`` (90 kHz ticks);
+        ``duration`` as for fMP4 (MPEG-TS samples have none: ignored)."""
         stream = self._video if kind == "video" else self._audio
         if stream is None:
             raise ValueError(f"segment {self.path.name} has no {kind} stream")

@@ -94,10 +94,10 @@ class SourceHlsRecorder:
         self._clock = clock
         self._seg_ticks = round(segment_seconds * TS_CLOCK)
         self._cut_ticks = self._seg_ticks - round(KEYFRAME_LEAD_S * TS_CLOCK)
+        self._fmp4 = audio_codec == "opus"
         self._segs = HlsSegmenter(spool_dir, basename, video=video, audio=audio,
                                   segment_seconds=segment_seconds, segment_type=_Open,
-                                  on_segment=on_segment, resume=resume,
-                                  fmp4=audio_codec == "opus")
+                                  on_segment=on_segment, resume=resume, fmp4=self._fmp4)
         self._audio_codecs = ("opus",) if audio_codec == "opus" else ("opus", "aac")
         self.stats = RecorderStats()
         self._base = self._segs.base  # ticks added to every timestamp (past a resumed one's)
@@ -112,6 +112,7 @@ class SourceHlsRecorder:
         self._force_idr = False
         self._kf_asked_at: float | None = None
         self._last_vpts = 0
+        self._last_idr: bytes | None = None  # fMP4: the picture an audio-led stretch holds
         self._last_video_arrival = 0.0
         self._audio_end = 0  # end of the latest audio packet (ticks) and when its frame came
         self._last_audio_arrival: float | None = None
@@ -312,6 +313,8 @@ class SourceHlsRecorder:
             seg.asked = True
         self._write(seg, "video", data, pts, key, pts + self._vclock.interval, lead=True)
         self._last_vpts = pts
+        if key and self._fmp4:
+            self._last_idr = data
         self._flush_pending(pts + 1)
 
     def _want_idr(self, *, urgent: bool) -> None:
@@ -424,4 +427,13 @@ class SourceHlsRecorder:
         self.stats.frames_written += 1
 
     def _finish(self, end: int, *, final: bool = False) -> SegmentInfo:
+        seg = self._segs.open
+        if (seg is not None and seg.led == "audio" and self._last_idr is not None
+                and end > seg.start):
+            # fMP4, camera off: the stretch holds the last key frame's picture. A browser's
+            # player keeps an fMP4 stream's audio and video in one buffer, whose range is
+            # where both are: a stretch without pictures is a hole there, and its sound is
+            # skipped (the playlist's end then never comes).
+            seg.writer.write("video", self._last_idr, seg.start, keyframe=True,
+                             duration=end - seg.start)
         return self._segs.finish(end, final=final)

@@ -201,6 +201,11 @@ def read_sized_nals(record: bytes, pos: int, count: int, what: str) -> tuple[lis
     return nals, pos
 
 
+def join_avcc(nals: list[bytes], length_size: int = 4) -> bytes:
+    """NAL units as a length-prefixed (AVCC) access unit: what an MP4 sample holds."""
+    return b"".join(len(nal).to_bytes(length_size, "big") + nal for nal in nals)
+
+
 def split_avcc(data: bytes, length_size: int) -> list[bytes]:
     """The NAL units of a length-prefixed (AVCC) access unit; ValueError when malformed."""
     nals, pos, end = [], 0, len(data)
