@@ -129,3 +129,41 @@ def test_a_mix_input_puts_both_tracks_on_the_sender_clock() -> None:
     v = arrival.wall(frame("video", 7, 100.01, None), TrackClock())
     a = arrival.wall(frame("audio", 5, 100.31, None), TrackClock())
     assert a - v == pytest.approx(0.3)
+
+
+def test_a_mix_input_s_queued_pictures_move_with_its_sender_clock() -> None:
+    """Audio sent 300 ms after its capture holds each picture back 300 ms; when its frames come
+    280 ms later still for a moment (a busy node), the sound placed from then on is 280 ms
+    later, and so are the pictures already waiting to show: the flash and its beep stay
+    together (they were 281 ms apart in a mix once, on a loaded CI box)."""
+    from cloudrec.media.mix.inputs import LATENCY_S, MixedStats, MixInputs
+    from cloudrec.media.mix.mixer import AudioMixer
+    from tests.unit.test_media_source import FPS, h264_aus, opus_packets
+
+    key = ("room", "flash")
+    inputs = MixInputs(AudioMixer(), MixedStats())
+    inputs.set_keys([key], [key])
+    inputs.origin = 100.0
+    video, audio = h264_aus(2.0), opus_packets(2.0)
+
+    def frame_of(kind: str, i: int, late: float = 0.0) -> EncodedFrame:
+        t = i / FPS if kind == "video" else i * 0.02
+        data = video[i] if kind == "video" else audio[i]
+        rate = 90000 if kind == "video" else 48000
+        arrival = 100 + t + (0.01 if kind == "video" else 0.31) + late
+        return EncodedFrame(kind, "h264" if kind == "video" else "opus", data,
+                            round(t * rate), rate, arrival, i == 0, 1, UNIX + t)
+
+    # 1 s of pictures and the sound up to 0.7 s (300 ms behind them), in arrival order
+    frames = [frame_of("video", i) for i in range(15)] + [frame_of("audio", j) for j in range(35)]
+    for f in sorted(frames, key=lambda f: f.arrival):
+        inputs.push(key, f)
+    last = 100 + 14 / FPS + 0.31 + LATENCY_S  # when the last picture shows, the delay unchanged
+    inputs.show(last - 0.02)
+    before = inputs.current(key, None)
+    assert before is not None
+    inputs.push(key, frame_of("audio", 35, late=0.28))  # the sound comes 280 ms later
+    inputs.show(last + 0.01)
+    assert inputs.current(key, None) is before  # the last picture waits for its sound
+    inputs.show(last + 0.28 + 0.01)
+    assert inputs.current(key, None) is not before

@@ -111,11 +111,12 @@ class SenderSync:
     last; without it they came after their place and were dropped), used while the latest
     frame of each track carried one."""
 
-    __slots__ = ("clocks", "epoch")
+    __slots__ = ("clocks", "epoch", "shared")
 
     def __init__(self) -> None:
         self.clocks: dict[str, TrackClock] = {}
         self.epoch: int | None = None
+        self.shared: float | None = None  # the offset both tracks map through now, if they do
 
     def wall(self, frame: EncodedFrame, own: TrackClock) -> float:
         """The wall-clock time of ``frame``: on the publisher's clock when both tracks have it,
@@ -126,12 +127,15 @@ class SenderSync:
         sent = frame.wallclock
         if sent is None:
             self.clocks.pop(frame.kind, None)
+            self.shared = None
             return wall
         self.clocks.setdefault(frame.kind, TrackClock()).place(sent, frame.arrival)
         if len(self.clocks) < 2:
+            self.shared = None
             return wall
-        return sent + max(c.offset + c.spread for c in self.clocks.values()
+        self.shared = max(c.offset + c.spread for c in self.clocks.values()
                           if c.offset is not None)
+        return sent + self.shared
 
 
 class _Input:
@@ -155,7 +159,9 @@ class _Input:
         self.vclock = TrackClock()
         self.aclock = TrackClock()
         self.sync = SenderSync()
-        self.pending: deque[tuple[float, av.VideoFrame]] = deque()  # (show at, picture)
+        # (show at, the shared offset it was placed with or None, picture): a picture placed on
+        # the publisher's clock moves with that offset until it shows (see MixInputs.show)
+        self.pending: deque[tuple[float, float | None, av.VideoFrame]] = deque()
 
 
 class MixInputs:
@@ -220,9 +226,17 @@ class MixInputs:
         """The mix frame at wall time ``at`` is due: every picture whose time has come is the
         current one of its input."""
         for inp in self._inputs.values():
-            pending = inp.pending
-            while pending and pending[0][0] <= at:
-                inp.frame = pending.popleft()[1]
+            pending, shared = inp.pending, inp.sync.shared
+            while pending:
+                show_at, placed, picture = pending[0]
+                if placed is not None and shared is not None:
+                    # the offset rose (frames came later: a busy network or node) or fell
+                    # since it was placed: the sound placed after the change moved with it
+                    show_at += shared - placed
+                if show_at > at:
+                    break
+                pending.popleft()
+                inp.frame = picture
 
     def current(self, key: Key, now: float | None) -> av.VideoFrame | None:
         """The latest picture of ``key``; None when it has none (or, with ``now``, a stale one)."""
@@ -294,9 +308,9 @@ class MixInputs:
             if show_at is None:
                 inp.frame = decoded
             else:
-                inp.pending.append((show_at, decoded))
+                inp.pending.append((show_at, inp.sync.shared, decoded))
                 if len(inp.pending) > MAX_PENDING:
-                    inp.frame = inp.pending.popleft()[1]
+                    inp.frame = inp.pending.popleft()[2]
             inp.last_video = frame.arrival
             self._stats.video_decoded += 1
 
