@@ -54,9 +54,6 @@ class SourceRecording(Recording):
     def start(self, *, resume: bool) -> None:
         self._runner = asyncio.get_running_loop().create_task(self._run(resume))
 
-    # A stop takes what reached the recording before it, then waits (at most ``STOP_CATCH_UP_S``)
-    # for the audio of the last pictures, which travels apart from them.
-
     # -- the loop -------------------------------------------------------------------------------
 
     async def _run(self, resume: bool) -> None:
